@@ -616,7 +616,7 @@ class DeviceSamples:
                              (samples.n_species or (int(samples.species.max()) + 1 if samples.nnz else 0)))
         t = lambda a, dt: torch.as_tensor(np.ascontiguousarray(a)).to(device=dev, dtype=dt)
         self.lat, self.lon = t(samples.lat, torch.float32), t(samples.lon, torch.float32)
-        self.week = t(samples.week, torch.float32)
+        self.week = t(samples.week, torch.int64)   # integer weeks: the model uses its 49-row FiLM table
         self.cell = t(samples.cell, torch.long)
         self.offsets, self.species = t(samples.offsets, torch.long), t(samples.species, torch.int32)
         self.obs_density = t(samples.obs_density, torch.float32)

@@ -482,7 +482,7 @@ def test_device_batch(world, device):
     assert len(ds) == len(p.train) and ds.n_species == p.n_species
     idx = torch.tensor([5, 0, 48, 100, 5])
     lat, lon, week, y, cell = (t.cpu() for t in ds.batch(idx.to(device)))
-    assert lat.dtype == lon.dtype == week.dtype == torch.float32 and y.shape == (5, p.n_species)
+    assert lat.dtype == lon.dtype == torch.float32 and week.dtype == torch.int64 and y.shape == (5, p.n_species)
     assert torch.equal(lat, torch.from_numpy(p.train.lat[idx.numpy()]))       # no jitter by default
     assert torch.equal(lon, torch.from_numpy(p.train.lon[idx.numpy()]))
     assert week.tolist() == p.train.week[idx.numpy()].tolist() and cell.tolist() == p.train.cell[idx.numpy()].tolist()

@@ -1,0 +1,144 @@
+import marimo
+
+__generated_with = "0.25.2"
+app = marimo.App(width="full", app_title="geosdm list calibration")
+
+
+@app.cell
+def _():
+    import os
+
+    import altair as alt
+    import marimo as mo
+    import numpy as np
+    import polars as pl
+
+    from geosdm import maps
+    from geosdm.predict import Predictor
+    return Predictor, alt, maps, mo, np, os, pl
+
+
+@app.cell
+def _(mo, os):
+    # checkpoint: `marimo run calibration.py -- --checkpoint PATH`, else $GEOSDM_CHECKPOINT, else the demo model
+    default_checkpoint = str(mo.cli_args().get("checkpoint") or os.environ.get("GEOSDM_CHECKPOINT") or "")
+    checkpoint_input = mo.ui.text(
+        value=default_checkpoint,
+        placeholder="empty = the demo model (trained on first use, about a minute)",
+        label="Checkpoint",
+        full_width=True,
+    )
+    return (checkpoint_input,)
+
+
+@app.cell
+def _(Predictor, checkpoint_input, maps, mo):
+    with mo.status.spinner(title="Loading the model and its validation / hold-out data…"):
+        try:
+            checkpoint_path = maps.resolve_checkpoint(checkpoint_input.value.strip() or None)
+            pred = Predictor(checkpoint_path, device="cpu")
+            prep = maps.checkpoint_data(pred)
+        except (FileNotFoundError, ValueError) as e:
+            mo.stop(True, mo.callout(mo.md(f"**Cannot load the checkpoint or its data:** {e}"), kind="danger"))
+        # probabilities and per-sample scores at the seed's thresholds, computed once
+        evaluations = {k: maps.evaluate_split(pred, prep, k) for k in ("val", "holdout")}
+        evaluations = {k: v for k, v in evaluations.items() if v is not None}
+    mo.stop(not evaluations, mo.callout(mo.md("The checkpoint's data have no validation or hold-out samples."), kind="warn"))
+    is_demo = not checkpoint_input.value.strip()
+    _sizes = ", ".join(f"{k}: {len(v['samples']):,} samples" for k, v in evaluations.items())
+    model_note = mo.md(
+        f"**Model** `{checkpoint_path}` ({'demo model, trained on first use; ' if is_demo else ''}"
+        f"epoch {pred.epoch}, {pred.n_species} species) — {_sizes}"
+    )
+    return evaluations, model_note, pred, prep
+
+
+@app.cell
+def _(evaluations, mo):
+    split_dropdown = mo.ui.dropdown(
+        options={"validation": "val", "hold-out": "holdout"} if "holdout" in evaluations else {"validation": "val"},
+        value="validation",
+        label="Set",
+    )
+    threshold_slider = mo.ui.slider(0.01, 0.5, step=0.01, value=0.10, label="Threshold", show_value=True, full_width=True)
+    return split_dropdown, threshold_slider
+
+
+@app.cell
+def _(checkpoint_input, mo, model_note, split_dropdown, threshold_slider):
+    mo.vstack(
+        [
+            mo.md("# geosdm per-region list calibration"),
+            checkpoint_input,
+            model_note,
+            mo.md(
+                "Regions are the seed's hold-out boxes and, elsewhere, its 30° × 60° frequency-weighting bins. "
+                "List ratio = Σ predicted / Σ observed list length over samples with an observed species "
+                "(1 = calibrated, > 1 = lists too long)."
+            ),
+            mo.hstack([split_dropdown, threshold_slider], widths=[1, 3]),
+        ]
+    )
+    return
+
+
+@app.cell
+def _(evaluations, maps, split_dropdown, threshold_slider):
+    threshold = round(float(threshold_slider.value), 4)
+    evaluation = evaluations[split_dropdown.value]
+    # re-score at the slider's threshold (cheap: the probabilities are cached)
+    evaluation_t = {**evaluation, **maps.sample_scores(evaluation["probs"], evaluation["y"], (threshold,))}
+    region_fixed = maps.region_table(evaluation)  # at 5 / 10 / 25 %
+    region_t = maps.region_table(evaluation_t)  # at the slider's threshold
+    return evaluation_t, region_fixed, region_t, threshold
+
+
+@app.cell
+def _(mo, pl, region_fixed, region_t, threshold):
+    _f = lambda df: df.with_columns(pl.col(pl.Float64).round(3))
+    _tag = f"{round(threshold * 100):d}"
+    tables = mo.vstack(
+        [
+            mo.md(f"### Per region at the threshold {threshold:.2f}"),
+            mo.ui.table(
+                _f(region_t.rename({f"mean_pred_{_tag}": "mean_pred", f"list_ratio_{_tag}": "list_ratio",
+                                    f"precision_{_tag}": "precision", f"recall_{_tag}": "recall"})),
+                selection=None,
+                show_column_summaries=False,
+                page_size=12,
+            ),
+            mo.md("### Per region at 5 / 10 / 25 %: predicted vs. observed list length"),
+            mo.ui.table(_f(region_fixed), selection=None, show_column_summaries=False, page_size=12),
+        ]
+    )
+    return (tables,)
+
+
+@app.cell
+def _(alt, evaluation_t, evaluations, maps, np, region_t, threshold):
+    _keys = maps.region_labels(evaluation_t["samples"].lat, evaluation_t["samples"].lon)
+    # reliability: every set, plus the three largest regions of the chosen set
+    _rel = {("validation" if k == "val" else "hold-out"): maps.reliability(v) for k, v in evaluations.items()}
+    for _r in region_t["region"].to_list()[:3]:
+        _rel[f"{evaluation_t['split']}: {_r}"] = maps.reliability(evaluation_t, mask=_keys == _r)
+    reliability_chart = maps.reliability_chart(_rel, width=380, height=300)
+    ratio_map = alt.layer(
+        maps.score_map(evaluation_t, "list_ratio", threshold, width=620, height=400),
+        maps.regions_layer(near=np.unique(evaluation_t["cells"][evaluation_t["samples"].cell])),
+    )
+    _lr = region_t[f"list_ratio_{round(threshold * 100):d}"].to_numpy()
+    summary = {
+        "regions": len(region_t),
+        "median_list_ratio": float(np.nanmedian(_lr)) if np.isfinite(_lr).any() else float("nan"),
+    }
+    return ratio_map, reliability_chart, summary
+
+
+@app.cell
+def _(mo, ratio_map, reliability_chart, tables):
+    mo.vstack([mo.hstack([ratio_map, reliability_chart], align="start"), tables])
+    return
+
+
+if __name__ == "__main__":
+    app.run()

@@ -1,0 +1,216 @@
+"Trainer and geosdm_train: runs, early stopping, resume (also after SIGKILL), flags, errors."
+import json, math, os, signal, subprocess, sys, time, warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from geosdm.simulate import simulate_world
+from geosdm.trainer import (TrainConfig, Trainer, train, build_parser, check_config, ConfigError, main,
+                            load_checkpoint, prepare, lr_at)
+
+TIMING = ('seconds', 'samples_per_s')
+
+
+@pytest.fixture(scope='module')
+def world(tmp_path_factory):
+    d = tmp_path_factory.mktemp('world')
+    simulate_world(n_species=50, res=2, bbox=(-130, 20, -60, 55), seed=11).write(d)
+    return d / 'combined.parquet'
+
+
+def base(world, ck, **kw):
+    cfg = dict(data_path=str(world), checkpoint_dir=str(ck), model_scale=0.25, num_epochs=3, lr_warmup=0.5,
+               min_obs_per_species=10, batch_size=256, device='cpu', seed=5)
+    cfg.update(kw)
+    return TrainConfig(**cfg)
+
+
+def strip(h):
+    return {k: v for k, v in h.items() if not any(t in k for t in TIMING)}
+
+
+def test_run_improves_and_writes_outputs(world, tmp_path):
+    tr = train(base(world, tmp_path / 'ck', num_epochs=4), progress=False)
+    h = json.loads((tmp_path / 'ck' / 'training_history.json').read_text())
+    assert len(h['val_geoscore']) == 4
+    untrained = Trainer(tr.cfg, tr.prep).validate()['val_geoscore']
+    assert min(h['val_geoscore']) > untrained + 0.1
+    assert h['val_map'][-1] > h['val_map'][0]
+    for k in ('train_loss', 'val_loss', 'lr', 'val_f1_10', 'val_list_ratio_10', 'val_map_density_ratio',
+              'val_top10_recall', 'val_precision_10', 'val_recall_10', 'val_mean_list_len_10', 'epoch_seconds'):
+        assert k in h and len(h[k]) == 4, k
+    labels = (tmp_path / 'ck' / 'labels.txt').read_text().splitlines()
+    assert [l.split('\t')[0] for l in labels] == list(tr.prep.vocab)
+    assert all(len(l.split('\t')) == 3 for l in labels)
+    ck = load_checkpoint(tmp_path / 'ck' / 'checkpoint_best.pt')
+    assert ck['epoch'] == int(np.nanargmax(np.array(h['val_geoscore'], dtype=float))) + 1
+    assert ck['species_vocab']['codes'] == list(tr.prep.vocab)
+    assert ck['env']['names'] == list(tr.prep.env_names)
+    assert ck['config']['model_scale'] == 0.25
+
+
+def test_same_seed_same_history(world, tmp_path):
+    a = train(base(world, tmp_path / 'a', num_epochs=2), progress=False).history
+    b = train(base(world, tmp_path / 'b', num_epochs=2), progress=False).history
+    c = train(base(world, tmp_path / 'c', num_epochs=2, seed=6), progress=False).history
+    assert strip(a) == strip(b)
+    assert strip(a)['train_loss'] != strip(c)['train_loss']
+
+
+def test_early_stopping(world, tmp_path):
+    # lr so small the model never changes: GeoScore is flat, so patience 2 stops after epoch 3
+    tr = train(base(world, tmp_path / 'ck', num_epochs=10, patience=2, lr=1e-12, lr_min=0.0, lr_schedule='none'),
+               progress=False)
+    assert tr.epoch == 3 and tr.best_epoch == 1
+    assert load_checkpoint(tmp_path / 'ck' / 'checkpoint_latest.pt')['epoch'] == 3
+
+
+def test_resume_equals_uninterrupted(world, tmp_path):
+    full = train(base(world, tmp_path / 'full', num_epochs=4), progress=False).history
+    cfg = base(world, tmp_path / 'part', num_epochs=4, save_every=1)
+    tr = Trainer(cfg, prepare(cfg, progress=False))
+
+    class Stop(Exception): pass
+
+    def stop_after_two(t, row):
+        if t.epoch == 2: raise Stop
+    with pytest.raises(Stop):
+        tr.fit(progress=False, on_epoch=stop_after_two)
+    res = train(base(world, tmp_path / 'part', num_epochs=4, resume=str(tmp_path / 'part' / 'checkpoint_latest.pt')),
+                progress=False)
+    assert res.epoch == 4          # num_epochs is the total, not "4 more"
+    assert strip(res.history) == strip(full)
+
+
+def _run_cli(args, **kw):
+    code = 'import sys; from geosdm.trainer import main; main(sys.argv[1:])'
+    return subprocess.Popen([sys.executable, '-c', code, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, 'TQDM_DISABLE': '1'}, **kw)
+
+
+def test_sigkill_midepoch_then_resume(world, tmp_path):
+    args = ['--data_path', str(world), '--model_scale', '0.25', '--num_epochs', '4', '--lr_warmup', '0.5',
+            '--min_obs_per_species', '10', '--batch_size', '64', '--device', 'cpu', '--seed', '5', '--save_every', '1']
+    ref = _run_cli(args + ['--checkpoint_dir', str(tmp_path / 'ref')]); out, _ = ref.communicate(timeout=300)
+    assert ref.returncode == 0, out.decode()
+    ck = tmp_path / 'killed'
+    p = _run_cli(args + ['--checkpoint_dir', str(ck)])
+    hist = ck / 'training_history.json'
+    t0 = time.time()
+    while time.time() - t0 < 240:
+        if hist.exists():
+            try:
+                if len(json.loads(hist.read_text())['val_map']) >= 2: break
+            except (json.JSONDecodeError, KeyError):
+                pytest.fail('history file was not valid JSON: writes are not atomic')
+        time.sleep(0.02)
+    time.sleep(0.3)   # into epoch 3
+    p.send_signal(signal.SIGKILL); p.wait()
+    done = len(json.loads(hist.read_text())['val_map'])
+    assert 2 <= done < 4, f'the kill came too late ({done} epochs done)'
+    for f in ck.glob('*.pt'): load_checkpoint(f)   # never a half-written checkpoint
+    r = _run_cli(args + ['--checkpoint_dir', str(ck), '--resume', str(ck / 'checkpoint_latest.pt')])
+    out, _ = r.communicate(timeout=300)
+    assert r.returncode == 0, out.decode()
+    a = json.loads((tmp_path / 'ref' / 'training_history.json').read_text())
+    b = json.loads(hist.read_text())
+    assert strip(a) == strip(b)
+
+
+def test_truncated_checkpoint_warns_and_starts_fresh(world, tmp_path):
+    train(base(world, tmp_path / 'a', num_epochs=1), progress=False)
+    bad = tmp_path / 'a' / 'checkpoint_latest.pt'
+    data = bad.read_bytes(); bad.write_bytes(data[:len(data) // 3])
+    with pytest.warns(UserWarning, match='starting from scratch'):
+        tr = train(base(world, tmp_path / 'b', num_epochs=1, resume=str(bad)), progress=False)
+    fresh = train(base(world, tmp_path / 'c', num_epochs=1), progress=False)
+    assert strip(tr.history) == strip(fresh.history)
+
+
+def test_resume_refuses_other_data(world, tmp_path):
+    train(base(world, tmp_path / 'a', num_epochs=1), progress=False)
+    with pytest.raises(ConfigError, match='vocabulary'):
+        train(base(world, tmp_path / 'b', num_epochs=2, min_obs_per_species=40,
+                   resume=str(tmp_path / 'a' / 'checkpoint_latest.pt')), progress=False)
+    with pytest.raises(ConfigError, match='split'):
+        train(base(world, tmp_path / 'c', num_epochs=2, val_size=0.3,
+                   resume=str(tmp_path / 'a' / 'checkpoint_latest.pt')), progress=False)
+
+
+@pytest.mark.parametrize('flags,msg', [
+    (['--val_size', '0'], '--val_size'),
+    (['--holdout_regions', 'atlantis'], 'atlantis'),
+    (['--data_path', '/nonexistent/x.parquet'], 'no such file'),
+    (['--resume', '/nonexistent/ck.pt'], 'no such checkpoint'),
+    (['--lr_min', '1', '--lr', '0.1'], '--lr_min'),
+    (['--holdout_box', '10', '0', '5', '1'], '--holdout_box'),
+    (['--batch_size', '0'], '--batch_size'),
+])
+def test_bad_flags_exit_clearly(flags, msg, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main(flags + ['--checkpoint_dir', str(tmp_path)])
+    assert e.value.code == 2
+    assert msg in capsys.readouterr().err
+
+
+def test_bad_data_file_exits_clearly(tmp_path, capsys):
+    f = tmp_path / 'not.parquet'; f.write_text('hello')
+    with pytest.raises(SystemExit) as e:
+        main(['--data_path', str(f), '--checkpoint_dir', str(tmp_path / 'ck')])
+    assert e.value.code == 2
+    assert 'not.parquet' in capsys.readouterr().err
+
+
+def test_every_flag_is_a_config_field():
+    p = build_parser()
+    assert vars(p.parse_args([])) == asdict(TrainConfig())
+    dests = {a.dest for a in p._actions if a.dest != 'help'}
+    seed_flags = {'data_path', 'taxonomy', 'model_scale', 'coord_harmonics', 'week_harmonics', 'habitat_head',
+                  'habitat_weight', 'batch_size', 'num_epochs', 'lr', 'weight_decay', 'species_weight', 'env_weight',
+                  'species_loss', 'asl_gamma_pos', 'asl_gamma_neg', 'asl_clip', 'focal_alpha', 'focal_gamma',
+                  'pos_lambda', 'neg_samples', 'label_smoothing', 'max_obs_per_species', 'min_obs_per_species',
+                  'ocean_sample_rate', 'no_yearly', 'no_cache', 'jitter', 'label_freq_weight',
+                  'label_freq_weight_min', 'label_freq_weight_pct_lo', 'label_freq_weight_pct_hi',
+                  'propagate_labels', 'propagate_k', 'propagate_max_radius', 'propagate_max_spread',
+                  'propagate_min_obs', 'propagate_env_dist_max', 'propagate_range_cap', 'lr_schedule', 'lr_min',
+                  'lr_warmup', 'patience', 'val_size', 'sample_fraction', 'holdout_regions', 'checkpoint_dir',
+                  'resume', 'save_every', 'device', 'num_workers'}
+    assert seed_flags <= dests
+    d = TrainConfig()
+    assert (d.model_scale, d.batch_size, d.num_epochs, d.lr, d.weight_decay, d.env_weight, d.species_loss,
+            d.label_smoothing, d.min_obs_per_species, d.patience, d.val_size, d.save_every, d.lr_warmup,
+            d.lr_min, d.neg_samples, d.pos_lambda) == (0.75, 1024, 50, 1e-3, 1e-3, 0.1, 'bce', 0.05, 50, 10, 0.1,
+                                                       5, 3, 1e-6, 1024, 4.0)
+
+
+def test_flags_reach_the_code(world, tmp_path):
+    cfg = base(world, tmp_path, species_loss='focal', focal_alpha=0.3, focal_gamma=1.5, model_scale=0.5,
+               coord_harmonics=4, week_harmonics=3, habitat_head=True, lr=0.02, weight_decay=0.05,
+               batch_size=100, holdout_regions=['california'], label_smoothing=0.0)
+    tr = Trainer(cfg, prepare(cfg, progress=False))
+    mc = tr.model.config
+    assert (mc['model_scale'], mc['coord_harmonics'], mc['week_harmonics'], mc['habitat_head']) == (0.5, 4, 3, True)
+    assert tr.loss_fn.kind == 'focal' and tr.loss_fn.focal_alpha == 0.3 and tr.loss_fn.focal_gamma == 1.5
+    assert tr.opt.param_groups[0]['weight_decay'] == 0.05
+    assert tr.steps_per_epoch == len(tr.prep.train) // 100
+    assert tr.prep.holdout is not None and len(tr.prep.holdout) > 0
+    row = tr.train_epoch(progress=False)
+    assert math.isfinite(row['train_habitat_loss'])
+
+
+def test_jitter_flag_moves_training_coordinates_only(world, tmp_path):
+    cfg = base(world, tmp_path, jitter=True)
+    prep = prepare(cfg, progress=False)
+    tr = Trainer(cfg, prep)
+    seen = []
+    orig = tr.train_data.batch
+    def spy(idx, **kw):
+        out = orig(idx, **kw); seen.append((kw.get('jitter_std', 0.0), out[0], idx)); return out
+    tr.train_data.batch = spy
+    tr.train_epoch(progress=False)
+    std, lat, idx = seen[0]
+    assert std == pytest.approx(prep.jitter_std) and std > 0
+    assert not torch.allclose(lat, torch.as_tensor(prep.train.lat)[idx.cpu()])
