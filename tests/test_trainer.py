@@ -214,3 +214,28 @@ def test_jitter_flag_moves_training_coordinates_only(world, tmp_path):
     std, lat, idx = seen[0]
     assert std == pytest.approx(prep.jitter_std) and std > 0
     assert not torch.allclose(lat, torch.as_tensor(prep.train.lat)[idx.cpu()])
+
+
+def test_empty_samples_env_only(world, tmp_path):
+    "env_only: species batches hold only samples with observations; empty samples feed only the env head."
+    cfg = base(world, tmp_path, empty_samples='env_only', batch_size=64)
+    tr = Trainer(cfg, prepare(cfg, progress=False))
+    npos = tr.prep.train.n_pos()
+    assert 0 < (npos > 0).sum() < len(npos)
+    assert tr.split_empty and tr.steps_per_epoch == int((npos > 0).sum()) // 64
+    seen, env_rows = [], []
+    orig_batch, orig_env = tr.train_data.batch, tr.model.env_head.forward
+    def spy(idx, **kw):
+        seen.append(idx.clone()); return orig_batch(idx, **kw)
+    def env_spy(h):
+        env_rows.append(len(h)); return orig_env(h)
+    tr.train_data.batch = spy
+    tr.model.env_head.forward = env_spy
+    row = tr.train_epoch(progress=False)
+    rows = torch.cat(seen).numpy()
+    assert (npos[rows] > 0).all()                                # no empty sample in a species batch
+    assert len(np.unique(rows)) == tr.steps_per_epoch * 64       # each sample at most once per epoch
+    assert env_rows[:2] == [64, 32]                              # species rows, then env-only rows
+    assert math.isfinite(row['train_env_loss'])
+    ref = Trainer(base(world, tmp_path, batch_size=64), tr.prep)
+    assert ref.steps_per_epoch == len(npos) // 64 and not ref.split_empty
