@@ -33,11 +33,12 @@ def _sort_rows(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     a = x.detach().contiguous().numpy()
     if not (inplace and x.is_contiguous()): a = a.copy()
     nt = max(1, min(os.cpu_count() or 1, 8))
+    kind = 'stable' if a.dtype.itemsize <= 2 else 'quicksort'   # 16-bit ints: radix sort, ~4x faster
     if nt > 1 and a.shape[0] >= 2 * nt and a.size >= 1 << 16:
         bounds = np.linspace(0, a.shape[0], nt + 1).astype(int)
         with ThreadPoolExecutor(nt) as ex:
-            list(ex.map(lambda i: a[bounds[i]:bounds[i + 1]].sort(axis=1), range(nt)))
-    else: a.sort(axis=1)
+            list(ex.map(lambda i: a[bounds[i]:bounds[i + 1]].sort(axis=1, kind=kind), range(nt)))
+    else: a.sort(axis=1, kind=kind)
     return torch.from_numpy(a)
 
 def _cat_cols(parts: list[torch.Tensor]) -> torch.Tensor:
