@@ -17,11 +17,11 @@ from .data import HOLDOUT_REGIONS, Prepared, Samples
 # %% auto #0
 __all__ = ['DEMO_MODEL', 'APPS', 'ring_area', 'cell_polygons', 'cells_geojson', 'check_geojson', 'cache_dir', 'land_cells',
            'cells_bbox', 'land_layer', 'hex_map', 'save_chart', 'colormap', 'deck_html', 'demo_checkpoint',
-           'resolve_checkpoint', 'checkpoint_data', 'coarsen', 'model_cells', 'week_label', 'probability_map',
-           'range_map', 'richness_map', 'effort_map', 'parse_location', 'box_ring', 'regions_geojson', 'regions_layer',
-           'holdout_regions_map', 'dense_targets', 'sample_probs', 'sample_ap', 'sample_scores', 'evaluate_split',
-           'cell_table', 'score_map', 'eval_maps', 'region_labels', 'region_table', 'reliability', 'reliability_chart',
-           'app_path', 'app_command', 'app_main']
+           'resolve_checkpoint', 'checkpoint_picker', 'checkpoint_data', 'coarsen', 'model_cells', 'week_label',
+           'probability_map', 'range_map', 'richness_map', 'effort_map', 'parse_location', 'box_ring',
+           'regions_geojson', 'regions_layer', 'holdout_regions_map', 'dense_targets', 'sample_probs', 'sample_ap',
+           'sample_scores', 'evaluate_split', 'cell_table', 'score_map', 'eval_maps', 'region_labels', 'region_table',
+           'reliability', 'reliability_chart', 'app_path', 'app_command', 'app_main']
 
 # %% ../nbs/08_holdout_maps.ipynb #9e5376ed
 def _clip(ring: np.ndarray, x: float, keep_le: bool) -> np.ndarray:
@@ -282,6 +282,13 @@ def resolve_checkpoint(path=None, progress: bool = False) -> Path:
         if not p.is_file(): raise FileNotFoundError(f'no such checkpoint: {p}')
         return p
     return demo_checkpoint(progress=progress)
+
+# %% ../nbs/08_holdout_maps.ipynb #5c1a9e07
+def checkpoint_picker(mo):
+    "The apps' checkpoint box: `marimo run app.py -- --checkpoint PATH`, else $GEOSDM_CHECKPOINT, else empty (= demo model)."
+    default = str(mo.cli_args().get('checkpoint') or os.environ.get('GEOSDM_CHECKPOINT') or '')
+    return mo.ui.text(value=default, placeholder='empty = the demo model (trained on first use, about a minute)',
+                      label='Checkpoint', full_width=True)
 
 # %% ../nbs/08_holdout_maps.ipynb #d77412db
 def checkpoint_data(pred, progress: bool = False) -> Prepared:

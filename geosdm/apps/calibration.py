@@ -6,7 +6,6 @@ app = marimo.App(width="full", app_title="geosdm list calibration")
 
 @app.cell
 def _():
-    import os
 
     import altair as alt
     import marimo as mo
@@ -15,19 +14,13 @@ def _():
 
     from geosdm import maps
     from geosdm.predict import Predictor
-    return Predictor, alt, maps, mo, np, os, pl
+    return Predictor, alt, maps, mo, np, pl
 
 
 @app.cell
-def _(mo, os):
+def _(maps, mo):
     # checkpoint: `marimo run calibration.py -- --checkpoint PATH`, else $GEOSDM_CHECKPOINT, else the demo model
-    default_checkpoint = str(mo.cli_args().get("checkpoint") or os.environ.get("GEOSDM_CHECKPOINT") or "")
-    checkpoint_input = mo.ui.text(
-        value=default_checkpoint,
-        placeholder="empty = the demo model (trained on first use, about a minute)",
-        label="Checkpoint",
-        full_width=True,
-    )
+    checkpoint_input = maps.checkpoint_picker(mo)
     return (checkpoint_input,)
 
 
