@@ -9,7 +9,7 @@ import torch
 
 from geosdm.simulate import simulate_world
 from geosdm.trainer import TrainConfig, Trainer, ConfigError, build_parser, main
-from geosdm.autotune import (SEARCH_SPACE, Param, run_autotune, open_storage, resolve_params, freq_weights_available,
+from geosdm.autotune import (SEARCH_SPACE, Param, run_autotune, open_storage, resolve_params,
                              FREQ_PARAMS)
 
 SMALL = {**SEARCH_SPACE, 'model_scale': Param('float', 0.1, 0.3, log=True)}   # keep every trial quick
@@ -48,8 +48,8 @@ def test_small_study_cold_then_warm_cache(world, tmp_path):
     r = run_autotune(cfg, space=SMALL, progress=False)
     res = results(cfg)
     assert res == json.loads(json.dumps(r.results))
-    names = resolve_params([], quiet=True)
-    assert res['tuned_params'] == names and len(names) == (17 if freq_weights_available() else 13)
+    names = resolve_params([])
+    assert res['tuned_params'] == names and len(names) == 17
     assert [t['number'] for t in res['all_trials']] == [0, 1, 2]
     assert all(t['state'] == 'COMPLETE' and len(t['epoch_history']) == 2 for t in res['all_trials'])
     assert res['n_finished'] == 3 and res['epochs_per_trial'] == 2
@@ -184,9 +184,6 @@ def test_cli_errors(world, tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert 'dropout' in err and 'pos_lambda' in err and 'week_harmonics' in err
-    if not freq_weights_available():
-        with pytest.raises(ConfigError, match='not available'):
-            resolve_params([FREQ_PARAMS[1]])
     with pytest.raises(ConfigError, match='autotune_trials'):
         run_autotune(base(world, tmp_path, autotune_trials=0))
     with pytest.raises(ConfigError, match='SQLAlchemy|cannot open'):

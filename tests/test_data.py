@@ -351,7 +351,7 @@ def test_option_validation(world):
 
 OPTIONS = [('min_obs_per_species', 3), ('max_obs_per_species', 10), ('max_species', 4), ('ocean_sample_rate', 0.5),
            ('no_yearly', True), ('val_size', 0.2), ('sample_fraction', 0.8), ('holdout_regions', ['uk']),
-           ('holdout_boxes', [(0, 45, 10, 55)])]
+           ('holdout_boxes', [(0, 45, 10, 55)]), ('propagate', {'k': 3})]
 
 
 @pytest.mark.parametrize('name,value', OPTIONS)
@@ -526,7 +526,7 @@ def test_progress_lines_and_stats(world, capsys, monkeypatch):
     s = p.stats
     assert s['cells'] == 40 and s['samples_train'] + s['samples_val'] == 40 * 49
     assert s['nnz_train'] == p.train.nnz and s['nnz_val'] == p.val.nnz
-    assert p.options['min_obs_per_species'] == 0 and p.freq_weights is None and p.h3_res == 2
+    assert p.options['min_obs_per_species'] == 0 and p.region_counts.shape == (36, p.n_species) and p.h3_res == 2
 
 
 # ---------------------------------------------------------------- world_a
