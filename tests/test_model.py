@@ -256,3 +256,16 @@ def test_training_reduces_loss():
     m.eval()
     p = torch.sigmoid(m(lat, lon, week)['species_logits'])
     assert (p[week == 0, :4].mean() > 0.8) and (p[week == 48, :4].mean() < 0.2)
+
+
+@pytest.mark.parametrize('habitat', [False, True])
+def test_species_rows_matches_full_forward(habitat):
+    torch.manual_seed(0)
+    m = create_model(30, 4, model_scale=0.25, habitat_head=habitat).eval()
+    lat, lon, week = _batch(12)
+    full = m(lat, lon, week, return_env=True)
+    part = m(lat, lon, week, return_env=True, species_rows=5)
+    assert part['species_logits'].shape == (5, 30) and part['env_pred'].shape == (12, 4)
+    assert torch.allclose(part['species_logits'], full['species_logits'][:5], atol=1e-5)
+    assert torch.allclose(part['env_pred'], full['env_pred'], atol=1e-5)
+    if habitat: assert torch.allclose(part['habitat_logits'], full['habitat_logits'][:5], atol=1e-5)

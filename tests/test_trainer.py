@@ -239,7 +239,7 @@ def test_empty_samples_env_only(world, tmp_path):
     assert (npos[rows] > 0).all()                                # no empty sample in a species batch
     counts = np.bincount(rows, minlength=len(npos))[npos > 0]
     assert counts.min() >= 1 and counts.max() - counts.min() <= 1  # cycles evenly through the observed samples
-    assert env_rows[:2] == [64, 32]                              # species rows, then env-only rows
+    assert env_rows[0] == 64 + 32                                # species rows and env-only rows: one pass
     assert math.isfinite(row['train_env_loss'])
     ref = Trainer(base(world, tmp_path, batch_size=64, empty_samples='negative'), tr.prep)
     assert ref.steps_per_epoch == tr.steps_per_epoch and not ref.split_empty
