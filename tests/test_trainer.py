@@ -243,3 +243,13 @@ def test_empty_samples_env_only(world, tmp_path):
     assert math.isfinite(row['train_env_loss'])
     ref = Trainer(base(world, tmp_path, batch_size=64, empty_samples='negative'), tr.prep)
     assert ref.steps_per_epoch == tr.steps_per_epoch and not ref.split_empty
+
+
+def test_help_lists_every_flag(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(['--help'])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for a in build_parser()._actions:
+        if a.dest != 'help': assert f'--{a.dest}' in out or any(o in out for o in a.option_strings), a.dest
+    assert 'water > 90%)' in out and 'default: env_only' in out
