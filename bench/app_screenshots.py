@@ -80,7 +80,7 @@ def stop(proc: subprocess.Popen | None) -> None:
 
 def screenshot_app(name: str, checkpoint: str | None, out: Path, chromium: str, timeout: float = 240.0,
                    width: int = 1600, height: int = 1700) -> dict:
-    from geosdm.maps import app_command
+    from geosdm.cli import app_command
     port, dport = free_port(), free_port()
     log_path = out / f'{name}.server.log'
     t0 = time.time()
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     except ImportError:
         print('app_screenshots: the websockets package is missing; skipping')
         return 0
-    from geosdm.maps import resolve_checkpoint
+    from geosdm.demo import resolve_checkpoint
     ck = str(resolve_checkpoint(a.checkpoint))   # trains the demo model first if needed, outside the timed part
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     results = []

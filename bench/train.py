@@ -99,7 +99,8 @@ def truth_scores(predictor) -> dict:
 
 def single(spec: dict) -> dict:
     "One training run + scoring, in this process."
-    from geosdm.trainer import TrainConfig, train, build_parser
+    from geosdm.config import TrainConfig, build_parser
+    from geosdm.trainer import train
     from geosdm.predict import Predictor
     data, tax = prepare_split()
     ck = OUT / f"ck_{spec['name']}"

@@ -70,6 +70,12 @@ def write_world(d: Path, *, name: str = 'combined', cells: list[str] | None = No
     return path
 
 
+def exit_code(main, argv) -> int:
+    "The exit status of a console entry point called in-process (returned, or raised by argparse)."
+    try: return main(argv)
+    except SystemExit as e: return e.code
+
+
 @pytest.fixture
 def world(tmp_path) -> Path:
     "The default 40-cell world with a reference-style taxonomy."

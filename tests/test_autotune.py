@@ -8,7 +8,11 @@ import pytest
 import torch
 
 from geosdm.simulate import simulate_world
-from geosdm.trainer import TrainConfig, Trainer, ConfigError, build_parser, main
+from geosdm.config import TrainConfig, build_parser
+from geosdm.core import ConfigError
+from geosdm.trainer import Trainer
+from geosdm.cli import train_main as main
+from conftest import exit_code
 from geosdm.autotune import (SEARCH_SPACE, Param, run_autotune, open_storage, resolve_params,
                              FREQ_PARAMS)
 
@@ -145,12 +149,12 @@ def test_sqlite_storage_resumes(world, tmp_path):
 WORKER = textwrap.dedent('''
     import sys, time
     from pathlib import Path
-    from geosdm.trainer import main
+    from geosdm.cli import train_main
     me, other = Path(sys.argv[1]), Path(sys.argv[2])
     me.touch()
     t0 = time.time()
     while not other.exists() and time.time() - t0 < 60: time.sleep(0.05)   # start together
-    main(sys.argv[3:])
+    sys.exit(train_main(sys.argv[3:]))
 ''')
 
 
@@ -179,9 +183,7 @@ def test_two_processes_share_one_journal(world, tmp_path):
 
 
 def test_cli_errors(world, tmp_path, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(['--data_path', str(world), '--checkpoint_dir', str(tmp_path), '--autotune', 'lr', 'dropout'])
-    assert e.value.code == 2
+    assert exit_code(main, ['--data_path', str(world), '--checkpoint_dir', str(tmp_path), '--autotune', 'lr', 'dropout']) == 2
     err = capsys.readouterr().err
     assert 'dropout' in err and 'pos_lambda' in err and 'week_harmonics' in err
     with pytest.raises(ConfigError, match='autotune_trials'):

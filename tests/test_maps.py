@@ -11,8 +11,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from maps_support import isolate_cache, session_root, tiny_checkpoint  # noqa: E402
 
-from geosdm import maps  # noqa: E402
-from geosdm.data import HOLDOUT_REGIONS  # noqa: E402
+from geosdm import maps, geo, demo, cli  # noqa: E402
+from geosdm.geo import HOLDOUT_REGIONS  # noqa: E402
 
 
 @pytest.fixture(scope='module')
@@ -30,7 +30,7 @@ def pred(root):
 
 @pytest.fixture(scope='module')
 def prep(pred):
-    return maps.checkpoint_data(pred)
+    return demo.checkpoint_data(pred)
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -42,8 +42,8 @@ def png_size(path: Path) -> tuple[int, int]:
 # ---------------------------------------------------------------- geometry
 def test_every_res1_cell_is_valid_geojson():
     cells = [c for r in h3.get_res0_cells() for c in h3.cell_to_children(r, 1)]
-    fc = maps.cells_geojson(cells)
-    n_rings = maps.check_geojson(fc)           # closed, clockwise, in range
+    fc = geo.cells_geojson(cells)
+    n_rings = geo.check_geojson(fc)           # closed, clockwise, in range
     multi = [f for f in fc['features'] if f['geometry']['type'] == 'MultiPolygon']
     assert len(fc['features']) == len(cells) and n_rings == len(cells) + len(multi)
     assert 5 <= len(multi) <= 40                 # the antimeridian cells and the two polar cells
@@ -52,17 +52,17 @@ def test_every_res1_cell_is_valid_geojson():
 
 def test_ring_orientation_and_closure():
     c = h3.latlng_to_cell(10.0, 20.0, 3)
-    (ring,) = maps.cell_polygons(c)
+    (ring,) = geo.cell_polygons(c)
     assert ring[0] == ring[-1] and len(ring) == 7
-    assert maps.ring_area(ring) < 0                                   # clockwise (d3's exterior)
+    assert geo.ring_area(ring) < 0                                   # clockwise (d3's exterior)
     # the same vertices as H3's, swapped to [lng, lat] and reversed
     b = [[round(lng, 5), round(lat, 5)] for lat, lng in h3.cell_to_boundary(c)]
     assert ring[:-1] == b[::-1]
     with pytest.raises(ValueError, match='clockwise'):
-        maps.check_geojson({'type': 'FeatureCollection', 'features': [
+        geo.check_geojson({'type': 'FeatureCollection', 'features': [
             {'type': 'Feature', 'properties': {}, 'geometry': {'type': 'Polygon', 'coordinates': [ring[::-1]]}}]})
     with pytest.raises(ValueError, match='closed'):
-        maps.check_geojson({'type': 'FeatureCollection', 'features': [
+        geo.check_geojson({'type': 'FeatureCollection', 'features': [
             {'type': 'Feature', 'properties': {}, 'geometry': {'type': 'Polygon', 'coordinates': [ring[:-1]]}}]})
 
 
@@ -72,28 +72,28 @@ def test_antimeridian_split_preserves_area_and_sides():
              and h3.latlng_to_cell(90, 0, 2) != c and h3.latlng_to_cell(-90, 0, 2) != c]
     assert len(cross) > 10
     for c in cross:
-        pieces = maps.cell_polygons(c)
+        pieces = geo.cell_polygons(c)
         assert len(pieces) == 2
         sides = sorted(np.sign(np.mean([p[0] for p in r])) for r in pieces)
         assert sides == [-1, 1]                                        # one piece each side
         ll = np.array(h3.cell_to_boundary(c))[:, ::-1]
         ll[ll[:, 0] < 0, 0] += 360
-        assert sum(abs(maps.ring_area(r)) for r in pieces) == pytest.approx(abs(maps.ring_area(ll)), rel=1e-4)
+        assert sum(abs(geo.ring_area(r)) for r in pieces) == pytest.approx(abs(geo.ring_area(ll)), rel=1e-4)
 
 
 def test_polar_cell_reaches_pole():
     for lat in (90.0, -90.0):
-        rings = maps.cell_polygons(h3.latlng_to_cell(lat, 0.0, 1))
+        rings = geo.cell_polygons(h3.latlng_to_cell(lat, 0.0, 1))
         assert any(pt[1] == lat for r in rings for pt in r)
-        assert all(maps.ring_area(r) < 0 for r in rings)
+        assert all(geo.ring_area(r) < 0 for r in rings)
 
 
 def test_box_ring_and_region_labels():
     for k, b in HOLDOUT_REGIONS.items():
         r = np.array(maps.box_ring(b))
-        assert maps.ring_area(r) < 0 and (r[0] == r[-1]).all()
+        assert geo.ring_area(r) < 0 and (r[0] == r[-1]).all()
         assert r[:, 0].min() == b[0] and r[:, 1].max() == b[3]
-        assert maps.ring_area(r) == pytest.approx(-(b[2] - b[0]) * (b[3] - b[1]))
+        assert geo.ring_area(r) == pytest.approx(-(b[2] - b[0]) * (b[3] - b[1]))
     lab = maps.region_labels([90.0, -90.0, 0.0, 37.0], [180.0, -180.0, 0.0, -120.0])
     assert lab.tolist() == ['lat +60..+90, lon +120..+180', 'lat -90..-60, lon -180..-120',
                             'lat +0..+30, lon +0..+60', 'california']
@@ -188,7 +188,7 @@ def test_region_and_cell_tables(pred, prep):
 def test_checkpoint_data_checks_vocab(pred, prep, monkeypatch):
     monkeypatch.setattr(pred, 'vocab', pred.vocab[:-1])
     with pytest.raises(ValueError, match='not the data this model was trained on'):
-        maps.checkpoint_data(pred)
+        demo.checkpoint_data(pred)
 
 
 # ---------------------------------------------------------------- demo model and launcher
@@ -197,27 +197,27 @@ def test_demo_checkpoint_trains_once_atomically(tmp_path, root):
     tiny_checkpoint(root)
     kw = dict(data_path=str(data), num_epochs=1, min_obs_per_species=5, batch_size=512, holdout_regions=[],
               sample_fraction=0.2, model_scale=0.1)
-    ck = maps.demo_checkpoint(tmp_path, **kw)
+    ck = demo.demo_checkpoint(tmp_path, **kw)
     assert ck == tmp_path / 'demo_model' / 'checkpoint_latest.pt' and ck.is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith('.demo_model')]   # temp dir renamed away
     mtime = ck.stat().st_mtime_ns
-    assert maps.demo_checkpoint(tmp_path, **kw) == ck and ck.stat().st_mtime_ns == mtime
+    assert demo.demo_checkpoint(tmp_path, **kw) == ck and ck.stat().st_mtime_ns == mtime
 
 
 def test_resolve_checkpoint(tmp_path, monkeypatch, pred):
     with pytest.raises(FileNotFoundError):
-        maps.resolve_checkpoint(tmp_path / 'missing.pt')
+        demo.resolve_checkpoint(tmp_path / 'missing.pt')
     monkeypatch.setenv('GEOSDM_CHECKPOINT', str(pred.path))
-    assert maps.resolve_checkpoint() == pred.path
+    assert demo.resolve_checkpoint() == pred.path
 
 
 def test_app_main(capsys, pred):
-    cmd = maps.app_main(['calibration', '--checkpoint', str(pred.path), '--port', '2790', '--print'])
-    assert cmd[2:5] == ['marimo', 'run', str(maps.app_path('calibration'))]
+    assert cli.app_main(['calibration', '--checkpoint', str(pred.path), '--port', '2790', '--print']) == 0
+    cmd = capsys.readouterr().out.split()
+    assert cmd[2:5] == ['marimo', 'run', str(cli.app_path('calibration'))]
     assert cmd[-2:] == ['--checkpoint', str(pred.path.resolve())] and '2790' in cmd
-    assert 'marimo run' in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:
-        maps.app_main(['explorer', '--checkpoint', '/no/such.pt'])
+        cli.app_main(['explorer', '--checkpoint', '/no/such.pt'])
     assert e.value.code == 2
     with pytest.raises(SystemExit):
-        maps.app_main(['nope'])
+        cli.app_main(['nope'])

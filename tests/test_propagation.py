@@ -16,7 +16,7 @@ from geosdm.data import encode_env, flatten_lists, load_combined, prepare_data, 
 from geosdm.propagation import (PropagationParams, env_space, freq_weight_curve, haversine_km, label_freq_weights,
                                 propagate_keys, range_threshold_km, region_counts, region_of, region_percentiles,
                                 unit_xyz)
-from geosdm.simulate import demo_parquet
+from geosdm.core import demo_parquet
 
 DEMO = demo_parquet()
 
@@ -237,7 +237,8 @@ def test_region_counts_bins():
 
 
 def test_trainer_uses_weights_on_positive_labels(tmp_path):
-    from geosdm.trainer import TrainConfig, Trainer, prepare, check_config
+    from geosdm.config import TrainConfig, check_config
+    from geosdm.trainer import Trainer, prepare
     from geosdm.losses import total_loss
     cfg = TrainConfig(data_path=str(DEMO), checkpoint_dir=str(tmp_path), model_scale=0.25, num_epochs=1,
                       label_freq_weight=True, label_freq_weight_min=0.05, label_freq_weight_pct_lo=5,
@@ -260,10 +261,10 @@ def test_trainer_uses_weights_on_positive_labels(tmp_path):
         plain = total_loss(out, y, tr.env[cell], tr.loss_fn, env_weight=0.0)['species']
     assert float(got) == pytest.approx(float(hand), rel=1e-5)
     assert float(got) < float(plain)
-    with pytest.raises(SystemExit):
-        from geosdm.trainer import main
-        main(['--data_path', str(DEMO), '--propagate_labels', '--propagate_k', '0', '--checkpoint_dir', str(tmp_path)])
-    from geosdm.trainer import ConfigError
+    from geosdm.cli import train_main
+    from conftest import exit_code
+    assert exit_code(train_main, ['--data_path', str(DEMO), '--propagate_labels', '--propagate_k', '0', '--checkpoint_dir', str(tmp_path)]) == 2
+    from geosdm.core import ConfigError
     with pytest.raises(ConfigError, match='propagate_range_cap'):
         check_config(TrainConfig(data_path=str(DEMO), propagate_labels=True, propagate_range_cap=-5))
     with pytest.raises(ConfigError, match='label_freq_weight_min'):

@@ -8,8 +8,12 @@ import pytest
 import torch
 
 from geosdm.simulate import simulate_world
-from geosdm.trainer import (TrainConfig, Trainer, train, build_parser, check_config, ConfigError, main,
-                            load_checkpoint, prepare, lr_at)
+from geosdm.config import TrainConfig, build_parser, check_config
+from geosdm.core import ConfigError
+from geosdm.checkpoint import load_checkpoint
+from geosdm.cli import train_main as main
+from geosdm.trainer import Trainer, train, prepare, lr_at
+from conftest import exit_code
 
 TIMING = ('seconds', 'samples_per_s')
 
@@ -87,7 +91,7 @@ def test_resume_equals_uninterrupted(world, tmp_path):
 
 
 def _run_cli(args, **kw):
-    code = 'import sys; from geosdm.trainer import main; main(sys.argv[1:])'
+    code = 'import sys; from geosdm.cli import train_main; sys.exit(train_main(sys.argv[1:]))'
     return subprocess.Popen([sys.executable, '-c', code, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env={**os.environ, 'TQDM_DISABLE': '1'}, **kw)
 
@@ -151,17 +155,13 @@ def test_resume_refuses_other_data(world, tmp_path):
     (['--batch_size', '0'], '--batch_size'),
 ])
 def test_bad_flags_exit_clearly(flags, msg, capsys, tmp_path):
-    with pytest.raises(SystemExit) as e:
-        main(flags + ['--checkpoint_dir', str(tmp_path)])
-    assert e.value.code == 2
+    assert exit_code(main, flags + ['--checkpoint_dir', str(tmp_path)]) == 2
     assert msg in capsys.readouterr().err
 
 
 def test_bad_data_file_exits_clearly(tmp_path, capsys):
     f = tmp_path / 'not.parquet'; f.write_text('hello')
-    with pytest.raises(SystemExit) as e:
-        main(['--data_path', str(f), '--checkpoint_dir', str(tmp_path / 'ck')])
-    assert e.value.code == 2
+    assert exit_code(main, ['--data_path', str(f), '--checkpoint_dir', str(tmp_path / 'ck')]) == 2
     assert 'not.parquet' in capsys.readouterr().err
 
 
@@ -246,9 +246,7 @@ def test_empty_samples_env_only(world, tmp_path):
 
 
 def test_help_lists_every_flag(capsys):
-    with pytest.raises(SystemExit) as e:
-        main(['--help'])
-    assert e.value.code == 0
+    assert exit_code(main, ['--help']) == 0
     out = capsys.readouterr().out
     for a in build_parser()._actions:
         if a.dest != 'help': assert f'--{a.dest}' in out or any(o in out for o in a.option_strings), a.dest

@@ -12,25 +12,26 @@ def _():
     import numpy as np
     import polars as pl
 
-    from geosdm import maps
+    from geosdm import demo, maps
+    from geosdm.core import week_label
     from geosdm.predict import Predictor
-    return Predictor, alt, maps, mo, np, pl
+    return Predictor, alt, demo, maps, mo, np, pl, week_label
 
 
 @app.cell
-def _(maps, mo):
+def _(demo, maps, mo):
     # checkpoint: `marimo run calibration.py -- --checkpoint PATH`, else $GEOSDM_CHECKPOINT, else the demo model
-    checkpoint_input = maps.checkpoint_picker(mo)
+    checkpoint_input = demo.checkpoint_picker(mo)
     return (checkpoint_input,)
 
 
 @app.cell
-def _(Predictor, checkpoint_input, maps, mo):
+def _(Predictor, checkpoint_input, demo, maps, mo):
     with mo.status.spinner(title="Loading the model and its validation / hold-out data…"):
         try:
-            checkpoint_path = maps.resolve_checkpoint(checkpoint_input.value.strip() or None)
+            checkpoint_path = demo.resolve_checkpoint(checkpoint_input.value.strip() or None)
             pred = Predictor(checkpoint_path, device="cpu")
-            prep = maps.checkpoint_data(pred)
+            prep = demo.checkpoint_data(pred)
         except (FileNotFoundError, ValueError) as e:
             mo.stop(True, mo.callout(mo.md(f"**Cannot load the checkpoint or its data:** {e}"), kind="danger"))
         # probabilities and per-sample scores at the seed's thresholds, computed once

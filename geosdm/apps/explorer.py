@@ -13,23 +13,24 @@ def _():
     import numpy as np
     import polars as pl
 
-    from geosdm import maps
+    from geosdm import demo, maps
+    from geosdm.core import week_label
     from geosdm.predict import Predictor
-    return Predictor, alt, h3, maps, mo, np, pl
+    return Predictor, alt, demo, h3, maps, mo, np, pl, week_label
 
 
 @app.cell
-def _(maps, mo):
+def _(demo, maps, mo):
     # checkpoint: `marimo run explorer.py -- --checkpoint PATH`, else $GEOSDM_CHECKPOINT, else the demo model
-    checkpoint_input = maps.checkpoint_picker(mo)
+    checkpoint_input = demo.checkpoint_picker(mo)
     return (checkpoint_input,)
 
 
 @app.cell
-def _(Predictor, checkpoint_input, h3, maps, mo, np):
+def _(Predictor, checkpoint_input, demo, h3, maps, mo, np):
     with mo.status.spinner(title="Loading the model (the demo model is trained on first use, about a minute)…"):
         try:
-            checkpoint_path = maps.resolve_checkpoint(checkpoint_input.value.strip() or None)
+            checkpoint_path = demo.resolve_checkpoint(checkpoint_input.value.strip() or None)
             pred = Predictor(checkpoint_path, device="cpu")
         except (FileNotFoundError, ValueError) as e:
             mo.stop(True, mo.callout(mo.md(f"**Cannot load the checkpoint:** {e}"), kind="danger"))
@@ -105,7 +106,7 @@ def _(cells, maps, pred, species, week, week_probs):
 
 
 @app.cell
-def _(list_threshold, location_input, maps, mo, pl, pred, week):
+def _(list_threshold, location_input, maps, mo, pl, pred, week, week_label):
     try:
         location = maps.parse_location(location_input.value)
         location_error = None
@@ -132,7 +133,7 @@ def _(list_threshold, location_input, maps, mo, pl, pred, week):
             [
                 mo.md(
                     f"**{len(species_table)} species** with p ≥ {list_threshold.value:.2f} at "
-                    f"({location[0]:.3f}, {location[1]:.3f}), {maps.week_label(week)}"
+                    f"({location[0]:.3f}, {location[1]:.3f}), {week_label(week)}"
                 ),
                 mo.ui.table(species_table, selection=None, page_size=15, show_column_summaries=False),
             ]
