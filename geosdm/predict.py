@@ -4,10 +4,11 @@
 
 # %% ../nbs/12_predict.ipynb #a7468718
 from __future__ import annotations
+import re
 from pathlib import Path
 
+import h3
 import numpy as np
-import torch
 
 from .core import N_WEEKS
 from .geo import cell_centres
@@ -15,7 +16,7 @@ from .checkpoint import load_checkpoint, checkpoint_config
 from .model import create_model, predict_proba, resolve_device
 
 # %% auto #0
-__all__ = ['Predictor']
+__all__ = ['Predictor', 'parse_location']
 
 # %% ../nbs/12_predict.ipynb #2cc6841c
 class Predictor:
@@ -29,7 +30,8 @@ class Predictor:
         v = ck['species_vocab']
         self.vocab, self.sci_names, self.common_names = list(v['codes']), list(v['sci_names']), list(v['common_names'])
         self.env_names = list(ck['env']['names'])
-        self.config, self.epoch, self.history = ck['config'], ck['epoch'], ck['history']
+        self.config = checkpoint_config(ck)                       # the TrainConfig it was trained with
+        self.epoch, self.history = ck['epoch'], ck['history']
         self.batch_size = batch_size
         self._index = {c: i for i, c in enumerate(self.vocab)}
 
@@ -65,3 +67,17 @@ class Predictor:
         order = np.argsort(-p, kind='stable')
         order = order[p[order] >= threshold][:top_k]
         return [(self.vocab[i], self.sci_names[i], self.common_names[i], float(p[i])) for i in order]
+
+# %% ../nbs/12_predict.ipynb #c06dea0a
+def parse_location(text: str) -> tuple[float, float]:
+    "(lat, lon) of an H3 cell id (its centre) or of a 'lat, lon' string."
+    t = str(text).strip()
+    if h3.is_valid_cell(t): return tuple(float(x) for x in h3.cell_to_latlng(t))
+    parts = [x for x in re.split(r'[,;\s]+', t) if x]
+    try:
+        lat, lon = (float(x) for x in parts)
+    except ValueError:
+        raise ValueError(f'location {text!r}: expected an H3 cell id or "lat, lon" in degrees') from None
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise ValueError(f'location {text!r}: lat must be in [-90, 90] and lon in [-180, 180]')
+    return lat, lon

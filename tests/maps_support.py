@@ -1,7 +1,10 @@
-"""A tiny trained model shared by test_maps.py and test_apps.py (trained once per pytest session)."""
+"""A tiny trained model shared by test_maps.py, test_evaluate.py and test_apps.py (trained once per pytest session),
+and the fixtures that load it."""
 from __future__ import annotations
 import os
 from pathlib import Path
+
+import pytest
 
 TINY_BBOX = (-135.0, 25.0, -95.0, 55.0)   # the western US: holds the us_northwest hold-out box
 
@@ -30,3 +33,25 @@ def session_root(tmp_path_factory) -> Path:
 def isolate_cache(root: Path) -> None:
     "Point geosdm's user cache (land cells, demo model) at the session directory."
     os.environ['GEOSDM_CACHE'] = str(Path(root) / 'cache')
+
+
+@pytest.fixture(scope='module')
+def root(tmp_path_factory):
+    "The session directory, with geosdm's user cache pointed into it."
+    r = session_root(tmp_path_factory)
+    isolate_cache(r)
+    return r
+
+
+@pytest.fixture(scope='module')
+def pred(root):
+    "A `Predictor` of the tiny model."
+    from geosdm.predict import Predictor
+    return Predictor(tiny_checkpoint(root), device='cpu')
+
+
+@pytest.fixture(scope='module')
+def prep(pred):
+    "The data the tiny model was trained on."
+    from geosdm.demo import checkpoint_data
+    return checkpoint_data(pred)

@@ -9,9 +9,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from maps_support import isolate_cache, session_root, tiny_checkpoint  # noqa: E402
 
-from geosdm import maps  # noqa: E402
+import geosdm  # noqa: E402
 
-APPS = Path(maps.__file__).parent / 'apps'
+APPS = Path(geosdm.__file__).parent / 'apps'
 
 
 @pytest.fixture(scope='module')

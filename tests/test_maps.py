@@ -1,4 +1,4 @@
-"""geosdm.maps: cell geometry, charts (PNG / HTML / pydeck), per-sample and per-region scores, demo model, launcher."""
+"""geosdm.maps (cell geometry, charts as PNG / HTML / pydeck, model and evaluation maps), geosdm.demo and the app launcher."""
 from __future__ import annotations
 import json, re, struct, sys
 from pathlib import Path
@@ -9,28 +9,10 @@ import polars as pl
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from maps_support import isolate_cache, session_root, tiny_checkpoint  # noqa: E402
+from maps_support import pred, prep, root, tiny_checkpoint  # noqa: E402,F401  (pred, prep, root: fixtures)
 
-from geosdm import maps, geo, demo, cli  # noqa: E402
+from geosdm import maps, geo, demo, cli, evaluate  # noqa: E402
 from geosdm.geo import HOLDOUT_REGIONS  # noqa: E402
-
-
-@pytest.fixture(scope='module')
-def root(tmp_path_factory):
-    r = session_root(tmp_path_factory)
-    isolate_cache(r)
-    return r
-
-
-@pytest.fixture(scope='module')
-def pred(root):
-    from geosdm.predict import Predictor
-    return Predictor(tiny_checkpoint(root), device='cpu')
-
-
-@pytest.fixture(scope='module')
-def prep(pred):
-    return demo.checkpoint_data(pred)
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -88,15 +70,12 @@ def test_polar_cell_reaches_pole():
         assert all(geo.ring_area(r) < 0 for r in rings)
 
 
-def test_box_ring_and_region_labels():
+def test_box_ring():
     for k, b in HOLDOUT_REGIONS.items():
         r = np.array(maps.box_ring(b))
         assert geo.ring_area(r) < 0 and (r[0] == r[-1]).all()
         assert r[:, 0].min() == b[0] and r[:, 1].max() == b[3]
         assert geo.ring_area(r) == pytest.approx(-(b[2] - b[0]) * (b[3] - b[1]))
-    lab = maps.region_labels([90.0, -90.0, 0.0, 37.0], [180.0, -180.0, 0.0, -120.0])
-    assert lab.tolist() == ['lat +60..+90, lon +120..+180', 'lat -90..-60, lon -180..-120',
-                            'lat +0..+30, lon +0..+60', 'california']
 
 
 # ---------------------------------------------------------------- charts
@@ -143,44 +122,8 @@ def test_model_maps_match_predictor(pred, prep):
         maps.probability_map(pred, 'no such bird', 1, cells)
 
 
-def test_sample_scores_against_sklearn_and_metrics(pred, prep):
-    from sklearn.metrics import average_precision_score
-    import torch
-    from geosdm.metrics import MetricAccumulator
-    ev = maps.evaluate_split(pred, prep, 'val')
-    P = ev['n_true'] > 0
-    i = np.flatnonzero(P)[:40]
-    np.testing.assert_allclose(ev['ap'][i], [average_precision_score(ev['y'][k], ev['probs'][k]) for k in i], atol=1e-9)
-    acc = MetricAccumulator(prep.n_species, vocab=prep.vocab)
-    lg = torch.logit(torch.from_numpy(ev['probs']).double().clamp(1e-7, 1 - 1e-7)).float()
-    acc.update(lg, torch.from_numpy(ev['y']), torch.from_numpy(ev['samples'].obs_density))
-    m = acc.compute()
-    assert np.nanmean(ev['ap']) == pytest.approx(m['map'], abs=1e-4)
-    assert ev['n_pred'][:, 1].mean() == pytest.approx(m['mean_list_len_10'], abs=1e-6)
-    assert ev['n_pred'][P, 1].sum() / ev['n_true'][P].sum() == pytest.approx(m['list_ratio_rom_10'], rel=1e-6)
-
-
-def test_region_and_cell_tables(pred, prep):
-    ev = maps.evaluate_split(pred, prep, 'holdout')
-    rt = maps.region_table(ev)
-    assert rt['region'].to_list() == ['us_northwest']                 # the hold-out set is the box
-    assert rt['n_samples'][0] == len(ev['samples'])
-    tp, npred, ntrue = ev['tp'][:, 2].sum(), ev['n_pred'][:, 2].sum(), ev['n_true'].sum()
-    assert rt['precision_25'][0] == pytest.approx(tp / npred) and rt['recall_25'][0] == pytest.approx(tp / ntrue)
-    ct = maps.cell_table(ev, 0.25)
-    assert ct['n_samples'].sum() == len(ev['samples'])
-    assert set(ct['h3_index']) == set(np.asarray(prep.cells)[ev['samples'].cell])
-    ev_val = maps.evaluate_split(pred, prep, 'val')
-    rv = maps.region_table(ev_val)
-    assert rv['n_samples'].sum() == len(ev_val['samples'])          # (val cells inside the box stay in val)
-    assert len(rv) == len(set(maps.region_labels(ev_val['samples'].lat, ev_val['samples'].lon)))
-    rel = maps.reliability(ev_val, bins=5)
-    p, y = ev_val['probs'].ravel(), ev_val['y'].ravel()
-    m = (p >= 0.2) & (p < 0.4)
-    row = rel.filter(pl.col('bin_lo') == 0.2)
-    assert row['n'][0] == m.sum() and row['observed'][0] == pytest.approx(y[m].mean())
-    with pytest.raises(ValueError, match='not scored'):
-        maps.cell_table(ev, 0.3)
+def test_eval_maps(pred, prep):
+    ev, ev_val = evaluate.evaluate_split(pred, prep, 'holdout'), evaluate.evaluate_split(pred, prep, 'val')
     ch = maps.eval_maps({'val': ev_val, 'holdout': ev})
     assert len(ch.to_dict()['vconcat']) == 2
 

@@ -12,21 +12,20 @@ def _():
     import numpy as np
     import polars as pl
 
-    from geosdm import demo, maps
-    from geosdm.core import week_label
+    from geosdm import demo, evaluate, maps
     from geosdm.predict import Predictor
-    return Predictor, alt, demo, maps, mo, np, pl, week_label
+    return Predictor, alt, demo, evaluate, maps, mo, np, pl
 
 
 @app.cell
-def _(demo, maps, mo):
+def _(demo, mo):
     # checkpoint: `marimo run calibration.py -- --checkpoint PATH`, else $GEOSDM_CHECKPOINT, else the demo model
     checkpoint_input = demo.checkpoint_picker(mo)
     return (checkpoint_input,)
 
 
 @app.cell
-def _(Predictor, checkpoint_input, demo, maps, mo):
+def _(Predictor, checkpoint_input, demo, evaluate, mo):
     with mo.status.spinner(title="Loading the model and its validation / hold-out data…"):
         try:
             checkpoint_path = demo.resolve_checkpoint(checkpoint_input.value.strip() or None)
@@ -34,8 +33,8 @@ def _(Predictor, checkpoint_input, demo, maps, mo):
             prep = demo.checkpoint_data(pred)
         except (FileNotFoundError, ValueError) as e:
             mo.stop(True, mo.callout(mo.md(f"**Cannot load the checkpoint or its data:** {e}"), kind="danger"))
-        # probabilities and per-sample scores at the seed's thresholds, computed once
-        evaluations = {k: maps.evaluate_split(pred, prep, k) for k in ("val", "holdout")}
+        # probabilities and per-sample scores at the 5 / 10 / 25 % thresholds, computed once
+        evaluations = {k: evaluate.evaluate_split(pred, prep, k) for k in ("val", "holdout")}
         evaluations = {k: v for k, v in evaluations.items() if v is not None}
     mo.stop(not evaluations, mo.callout(mo.md("The checkpoint's data have no validation or hold-out samples."), kind="warn"))
     is_demo = not checkpoint_input.value.strip()
@@ -66,7 +65,7 @@ def _(checkpoint_input, mo, model_note, split_dropdown, threshold_slider):
             checkpoint_input,
             model_note,
             mo.md(
-                "Regions are the seed's hold-out boxes and, elsewhere, its 30° × 60° frequency-weighting bins. "
+                "Regions are the five hold-out regions and, elsewhere, the 30° × 60° bins the trainer weights species by. "
                 "List ratio = Σ predicted / Σ observed list length over samples with an observed species "
                 "(1 = calibrated, > 1 = lists too long)."
             ),
@@ -77,13 +76,13 @@ def _(checkpoint_input, mo, model_note, split_dropdown, threshold_slider):
 
 
 @app.cell
-def _(evaluations, maps, split_dropdown, threshold_slider):
+def _(evaluate, evaluations, split_dropdown, threshold_slider):
     threshold = round(float(threshold_slider.value), 4)
     evaluation = evaluations[split_dropdown.value]
     # re-score at the slider's threshold (cheap: the probabilities are cached)
-    evaluation_t = {**evaluation, **maps.sample_scores(evaluation["probs"], evaluation["y"], (threshold,))}
-    region_fixed = maps.region_table(evaluation)  # at 5 / 10 / 25 %
-    region_t = maps.region_table(evaluation_t)  # at the slider's threshold
+    evaluation_t = {**evaluation, **evaluate.sample_scores(evaluation["probs"], evaluation["y"], (threshold,))}
+    region_fixed = evaluate.region_table(evaluation)  # at 5 / 10 / 25 %
+    region_t = evaluate.region_table(evaluation_t)  # at the slider's threshold
     return evaluation_t, region_fixed, region_t, threshold
 
 
@@ -109,12 +108,12 @@ def _(mo, pl, region_fixed, region_t, threshold):
 
 
 @app.cell
-def _(alt, evaluation_t, evaluations, maps, np, region_t, threshold):
-    _keys = maps.region_labels(evaluation_t["samples"].lat, evaluation_t["samples"].lon)
+def _(alt, evaluate, evaluation_t, evaluations, maps, np, region_t, threshold):
+    _keys = evaluate.region_labels(evaluation_t["samples"].lat, evaluation_t["samples"].lon)
     # reliability: every set, plus the three largest regions of the chosen set
-    _rel = {("validation" if k == "val" else "hold-out"): maps.reliability(v) for k, v in evaluations.items()}
+    _rel = {("validation" if k == "val" else "hold-out"): evaluate.reliability(v) for k, v in evaluations.items()}
     for _r in region_t["region"].to_list()[:3]:
-        _rel[f"{evaluation_t['split']}: {_r}"] = maps.reliability(evaluation_t, mask=_keys == _r)
+        _rel[f"{evaluation_t['split']}: {_r}"] = evaluate.reliability(evaluation_t, mask=_keys == _r)
     reliability_chart = maps.reliability_chart(_rel, width=380, height=300)
     ratio_map = alt.layer(
         maps.score_map(evaluation_t, "list_ratio", threshold, width=620, height=400),

@@ -14,13 +14,13 @@ def _():
     import polars as pl
 
     from geosdm import demo, maps
-    from geosdm.core import week_label
-    from geosdm.predict import Predictor
-    return Predictor, alt, demo, h3, maps, mo, np, pl, week_label
+    from geosdm.core import N_WEEKS, week_label
+    from geosdm.predict import Predictor, parse_location
+    return N_WEEKS, Predictor, alt, demo, h3, maps, mo, np, parse_location, pl, week_label
 
 
 @app.cell
-def _(demo, maps, mo):
+def _(demo, mo):
     # checkpoint: `marimo run explorer.py -- --checkpoint PATH`, else $GEOSDM_CHECKPOINT, else the demo model
     checkpoint_input = demo.checkpoint_picker(mo)
     return (checkpoint_input,)
@@ -46,7 +46,7 @@ def _(Predictor, checkpoint_input, demo, h3, maps, mo, np):
 
 
 @app.cell
-def _(cell_latlng, mo, np, pred, yearly):
+def _(N_WEEKS, cell_latlng, mo, np, pred, yearly):
     # species: searchable by common name, scientific name or code; default = the most widespread species
     species_options = {
         f"{c} — {s} ({k})": k for k, s, c in sorted(zip(pred.vocab, pred.sci_names, pred.common_names), key=lambda t: t[2])
@@ -59,7 +59,7 @@ def _(cell_latlng, mo, np, pred, yearly):
         label="Species (type a common or scientific name)",
         full_width=True,
     )
-    week_slider = mo.ui.slider(0, 48, value=0, label="Week (0 = whole year)", show_value=True, full_width=True)
+    week_slider = mo.ui.slider(0, N_WEEKS, value=0, label="Week (0 = whole year)", show_value=True, full_width=True)
     _best = int(np.argmax((yearly > 0.1).sum(1)))  # default location: the richest cell
     location_input = mo.ui.text(
         value=f"{cell_latlng[_best, 0]:.3f}, {cell_latlng[_best, 1]:.3f}",
@@ -85,7 +85,7 @@ def _(checkpoint_input, list_threshold, location_input, mo, model_note, species_
 
 
 @app.cell
-def _(cells, maps, pred, species_dropdown, week_slider):
+def _(pred, species_dropdown, week_slider):
     species = species_dropdown.value
     species_index = pred.index(species)
     week = int(week_slider.value)
@@ -106,9 +106,9 @@ def _(cells, maps, pred, species, week, week_probs):
 
 
 @app.cell
-def _(list_threshold, location_input, maps, mo, pl, pred, week, week_label):
+def _(list_threshold, location_input, mo, parse_location, pl, pred, week, week_label):
     try:
-        location = maps.parse_location(location_input.value)
+        location = parse_location(location_input.value)
         location_error = None
     except ValueError as e:
         location, location_error = None, str(e)
@@ -143,7 +143,7 @@ def _(list_threshold, location_input, maps, mo, pl, pred, week, week_label):
 
 
 @app.cell
-def _(alt, location, np, pl, pred, species_index, species_table):
+def _(N_WEEKS, alt, location, np, pl, pred, species_index, species_table):
     # phenology at the location: the chosen species and the top of the list
     if location is None:
         phenology_chart = alt.Chart(pl.DataFrame({"week": [], "probability": []})).mark_line()
@@ -152,21 +152,21 @@ def _(alt, location, np, pl, pred, species_index, species_table):
         _idx = [species_index] + [pred.index(c) for c in species_table["code"].to_list()[:5] if pred.index(c) != species_index]
         _df = pl.DataFrame(
             {
-                "week": np.tile(np.arange(1, 49), len(_idx)),
+                "week": np.tile(np.arange(1, N_WEEKS + 1), len(_idx)),
                 "probability": _ph[:, _idx].T.ravel(),
-                "species": np.repeat([pred.common_names[i] for i in _idx], 48),
+                "species": np.repeat([pred.common_names[i] for i in _idx], N_WEEKS),
             }
         )
         phenology_chart = (
             alt.Chart(_df)
             .mark_line(point=alt.OverlayMarkDef(size=12))
             .encode(
-                x=alt.X("week:Q", scale=alt.Scale(domain=[1, 48])),
+                x=alt.X("week:Q", scale=alt.Scale(domain=[1, N_WEEKS])),
                 y=alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1])),
                 color=alt.Color("species:N", sort=[pred.common_names[i] for i in _idx]),
                 tooltip=["species", "week", alt.Tooltip("probability:Q", format=".3f")],
             )
-            .properties(title="Phenology at the location (48 weeks)", width=460, height=260)
+            .properties(title=f"Phenology at the location ({N_WEEKS} weeks)", width=460, height=260)
         )
     return (phenology_chart,)
 
