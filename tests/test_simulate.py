@@ -9,10 +9,11 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from geosdm.simulate import (DEMO_BBOX, DEMO_KWARGS, ENV_COLUMNS, ISLAND_GROUPS, N_WEEKS, TRUTH_WEEKS,
-                             WATCHLIST_SPECIES, WEEK_COLUMNS, WHOCRA_BREEDING, WHOCRA_WINTER, angle_between,
-                             cells_to_geojson, demo_data_dir, demo_parquet, grid_cells, latlon_to_xyz,
-                             simulate_world, write_world)
+from geosdm.core import N_WEEKS, WEEK_COLS, demo_data_dir, demo_parquet
+from geosdm.geo import unit_xyz
+from geosdm.simulate import (DEMO_BBOX, DEMO_KWARGS, ISLAND_GROUPS, WHOCRA_BREEDING, WHOCRA_WINTER, grid_cells,
+                             simulate_world)
+from geosdm.worldfiles import ENV_COLUMNS, TRUTH_WEEKS, write_world
 
 WORLD_A = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'world_a'
 KW = dict(n_species=80, res=2, bbox=DEMO_BBOX, seed=3)
@@ -31,7 +32,7 @@ def written(world, tmp_path_factory):
 def _centroid(world, s, week):
     "p-weighted mean unit vector of species s in week (1..48) -> (lat, lon)."
     c = world.cells
-    xyz = latlon_to_xyz(c['lat'].to_numpy(), c['lon'].to_numpy())
+    xyz = unit_xyz(c['lat'].to_numpy(), c['lon'].to_numpy())
     p = world.truth[:, week - 1, s].astype(float)
     v = (xyz * p[:, None]).sum(0)
     v /= np.linalg.norm(v)
@@ -83,12 +84,12 @@ def test_combined_schema_like_world_a(written):
 
 def test_combined_content(world, written):
     df = pl.read_parquet(written / 'combined.parquet')
-    assert df.columns == ['h3_index', 'geometry', *ENV_COLUMNS, *WEEK_COLUMNS]
+    assert df.columns == ['h3_index', 'geometry', *ENV_COLUMNS, *WEEK_COLS]
     assert all(df.schema[c] == pl.Float64 for c in ENV_COLUMNS)
-    assert all(df.schema[c] == pl.List(pl.String) for c in WEEK_COLUMNS)
+    assert all(df.schema[c] == pl.List(pl.String) for c in WEEK_COLS)
     assert df['h3_index'].to_list() == sorted(df['h3_index'].to_list())
     assert all(h3.is_valid_cell(c) and h3.get_resolution(c) == 2 for c in df['h3_index'])
-    for c in WEEK_COLUMNS: assert df[c].null_count() == 0
+    for c in WEEK_COLS: assert df[c].null_count() == 0
     # lists equal the world's observation matrix, codes sorted as strings
     codes = np.array(world.codes)
     for w in (1, 20, 48):
@@ -122,8 +123,8 @@ def test_truth_effort_files(world, written):
         got = world.truth[row[r['h3_index']], r['week'] - 1, [ix[s] for s in r['species']]]
         np.testing.assert_allclose(got, r['p'], rtol=1e-6)
     e = pl.read_parquet(written / 'effort.parquet')
-    assert e.columns == ['h3_index', 'lat', 'lon', *WEEK_COLUMNS]
-    np.testing.assert_array_equal(e.select(WEEK_COLUMNS).to_numpy(), world.effort)
+    assert e.columns == ['h3_index', 'lat', 'lon', *WEEK_COLS]
+    np.testing.assert_array_equal(e.select(WEEK_COLS).to_numpy(), world.effort)
     js = json.loads((written / 'world.json').read_text())
     assert js['cells'] == world.n_cells and js['species'] == world.n_species and js['seed'] == 3
     assert js['checklists'] == int(world.effort.sum())
@@ -264,21 +265,7 @@ def test_detection_probability_matches_formula(world):
     assert abs(got_hits - exp_hits) < 4 * np.sqrt(exp_hits) + 0.01 * exp_hits
 
 
-# ---------------------------------------------------------------- geojson, demo, speed
-def test_cells_to_geojson_closed_rings():
-    cells = grid_cells(1, (-30, -40, 60, 60))
-    gj = cells_to_geojson(cells, {'a': np.arange(len(cells), dtype=float), 'b': [None] * len(cells)})
-    assert gj['type'] == 'FeatureCollection' and len(gj['features']) == len(cells)
-    for f in gj['features']:
-        ring = f['geometry']['coordinates'][0]
-        assert ring[0] == ring[-1] and len(ring) >= 6
-        area2 = sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(ring[:-1], ring[1:]))
-        assert area2 < 0  # clockwise: d3/vega draws the hexagon, not its complement
-        assert all(-180 <= x <= 180 and -90 <= y <= 90 for x, y in ring)
-    with pytest.raises(ValueError, match='values'):
-        cells_to_geojson(cells, {'a': [1.0]})
-
-
+# ---------------------------------------------------------------- demo, speed
 def test_demo_data():
     try:
         d = demo_data_dir()
@@ -290,7 +277,7 @@ def test_demo_data():
     assert 500 <= js['cells'] <= 2000 and js['samples'] > 3000
     assert sum(f.stat().st_size for f in d.iterdir()) < 5e6
     df = pl.read_parquet(d / 'combined.parquet')
-    assert df.columns == ['h3_index', 'geometry', *ENV_COLUMNS, *WEEK_COLUMNS]
+    assert df.columns == ['h3_index', 'geometry', *ENV_COLUMNS, *WEEK_COLS]
 
 
 def test_bad_arguments():
