@@ -384,27 +384,33 @@ def setup_logging():
 def _f(v, fmt='.3f'):
     return 'n/a' if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
 
+def _three(g, key, fmt='.2f') -> str:
+    return ' / '.join(_f(g(f'{key}_{t}'), fmt) for t in (5, 10, 25))
+
 # %% ../nbs/11_trainer.ipynb #cf9f689e
+def _quality_lines(g) -> list[str]:
+    return [f"  ranking (higher is better)  mAP {_f(g('val_map'))} · top-10 recall {_f(g('val_top10_recall'))}"
+            f" · top-30 recall {_f(g('val_top30_recall'))} · species mAP {_f(g('val_species_map'))}",
+            f"  lists at p ≥ 5 / 10 / 25 %  F1 {_three(g, 'val_f1', '.3f')} (higher is better)"
+            f" · length ratio {_three(g, 'val_list_ratio_rom')} (1 = right length)",
+            f"  effort bias                 mAP sparse {_f(g('val_map_sparse'))} / dense {_f(g('val_map_dense'))}"
+            f" · ratio {_f(g('val_map_density_ratio'))} (1 = no bias) · prediction-effort r"
+            f" {_f(g('val_pred_density_corr'))} (0 = no bias)",
+            f"  watchlist                   mean AP of the endemics {_f(g('val_watchlist_mean_ap'))} (higher is better)"]
+
 def format_epoch(r: dict, cfg: TrainConfig) -> str:
-    "A compact multi-line summary of one epoch's history row."
+    "A multi-line summary of one epoch's history row, in plain words."
     g = r.get
-    lines = [f"Epoch {r['epoch']}/{cfg.num_epochs}  lr {g('lr'):.2e}  {g('train_samples_per_s'):,.0f} samples/s  "
-             f"train {_f(g('train_seconds'), '.1f')}s  val {_f(g('val_seconds'), '.1f')}s",
-             f"  loss      train {_f(g('train_loss'), '.4f')} (sp {_f(g('train_species_loss'), '.4f')}, env {_f(g('train_env_loss'), '.4f')})"
-             f"  val {_f(g('val_loss'), '.4f')} (sp {_f(g('val_species_loss'), '.4f')}, env {_f(g('val_env_loss'), '.4f')})"]
-    if 'val_map' in r:
-        lines += [f"  ranking   mAP {_f(g('val_map'))}  top10 {_f(g('val_top10_recall'))}  top30 {_f(g('val_top30_recall'))}"
-                  f"  species-mAP {_f(g('val_species_map'))}",
-                  f"  F1        @5% {_f(g('val_f1_5'))}  @10% {_f(g('val_f1_10'))}  @25% {_f(g('val_f1_25'))}"
-                  f"   list ratio @5% {_f(g('val_list_ratio_5'), '.2f')}  @10% {_f(g('val_list_ratio_10'), '.2f')}  @25% {_f(g('val_list_ratio_25'), '.2f')}",
-                  f"  bias      mAP sparse {_f(g('val_map_sparse'))}  dense {_f(g('val_map_dense'))}"
-                  f"  ratio {_f(g('val_map_density_ratio'))}  pred-density r {_f(g('val_pred_density_corr'))}"
-                  f"  watchlist AP {_f(g('val_watchlist_mean_ap'))}"]
+    lines = [f"Epoch {r['epoch']}/{cfg.num_epochs} · lr {g('lr'):.2e} · {g('train_samples_per_s'):,.0f} samples/s"
+             f" · train {_f(g('train_seconds'), '.1f')} s · validation {_f(g('val_seconds'), '.1f')} s",
+             f"  loss (lower is better)      train {_f(g('train_loss'), '.4f')} (species {_f(g('train_species_loss'), '.4f')},"
+             f" env {_f(g('train_env_loss'), '.4f')}) · validation {_f(g('val_loss'), '.4f')}"]
+    if 'val_map' in r: lines += _quality_lines(g)
     if 'holdout_map' in r:
-        lines.append(f"  hold-out  mAP {_f(g('holdout_map'))}  F1@10% {_f(g('holdout_f1_10'))}"
-                     f"  mAP sparse {_f(g('holdout_map_sparse'))}  dense {_f(g('holdout_map_dense'))}")
-    best = ' (best)' if r.get('val_geoscore') == r.get('best_geoscore') else ''
-    lines.append(f"  GeoScore  {_f(g('val_geoscore'), '.4f')}{best}")
+        lines.append(f"  hold-out regions            mAP {_f(g('holdout_map'))} · F1 at 10 % {_f(g('holdout_f1_10'))}"
+                     f" · mAP sparse {_f(g('holdout_map_sparse'))} / dense {_f(g('holdout_map_dense'))}")
+    best = 'best so far' if r.get('val_geoscore') == r.get('best_geoscore') else f"best {_f(g('best_geoscore'), '.4f')}"
+    lines.append(f"  GeoScore                    {_f(g('val_geoscore'), '.4f')} ({best}; 0 to 1, higher is better)")
     return '\n'.join(lines)
 
 # %% ../nbs/11_trainer.ipynb #92a42f9e
