@@ -25,6 +25,7 @@ def bce_elementwise(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     "Per-element binary cross-entropy with logits (fp32)."
     return F.binary_cross_entropy_with_logits(logits.float(), y, reduction='none')
 
+# %% ../nbs/06_losses.ipynb #e24c8310
 def asl_elementwise(logits: torch.Tensor, y: torch.Tensor, gamma_pos: float = 0.0, gamma_neg: float = 2.0,
                     clip: float = 0.05) -> torch.Tensor:
     "Per-element asymmetric loss (Ridnik et al. 2021) at (possibly smoothed) targets `y`."
@@ -40,6 +41,7 @@ def asl_elementwise(logits: torch.Tensor, y: torch.Tensor, gamma_pos: float = 0.
     if gamma_neg > 0: neg = neg * pm.clamp_min(_TINY).pow(gamma_neg)
     return y * pos + (1 - y) * neg
 
+# %% ../nbs/06_losses.ipynb #6ae8c843
 def focal_elementwise(logits: torch.Tensor, y: torch.Tensor, alpha: float = 0.5, gamma: float = 2.0) -> torch.Tensor:
     "Per-element focal loss (Lin et al. 2017) at (possibly smoothed) targets `y`."
     z = logits.float()

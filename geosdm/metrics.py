@@ -73,6 +73,12 @@ def _sorted_rows_ap(xs: torch.Tensor, pr: torch.Tensor, pv: torch.Tensor, npos: 
     ap = torch.bincount(pr, weights=pge.double() / ge.double(), minlength=xs.shape[0]) / npos.double()
     return ap, ge, gt
 
+# %% ../nbs/08_geoscore.ipynb #9791cb83
+def _check_no_nan(xs: torch.Tensor, what: str, where: str = ''):
+    "Raise `ValueError` if the row-sorted `xs` hold a NaN (sorts put NaN last: the last column suffices)."
+    if xs.is_floating_point() and xs.shape[-1] and torch.isnan(xs[:, -1]).any():
+        raise ValueError(f'{what} contain NaN (in {int(torch.isnan(xs[:, -1]).sum())} of {len(xs)} rows{where})')
+
 # %% ../nbs/08_geoscore.ipynb #a1061541
 @torch.no_grad()
 def per_sample_ap(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -87,8 +93,7 @@ def per_sample_ap(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     y = y if y.dtype == torch.bool else y > 0.5
     pr, pc = y.nonzero(as_tuple=True)                      # row-major, rows ascending
     xs = _sort_rows(scores)
-    if xs.is_floating_point() and torch.isnan(xs[:, -1]).any():   # sorts put NaN last
-        raise ValueError(f'scores contain NaN (in {int(torch.isnan(xs[:, -1]).sum())} of {len(xs)} rows)')
+    _check_no_nan(xs, 'scores')
     return _sorted_rows_ap(xs, pr, scores[pr, pc], torch.bincount(pr, minlength=scores.shape[0]))[0]
 
 # %% ../nbs/08_geoscore.ipynb #913c4e5d
@@ -191,6 +196,15 @@ def _check_chunk(logits: torch.Tensor, targets: torch.Tensor, obs_density: torch
         raise ValueError(f'targets shape {tuple(targets.shape)} != logits shape {tuple(logits.shape)}')
     if obs_density is not None and obs_density.numel() != logits.shape[0]:
         raise ValueError(f'obs_density has {obs_density.numel()} values for a batch of {logits.shape[0]}')
+
+# %% ../nbs/08_geoscore.ipynb #44c6da98
+def _chunk_inputs(logits: torch.Tensor, targets: torch.Tensor, device):
+    "Clamped float32 logits `x`, boolean targets `y`, and the positives: rows (ascending), columns, logits."
+    x = logits.detach().to(device).float().clamp(-30, 30)
+    y = targets.detach().to(device)
+    y = y if y.dtype == torch.bool else y > 0.5
+    pr, pc = y.nonzero(as_tuple=True)                      # row-major, rows ascending
+    return x, y, pr, pc, x[pr, pc]
 
 # %% ../nbs/08_geoscore.ipynb #f8cbe366
 def _ranking_metrics(ap: torch.Tensor, npos: torch.Tensor, hits: torch.Tensor, topk: tuple) -> dict:
@@ -322,17 +336,12 @@ class MetricAccumulator:
         "Add a chunk: logits (b,S), targets (b,S) bool or {0,1}, obs_density (b,) or None."
         _check_chunk(logits, targets, obs_density, self.n_species)
         b, dev = logits.shape[0], self.device
-        x = logits.detach().to(dev).float().clamp(-30, 30)
-        y = targets.detach().to(dev)
-        y = y if y.dtype == torch.bool else y > 0.5
-        pr, pc = y.nonzero(as_tuple=True)                      # row-major, rows ascending
-        xv = x[pr, pc]
+        x, y, pr, pc, xv = _chunk_inputs(logits, targets, dev)
         if self._columns is not None:                          # before x is sorted in place
             if self.keep_species_ap: self._columns.add(x, pr, pc)
             else: self._columns.add(x[:, self.watch_idx], *y[:, self.watch_idx].nonzero(as_tuple=True))
         xs = _sort_rows(x, inplace=True).to(dev)
-        if torch.isnan(xs[:, -1]).any():                        # sorts put NaN last: checking one column suffices
-            raise ValueError(f'logits contain NaN (in {int(torch.isnan(xs[:, -1]).sum())} of {b} rows of this chunk)')
+        _check_no_nan(xs, 'logits', ' of this chunk')
         s = _chunk_sums(xs, pr, xv, self._tl, self._el, self.topk)
         for k, v in self._sums.items(): v += s[k]
         self._ap.append(s['ap']); self._npos.append(s['npos']); self._cnt.append(s['cnt'])
@@ -374,10 +383,12 @@ def _num(x) -> float:
     except (TypeError, ValueError): return float('nan')
 
 def _log_ratio_score(lr: float) -> float:
+    "max(0, 1 − |ln LR|); 0 for LR = 0 or ∞, NaN stays NaN."
     if math.isnan(lr): return lr
     if lr <= 0 or math.isinf(lr): return 0.0
     return max(0.0, 1.0 - abs(math.log(lr)))
 
+# %% ../nbs/08_geoscore.ipynb #694d5d91
 def geoscore_table(metrics: dict) -> dict[str, dict]:
     "Per component: raw value, transformed score, nominal weight and effective (renormalised) weight."
     lr = metrics.get('list_ratio_rom_10', metrics.get('list_ratio_10'))
@@ -394,12 +405,14 @@ def geoscore_table(metrics: dict) -> dict[str, dict]:
                 'eff_weight': (w / wsum if wsum and not math.isnan(tf[k]) else 0.0)}
             for k, w in GEOSCORE_WEIGHTS.items()}
 
+# %% ../nbs/08_geoscore.ipynb #5603bb2b
 def geoscore(metrics: dict) -> tuple[float, dict]:
     "GeoScore of a metric dict, and its transformed components (NaN = missing, weight redistributed)."
     tab = geoscore_table(metrics)
     score = sum(v['score'] * v['eff_weight'] for v in tab.values() if v['eff_weight'] > 0)
     return float(score), {k: v['score'] for k, v in tab.items()}
 
+# %% ../nbs/08_geoscore.ipynb #0c6371c7
 def prefix_metrics(metrics: dict, prefix: str = 'holdout_') -> dict:
     "The same metrics with every key prefixed (for the hold-out accumulator's output)."
     return {f'{prefix}{k}': v for k, v in metrics.items()}
