@@ -117,7 +117,7 @@ def _np_an(z, y, lam, eps, rand=None, w=None):
     B, S = zz.shape
     ww = np.ones((B, S)) if w is None else np.broadcast_to(w.numpy(), (B, S))
     out = []
-    for i in range(B):   # explicit per-row loop: the reference computation
+    for i in range(B):   # explicit per-row loop: the by-hand computation
         pos = sum(ww[i, j] * _np_bce(zz[i, j], hi) for j in range(S) if yy[i, j])
         neg = sum(_np_bce(zz[i, j], lo) for j in range(S) if not yy[i, j])
         sp = 0.0

@@ -262,7 +262,7 @@ def test_geoscore_transform_edges():
     assert comp(pred_density_corr=0.0)['pred_density_corr'] == 1.0
     assert comp(map_density_ratio=1.7)['map_density_ratio'] == 1.0             # clipped to [0, 1]
     assert comp(map_density_ratio=0.0)['map_density_ratio'] == 0.0
-    # the reference's mean-of-ratios key is the fallback when the ratio-of-means key is absent
+    # the mean-of-ratios key (the BirdNET geomodel's) is the fallback when the ratio-of-means key is absent
     m = {k: v for k, v in BASE.items() if k != 'list_ratio_rom_10'}
     assert geoscore({**m, 'list_ratio_10': 1.0})[0] == geoscore(BASE)[0]
     assert geoscore({}) == (0.0, {k: pytest.approx(float('nan'), nan_ok=True) for k in GEOSCORE_WEIGHTS})
