@@ -14,7 +14,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# name -> settings. 'week_float' disables the 49-week FiLM table (the reference computes FiLM per row).
+# name -> settings. 'week_float' disables the FiLM table of weeks 0..N_WEEKS (the BirdNET geomodel training script
+# computes FiLM per row).
 CPU_VARIANTS = {
     'fp32_baseline':   dict(amp=None, adamw='plain', week_float=True, compile=False, threads=None),
     'fp32_weektable':  dict(amp=None, adamw='plain', week_float=False, compile=False, threads=None),
@@ -37,6 +38,7 @@ def run_one(device: str, scale: float, n_species: int, n_env: int, batch: int, s
     import torch
     from geosdm.model import create_model, count_parameters
     from geosdm.losses import SpeciesLoss, total_loss
+    from geosdm.core import N_WEEKS
     if v['threads']: torch.set_num_threads(v['threads'])
     torch.manual_seed(0)
     dev = torch.device(device)
@@ -51,7 +53,7 @@ def run_one(device: str, scale: float, n_species: int, n_env: int, batch: int, s
     n_batches = 4
     lat = (torch.rand(n_batches, batch, generator=g) * 180 - 90).to(dev)
     lon = (torch.rand(n_batches, batch, generator=g) * 360 - 180).to(dev)
-    week = torch.randint(0, 49, (n_batches, batch), generator=g).to(dev)
+    week = torch.randint(0, N_WEEKS + 1, (n_batches, batch), generator=g).to(dev)
     if v['week_float']: week = week.float()
     tgt = (torch.rand(n_batches, batch, n_species, generator=g) < 30 / n_species).float().to(dev)
     env = torch.randn(n_batches, batch, n_env, generator=g)

@@ -25,6 +25,7 @@ def bce_elementwise(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     "Per-element binary cross-entropy with logits (fp32)."
     return F.binary_cross_entropy_with_logits(logits.float(), y, reduction='none')
 
+# %% ../nbs/06_losses.ipynb #e24c8310
 def asl_elementwise(logits: torch.Tensor, y: torch.Tensor, gamma_pos: float = 0.0, gamma_neg: float = 2.0,
                     clip: float = 0.05) -> torch.Tensor:
     "Per-element asymmetric loss (Ridnik et al. 2021) at (possibly smoothed) targets `y`."
@@ -40,6 +41,7 @@ def asl_elementwise(logits: torch.Tensor, y: torch.Tensor, gamma_pos: float = 0.
     if gamma_neg > 0: neg = neg * pm.clamp_min(_TINY).pow(gamma_neg)
     return y * pos + (1 - y) * neg
 
+# %% ../nbs/06_losses.ipynb #6ae8c843
 def focal_elementwise(logits: torch.Tensor, y: torch.Tensor, alpha: float = 0.5, gamma: float = 2.0) -> torch.Tensor:
     "Per-element focal loss (Lin et al. 2017) at (possibly smoothed) targets `y`."
     z = logits.float()
@@ -62,15 +64,65 @@ def sample_negatives(pos: torch.Tensor, k: int, generator: torch.Generator | Non
 # %% ../nbs/06_losses.ipynb #c987573f
 LOSS_KINDS = ('bce', 'asl', 'focal', 'an')
 
+def _check_loss_options(kind: str, label_smoothing: float, asl_clip: float, neg_samples: int):
+    "Raise `ValueError` naming the option if one is outside the range the command line accepts."
+    if kind not in LOSS_KINDS: raise ValueError(f"species loss kind must be one of {LOSS_KINDS}, got {kind!r}")
+    if not 0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing} "
+                         "(from 0.5 on, absent species would be trained towards p >= 0.25)")
+    if not 0 <= asl_clip < 1: raise ValueError(f"asl_clip must be in [0, 1), got {asl_clip}")
+    if neg_samples < 0: raise ValueError(f"neg_samples must be >= 0, got {neg_samples}")
+
+# %% ../nbs/06_losses.ipynb #9006530f
+def _pos_weights(targets: torch.Tensor, label_weights: torch.Tensor) -> torch.Tensor:
+    "Element weights: `label_weights` on positive labels, 1 on negatives (broadcasts (S,) or (B,S))."
+    lw = label_weights.to(device=targets.device, dtype=torch.float32)
+    return torch.where(targets > 0.5, lw, torch.ones((), device=targets.device))
+
+# %% ../nbs/06_losses.ipynb #4c9d2d67
+def _smoothed_bce(z: torch.Tensor, eps: float, positive: bool) -> torch.Tensor:
+    "BCE of fp32 logits `z` at the smoothed target of a positive (1 − ε/2) or a negative (ε/2) label."
+    hi, lo = 1 - 0.5 * eps, 0.5 * eps
+    a, b = (hi, lo) if positive else (lo, hi)
+    return a * F.softplus(-z) + b * F.softplus(z)
+
+# %% ../nbs/06_losses.ipynb #5c8e4a4d
+def _community_negatives(ln: torch.Tensor, pos: torch.Tensor, neg_samples: int,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+    "Per row: Σ of the negative-label loss `ln` over the negatives (all, or a re-scaled sample of `neg_samples`)."
+    S = pos.shape[1]
+    if not 0 < neg_samples < S: return (ln * ~pos).sum(1)
+    n_neg = S - pos.sum(1)
+    sel = sample_negatives(pos, neg_samples, generator)
+    return (ln * sel).sum(1) * (n_neg / sel.sum(1).clamp_min(1))
+
+# %% ../nbs/06_losses.ipynb #7cffcbde
+def _an_loss(logits: torch.Tensor, targets: torch.Tensor, eps: float, pos_lambda: float, neg_samples: int,
+             label_weights: torch.Tensor | None = None, rand_logits: torch.Tensor | None = None,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    "The location-aware assume-negative loss (Cole et al. 2023), mean over the batch of `L_i`."
+    S = logits.shape[1]
+    z, pos = logits.float(), targets > 0.5
+    w = None if label_weights is None else _pos_weights(targets, label_weights)
+    lp = _smoothed_bce(z, eps, positive=True)
+    pos_term = ((lp if w is None else lp * w) * pos).sum(1)
+    neg_term = _community_negatives(_smoothed_bce(z, eps, positive=False), pos, neg_samples, generator)
+    total = pos_lambda * pos_term + neg_term
+    if rand_logits is not None:
+        if rand_logits.shape != logits.shape:
+            raise ValueError(f"rand_logits {tuple(rand_logits.shape)} must match logits {tuple(logits.shape)}")
+        lr = _smoothed_bce(rand_logits.float(), eps, positive=False)
+        if w is not None: lr = lr * w
+        total = total + (lr * pos).sum(1)
+    return (total / S).mean()
+
+# %% ../nbs/06_losses.ipynb #29a0f080
 class SpeciesLoss:
     "Multi-label species loss: `kind` in 'bce' | 'asl' | 'focal' | 'an'; returns a scalar fp32 tensor."
     def __init__(self, kind: str = 'bce', label_smoothing: float = 0.05, asl_gamma_pos: float = 0.0,
                  asl_gamma_neg: float = 2.0, asl_clip: float = 0.05, focal_alpha: float = 0.5,
                  focal_gamma: float = 2.0, pos_lambda: float = 4.0, neg_samples: int = 1024):
-        if kind not in LOSS_KINDS: raise ValueError(f"species loss kind must be one of {LOSS_KINDS}, got {kind!r}")
-        if not 0 <= label_smoothing < 1: raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-        if not 0 <= asl_clip < 1: raise ValueError(f"asl_clip must be in [0, 1), got {asl_clip}")
-        if neg_samples < 0: raise ValueError(f"neg_samples must be >= 0, got {neg_samples}")
+        _check_loss_options(kind, label_smoothing, asl_clip, neg_samples)
         self.kind, self.label_smoothing = kind, float(label_smoothing)
         self.asl_gamma_pos, self.asl_gamma_neg, self.asl_clip = float(asl_gamma_pos), float(asl_gamma_neg), float(asl_clip)
         self.focal_alpha, self.focal_gamma = float(focal_alpha), float(focal_gamma)
@@ -92,7 +144,9 @@ class SpeciesLoss:
                  rand_logits: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         if logits.shape != targets.shape:
             raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must have the same shape")
-        if self.kind == 'an': return self._an(logits, targets, label_weights, rand_logits, generator)
+        if self.kind == 'an':
+            return _an_loss(logits, targets, self.label_smoothing, self.pos_lambda, self.neg_samples,
+                            label_weights, rand_logits, generator)
         if self.kind == 'bce':   # fused kernel: one pass, no (B,S) temporaries beyond the weight
             y = smooth_targets(targets, self.label_smoothing)
             w = None if label_weights is None else _pos_weights(targets, label_weights)
@@ -100,40 +154,6 @@ class SpeciesLoss:
         loss = self.elementwise(logits, targets)
         if label_weights is not None: loss = loss * _pos_weights(targets, label_weights)
         return loss.mean()
-
-    def _an(self, logits, targets, label_weights, rand_logits, generator):
-        B, S = logits.shape
-        eps = self.label_smoothing
-        z = logits.float()
-        pos = targets > 0.5
-        # ℓ(z, 1−ε/2) and ℓ(z, ε/2) via softplus: ℓ(z, y) = y·sp(−z) + (1−y)·sp(z)
-        hi, lo = 1 - 0.5 * eps, 0.5 * eps
-        lp = hi * F.softplus(-z) + lo * F.softplus(z)              # positive-label loss
-        ln = lo * F.softplus(-z) + hi * F.softplus(z)              # negative-label loss
-        w = None if label_weights is None else _pos_weights(targets, label_weights)
-        lpw = lp if w is None else lp * w
-        pos_term = (lpw * pos).sum(1)
-        n_neg = S - pos.sum(1)
-        if 0 < self.neg_samples < S:
-            sel = sample_negatives(pos, self.neg_samples, generator)
-            n_sel = sel.sum(1)
-            neg_term = (ln * sel).sum(1) * (n_neg / n_sel.clamp_min(1))
-        else:
-            neg_term = (ln * ~pos).sum(1)
-        total = self.pos_lambda * pos_term + neg_term
-        if rand_logits is not None:
-            if rand_logits.shape != logits.shape:
-                raise ValueError(f"rand_logits {tuple(rand_logits.shape)} must match logits {tuple(logits.shape)}")
-            r = rand_logits.float()
-            lr = lo * F.softplus(-r) + hi * F.softplus(r)
-            if w is not None: lr = lr * w
-            total = total + (lr * pos).sum(1)
-        return (total / S).mean()
-
-def _pos_weights(targets: torch.Tensor, label_weights: torch.Tensor) -> torch.Tensor:
-    "Element weights: `label_weights` on positive labels, 1 on negatives (broadcasts (S,) or (B,S))."
-    lw = label_weights.to(device=targets.device, dtype=torch.float32)
-    return torch.where(targets > 0.5, lw, torch.ones((), device=targets.device))
 
 # %% ../nbs/06_losses.ipynb #b1a6f1b2
 def random_latlon(n: int, generator: torch.Generator | None = None, device=None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,20 +9,17 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from . import core
+
 # %% auto #0
-__all__ = ['WATCHLIST', 'THRESHOLDS', 'GEOSCORE_WEIGHTS', 'MetricAccumulator', 'geoscore_table', 'geoscore', 'prefix_metrics',
-           'merge_holdout']
+__all__ = ['WATCHLIST', 'THRESHOLDS', 'GEOSCORE_WEIGHTS', 'per_sample_ap', 'MetricAccumulator', 'geoscore_table', 'geoscore',
+           'prefix_metrics', 'merge_holdout']
 
 # %% ../nbs/08_geoscore.ipynb #a3e2d65a
-WATCHLIST: list[str] = [
-    'hawgoo', 'hawhaw', 'elepai', 'apapan', 'iiwi', 'hawama',          # Hawaii
-    'kea1', 'nibkiw1', 'takahe3', 'riflem1', 'tui1', 'kokako3',        # New Zealand
-    'galhaw1', 'galrai1', 'galpet',                                    # Galapagos
-    'kagu1', 'calcon', 'whocra',                                       # New Caledonia, California, N. America
-]
+WATCHLIST: list[str] = list(core.WATCHLIST)
 THRESHOLDS = (0.05, 0.10, 0.25)
 
-# %% ../nbs/08_geoscore.ipynb #b9261829
+# %% ../nbs/08_geoscore.ipynb #9857b636
 _TORCH_ONLY = False     # True: use the pure-torch (CUDA) code paths on CPU too; the tests compare both
 
 def _np_ok(x: torch.Tensor) -> bool: return x.device.type == 'cpu' and not _TORCH_ONLY
@@ -41,25 +38,13 @@ def _sort_rows(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     else: a.sort(axis=1, kind=kind)
     return torch.from_numpy(a)
 
+# %% ../nbs/08_geoscore.ipynb #27a550c0
 def _cat_cols(parts: list[torch.Tensor]) -> torch.Tensor:
     "torch.cat(parts, 1); on CPU via numpy, which is ~30x faster than torch's cat along dim 1 for int16."
     if not _np_ok(parts[0]): return torch.cat(parts, 1)
     return torch.from_numpy(np.concatenate([p.numpy() for p in parts], 1))
 
-def _bin_sums(xs: torch.Tensor, bounds: torch.Tensor, cnt: torch.Tensor) -> torch.Tensor:
-    "Σ of σ(xs) within bins [bounds[:, k], bounds[:, k+1]) of the row-sorted logits, summed over rows (float64)."
-    b, n = xs.shape
-    if not _np_ok(xs):
-        cs = torch.sigmoid(xs).cumsum_(1)
-        s = cs.gather(1, (bounds - 1).clamp(min=0)).double() * (bounds > 0)
-        return s.diff(dim=1).sum(0)
-    # CPU: one np.add.reduceat over the flattened rows instead of a full cumsum; a trailing 0 keeps index b*n valid
-    buf = torch.empty(b * n + 1, dtype=torch.float32)
-    torch.sigmoid(xs, out=buf[:-1].view(b, n)); buf[-1] = 0
-    start = (bounds[:, :-1] + torch.arange(b)[:, None] * n).reshape(-1)
-    r = torch.from_numpy(np.add.reduceat(buf.numpy(), start.numpy())).view(b, -1)
-    return (r.double() * (cnt > 0)).sum(0)                  # reduceat gives buf[i] for empty bins: mask them
-
+# %% ../nbs/08_geoscore.ipynb #b9261829
 def _row_counts(xs: torch.Tensor, pr: torch.Tensor, pv: torch.Tensor):
     "Per positive (row `pr`, ascending; score `pv`) of row-sorted `xs`: #items >= v, #items > v, #positives >= v in its row."
     r, n = xs.shape
@@ -82,6 +67,187 @@ def _row_counts(xs: torch.Tensor, pr: torch.Tensor, pv: torch.Tensor):
     return ge, gt, pge
 
 # %% ../nbs/08_geoscore.ipynb #9d26756f
+def _sorted_rows_ap(xs: torch.Tensor, pr: torch.Tensor, pv: torch.Tensor, npos: torch.Tensor):
+    "AP of every row of row-sorted `xs` (float64, NaN without positives) and the counts (#≥ v, #> v) per positive."
+    ge, gt, pge = _row_counts(xs, pr, pv)
+    ap = torch.bincount(pr, weights=pge.double() / ge.double(), minlength=xs.shape[0]) / npos.double()
+    return ap, ge, gt
+
+# %% ../nbs/08_geoscore.ipynb #9791cb83
+def _check_no_nan(xs: torch.Tensor, what: str, where: str = ''):
+    "Raise `ValueError` if the row-sorted `xs` hold a NaN (sorts put NaN last: the last column suffices)."
+    if xs.is_floating_point() and xs.shape[-1] and torch.isnan(xs[:, -1]).any():
+        raise ValueError(f'{what} contain NaN (in {int(torch.isnan(xs[:, -1]).sum())} of {len(xs)} rows{where})')
+
+# %% ../nbs/08_geoscore.ipynb #a1061541
+@torch.no_grad()
+def per_sample_ap(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Average precision of every row of `scores` (n, S) against `targets` (n, S; bool, or positive where > 0.5).
+
+    Returns float64 (n,), NaN for rows without a positive. A run of tied scores is one threshold, as in
+    scikit-learn's `average_precision_score`; `MetricAccumulator`'s `map` is the mean of these values."""
+    scores = torch.as_tensor(scores).detach()
+    y = torch.as_tensor(targets, device=scores.device)
+    if scores.ndim != 2 or y.shape != scores.shape:
+        raise ValueError(f'scores {tuple(scores.shape)} and targets {tuple(y.shape)} must be the same (n, S) shape')
+    y = y if y.dtype == torch.bool else y > 0.5
+    pr, pc = y.nonzero(as_tuple=True)                      # row-major, rows ascending
+    xs = _sort_rows(scores)
+    _check_no_nan(xs, 'scores')
+    return _sorted_rows_ap(xs, pr, scores[pr, pc], torch.bincount(pr, minlength=scores.shape[0]))[0]
+
+# %% ../nbs/08_geoscore.ipynb #913c4e5d
+def _list_counts(xs: torch.Tensor, xv: torch.Tensor, tl: torch.Tensor):
+    "List lengths (b, T) of row-sorted logits `xs` above the threshold logits `tl`, and true positives per threshold."
+    b, S = xs.shape
+    cnt = S - torch.searchsorted(xs, tl.expand(b, -1).contiguous(), right=True)
+    return cnt, (xv[:, None] > tl[None]).sum(0).double()
+
+# %% ../nbs/08_geoscore.ipynb #6700adb7
+def _topk_hits(ge: torch.Tensor, gt: torch.Tensor, topk: tuple) -> torch.Tensor:
+    "Expected top-K hits (float64, one per K) of positives with #≥ v = `ge` and #> v = `gt` in their rows."
+    g = (ge - gt).double()
+    if not topk: return torch.zeros(0, dtype=torch.float64, device=ge.device)
+    return torch.stack([((k - gt).double().clamp(min=0).minimum(g) / g).sum() for k in topk])
+
+# %% ../nbs/08_geoscore.ipynb #0e91ccd4
+def _bin_sums(xs: torch.Tensor, bounds: torch.Tensor, cnt: torch.Tensor) -> torch.Tensor:
+    "Σ of σ(xs) within bins [bounds[:, k], bounds[:, k+1]) of the row-sorted logits, summed over rows (float64)."
+    b, n = xs.shape
+    if not _np_ok(xs):
+        cs = torch.sigmoid(xs).cumsum_(1)
+        s = cs.gather(1, (bounds - 1).clamp(min=0)).double() * (bounds > 0)
+        return s.diff(dim=1).sum(0)
+    # CPU: one np.add.reduceat over the flattened rows instead of a full cumsum; a trailing 0 keeps index b*n valid
+    buf = torch.empty(b * n + 1, dtype=torch.float32)
+    torch.sigmoid(xs, out=buf[:-1].view(b, n)); buf[-1] = 0
+    start = (bounds[:, :-1] + torch.arange(b)[:, None] * n).reshape(-1)
+    r = torch.from_numpy(np.add.reduceat(buf.numpy(), start.numpy())).view(b, -1)
+    return (r.double() * (cnt > 0)).sum(0)                  # reduceat gives buf[i] for empty bins: mask them
+
+# %% ../nbs/08_geoscore.ipynb #7d637741
+def _ece_counts(xs: torch.Tensor, xv: torch.Tensor, edges: torch.Tensor):
+    "Per p-bin (edges as logits): #pairs, Σp and #positives of a chunk of row-sorted logits `xs` (float64)."
+    b, S = xs.shape
+    dev = xs.device
+    bounds = torch.cat([torch.zeros(b, 1, dtype=torch.long, device=dev),
+                        torch.searchsorted(xs, edges.expand(b, -1).contiguous()),
+                        torch.full((b, 1), S, dtype=torch.long, device=dev)], 1)
+    cnt_bin = bounds.diff(dim=1)
+    n_y = torch.bincount(torch.bucketize(xv, edges, right=True), minlength=len(edges) + 1).double()
+    return cnt_bin.sum(0).double(), _bin_sums(xs, bounds, cnt_bin), n_y
+
+# %% ../nbs/08_geoscore.ipynb #43a40d12
+def _chunk_sums(xs: torch.Tensor, pr: torch.Tensor, xv: torch.Tensor, tl: torch.Tensor, edges: torch.Tensor,
+                topk: tuple) -> dict:
+    "Per-sample summaries (ap, npos, cnt) and counters (tp, hits, bin_n, bin_p, bin_y) of one chunk of sorted rows."
+    npos = torch.bincount(pr, minlength=xs.shape[0])
+    ap, ge, gt = _sorted_rows_ap(xs, pr, xv, npos)       # per-sample AP (ties as one threshold); NaN without positives
+    cnt, tp = _list_counts(xs, xv, tl)
+    bin_n, bin_p, bin_y = _ece_counts(xs, xv, edges)
+    return dict(ap=ap, npos=npos, cnt=cnt, tp=tp, hits=_topk_hits(ge, gt, topk), bin_n=bin_n, bin_p=bin_p, bin_y=bin_y)
+
+# %% ../nbs/08_geoscore.ipynb #f97a2e49
+def _store_copy(x: torch.Tensor, store_dtype: str, q_scale: int = 1024) -> torch.Tensor:
+    "Transposed copy (columns, b) of clamped logits `x`: int16 trunc(q_scale·x) (monotone) or float32."
+    if store_dtype == 'float32': return x.T.clone(memory_format=torch.contiguous_format)   # never a view of x
+    if _np_ok(x):                                               # numpy: ~2-3x faster than torch here
+        with np.errstate(invalid='ignore'):                     # NaN logits are reported by update()
+            return torch.from_numpy(np.ascontiguousarray((x.numpy() * np.float32(q_scale)).astype(np.int16).T))
+    return (x * q_scale).to(torch.int16).T.contiguous()
+
+# %% ../nbs/08_geoscore.ipynb #18f0e80e
+class _ColumnStore:
+    "Clamped logits of some columns, kept transposed (columns × rows seen) with their positives, for per-column AP."
+    def __init__(self, store_dtype: str, q_scale: int, device):
+        self.store_dtype, self.q_scale, self.device = store_dtype, q_scale, device
+        self.blocks, self.pos_row, self.pos_col, self.n = [], [], [], 0
+
+    def add(self, x: torch.Tensor, pr: torch.Tensor, pc: torch.Tensor):
+        "Add a chunk: logits `x` (b, columns) and its positives (rows `pr`, columns `pc`)."
+        self.blocks.append(_store_copy(x, self.store_dtype, self.q_scale))
+        self.pos_row.append(pr + self.n); self.pos_col.append(pc)
+        self.n += x.shape[0]
+
+    def column_ap(self) -> torch.Tensor:
+        "AP of every stored column over all rows (float64); NaN where no positive."
+        dev, N, ncol = self.device, self.n, self.blocks[0].shape[0]
+        out = torch.full((ncol,), float('nan'), dtype=torch.float64, device=dev)
+        rows, cols = torch.cat(self.pos_row), torch.cat(self.pos_col)
+        o = torch.argsort(cols, stable=True); rows, cols = rows[o], cols[o]
+        npos = torch.bincount(cols, minlength=ncol)
+        L = max(1, (1 << 23) // max(N, 1))
+        for s0 in range(0, ncol, L):                           # column blocks (not a per-column loop)
+            s1 = min(ncol, s0 + L)
+            lo, hi = torch.searchsorted(cols, torch.tensor([s0, s1], device=dev)).tolist()
+            if hi == lo: continue
+            blk = _cat_cols([c[s0:s1] for c in self.blocks])    # (columns, N)
+            pr = cols[lo:hi] - s0
+            pv = blk[pr, rows[lo:hi]]
+            out[s0:s1] = _sorted_rows_ap(_sort_rows(blk, inplace=True).to(dev), pr, pv, npos[s0:s1])[0]
+        return out
+
+# %% ../nbs/08_geoscore.ipynb #7b68ccb4
+def _check_chunk(logits: torch.Tensor, targets: torch.Tensor, obs_density: torch.Tensor | None, n_species: int):
+    "Raise `ValueError` if a chunk's shapes do not fit each other or the accumulator."
+    if logits.ndim != 2 or logits.shape[1] != n_species:
+        raise ValueError(f'logits must be (batch, {n_species} species), got {tuple(logits.shape)}')
+    if targets.shape != logits.shape:
+        raise ValueError(f'targets shape {tuple(targets.shape)} != logits shape {tuple(logits.shape)}')
+    if obs_density is not None and obs_density.numel() != logits.shape[0]:
+        raise ValueError(f'obs_density has {obs_density.numel()} values for a batch of {logits.shape[0]}')
+
+# %% ../nbs/08_geoscore.ipynb #44c6da98
+def _chunk_inputs(logits: torch.Tensor, targets: torch.Tensor, device):
+    "Clamped float32 logits `x`, boolean targets `y`, and the positives: rows (ascending), columns, logits."
+    x = logits.detach().to(device).float().clamp(-30, 30)
+    y = targets.detach().to(device)
+    y = y if y.dtype == torch.bool else y > 0.5
+    pr, pc = y.nonzero(as_tuple=True)                      # row-major, rows ascending
+    return x, y, pr, pc, x[pr, pc]
+
+# %% ../nbs/08_geoscore.ipynb #f8cbe366
+def _ranking_metrics(ap: torch.Tensor, npos: torch.Tensor, hits: torch.Tensor, topk: tuple) -> dict:
+    "n_pos_samples, map (mean AP over samples with a positive) and topK_recall from the per-sample summaries."
+    nan, P = float('nan'), npos > 0
+    apP, ntot = ap[P], float(npos.sum())
+    res = {'n_pos_samples': int(P.sum()), 'map': float(apP.mean()) if apP.numel() else nan}
+    for i, k in enumerate(topk): res[f'top{k}_recall'] = float(hits[i]) / ntot if ntot else nan
+    return res
+
+# %% ../nbs/08_geoscore.ipynb #d77af021
+def _list_metrics(cnt: torch.Tensor, npos: torch.Tensor, tp: torch.Tensor, thresholds: tuple) -> dict:
+    "precision/recall/f1, list ratios and mean list length per threshold, from list lengths `cnt` (N, T) and TP."
+    nan, res = float('nan'), {}
+    tk = [f'{round(t * 100)}' for t in thresholds]
+    P = npos > 0; nP, cP, ntot = npos[P], cnt[P], float(npos.sum())
+    pred = cnt.sum(0)
+    for i, s in enumerate(tk):
+        t = float(tp[i]); fp = float(pred[i]) - t; fn = ntot - t
+        pr, rc = t / max(t + fp, 1.0), t / max(t + fn, 1.0)
+        res[f'precision_{s}'], res[f'recall_{s}'] = pr, rc
+        res[f'f1_{s}'] = 2 * pr * rc / max(pr + rc, 1e-8)
+    for i, s in enumerate(tk):
+        res[f'list_ratio_{s}'] = float((cP[:, i] / nP).mean()) if nP.numel() else nan
+        res[f'list_ratio_rom_{s}'] = float(cP[:, i].sum() / nP.sum()) if nP.numel() else nan
+        res[f'mean_list_len_{s}'] = float(cnt[:, i].mean()) if cnt.shape[0] else nan
+    return res
+
+# %% ../nbs/08_geoscore.ipynb #62415dd7
+def _nanmean(x: torch.Tensor) -> float:
+    x = x[~torch.isnan(x)]
+    return float(x.double().mean()) if x.numel() else float('nan')
+
+def _watchlist_metrics(wap: torch.Tensor, present: list[str], missing: list[str]) -> dict:
+    "ap_<code> of the present watchlist species, their nan-mean, and the codes missing or without a positive."
+    wl = wap.tolist()
+    res = {f'ap_{c}': v for c, v in zip(present, wl)}
+    res['watchlist_mean_ap'] = _nanmean(wap)
+    res['watchlist_missing'] = list(missing)
+    res['watchlist_no_positive'] = [c for c, v in zip(present, wl) if math.isnan(v)]
+    return res
+
+# %% ../nbs/08_geoscore.ipynb #411873d3
 def _pearson(x: torch.Tensor, y: torch.Tensor) -> float:
     "Pearson r in float64; NaN if fewer than 2 points or either side is constant."
     if x.numel() < 2: return float('nan')
@@ -90,14 +256,51 @@ def _pearson(x: torch.Tensor, y: torch.Tensor) -> float:
     if sx.item() == 0 or sy.item() == 0: return float('nan')
     return float(((x * y).sum() / torch.sqrt(sx * sy)).clamp(-1, 1))
 
-def _nanmean(x: torch.Tensor) -> float:
-    x = x[~torch.isnan(x)]
-    return float(x.double().mean()) if x.numel() else float('nan')
+# %% ../nbs/08_geoscore.ipynb #b75a8b0a
+def _density_metrics(ap: torch.Tensor, npos: torch.Tensor, cnt: torch.Tensor, dens: torch.Tensor | None,
+                     thresholds: tuple) -> dict:
+    "map_sparse, map_dense, map_density_ratio (over samples with a positive) and pred_density_corr (over all)."
+    nan = float('nan')
+    res = dict(map_sparse=nan, map_dense=nan, map_density_ratio=nan, pred_density_corr=nan)
+    if dens is None: return res
+    P = npos > 0
+    if P.any():
+        apP, dP = ap[P], dens[P]
+        q = torch.quantile(dP, torch.tensor([0.25, 0.75], dtype=dP.dtype, device=dP.device))
+        sp, de = apP[dP <= q[0]], apP[dP >= q[1]]
+        ms = float(sp.mean()) if sp.numel() else nan
+        md = float(de.mean()) if de.numel() else nan
+        res['map_sparse'], res['map_dense'] = ms, md
+        res['map_density_ratio'] = ms / md if md > 0 and not math.isnan(ms) else nan
+    if 0.10 in thresholds: res['pred_density_corr'] = _pearson(cnt[:, thresholds.index(0.10)], dens)
+    return res
 
+# %% ../nbs/08_geoscore.ipynb #d998f8f4
+def _watch_columns(watchlist: list[str], vocab: list[str] | None) -> tuple[list[str], list[str], list[int]]:
+    "Watchlist codes present in `vocab`, codes missing from it, and the columns of the present ones."
+    pos = {c: i for i, c in enumerate(vocab)} if vocab is not None else {}
+    present = [c for c in watchlist if c in pos]
+    return present, [c for c in watchlist if c not in pos], [pos[c] for c in present]
+
+# %% ../nbs/08_geoscore.ipynb #dd4ebc75
+def _species_metrics(sap: torch.Tensor | None, n_species: int, keep_all: bool, watch_idx: torch.Tensor,
+                     present: list[str], missing: list[str]) -> tuple[dict, np.ndarray | None]:
+    "species_map, n_species_with_pos and the watchlist keys; and the (S,) per-species AP (None unless `keep_all`)."
+    nan = float('nan')
+    if not keep_all:
+        wap = sap if sap is not None else torch.full((len(present),), nan, dtype=torch.float64)
+        return {'species_map': nan, 'n_species_with_pos': None, **_watchlist_metrics(wap, present, missing)}, None
+    sap = sap if sap is not None else torch.full((n_species,), nan, dtype=torch.float64)
+    res = {'species_map': _nanmean(sap), 'n_species_with_pos': int((~torch.isnan(sap)).sum()),
+           **_watchlist_metrics(sap[watch_idx.to(sap.device)], present, missing)}
+    return res, sap.cpu().numpy()
+
+# %% ../nbs/08_geoscore.ipynb #ecfe71d9
 def _logit32(p: float) -> float:
     "logit(p) as the float32 the comparisons use."
     return float(np.float32(math.log(p / (1 - p))))
 
+# %% ../nbs/08_geoscore.ipynb #58dc0c11
 class MetricAccumulator:
     "Streams (logits, targets, obs_density) chunks on `device`; `compute()` returns the metric dict."
     n_bins, q_scale = 15, 1024
@@ -111,162 +314,62 @@ class MetricAccumulator:
         self.n_species, self.vocab, self.device = n_species, vocab, torch.device(device)
         self.thresholds, self.topk = tuple(float(t) for t in thresholds), tuple(int(k) for k in topk)
         self.watchlist, self.keep_species_ap, self.store_dtype = list(watchlist or []), keep_species_ap, store_dtype
-        pos = {c: i for i, c in enumerate(vocab)} if vocab is not None else {}
-        self.watch_present = [c for c in self.watchlist if c in pos]
-        self.watchlist_missing = [c for c in self.watchlist if c not in pos]
-        self.watch_idx = torch.tensor([pos[c] for c in self.watch_present], dtype=torch.long, device=self.device)
-        self._tl = torch.tensor([_logit32(t) for t in self.thresholds], dtype=torch.float32, device=self.device)
-        self._el = torch.tensor([_logit32(k / self.n_bins) for k in range(1, self.n_bins)],
-                                dtype=torch.float32, device=self.device)
+        self.watch_present, self.watchlist_missing, idx = _watch_columns(self.watchlist, vocab)
+        self.watch_idx = torch.tensor(idx, dtype=torch.long, device=self.device)
+        f32 = dict(dtype=torch.float32, device=self.device)
+        self._tl = torch.tensor([_logit32(t) for t in self.thresholds], **f32)
+        self._el = torch.tensor([_logit32(k / self.n_bins) for k in range(1, self.n_bins)], **f32)
         self.reset()
 
     def reset(self):
         "Forget everything seen so far."
-        self._ap, self._npos, self._cnt, self._dens, self._store = [], [], [], [], []
-        self._pos_row, self._pos_col = [], []
+        self._ap, self._npos, self._cnt, self._dens = [], [], [], []
         self._n, self._has_density, self.species_ap = 0, True, None
         z = lambda k: torch.zeros(k, dtype=torch.float64, device=self.device)
-        self._tp, self._hits = z(len(self.thresholds)), z(len(self.topk))
-        self._bin_n, self._bin_p, self._bin_y = z(self.n_bins), z(self.n_bins), z(self.n_bins)
-
-    def _to_store(self, x: torch.Tensor) -> torch.Tensor:
-        "Transposed copy (species, b) of the clamped logits: int16 trunc(1024·x) (monotone) or float32."
-        if self.store_dtype == 'float32': return x.T.clone(memory_format=torch.contiguous_format)  # never a view of x
-        if _np_ok(x):                                               # numpy: ~2-3x faster than torch here
-            with np.errstate(invalid='ignore'):                     # NaN logits are reported by update()
-                return torch.from_numpy(np.ascontiguousarray((x.numpy() * np.float32(self.q_scale)).astype(np.int16).T))
-        return (x * self.q_scale).to(torch.int16).T.contiguous()
+        self._sums = dict(tp=z(len(self.thresholds)), hits=z(len(self.topk)), bin_n=z(self.n_bins),
+                          bin_p=z(self.n_bins), bin_y=z(self.n_bins))
+        keep = self.keep_species_ap or len(self.watch_idx)
+        self._columns = _ColumnStore(self.store_dtype, self.q_scale, self.device) if keep else None
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, targets: torch.Tensor, obs_density: torch.Tensor | None = None):
         "Add a chunk: logits (b,S), targets (b,S) bool or {0,1}, obs_density (b,) or None."
-        if logits.ndim != 2 or logits.shape[1] != self.n_species:
-            raise ValueError(f'logits must be (batch, {self.n_species} species), got {tuple(logits.shape)}')
-        if targets.shape != logits.shape:
-            raise ValueError(f'targets shape {tuple(targets.shape)} != logits shape {tuple(logits.shape)}')
-        b, S = logits.shape
-        if obs_density is not None and obs_density.numel() != b:
-            raise ValueError(f'obs_density has {obs_density.numel()} values for a batch of {b}')
-        dev = self.device
-        x = logits.detach().to(dev).float().clamp(-30, 30)
-        y = targets.detach().to(dev)
-        y = y if y.dtype == torch.bool else y > 0.5
-        pr, pc = y.nonzero(as_tuple=True)                      # row-major, rows ascending
-        xv = x[pr, pc]
-        npos = torch.bincount(pr, minlength=b)
-        # what per-species AP needs (before x is sorted in place)
-        if self.keep_species_ap:
-            self._store.append(self._to_store(x))
-            self._pos_row.append(pr + self._n); self._pos_col.append(pc)
-        elif len(self.watch_idx):
-            self._store.append(self._to_store(x[:, self.watch_idx]))
-            r2, c2 = y[:, self.watch_idx].nonzero(as_tuple=True)
-            self._pos_row.append(r2 + self._n); self._pos_col.append(c2)
+        _check_chunk(logits, targets, obs_density, self.n_species)
+        b, dev = logits.shape[0], self.device
+        x, y, pr, pc, xv = _chunk_inputs(logits, targets, dev)
+        if self._columns is not None:                          # before x is sorted in place
+            if self.keep_species_ap: self._columns.add(x, pr, pc)
+            else: self._columns.add(x[:, self.watch_idx], *y[:, self.watch_idx].nonzero(as_tuple=True))
         xs = _sort_rows(x, inplace=True).to(dev)
-        if torch.isnan(xs[:, -1]).any():                        # sorts put NaN last: checking one column suffices
-            raise ValueError(f'logits contain NaN (in {int(torch.isnan(xs[:, -1]).sum())} of {b} rows of this chunk)')
-        ge, gt, pge = _row_counts(xs, pr, xv)
-        # per-sample AP (sklearn tie convention); NaN for rows without positives
-        ap = torch.bincount(pr, weights=pge.double() / ge.double(), minlength=b) / npos.double()
-        # list lengths c_i(t) = #{p > t} = #{x > logit(t)}
-        cnt = S - torch.searchsorted(xs, self._tl.expand(b, -1).contiguous(), right=True)
-        self._tp += (xv[:, None] > self._tl[None]).sum(0).double()
-        # top-K hits: a tie run [gt, ge) straddling rank K counts its expected share
-        g = (ge - gt).double()
-        for i, k in enumerate(self.topk):
-            self._hits[i] += ((k - gt).double().clamp(min=0).minimum(g) / g).sum()
-        # ECE: counts and sums of p per equal-width p-bin, from the sorted rows
-        bounds = torch.cat([torch.zeros(b, 1, dtype=torch.long, device=dev),
-                            torch.searchsorted(xs, self._el.expand(b, -1).contiguous()),
-                            torch.full((b, 1), S, dtype=torch.long, device=dev)], 1)
-        cnt_bin = bounds.diff(dim=1)
-        self._bin_n += cnt_bin.sum(0).double()
-        self._bin_p += _bin_sums(xs, bounds, cnt_bin)
-        self._bin_y += torch.bincount(torch.bucketize(xv, self._el, right=True), minlength=self.n_bins).double()
-        # per-sample summaries
-        self._ap.append(ap); self._npos.append(npos); self._cnt.append(cnt)
+        _check_no_nan(xs, 'logits', ' of this chunk')
+        s = _chunk_sums(xs, pr, xv, self._tl, self._el, self.topk)
+        for k, v in self._sums.items(): v += s[k]
+        self._ap.append(s['ap']); self._npos.append(s['npos']); self._cnt.append(s['cnt'])
         if obs_density is None: self._has_density = False
         else: self._dens.append(obs_density.detach().to(dev).double().reshape(b))
         self._n += b
 
-    def _species_ap(self) -> torch.Tensor:
-        "AP of every stored column (species) over all samples; NaN where no positive."
-        dev, N = self.device, self._n
-        ncol = self._store[0].shape[0]
-        out = torch.full((ncol,), float('nan'), dtype=torch.float64, device=dev)
-        rows, cols = torch.cat(self._pos_row), torch.cat(self._pos_col)
-        o = torch.argsort(cols, stable=True); rows, cols = rows[o], cols[o]
-        npos = torch.bincount(cols, minlength=ncol)
-        L = max(1, (1 << 23) // max(N, 1))
-        for s0 in range(0, ncol, L):                           # species blocks (not a per-species loop)
-            s1 = min(ncol, s0 + L)
-            lo, hi = torch.searchsorted(cols, torch.tensor([s0, s1], device=dev)).tolist()
-            if hi == lo: continue
-            blk = _cat_cols([c[s0:s1] for c in self._store])     # (species, N)
-            pr = cols[lo:hi] - s0
-            pv = blk[pr, rows[lo:hi]]
-            ge, gt, pge = _row_counts(_sort_rows(blk, inplace=True).to(dev), pr, pv)
-            out[s0:s1] = torch.bincount(pr, weights=pge.double() / ge.double(), minlength=s1 - s0) / npos[s0:s1].double()
-        return out
+    def _per_sample(self):
+        "The kept per-sample summaries: AP, #positives and list lengths (float64), densities or None."
+        if not self._n:
+            z = torch.zeros(0, dtype=torch.float64)
+            return z, z, torch.zeros(0, len(self.thresholds), dtype=torch.float64), None
+        dens = torch.cat(self._dens) if self._has_density else None
+        return torch.cat(self._ap), torch.cat(self._npos).double(), torch.cat(self._cnt).double(), dens
 
     @torch.no_grad()
     def compute(self) -> dict:
         "All metrics as Python floats (NaN where undefined) and lists; sets `.species_ap` (numpy (S,) or None)."
-        nan = float('nan')
-        res: dict = {'n_samples': self._n}
-        nt, tk = self.thresholds, [f'{round(t * 100)}' for t in self.thresholds]
-        if self._n:
-            ap, npos, cnt = torch.cat(self._ap), torch.cat(self._npos).double(), torch.cat(self._cnt).double()
-        else:
-            ap = npos = torch.zeros(0, dtype=torch.float64); cnt = torch.zeros(0, len(nt), dtype=torch.float64)
-        dens = torch.cat(self._dens) if self._n and self._has_density else None
-        P = npos > 0
-        res['n_pos_samples'] = int(P.sum())
-        apP, nP, cP = ap[P], npos[P], cnt[P]
-        res['map'] = float(apP.mean()) if apP.numel() else nan
-        ntot = float(npos.sum())
-        for i, k in enumerate(self.topk): res[f'top{k}_recall'] = float(self._hits[i]) / ntot if ntot else nan
-        pred = cnt.sum(0)
-        for i, s in enumerate(tk):
-            tp = float(self._tp[i]); fp = float(pred[i]) - tp; fn = ntot - tp
-            pr, rc = tp / max(tp + fp, 1.0), tp / max(tp + fn, 1.0)
-            res[f'precision_{s}'], res[f'recall_{s}'] = pr, rc
-            res[f'f1_{s}'] = 2 * pr * rc / max(pr + rc, 1e-8)
-        for i, s in enumerate(tk):
-            res[f'list_ratio_{s}'] = float((cP[:, i] / nP).mean()) if nP.numel() else nan
-            res[f'list_ratio_rom_{s}'] = float(cP[:, i].sum() / nP.sum()) if nP.numel() else nan
-            res[f'mean_list_len_{s}'] = float(cnt[:, i].mean()) if self._n else nan
-        # per-species AP: species mAP and the watchlist
-        sap = self._species_ap() if self._store and self._n else None
-        if self.keep_species_ap:
-            sap = sap if sap is not None else torch.full((self.n_species,), nan, dtype=torch.float64)
-            self.species_ap = sap.cpu().numpy()
-            wap = sap[self.watch_idx.to(sap.device)]
-            res['species_map'] = _nanmean(sap)
-            res['n_species_with_pos'] = int((~torch.isnan(sap)).sum())
-        else:
-            self.species_ap = None
-            wap = sap if sap is not None else torch.full((len(self.watch_present),), nan, dtype=torch.float64)
-            res['species_map'], res['n_species_with_pos'] = nan, None
-        wl = wap.tolist()
-        for c, v in zip(self.watch_present, wl): res[f'ap_{c}'] = v
-        res['watchlist_mean_ap'] = _nanmean(wap)
-        res['watchlist_missing'] = list(self.watchlist_missing)
-        res['watchlist_no_positive'] = [c for c, v in zip(self.watch_present, wl) if math.isnan(v)]
-        # density strata over P; prediction/density correlation over V at the 10 % threshold
-        res.update(map_sparse=nan, map_dense=nan, map_density_ratio=nan, pred_density_corr=nan)
-        if dens is not None and apP.numel():
-            dP = dens[P]
-            q = torch.quantile(dP, torch.tensor([0.25, 0.75], dtype=dP.dtype, device=dP.device))
-            sp, de = apP[dP <= q[0]], apP[dP >= q[1]]
-            ms = float(sp.mean()) if sp.numel() else nan
-            md = float(de.mean()) if de.numel() else nan
-            res['map_sparse'], res['map_dense'] = ms, md
-            res['map_density_ratio'] = ms / md if md > 0 and not math.isnan(ms) else nan
-        if dens is not None and 0.10 in nt:
-            res['pred_density_corr'] = _pearson(cnt[:, nt.index(0.10)], dens)
-        tot = float(self._bin_n.sum())
-        res['ece'] = float((self._bin_p - self._bin_y).abs().sum()) / tot if tot else nan
+        ap, npos, cnt, dens = self._per_sample()
+        s, cols = self._sums, self._columns
+        sap = cols.column_ap() if cols is not None and cols.blocks and self._n else None
+        species, self.species_ap = _species_metrics(sap, self.n_species, self.keep_species_ap, self.watch_idx,
+                                                    self.watch_present, self.watchlist_missing)
+        res = {'n_samples': self._n, **_ranking_metrics(ap, npos, s['hits'], self.topk),
+               **_list_metrics(cnt, npos, s['tp'], self.thresholds), **species,
+               **_density_metrics(ap, npos, cnt, dens, self.thresholds)}
+        tot = float(s['bin_n'].sum())
+        res['ece'] = float((s['bin_p'] - s['bin_y']).abs().sum()) / tot if tot else float('nan')
         return res
 
 # %% ../nbs/08_geoscore.ipynb #11521421
@@ -280,10 +383,12 @@ def _num(x) -> float:
     except (TypeError, ValueError): return float('nan')
 
 def _log_ratio_score(lr: float) -> float:
+    "max(0, 1 − |ln LR|); 0 for LR = 0 or ∞, NaN stays NaN."
     if math.isnan(lr): return lr
     if lr <= 0 or math.isinf(lr): return 0.0
     return max(0.0, 1.0 - abs(math.log(lr)))
 
+# %% ../nbs/08_geoscore.ipynb #694d5d91
 def geoscore_table(metrics: dict) -> dict[str, dict]:
     "Per component: raw value, transformed score, nominal weight and effective (renormalised) weight."
     lr = metrics.get('list_ratio_rom_10', metrics.get('list_ratio_10'))
@@ -300,12 +405,14 @@ def geoscore_table(metrics: dict) -> dict[str, dict]:
                 'eff_weight': (w / wsum if wsum and not math.isnan(tf[k]) else 0.0)}
             for k, w in GEOSCORE_WEIGHTS.items()}
 
+# %% ../nbs/08_geoscore.ipynb #5603bb2b
 def geoscore(metrics: dict) -> tuple[float, dict]:
     "GeoScore of a metric dict, and its transformed components (NaN = missing, weight redistributed)."
     tab = geoscore_table(metrics)
     score = sum(v['score'] * v['eff_weight'] for v in tab.values() if v['eff_weight'] > 0)
     return float(score), {k: v['score'] for k, v in tab.items()}
 
+# %% ../nbs/08_geoscore.ipynb #0c6371c7
 def prefix_metrics(metrics: dict, prefix: str = 'holdout_') -> dict:
     "The same metrics with every key prefixed (for the hold-out accumulator's output)."
     return {f'{prefix}{k}': v for k, v in metrics.items()}

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from .core import ConfigError, N_WEEKS
 
 # %% auto #0
-__all__ = ['LN_EPS', 'SPECIES_PRIOR', 'REFERENCE_PARAMS', 'circular_encoding', 'coord_features', 'week_features', 'ResidualBlock',
+__all__ = ['LN_EPS', 'SPECIES_PRIOR', 'BIRDNET_PARAMS', 'circular_encoding', 'coord_features', 'week_features', 'ResidualBlock',
            'FiLM', 'SpatioTemporalEncoder', 'SpeciesHead', 'EnvHead', 'HabitatHead', 'scale_dims', 'GeoModel',
            'create_model', 'count_parameters', 'parameter_table', 'param_groups', 'resolve_device', 'predict_proba',
            'ExportWrapper']
@@ -25,6 +25,7 @@ def circular_encoding(theta: torch.Tensor, n_harmonics: int) -> torch.Tensor:
     a = theta.unsqueeze(-1) * k
     return torch.cat([torch.sin(a), torch.cos(a)], dim=-1)
 
+# %% ../nbs/07_model.ipynb #0a6332cd
 def coord_features(lat: torch.Tensor, lon: torch.Tensor, n_harmonics: int = 8) -> torch.Tensor:
     "Harmonic encoding of (lat, lon) in degrees: (B, 4·n) fp32."
     r = math.pi / 180.0
@@ -33,7 +34,7 @@ def coord_features(lat: torch.Tensor, lon: torch.Tensor, n_harmonics: int = 8) -
 
 # %% ../nbs/07_model.ipynb #54a9de59
 def week_features(week: torch.Tensor, n_harmonics: int = 8) -> torch.Tensor:
-    "Week encoding (B, 2·n + 1): sin/cos on the 48-week circle, zeros plus a yearly flag for week 0."
+    "Week encoding (B, 2·n + 1): sin/cos on the circle of `N_WEEKS` weeks, zeros plus a yearly flag for week 0."
     w = week.float()
     yearly = (w < 0.5).unsqueeze(-1)
     enc = circular_encoding((w - 1.0) * (2.0 * math.pi / N_WEEKS), n_harmonics)
@@ -52,6 +53,7 @@ class ResidualBlock(nn.Module):
         h = self.fc1(F.gelu(self.norm1(x)))
         return x + self.fc2(self.drop(F.gelu(self.norm2(h))))
 
+# %% ../nbs/07_model.ipynb #335c984d
 class FiLM(nn.Module):
     "Week-conditioned feature-wise affine modulation; starts as the identity (γ = 1, β = 0)."
     def __init__(self, d_in: int, d: int):
@@ -67,7 +69,7 @@ class FiLM(nn.Module):
         g, b = gb.chunk(2, dim=-1)
         return x.float() * (1.0 + torch.tanh(g)) + b
 
-# %% ../nbs/07_model.ipynb #335c984d
+# %% ../nbs/07_model.ipynb #27eaeb17
 class SpatioTemporalEncoder(nn.Module):
     "Coordinates → E features, residual blocks each followed by week FiLM, final LayerNorm."
     def __init__(self, embed_dim: int, n_blocks: int, coord_harmonics: int = 8, week_harmonics: int = 8,
@@ -83,7 +85,7 @@ class SpatioTemporalEncoder(nn.Module):
         x = self.inp(coord_features(lat, lon, self.coord_harmonics))
         if week.is_floating_point():
             wf, idx = week_features(week, self.week_harmonics), None
-        else:   # integer weeks: FiLM on the 49-row table, then gather
+        else:   # integer weeks: FiLM on the table of weeks 0..N_WEEKS, then gather
             idx = week.long().clamp(0, N_WEEKS)
             wf = week_features(torch.arange(N_WEEKS + 1, device=week.device), self.week_harmonics)
         for block, film in zip(self.blocks, self.films):
@@ -92,7 +94,7 @@ class SpatioTemporalEncoder(nn.Module):
             x = film.modulate(block(x), gb)
         return self.norm(x)
 
-# %% ../nbs/07_model.ipynb #27eaeb17
+# %% ../nbs/07_model.ipynb #b27738a3
 SPECIES_PRIOR = 0.01
 
 def _lowrank_out(d_in: int, bottleneck: int, n_out: int) -> nn.Sequential:
@@ -108,6 +110,7 @@ class SpeciesHead(nn.Module):
         self.out = _lowrank_out(d, bottleneck, n_species)
     def forward(self, x): return self.out(self.blocks(x))
 
+# %% ../nbs/07_model.ipynb #68f87c84
 class EnvHead(nn.Module):
     "Regression of the env targets: `Linear(E → H)`, blocks, LN, `Linear(H → F)`."
     def __init__(self, d_in: int, hidden: int, n_env: int, n_blocks: int, dropout: float = 0.0):
@@ -126,9 +129,9 @@ class HabitatHead(nn.Module):
         self.out = _lowrank_out(hidden, bottleneck, n_species)
     def forward(self, env): return self.out(self.blocks(self.inp(env)))
 
-# %% ../nbs/07_model.ipynb #b27738a3
+# %% ../nbs/07_model.ipynb #ba89dbff
 def scale_dims(model_scale: float) -> dict:
-    "Widths, depths and dropouts for a `model_scale` (the reference's rules)."
+    "Widths, depths and dropouts for a `model_scale` (the rules of the BirdNET geomodel training script)."
     s = float(model_scale)
     if not s > 0: raise ValueError(f"model_scale must be > 0, got {model_scale}")
     dropout = min(max(0.1 + 0.025 * (s - 1), 0.0), 0.3)
@@ -137,17 +140,29 @@ def scale_dims(model_scale: float) -> dict:
                 species_blocks=max(1, round(2 * s)), env_blocks=max(1, round(s)), habitat_blocks=max(1, round(s)),
                 dropout=dropout, species_dropout=min(max(dropout + 0.1, 0.0), 0.4))
 
-# %% ../nbs/07_model.ipynb #ba89dbff
+# %% ../nbs/07_model.ipynb #f2b92e07
+def _check_model_args(n_species: int, n_env: int, coord_harmonics: int, week_harmonics: int, habitat_head: bool):
+    "Raise `ValueError` for arguments no model can be built from."
+    if n_species < 1: raise ValueError(f"n_species must be >= 1, got {n_species}")
+    if n_env < 0: raise ValueError(f"n_env must be >= 0, got {n_env}")
+    if coord_harmonics < 1 or week_harmonics < 1:
+        raise ValueError(f"harmonics must be >= 1, got coord={coord_harmonics} week={week_harmonics}")
+    if habitat_head and n_env < 1: raise ValueError("habitat_head needs n_env >= 1 (it reads the env prediction)")
+
+# %% ../nbs/07_model.ipynb #d4ed5ed0
+def _habitat_gate(embed_dim: int, n_species: int) -> nn.Linear:
+    "The gate layer: weight 0, bias 3 (σ(3) ≈ 0.95 on the direct logits at the start)."
+    gate = nn.Linear(embed_dim, n_species)
+    nn.init.zeros_(gate.weight); nn.init.constant_(gate.bias, 3.0)
+    return gate
+
+# %% ../nbs/07_model.ipynb #4a2e88ae
 class GeoModel(nn.Module):
     "Species distribution model on (lat, lon, week); `forward` returns a dict of logits (and env predictions)."
     def __init__(self, n_species: int, n_env: int, model_scale: float = 0.75, coord_harmonics: int = 8,
                  week_harmonics: int = 8, habitat_head: bool = False):
         super().__init__()
-        if n_species < 1: raise ValueError(f"n_species must be >= 1, got {n_species}")
-        if n_env < 0: raise ValueError(f"n_env must be >= 0, got {n_env}")
-        if coord_harmonics < 1 or week_harmonics < 1:
-            raise ValueError(f"harmonics must be >= 1, got coord={coord_harmonics} week={week_harmonics}")
-        if habitat_head and n_env < 1: raise ValueError("habitat_head needs n_env >= 1 (it reads the env prediction)")
+        _check_model_args(n_species, n_env, coord_harmonics, week_harmonics, habitat_head)
         self.config = dict(n_species=int(n_species), n_env=int(n_env), model_scale=float(model_scale),
                            coord_harmonics=int(coord_harmonics), week_harmonics=int(week_harmonics),
                            habitat_head=bool(habitat_head))
@@ -160,8 +175,7 @@ class GeoModel(nn.Module):
         if habitat_head:
             self.habitat_head = HabitatHead(n_env, d['env_hidden'], n_species, d['habitat_blocks'], d['bottleneck'],
                                             d['species_dropout'])
-            self.gate = nn.Linear(E, n_species)
-            nn.init.zeros_(self.gate.weight); nn.init.constant_(self.gate.bias, 3.0)
+            self.gate = _habitat_gate(E, n_species)
 
     @property
     def n_species(self) -> int: return self.config['n_species']
@@ -185,6 +199,7 @@ class GeoModel(nn.Module):
         if return_env and env is not None: out['env_pred'] = env
         return out
 
+# %% ../nbs/07_model.ipynb #d43185d2
 def create_model(n_species: int, n_env: int, model_scale: float = 0.75, coord_harmonics: int = 8,
                  week_harmonics: int = 8, habitat_head: bool = False) -> GeoModel:
     "Build a `GeoModel`; `create_model(**model.config)` rebuilds the same architecture."
@@ -195,20 +210,20 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 # %% ../nbs/07_model.ipynb #43179969
-REFERENCE_PARAMS = {  # create_model(S, F=23) in the reference, harmonics 8/8 (spec §2.4)
+BIRDNET_PARAMS = {  # (model_scale, n_species) -> parameters of the BirdNET geomodel, 23 env targets, harmonics 8/8
     (0.5, 1000): 830_271, (0.5, 10000): 1_415_271, (0.75, 1000): 2_694_495, (0.75, 10000): 3_567_495,
     (1.0, 1000): 5_784_191, (1.0, 10000): 6_945_191, (2.0, 1000): 44_322_047, (2.0, 10000): 46_635_047}
 
 def parameter_table(scales=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0), species=(1000, 10000), n_env: int = 23) -> list[dict]:
-    "Parameter counts per scale and vocabulary size, with the reference's where known."
+    "Parameter counts per scale and vocabulary size, with the BirdNET geomodel's where known."
     rows = []
     for s in scales:
         d = scale_dims(s)
         for S in species:
             n = count_parameters(GeoModel(S, n_env, s))
-            ref = REFERENCE_PARAMS.get((s, S))
+            ref = BIRDNET_PARAMS.get((s, S))
             rows.append(dict(scale=s, n_species=S, E=d['embed_dim'], blocks=d['encoder_blocks'], params=n,
-                             reference=ref, rel_diff=None if ref is None else (n - ref) / ref))
+                             birdnet=ref, rel_diff=None if ref is None else (n - ref) / ref))
     return rows
 
 # %% ../nbs/07_model.ipynb #c0c86ac3
@@ -233,15 +248,31 @@ def resolve_device(name: str = 'auto') -> torch.device:
 def _as_tensor(x, dtype) -> torch.Tensor:
     return x.detach().cpu().to(dtype) if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x), dtype=dtype)
 
-@torch.no_grad()
-def predict_proba(model: GeoModel, lat, lon, week, batch_size: int = 4096, yearly: str = 'max') -> np.ndarray:
-    "σ(species logits) as float32 (N, S); week 0 → max over weeks 1..48 (`yearly='max'`) or the model's yearly output."
-    if yearly not in ('max', 'model'): raise ValueError(f"yearly must be 'max' or 'model', got {yearly!r}")
+def _flat_inputs(lat, lon, week) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    "(lat, lon) float32 and integer weeks, flattened and broadcast to one length; `ValueError` for a bad week."
     lat, lon, week = torch.broadcast_tensors(_as_tensor(lat, torch.float32).reshape(-1),
                                              _as_tensor(lon, torch.float32).reshape(-1),
                                              _as_tensor(week, torch.float32).reshape(-1))
     week = week.round().long()
-    if ((week < 0) | (week > N_WEEKS)).any(): raise ValueError("week must be in 0..48 (0 = yearly)")
+    if ((week < 0) | (week > N_WEEKS)).any(): raise ValueError(f"week must be in 0..{N_WEEKS} (0 = yearly)")
+    return lat, lon, week
+
+# %% ../nbs/07_model.ipynb #f91d092e
+def _yearly_max(run, lat, lon, rows: torch.Tensor, out: np.ndarray, batch_size: int):
+    "Fill `out[rows]` with the max over weeks 1..N_WEEKS of `run(lat, lon, week)`, in batches of whole rows."
+    weeks = torch.arange(1, N_WEEKS + 1)
+    step = max(1, batch_size // N_WEEKS)
+    for i in range(0, len(rows), step):
+        j = rows[i:i + step]
+        p = run(lat[j].repeat_interleave(N_WEEKS), lon[j].repeat_interleave(N_WEEKS), weeks.repeat(len(j)))
+        out[j.numpy()] = p.view(len(j), N_WEEKS, -1).amax(1).cpu().numpy()
+
+# %% ../nbs/07_model.ipynb #6369b1e8
+@torch.no_grad()
+def predict_proba(model: GeoModel, lat, lon, week, batch_size: int = 4096, yearly: str = 'max') -> np.ndarray:
+    "σ(species logits) as float32 (N, S); week 0 → max over all weeks (`yearly='max'`) or the model's yearly output."
+    if yearly not in ('max', 'model'): raise ValueError(f"yearly must be 'max' or 'model', got {yearly!r}")
+    lat, lon, week = _flat_inputs(lat, lon, week)
     dev = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -254,13 +285,7 @@ def predict_proba(model: GeoModel, lat, lon, week, batch_size: int = 4096, yearl
         for i in range(0, len(direct), batch_size):
             j = direct[i:i + batch_size]
             out[j.numpy()] = run(lat[j], lon[j], week[j]).cpu().numpy()
-        year = is_year.nonzero().squeeze(1)
-        weeks = torch.arange(1, N_WEEKS + 1)
-        step = max(1, batch_size // N_WEEKS)
-        for i in range(0, len(year), step):
-            j = year[i:i + step]
-            p = run(lat[j].repeat_interleave(N_WEEKS), lon[j].repeat_interleave(N_WEEKS), weeks.repeat(len(j)))
-            out[j.numpy()] = p.view(len(j), N_WEEKS, -1).amax(1).cpu().numpy()
+        _yearly_max(run, lat, lon, is_year.nonzero().squeeze(1), out, batch_size)
     finally:
         model.train(was_training)
     return out

@@ -7,6 +7,8 @@ import torch.nn.functional as F
 
 from geosdm.losses import (SpeciesLoss, random_latlon, LOSS_KINDS, masked_mse, total_loss, sample_negatives, smooth_targets,
                            bce_elementwise, asl_elementwise, focal_elementwise)
+from geosdm.config import OPTIONS, in_range
+from geosdm.core import N_WEEKS
 
 
 def _np_sig(z): return 1 / (1 + np.exp(-z))
@@ -115,7 +117,7 @@ def _np_an(z, y, lam, eps, rand=None, w=None):
     B, S = zz.shape
     ww = np.ones((B, S)) if w is None else np.broadcast_to(w.numpy(), (B, S))
     out = []
-    for i in range(B):   # explicit per-row loop: the reference computation
+    for i in range(B):   # explicit per-row loop: the by-hand computation
         pos = sum(ww[i, j] * _np_bce(zz[i, j], hi) for j in range(S) if yy[i, j])
         neg = sum(_np_bce(zz[i, j], lo) for j in range(S) if not yy[i, j])
         sp = 0.0
@@ -267,7 +269,7 @@ def test_gradients_finite_under_autocast(kind):
     torch.manual_seed(0)
     m = create_model(50, 4, model_scale=0.25, habitat_head=True)
     B = 16
-    lat, lon, week = torch.rand(B) * 180 - 90, torch.rand(B) * 360 - 180, torch.randint(0, 49, (B,))
+    lat, lon, week = torch.rand(B) * 180 - 90, torch.rand(B) * 360 - 180, torch.randint(0, N_WEEKS + 1, (B,))
     y = (torch.rand(B, 50) < 0.1).float()
     env = torch.randn(B, 4); env[0] = float('nan')
     dt = _half_dtype()
@@ -285,6 +287,11 @@ def test_gradients_finite_under_autocast(kind):
 def test_errors():
     with pytest.raises(ValueError, match='kind'): SpeciesLoss('mse')
     with pytest.raises(ValueError, match='label_smoothing'): SpeciesLoss('bce', label_smoothing=1.0)
+    # the range of the option table (geosdm.config): [0, 0.5)
+    with pytest.raises(ValueError, match=r'label_smoothing must be in \[0, 0\.5\)'): SpeciesLoss('bce', label_smoothing=0.5)
+    with pytest.raises(ValueError, match='label_smoothing'): SpeciesLoss('an', label_smoothing=-0.01)
+    with pytest.raises(ValueError, match='label_smoothing'): SpeciesLoss('an', label_smoothing=float('nan'))
+    SpeciesLoss('bce', label_smoothing=0.49)
     with pytest.raises(ValueError, match='same shape'): SpeciesLoss('bce')(torch.zeros(2, 3), torch.zeros(2, 4))
     with pytest.raises(ValueError, match='rand_logits'):
         SpeciesLoss('an')(torch.zeros(2, 3), torch.zeros(2, 3), rand_logits=torch.zeros(2, 4))
@@ -309,3 +316,15 @@ def test_fractional_gamma_saturated_logits_finite_grad(kind, kw):
     loss = SpeciesLoss(kind, label_smoothing=0.0, **kw)(z, y)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
+
+
+@pytest.mark.parametrize('name,values', [('label_smoothing', [-0.01, 0.0, 0.05, 0.49, 0.5, 0.99, 1.0]),
+                                         ('asl_clip', [-0.01, 0.0, 0.2, 0.99, 1.0, 1.5]),
+                                         ('neg_samples', [-1, 0, 1, 1024])])
+def test_checked_ranges_match_option_table(name, values):
+    "The loss accepts exactly the values the command line accepts (the option table in geosdm.config)."
+    for v in values:
+        ok = True
+        try: SpeciesLoss('asl', **{name: v})
+        except ValueError: ok = False
+        assert ok == in_range(v, OPTIONS[name].range), (name, v)

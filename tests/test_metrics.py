@@ -8,7 +8,9 @@ from scipy.stats import pearsonr
 from sklearn.metrics import average_precision_score, precision_score, recall_score, f1_score
 
 from geosdm.metrics import (MetricAccumulator, WATCHLIST, geoscore, geoscore_table, merge_holdout,
-                            prefix_metrics, GEOSCORE_WEIGHTS)
+                            prefix_metrics, GEOSCORE_WEIGHTS, per_sample_ap)
+import geosdm.core
+import geosdm.metrics as M
 
 SET = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -51,6 +53,42 @@ def test_sample_map_vs_sklearn(pb):
     aps = [average_precision_score(y[i], p[i]) for i in range(len(y)) if y[i].any()]
     assert m['n_pos_samples'] == len(aps) and m['n_samples'] == len(y)
     assert nan_eq(m['map'], float(np.mean(aps)) if aps else float('nan'))
+
+@SET
+@given(problems())
+def test_per_sample_ap_vs_sklearn_and_map(pb):
+    "per_sample_ap is sklearn's AP row by row (ties included), NaN without positives; `map` is its nan-mean."
+    lg, y, dens, chunk = pb
+    ap = per_sample_ap(torch.from_numpy(lg), torch.from_numpy(y))
+    assert ap.dtype == torch.float64 and ap.shape == (len(y),)
+    p = probs(lg)
+    for i in range(len(y)):
+        if not y[i].any(): assert math.isnan(ap[i]); continue
+        assert abs(float(ap[i]) - average_precision_score(y[i], lg[i])) <= 1e-12
+        assert abs(float(ap[i]) - average_precision_score(y[i], p[i])) <= 1e-12
+    _, m = run(lg, y, dens, chunk)
+    has = ~torch.isnan(ap)
+    assert nan_eq(m['map'], float(ap[has].mean()) if has.any() else float('nan'), tol=0)   # the very same values
+    # {0, 1} float targets, int16 scores and the pure-torch (CUDA) path give the same values
+    assert torch.equal(per_sample_ap(torch.from_numpy(lg), torch.from_numpy(y).float()).nan_to_num(-1), ap.nan_to_num(-1))
+    q = torch.from_numpy(lg).to(torch.int16)
+    qa = per_sample_ap(q, torch.from_numpy(y))
+    for i in np.where(y.any(1))[0]:
+        assert abs(float(qa[i]) - average_precision_score(y[i], q[i].numpy())) <= 1e-12
+    M._TORCH_ONLY = True
+    try: at = per_sample_ap(torch.from_numpy(lg), torch.from_numpy(y))
+    finally: M._TORCH_ONLY = False
+    assert torch.equal(at.nan_to_num(-1), ap.nan_to_num(-1))
+
+def test_per_sample_ap_inputs():
+    assert per_sample_ap(np.array([[0.2, 0.9, 0.9]]), np.array([[1, 1, 0]]))[0].item() == pytest.approx(
+        average_precision_score([1, 1, 0], [0.2, 0.9, 0.9]), abs=1e-15)       # numpy arrays are accepted
+    assert per_sample_ap(torch.zeros(0, 4), torch.zeros(0, 4)).shape == (0,)
+    with pytest.raises(ValueError, match='NaN'): per_sample_ap(torch.tensor([[float('nan'), 1.0]]), torch.tensor([[1, 0]]))
+    with pytest.raises(ValueError, match='shape'): per_sample_ap(torch.zeros(2, 3), torch.zeros(2, 4))
+
+def test_watchlist_is_core_watchlist():
+    assert WATCHLIST == list(geosdm.core.WATCHLIST) and isinstance(WATCHLIST, list) and len(WATCHLIST) == 18
 
 @SET
 @given(problems())
@@ -224,7 +262,7 @@ def test_geoscore_transform_edges():
     assert comp(pred_density_corr=0.0)['pred_density_corr'] == 1.0
     assert comp(map_density_ratio=1.7)['map_density_ratio'] == 1.0             # clipped to [0, 1]
     assert comp(map_density_ratio=0.0)['map_density_ratio'] == 0.0
-    # the reference's mean-of-ratios key is the fallback when the ratio-of-means key is absent
+    # the mean-of-ratios key (the BirdNET geomodel's) is the fallback when the ratio-of-means key is absent
     m = {k: v for k, v in BASE.items() if k != 'list_ratio_rom_10'}
     assert geoscore({**m, 'list_ratio_10': 1.0})[0] == geoscore(BASE)[0]
     assert geoscore({}) == (0.0, {k: pytest.approx(float('nan'), nan_ok=True) for k in GEOSCORE_WEIGHTS})
@@ -241,7 +279,6 @@ def test_holdout_merge():
 @given(problems())
 def test_torch_paths_equal_numpy_paths(pb):
     "The pure-torch code paths (used on CUDA) give the same metrics as the numpy-accelerated CPU paths."
-    import geosdm.metrics as M
     lg, y, dens, chunk = pb
     a1, m1 = run(lg, y, dens, chunk)
     M._TORCH_ONLY = True

@@ -6,13 +6,13 @@ import torch
 import torch.nn as nn
 
 from geosdm.model import (GeoModel, create_model, count_parameters, scale_dims, week_features, coord_features,
-                          predict_proba, param_groups, ExportWrapper, REFERENCE_PARAMS, LN_EPS, N_WEEKS)
+                          predict_proba, param_groups, ExportWrapper, BIRDNET_PARAMS, LN_EPS, N_WEEKS)
 
 
 def _batch(B=32, seed=0):
     g = torch.Generator().manual_seed(seed)
     return (torch.rand(B, generator=g) * 180 - 90, torch.rand(B, generator=g) * 360 - 180,
-            torch.randint(0, 49, (B,), generator=g))
+            torch.randint(0, N_WEEKS + 1, (B,), generator=g))
 
 
 def _perturb_film(m, std=0.3, seed=0):
@@ -21,11 +21,11 @@ def _perturb_film(m, std=0.3, seed=0):
         for p in m.encoder.films.parameters(): p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
-@pytest.mark.parametrize('key', [k for k in sorted(REFERENCE_PARAMS) if k[0] <= 1.0])   # 2.0 is in the notebook
-def test_parameter_counts_match_reference(key):
+@pytest.mark.parametrize('key', [k for k in sorted(BIRDNET_PARAMS) if k[0] <= 1.0])   # 2.0 is in the notebook
+def test_parameter_counts_match_birdnet(key):
     s, S = key
     n = count_parameters(create_model(S, 23, model_scale=s))
-    ref = REFERENCE_PARAMS[key]
+    ref = BIRDNET_PARAMS[key]
     assert abs(n - ref) / ref < 0.05
     # the only extra parameters: one yearly-flag weight per unit of each FiLM input layer
     d = scale_dims(s)
@@ -33,12 +33,12 @@ def test_parameter_counts_match_reference(key):
 
 
 def test_habitat_parameter_count():
-    # reference (spec §2.4): 1,197,391 at scale 0.5, S=1000, F=23, habitat on
+    # the BirdNET geomodel: 1,197,391 at scale 0.5, S=1000, F=23, habitat on
     n = count_parameters(create_model(1000, 23, model_scale=0.5, habitat_head=True))
     assert n - 1_197_391 == 2 * 256
 
 
-def test_scale_dims_reference_table():
+def test_scale_dims_birdnet_table():
     want = {0.25: (128, 1, 1, 32, 64, 1), 0.5: (256, 2, 1, 64, 128, 1), 0.75: (384, 3, 2, 96, 192, 1),
             1.0: (512, 4, 2, 128, 256, 1), 1.5: (768, 6, 3, 192, 384, 2), 2.0: (1024, 8, 4, 256, 512, 2)}
     for s, (E, eb, sb, b, H, envb) in want.items():
@@ -208,7 +208,8 @@ def test_predict_proba_yearly_max():
     p = predict_proba(m, lat, lon, week, batch_size=3)
     assert m.training                                  # mode restored
     assert p.shape == (4, 15) and p.dtype == np.float32
-    allw = predict_proba(m, np.repeat(lat, 48), np.repeat(lon, 48), np.tile(np.arange(1, 49), 4)).reshape(4, 48, 15)
+    allw = predict_proba(m, np.repeat(lat, N_WEEKS), np.repeat(lon, N_WEEKS),
+                         np.tile(np.arange(1, N_WEEKS + 1), 4)).reshape(4, N_WEEKS, 15)
     np.testing.assert_allclose(p[0], allw[0].max(0), atol=1e-6)
     np.testing.assert_allclose(p[2], allw[2].max(0), atol=1e-6)
     np.testing.assert_allclose(p[1], allw[1, 4], atol=1e-6)
@@ -220,7 +221,7 @@ def test_predict_proba_yearly_max():
     with torch.no_grad():
         direct = torch.sigmoid(m(torch.tensor([10.0]), torch.tensor([20.0]), torch.tensor([0]))['species_logits'])
     np.testing.assert_allclose(predict_proba(m, 10.0, 20.0, 0, yearly='model')[0], direct[0].numpy(), atol=1e-6)
-    with pytest.raises(ValueError): predict_proba(m, 0, 0, 49)
+    with pytest.raises(ValueError, match=f'0..{N_WEEKS}'): predict_proba(m, 0, 0, N_WEEKS + 1)
     with pytest.raises(ValueError): predict_proba(m, 0, 0, 1, yearly='mean')
 
 
