@@ -6,9 +6,11 @@
 from __future__ import annotations
 import numpy as np
 import polars as pl
+import torch
 
 from .geo import HOLDOUT_REGIONS, in_boxes, region_of, region_name
 from .data import Prepared, Samples
+from .metrics import per_sample_ap
 
 # %% auto #0
 __all__ = ['dense_targets', 'sample_probs', 'sample_ap', 'sample_scores', 'evaluate_split', 'cell_table', 'region_labels',
@@ -28,19 +30,8 @@ def sample_probs(pred, s: Samples) -> np.ndarray:
 
 # %% ../nbs/14_evaluate.ipynb #e75431b3
 def sample_ap(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
-    "Average precision of every row (NaN for rows without positives); ties count as one threshold."
-    n, S = probs.shape
-    key = probs.astype(np.float64) + 2.0 * np.arange(n)[:, None]        # row r lives in [2r, 2r+1]
-    srt = np.sort(key, axis=None)
-    r, j = np.nonzero(y)
-    v = key[r, j]
-    ge_all = (r + 1) * S - np.searchsorted(srt, v, 'left')              # species of row r with p ≥ v
-    pk = np.sort(v)
-    ge_pos = np.searchsorted(pk, 2.0 * r + 1.5) - np.searchsorted(pk, v, 'left')
-    npos = y.sum(1)
-    ap = np.bincount(r, weights=ge_pos / ge_all, minlength=n)
-    with np.errstate(invalid='ignore', divide='ignore'):
-        return np.where(npos > 0, ap / npos, np.nan)
+    "Average precision of every row (NaN for rows without positives): `geosdm.metrics.per_sample_ap` on numpy arrays."
+    return per_sample_ap(torch.as_tensor(np.asarray(probs)), torch.as_tensor(np.asarray(y, bool))).numpy()
 
 # %% ../nbs/14_evaluate.ipynb #6bce4871
 def sample_scores(probs: np.ndarray, y: np.ndarray, thresholds=(0.05, 0.10, 0.25)) -> dict:
