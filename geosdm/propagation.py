@@ -17,7 +17,7 @@ from .geo import EARTH_RADIUS_KM, N_REGIONS, haversine_km, km_to_chord, region_o
 
 # %% auto #0
 __all__ = ['MIN_RANGE_KM', 'env_space', 'PropagationParams', 'range_threshold_km', 'propagate_week', 'propagate_keys',
-           'region_counts', 'region_percentiles', 'freq_weight_curve', 'label_freq_weights']
+           'region_counts', 'key_region_counts', 'region_percentiles', 'freq_weight_curve', 'label_freq_weights']
 
 # %% ../nbs/05_propagation.ipynb #70f7226c
 MIN_RANGE_KM = 50.0   # floor on a species' range radius
@@ -48,7 +48,7 @@ def env_space(env: np.ndarray, names: list[str]) -> np.ndarray:
 # %% ../nbs/05_propagation.ipynb #bd85894c
 @dataclass
 class PropagationParams:
-    "Environmental-neighbour propagation settings (the seed's `--propagate_*` flags and defaults)."
+    "Environmental-neighbour propagation settings (the `--propagate_*` flags and their defaults)."
     k: int = 10                    # nearest env-space neighbours per sparse sample
     max_radius_km: float = 1000.0  # geographic radius cap for a neighbour
     max_spread: float = 2.0        # species range expansion multiplier (0 = no range check)
@@ -104,6 +104,7 @@ def _fresh(key: np.ndarray, own: np.ndarray) -> np.ndarray:
     if len(key) > 1: key = key[np.r_[True, key[1:] != key[:-1]]]
     return _without(key, own)
 
+# %% ../nbs/05_propagation.ipynb #a12ae344
 def propagate_week(cell: np.ndarray, code: np.ndarray, n_codes: int, train: np.ndarray, feats: np.ndarray,
                    lat: np.ndarray, lon: np.ndarray, xyz: np.ndarray, thr: np.ndarray, p: PropagationParams):
     "New `(cell, code)` labels for one week's training labels `(cell, code)` (sorted); also (n_sparse, n_changed)."
@@ -165,7 +166,7 @@ def propagate_keys(w_key: np.ndarray, y_key: np.ndarray, n_codes: int, train: np
     order = np.flatnonzero(m)[np.argsort(week[m], kind='stable')]   # week-major, then (cell, code)
     bounds = np.searchsorted(week[order], np.arange(N_WEEKS + 1))
     add_w, per_week, n_sparse, n_changed = [], [0] * (N_WEEKS + 1), 0, 0
-    for w in range(N_WEEKS):                                         # 48 weeks, not samples
+    for w in range(N_WEEKS):                                         # one pass per week, not per sample
         sl = order[bounds[w]:bounds[w + 1]]
         c, k, ns, nch = propagate_week(wcell[sl], w_key[sl] % nc, nc, train, feats, lat, lon, xyz, thr, p)
         add_w.append((c * N_WEEKS + w) * nc + k)
@@ -195,6 +196,15 @@ def region_counts(cell_lat: np.ndarray, cell_lon: np.ndarray, cell: np.ndarray, 
     reg = region_of(cell_lat, cell_lon)[cell]
     return np.bincount(reg * n_codes + code, minlength=N_REGIONS * n_codes).reshape(N_REGIONS, n_codes)
 
+def key_region_counts(w_key: np.ndarray, y_key: np.ndarray, n_codes: int, cell_lat: np.ndarray, cell_lon: np.ndarray,
+                      keep_cell: np.ndarray | None = None, yearly: bool = True) -> np.ndarray:
+    "`region_counts` of the weekly (and, when `yearly`, the yearly) labels of `flatten_lists` keys."
+    nc = max(int(n_codes), 1)
+    reg = region_counts(cell_lat, cell_lon, w_key // nc // N_WEEKS, w_key % nc, nc, keep_cell)
+    if yearly: reg += region_counts(cell_lat, cell_lon, y_key // nc, y_key % nc, nc, keep_cell)
+    return reg
+
+# %% ../nbs/05_propagation.ipynb #bfe7251d
 def region_percentiles(counts: np.ndarray) -> np.ndarray:
     "Per species, the maximum over regions of its within-region percentile (NaN: never counted)."
     counts = np.asarray(counts)
@@ -209,7 +219,7 @@ def region_percentiles(counts: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(best), best, np.nan)
 
 def freq_weight_curve(pct, min_weight: float = 0.01, pct_lo: float = 10.0, pct_hi: float = 95.0) -> np.ndarray:
-    "The seed's linear map from regional percentile to label weight."
+    "Linear map from regional percentile to label weight: `min_weight` up to `pct_lo`, 1 from `pct_hi`."
     pct = np.asarray(pct, np.float64)
     w = min_weight + (pct - pct_lo) / (pct_hi - pct_lo) * (1.0 - min_weight)
     return np.where(pct >= pct_hi, 1.0, np.where(pct > pct_lo, w, min_weight))

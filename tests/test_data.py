@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
 import time
 import warnings
 from collections import Counter
@@ -14,8 +16,11 @@ import polars as pl
 import pytest
 import torch
 
-from geosdm.data import (HOLDOUT_REGIONS, DeviceSamples, GeoSDMDataError, Prepared, Samples, cache_key, find_taxonomy,
-                         jitter_latlon, jitter_std_for_res, multi_hot, prepare_data, read_taxonomy, split_cells, _options)
+from geosdm.batches import DeviceSamples, jitter_latlon, multi_hot
+from geosdm.core import GeoSDMDataError
+from geosdm.data import (Prepared, Samples, cache_key, find_taxonomy, jitter_std_for_res, prepare_data, read_taxonomy,
+                         split_cells, _options)
+from geosdm.geo import HOLDOUT_REGIONS
 from conftest import WEEKS, WORLD_A, default_lists, grid_cells, write_world
 
 P = dict(progress=False, min_obs_per_species=0)
@@ -511,6 +516,13 @@ def test_multi_hot_matches_naive():
     got = multi_hot(torch.from_numpy(off), torch.from_numpy(sp), torch.from_numpy(rows), S)
     assert got.dtype == torch.float32 and np.array_equal(got.numpy(), dense[rows])
     assert multi_hot(torch.from_numpy(off), torch.from_numpy(sp), torch.zeros(0, dtype=torch.long), S).shape == (0, S)
+
+
+def test_data_does_not_load_torch_and_moved_names_still_import():
+    code = ('import sys, geosdm.data as D; assert "torch" not in sys.modules; '
+            'from geosdm.data import DeviceSamples, jitter_latlon, multi_hot; import geosdm.batches as B; '
+            'assert (DeviceSamples, jitter_latlon, multi_hot) == (B.DeviceSamples, B.jitter_latlon, B.multi_hot)')
+    subprocess.run([sys.executable, '-c', code], check=True)
 
 
 # ---------------------------------------------------------------- progress and stats
