@@ -109,7 +109,7 @@ class Prepared:
         return (f'Prepared(cells={len(self.cells)}, train={len(self.train)}, val={len(self.val)}, holdout={ho}, '
                 f'n_species={self.n_species}, n_env={self.n_env}, h3_res={self.h3_res}, fingerprint={self.fingerprint[:12]}…)')
 
-# %% ../nbs/04_data.ipynb #4b0bd417
+# %% ../nbs/04_data.ipynb #ef644759
 _TAX_ROLES = {'code': ('species_code', 'primaryId'), 'sci': ('sci_name', 'scientificName'),
               'com': ('com_name', 'commonName')}
 
@@ -143,7 +143,7 @@ def read_taxonomy(path) -> dict[str, tuple[str, str]]:
         return pl.select(pl.when(s == '').then(codes).otherwise(s)).to_series()
     return dict(zip(codes.to_list(), zip(names('sci').to_list(), names('com').to_list())))
 
-# %% ../nbs/04_data.ipynb #deac872f
+# %% ../nbs/04_data.ipynb #4bf85677
 def _examples(xs, k=5) -> str:
     xs = list(xs)
     return ', '.join(map(repr, xs[:k])) + (f' … (+{len(xs) - k} more)' if len(xs) > k else '')
@@ -167,7 +167,7 @@ def _env_columns(path: Path, schema) -> list[str]:
                               f'{", ".join(DROP_COLS)} and week_* is an environmental target and must be numeric')
     return env_cols
 
-# %% ../nbs/04_data.ipynb #f23260cd
+# %% ../nbs/04_data.ipynb #9a0b19fe
 def _check_cells(path: Path, df: pl.DataFrame, schema) -> tuple[pl.DataFrame, int]:
     "`df` with string H3 ids, after checking they are valid, unique and of one resolution; also that resolution."
     if schema['h3_index'].is_integer():
@@ -196,7 +196,7 @@ def _check_lists(path: Path, df: pl.DataFrame, schema) -> pl.DataFrame:
     int_weeks = [c for c in WEEK_COLS if schema[c].inner != pl.String]
     return df.with_columns(pl.col(int_weeks).cast(pl.List(pl.String))) if int_weeks else df
 
-# %% ../nbs/04_data.ipynb #c4ec1548
+# %% ../nbs/04_data.ipynb #f1e4988f
 def load_combined(path) -> tuple[pl.DataFrame, list[str], int]:
     "Read and validate a combined parquet: returns (frame of h3_index + env + week columns, env column names, H3 res)."
     path = Path(path)
@@ -210,7 +210,7 @@ def load_combined(path) -> tuple[pl.DataFrame, list[str], int]:
     df, res = _check_cells(path, df, schema)
     return _check_lists(path, df, schema), env_cols, res
 
-# %% ../nbs/04_data.ipynb #8a04b482
+# %% ../nbs/04_data.ipynb #6c55c416
 def encode_env(frame: pl.DataFrame, env_cols: Sequence[str]) -> tuple[np.ndarray, list[str], dict]:
     "Encode env columns per cell: (float32[n, F] with NaN = missing, names, stats)."
     n = frame.height
@@ -413,11 +413,15 @@ def _vocabulary(w_code, y_code, fl: _Flat, opts: dict, yearly: bool, data_path: 
     return kept
 
 # %% ../nbs/04_data.ipynb #e9912e43
-def _label_csr(w_key, w_code, y_key, y_code, kept, nc: int, n_cells: int, yearly: bool) -> tuple[np.ndarray, np.ndarray]:
-    "CSR (offsets, species) of the kept labels over all `n_cells · W` samples; species = vocabulary index."
-    S, W = len(kept), N_WEEKS + yearly
+def _label_csr(w_key, y_key, fl: _Flat, opts: dict, yearly: bool, data_path: Path):
+    "The vocabulary (code ids kept) and the CSR (offsets, species) of its labels over all `n_cells · W` samples."
+    nc, n_cells, W = fl.n_codes, len(fl.raw_len), N_WEEKS + yearly
+    w_code, y_code = w_key % nc, y_key % nc
+    kept = _vocabulary(w_code, y_code, fl, opts, yearly, data_path)
+    S = len(kept)
     lut = np.full(nc, -1, np.int32); lut[kept] = np.arange(S)
-    wv = lut[w_code]; wm = wv >= 0
+    wv = lut[w_code]; del w_code
+    wm = wv >= 0
     ws = w_key[wm] // nc                             # cell·N_WEEKS + week − 1
     if yearly: ws += ws // N_WEEKS                   # → cell·W + week − 1
     ws *= S; ws += wv[wm]; del wv, wm
@@ -429,7 +433,7 @@ def _label_csr(w_key, w_code, y_key, y_code, kept, nc: int, n_cells: int, yearly
     key.sort(kind='stable')                          # two sorted runs: a linear merge
     offsets = np.zeros(n_cells * W + 1, np.int64)
     np.cumsum(np.bincount(key // S, minlength=n_cells * W), out=offsets[1:])
-    return offsets, (key % S).astype(np.int32)
+    return kept, offsets, (key % S).astype(np.int32)
 
 # %% ../nbs/04_data.ipynb #59d88250
 def _all_samples(fl: _Flat, cell_lat, cell_lon, offsets, species, n_species: int, yearly: bool) -> Samples:
@@ -492,24 +496,24 @@ def _build(data_path: Path, tax_path: Path | None, opts: dict, boxes, fp: str, p
     yearly, rate = not opts['no_yearly'], opts['ocean_sample_rate']
     st = _Stages(['load', 'flatten', 'env', 'split'] + ['propagate'] * (prop is not None) + ['vocabulary', 'samples'], progress)
     try:
-        df, env_cols, res = load_combined(data_path)                                         # 1. load
+        df, env_cols, res = load_combined(data_path)  # 1. load
         tax = read_taxonomy(tax_path) if tax_path is not None else None
         if tax is None: st.note(f'no taxonomy CSV found beside {data_path.name}: species names = codes')
         n_file = df.height
         df, *ocean = _drop_ocean(df, rate)
         if df.height == 0: raise GeoSDMDataError(f'{data_path}: no cells left after ocean down-sampling (rate {rate})')
         st.done('load')
-        fl = flatten_lists(df)                                                               # 2. flatten
+        fl = flatten_lists(df)  # 2. flatten
         if tax is not None: _check_taxonomy(fl, tax, data_path, tax_path)
         st.done('flatten')
-        env, env_names, env_stats = encode_env(df, env_cols)                                 # 3. env, centres
+        env, env_names, env_stats = encode_env(df, env_cols)  # 3. env, centres
         cells = df['h3_index'].to_list()
         cell_lat, cell_lon = (a.astype(np.float32) for a in cell_centres(cells))
         st.done('env')
-        tr_c, va_c, ho_c = _split_holdout(cell_lat, cell_lon, opts, boxes, data_path)         # 4. split, hold-out
+        tr_c, va_c, ho_c = _split_holdout(cell_lat, cell_lon, opts, boxes, data_path)  # 4. split, hold-out
         is_train = np.zeros(len(cells), bool); is_train[tr_c] = True
         st.done('split')
-        reg_raw = key_region_counts(fl.w_key, fl.y_key, fl.n_codes, cell_lat, cell_lon, is_train, yearly)  # 5.
+        reg_raw = key_region_counts(fl.w_key, fl.y_key, fl.n_codes, cell_lat, cell_lon, is_train, yearly)  # 5. propagation
         w_key, y_key, report = fl.w_key, fl.y_key, None
         if prop is not None:
             w_key, y_key, report = propagate_keys(fl.w_key, fl.y_key, fl.n_codes, is_train, env_space(env, env_names),
@@ -517,12 +521,9 @@ def _build(data_path: Path, tax_path: Path | None, opts: dict, boxes, fp: str, p
             st.note(f'propagation added {report["labels_added"]:,} labels to {report["samples_changed"]:,} of '
                     f'{report["sparse_samples"]:,} sparse training samples ({report["seconds"]:.1f}s)')
             st.done('propagate')
-        w_code, y_code = w_key % fl.n_codes, y_key % fl.n_codes                               # 6. vocabulary, CSR
-        kept = _vocabulary(w_code, y_code, fl, opts, yearly, data_path)
-        offsets, species = _label_csr(w_key, w_code, y_key, y_code, kept, fl.n_codes, len(cells), yearly)
-        del w_code, y_code
+        kept, offsets, species = _label_csr(w_key, y_key, fl, opts, yearly, data_path)  # 6. vocabulary, CSR
         st.done('vocabulary')
-        all_s = _all_samples(fl, cell_lat, cell_lon, offsets, species, len(kept), yearly)              # 7. samples
+        all_s = _all_samples(fl, cell_lat, cell_lon, offsets, species, len(kept), yearly)  # 7. samples
         train, val, holdout = _split_samples(all_s, tr_c, va_c, ho_c, yearly)
         train, n_capped = _cap_labels(train, opts['max_obs_per_species'])
         vocab = [fl.codes[i] for i in kept]

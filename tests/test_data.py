@@ -286,7 +286,7 @@ def test_holdout_errors(world):
 # ---------------------------------------------------------------- taxonomy
 
 def test_taxonomy_autodetect_and_names(world_writer, tmp_path):
-    p = prepare_data(world_writer(), **P)            # reference-style header with duplicated species_code
+    p = prepare_data(world_writer(), **P)            # header with duplicated species_code, as the BirdNET geomodel training script writes it
     assert p.sci_names[0] == 'Sci s00' and p.common_names[0] == 'Common s00'
     q = prepare_data(world_writer(name='other_with_ee', taxonomy=None), **P)
     assert q.sci_names == q.vocab and q.stats['taxonomy'] is None
