@@ -18,9 +18,9 @@ import torch
 
 from geosdm.batches import DeviceSamples, jitter_latlon, multi_hot
 from geosdm.core import GeoSDMDataError
-from geosdm.data import (Prepared, Samples, cache_key, find_taxonomy, jitter_std_for_res, prepare_data, read_taxonomy,
-                         split_cells, _options)
+from geosdm.data import Prepared, Samples, cache_key, jitter_std_for_res, prepare_data, split_cells, _options
 from geosdm.geo import HOLDOUT_REGIONS
+from geosdm.inputs import find_taxonomy, read_taxonomy
 from conftest import WEEKS, WORLD_A, default_lists, grid_cells, write_world
 
 P = dict(progress=False, min_obs_per_species=0)

@@ -12,7 +12,8 @@ import pytest
 import torch
 from scipy.stats import percentileofscore
 
-from geosdm.data import encode_env, flatten_lists, load_combined, prepare_data, split_cells
+from geosdm.data import flatten_lists, prepare_data, split_cells
+from geosdm.inputs import encode_env, load_combined
 from geosdm.propagation import (PropagationParams, env_space, freq_weight_curve, haversine_km, label_freq_weights,
                                 propagate_keys, range_threshold_km, region_counts, region_of, region_percentiles,
                                 unit_xyz)
