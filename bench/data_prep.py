@@ -35,7 +35,7 @@ print(json.dumps({'import_s': round(t_import, 3), 'rss_after_import_mb': round(r
 BASELINE = r'''
 import json, resource, time
 t0 = time.perf_counter()
-import numpy, polars, h3, torch
+import numpy, polars, h3, scipy.spatial, tqdm.auto   # what geosdm.data loads (no torch)
 print(json.dumps({'import_s': round(time.perf_counter() - t0, 3),
                   'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
 '''
@@ -60,7 +60,7 @@ def main(path: Path = DEFAULT, repeats: int = 3) -> dict:
     res.update(cold=best(cold), cold_all_s=[c['prepare_s'] for c in cold], build_and_write=build,
                warm=best(warm), warm_all_s=[w['prepare_s'] for w in warm])
     c, w = res['cold'], res['warm']
-    print(f"imports only (numpy, polars, h3, torch): {res['imports_only']['import_s']:.2f} s, "
+    print(f"imports only (numpy, polars, h3, scipy, tqdm): {res['imports_only']['import_s']:.2f} s, "
           f"peak RSS {res['imports_only']['peak_rss_mb']:.0f} MB")
     print(f"cold  (no cache): prepare {c['prepare_s']:.2f} s (runs {res['cold_all_s']}), import {c['import_s']:.2f} s, "
           f"peak RSS {c['peak_rss_mb']:.0f} MB (after import {c['rss_after_import_mb']:.0f} MB)")

@@ -1,4 +1,4 @@
-"""Benchmark env-neighbour label propagation on world_a (the seed's defaults).
+"""Benchmark env-neighbour label propagation on world_a (default parameters).
 
 Runs prepare_data on ../shared/data/world_a/combined.parquet without the cache, once without and once
 with propagation, each in its own subprocess (so peak RSS is per run), and prints the propagation
@@ -66,13 +66,13 @@ def main():
            'samples_changed': pr['samples_changed'], 'nnz_train_without': off['nnz_train'],
            'nnz_train_with': on['nnz_train'], 'n_species_without': off['n_species'], 'n_species_with': on['n_species'],
            'val_labels_unchanged': off['val_labels_sha256'] == on['val_labels_sha256']}
-    print(f"propagation (seed defaults {pr['params']}):")
+    print(f"propagation (default parameters {pr['params']}):")
     print(f"  {pr['seconds']:.2f} s inside prepare_data ({on['prepare_s']:.2f} s in all, {off['prepare_s']:.2f} s without)")
     print(f"  +{pr['labels_added']:,} labels ({pr['labels_added'] / pr['labels_before']:.0%} of {pr['labels_before']:,} "
           f"training labels): {pr['labels_added_weekly']:,} weekly, {pr['labels_added_yearly']:,} yearly")
     print(f"  {pr['samples_changed']:,} of {pr['sparse_samples']:,} sparse training samples changed")
     pw = pr['labels_added_per_week'][1:]
-    print(f"  per week: min {min(pw):,}  median {sorted(pw)[24]:,}  max {max(pw):,}")
+    print(f"  per week: min {min(pw):,}  median {sorted(pw)[len(pw) // 2]:,}  max {max(pw):,}")
     print(f"  peak RSS {on['peak_rss_mb']:,.0f} MB ({off['peak_rss_mb']:,.0f} MB without)")
     print(f"  vocabulary {off['n_species']:,} → {on['n_species']:,} species; validation labels unchanged: {res['val_labels_unchanged']}")
     out = HERE / 'results' / 'propagation.json'

@@ -14,7 +14,8 @@ import torch
 from .core import GeoSDMDataError, ConfigError, N_WEEKS, write_json, demo_parquet
 from .config import TrainConfig, check_config, config_from, propagation_params
 from .checkpoint import CHECKPOINT_FORMAT, plain, split_identity, save_checkpoint, load_checkpoint, write_labels
-from .data import prepare_data, DeviceSamples, Prepared, jitter_latlon
+from .data import prepare_data, Prepared
+from .batches import DeviceSamples, jitter_latlon
 from .model import create_model, count_parameters, param_groups, resolve_device
 from .losses import SpeciesLoss, random_latlon, total_loss
 from .metrics import MetricAccumulator, geoscore, merge_holdout

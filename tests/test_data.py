@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
 import time
 import warnings
 from collections import Counter
@@ -14,8 +16,11 @@ import polars as pl
 import pytest
 import torch
 
-from geosdm.data import (HOLDOUT_REGIONS, DeviceSamples, GeoSDMDataError, Prepared, Samples, cache_key, find_taxonomy,
-                         jitter_latlon, jitter_std_for_res, multi_hot, prepare_data, read_taxonomy, split_cells, _options)
+from geosdm.batches import DeviceSamples, jitter_latlon, multi_hot
+from geosdm.core import GeoSDMDataError
+from geosdm.data import Prepared, Samples, cache_key, jitter_std_for_res, prepare_data, split_cells, _options
+from geosdm.geo import HOLDOUT_REGIONS
+from geosdm.inputs import find_taxonomy, read_taxonomy
 from conftest import WEEKS, WORLD_A, default_lists, grid_cells, write_world
 
 P = dict(progress=False, min_obs_per_species=0)
@@ -281,7 +286,7 @@ def test_holdout_errors(world):
 # ---------------------------------------------------------------- taxonomy
 
 def test_taxonomy_autodetect_and_names(world_writer, tmp_path):
-    p = prepare_data(world_writer(), **P)            # reference-style header with duplicated species_code
+    p = prepare_data(world_writer(), **P)            # header with duplicated species_code, as the BirdNET geomodel training script writes it
     assert p.sci_names[0] == 'Sci s00' and p.common_names[0] == 'Common s00'
     q = prepare_data(world_writer(name='other_with_ee', taxonomy=None), **P)
     assert q.sci_names == q.vocab and q.stats['taxonomy'] is None
@@ -511,6 +516,11 @@ def test_multi_hot_matches_naive():
     got = multi_hot(torch.from_numpy(off), torch.from_numpy(sp), torch.from_numpy(rows), S)
     assert got.dtype == torch.float32 and np.array_equal(got.numpy(), dense[rows])
     assert multi_hot(torch.from_numpy(off), torch.from_numpy(sp), torch.zeros(0, dtype=torch.long), S).shape == (0, S)
+
+
+def test_data_does_not_load_torch():
+    code = 'import sys, geosdm.data as D; assert "torch" not in sys.modules'
+    subprocess.run([sys.executable, '-c', code], check=True)
 
 
 # ---------------------------------------------------------------- progress and stats

@@ -1,5 +1,5 @@
 """Label propagation and label-frequency weights: exactness against a brute-force reference, caps, island
-endemics, untouched validation labels, cache keys, the seed's weight curve, and the trainer wiring."""
+endemics, untouched validation labels, cache keys, the weight curve, and the trainer wiring."""
 from __future__ import annotations
 
 import math
@@ -12,7 +12,8 @@ import pytest
 import torch
 from scipy.stats import percentileofscore
 
-from geosdm.data import encode_env, flatten_lists, load_combined, prepare_data, split_cells
+from geosdm.data import flatten_lists, prepare_data, split_cells
+from geosdm.inputs import encode_env, load_combined
 from geosdm.propagation import (PropagationParams, env_space, freq_weight_curve, haversine_km, label_freq_weights,
                                 propagate_keys, range_threshold_km, region_counts, region_of, region_percentiles,
                                 unit_xyz)
@@ -44,7 +45,7 @@ def weekly_sets(w_key, nc, train, week):
 
 
 def brute_force_week(labels: dict, train, feats, lat, lon, thr, p: PropagationParams) -> dict:
-    "The seed's algorithm for one week, written plainly with loops (slow, obvious)."
+    "The algorithm for one week, written plainly with loops (slow, obvious)."
     n = len(train)
     donors = [c for c in range(n) if train[c] and len(labels.get(c, ())) >= p.min_obs]
     added = {}
@@ -174,7 +175,7 @@ def test_cache_key_includes_propagation_options(tmp_path):
     assert off2.stats['from_cache'] and off1.fingerprint == off2.fingerprint
     on = prepare_data(DEMO, propagate=PropagationParams(), **kw)
     assert on.fingerprint != off1.fingerprint and not on.stats['from_cache']
-    cap = prepare_data(DEMO, propagate=PropagationParams(range_cap_km=200), **kw)   # not in the reference's key
+    cap = prepare_data(DEMO, propagate=PropagationParams(range_cap_km=200), **kw)   # not in the key of the BirdNET geomodel training script
     env = prepare_data(DEMO, propagate=PropagationParams(env_dist_max=1.0), **kw)
     assert len({on.fingerprint, cap.fingerprint, env.fingerprint}) == 3
     assert cap.train.nnz < on.train.nnz and env.train.nnz < on.train.nnz

@@ -1,0 +1,80 @@
+"""The shape of the package: import arrows point down the floors, no circles, short modules and functions,
+and the command-line modules load without torch (argument errors answer at once)."""
+from __future__ import annotations
+import ast, subprocess, sys
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / 'geosdm'
+
+# Each module and its floor: a module may import only modules on lower floors (see nbs/index.ipynb).
+FLOORS = {
+    'core': 0,
+    'geo': 1, 'batches': 1,
+    'worldfiles': 2, 'inputs': 2,
+    'losses': 3, 'model': 3, 'metrics': 3, 'simulate': 3, 'propagation': 3,
+    'data': 4, 'ingest': 4,
+    'config': 5,
+    'checkpoint': 6, 'evaluate': 6,
+    'trainer': 7, 'predict': 7, 'maps': 7, 'export': 7,
+    'autotune': 8, 'demo': 8, 'plots': 8,
+    'cli': 9,
+}
+LAZY_OK = {'cli'}          # imports after argument parsing, so that a typo is answered before torch loads
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 500, 60
+
+
+def modules() -> dict[str, Path]:
+    return {p.stem: p for p in PKG.glob('*.py') if p.stem not in ('__init__', '_modidx')}
+
+
+def imports(path: Path) -> tuple[set[str], set[str]]:
+    "geosdm modules imported by `path` at module level, and inside functions."
+    top, inner = set(), set()
+    def visit(node, in_fn):
+        for ch in ast.iter_child_nodes(node):
+            fn = in_fn or isinstance(ch, (ast.FunctionDef, ast.AsyncFunctionDef))
+            names = []
+            if isinstance(ch, ast.ImportFrom):
+                mod = ch.module or ''
+                if ch.level == 1: names = [mod.split('.')[0]] if mod else [a.name for a in ch.names]
+                elif mod.startswith('geosdm.'): names = [mod.split('.')[1]]
+                elif mod == 'geosdm': names = [a.name for a in ch.names]
+            elif isinstance(ch, ast.Import):
+                names = [a.name.split('.')[1] for a in ch.names if a.name.startswith('geosdm.')]
+            (inner if fn else top).update(n for n in names if n in modules())
+            visit(ch, fn)
+    visit(ast.parse(path.read_text()), False)
+    return top, inner - top
+
+
+def test_every_module_has_a_floor():
+    assert set(modules()) <= set(FLOORS), f'add these modules to FLOORS (and the index notebook): {set(modules()) - set(FLOORS)}'
+
+
+@pytest.mark.parametrize('name', sorted(modules()))
+def test_imports_point_down(name):
+    top, inner = imports(modules()[name])
+    assert not (inner and name not in LAZY_OK), f'{name} imports {inner} inside functions'
+    up = {m for m in top | inner if FLOORS[m] >= FLOORS[name]}
+    assert not up, f'{name} (floor {FLOORS[name]}) imports {up} from the same or a higher floor'
+
+
+def test_core_imports_nothing_of_ours():
+    assert imports(modules()['core']) == (set(), set())
+
+
+@pytest.mark.parametrize('name', sorted(modules()))
+def test_short_rooms(name):
+    src = modules()[name].read_text()
+    assert len(src.splitlines()) <= MAX_MODULE_LINES, f'{name}.py has {len(src.splitlines())} lines'
+    long = [f'{n.name} ({n.end_lineno - n.lineno + 1} lines)' for n in ast.walk(ast.parse(src))
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > MAX_FUNCTION_LINES]
+    assert not long, f'{name}.py: functions over {MAX_FUNCTION_LINES} lines: {long}'
+
+
+def test_command_line_loads_without_torch():
+    code = 'import sys, geosdm.cli, geosdm.config; print(sorted(m for m in ("torch", "polars") if m in sys.modules))'
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == '[]'
