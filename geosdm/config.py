@@ -145,7 +145,7 @@ _LOSS = [
 _SAMPLES = [
     O('max_obs_per_species', 0, 'Cap training observations per species (0 = no cap)', range='>= 0'),
     O('min_obs_per_species', 50, 'Exclude species with fewer than N observations (0 = keep all)', range='>= 0'),
-    O('max_species', 0, 'Keep a random subset of N species (seed 42; 0 = all)', range='>= 0'),
+    O('max_species', 0, 'Keep a random subset of N species (random seed 42; 0 = all)', range='>= 0'),
     O('ocean_sample_rate', 1.0, 'Fraction of ocean cells (water > 90%) to keep (1.0 = keep all)', range='[0, 1]'),
     O('no_yearly', False, 'Exclude week-0 (yearly) samples from training'),
     O('no_cache', False, 'Disable data preprocessing cache (force reprocessing)'),

@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
-from .core import GeoSDMDataError, WEEK_COLS, N_WEEKS, atomic_write, csr_gather
+from .core import GeoSDMDataError, WEEK_COLS, N_WEEKS, atomic_write, csr_gather, sorted_unique
 from .geo import resolve_boxes, in_boxes, cell_centres
 from .inputs import encode_env, find_taxonomy, load_combined, read_taxonomy
 from .propagation import PropagationParams, env_space, key_region_counts, propagate_keys
@@ -117,13 +117,6 @@ class _Flat:
     @property
     def n_codes(self) -> int: return max(len(self.codes), 1)   # the key's base (1 when there is no code)
 
-def _sorted_unique(k: np.ndarray) -> np.ndarray:
-    k = np.sort(k, kind='stable')
-    if len(k) < 2: return k
-    keep = np.empty(len(k), bool); keep[0] = True
-    np.not_equal(k[1:], k[:-1], out=keep[1:])
-    return k[keep]
-
 def flatten_lists(df: pl.DataFrame) -> _Flat:
     "Explode the week lists of `df` into sorted, de-duplicated integer label keys."
     n = df.height
@@ -141,8 +134,8 @@ def flatten_lists(df: pl.DataFrame) -> _Flat:
         np.multiply(np.repeat(base + k, lens[:, k]), nc, out=seg); seg += cid
         pos += len(cid)
     del ids
-    w_key = _sorted_unique(key); del key                   # timsort: one nearly sorted run per week
-    y_key = _sorted_unique(w_key // (N_WEEKS * nc) * nc + w_key % nc)
+    w_key = sorted_unique(key, 'stable'); del key          # timsort: one nearly sorted run per week
+    y_key = sorted_unique(w_key // (N_WEEKS * nc) * nc + w_key % nc)
     return _Flat(codes.to_list(), w_key, y_key, lens.sum(1))
 
 # %% ../nbs/04_data.ipynb #b4363dba

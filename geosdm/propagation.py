@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .core import N_WEEKS, csr_gather
+from .core import N_WEEKS, csr_gather, sorted_unique
 from .geo import EARTH_RADIUS_KM, N_REGIONS, haversine_km, km_to_chord, region_of, unit_xyz
 
 # %% auto #0
@@ -100,9 +100,7 @@ def _without(key: np.ndarray, other: np.ndarray) -> np.ndarray:
 
 def _fresh(key: np.ndarray, own: np.ndarray) -> np.ndarray:
     "Sorted unique `key` without the keys in (sorted) `own`."
-    key = np.sort(key)
-    if len(key) > 1: key = key[np.r_[True, key[1:] != key[:-1]]]
-    return _without(key, own)
+    return _without(sorted_unique(key), own)
 
 # %% ../nbs/05_propagation.ipynb #c7cc3cd5
 def propagate_week(cell: np.ndarray, code: np.ndarray, n_codes: int, train: np.ndarray, feats: np.ndarray,
