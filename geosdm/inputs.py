@@ -11,12 +11,14 @@ from typing import Sequence
 import h3
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .core import GeoSDMDataError, WEEK_COLS
 
 # %% auto #0
-__all__ = ['DROP_COLS', 'NON_ENV', 'CATEGORICAL_COLS', 'FRACTION_COLS', 'find_taxonomy', 'read_taxonomy', 'load_combined',
-           'encode_env']
+__all__ = ['DROP_COLS', 'NON_ENV', 'CATEGORICAL_COLS', 'FRACTION_COLS', 'find_taxonomy', 'read_taxonomy', 'parquet_schema',
+           'read_columns', 'load_combined', 'encode_env']
 
 # %% ../nbs/04a_inputs.ipynb #a0e3815f
 DROP_COLS = ('target_km', 'h3_resolution')  # constant per grid: dropped
@@ -112,14 +114,25 @@ def _check_lists(path: Path, df: pl.DataFrame, schema) -> pl.DataFrame:
     return df.with_columns(pl.col(int_weeks).cast(pl.List(pl.String))) if int_weeks else df
 
 # %% ../nbs/04a_inputs.ipynb #98d20ead
+def parquet_schema(path) -> dict:
+    "Column name → polars dtype of a parquet file (extension types as their storage type)."
+    fields = [pa.field(f.name, f.type.storage_type if isinstance(f.type, pa.ExtensionType) else f.type)
+              for f in pq.read_schema(path)]
+    return dict(pl.from_arrow(pa.schema(fields).empty_table()).schema)
+
+def read_columns(path, columns: Sequence[str]) -> pl.DataFrame:
+    "The `columns` of a parquet file as a polars frame."
+    return pl.from_arrow(pq.read_table(path, columns=list(columns)))
+
+# %% ../nbs/04a_inputs.ipynb #24879a5d
 def load_combined(path) -> tuple[pl.DataFrame, list[str], int]:
     "Read and validate a combined parquet: returns (frame of h3_index + env + week columns, env column names, H3 res)."
     path = Path(path)
     if not path.is_file(): raise GeoSDMDataError(f'{path}: data file not found')
-    try: schema = pl.read_parquet_schema(path)
+    try: schema = parquet_schema(path)
     except Exception as e: raise GeoSDMDataError(f'{path}: not a readable parquet file ({type(e).__name__}: {e})') from e
     env_cols = _env_columns(path, schema)
-    try: df = pl.read_parquet(path, columns=['h3_index'] + env_cols + WEEK_COLS)
+    try: df = read_columns(path, ['h3_index'] + env_cols + WEEK_COLS)
     except Exception as e: raise GeoSDMDataError(f'{path}: cannot read the parquet data ({type(e).__name__}: {e})') from e
     if df.height == 0: raise GeoSDMDataError(f'{path}: no rows (no H3 cells)')
     df, res = _check_cells(path, df, schema)

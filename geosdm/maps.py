@@ -16,6 +16,7 @@ import pydeck as pdk
 from .core import atomic_path, atomic_write, cache_dir, demo_parquet, jsonable, week_label
 from .geo import HOLDOUT_REGIONS, cells_bbox, _close_cw, cells_geojson
 from .data import Prepared
+from .inputs import read_columns
 from .evaluate import cell_table
 
 # %% auto #0
@@ -142,7 +143,7 @@ def coarsen(cells, max_cells: int = 5000) -> list[str]:
 def model_cells(pred, max_cells: int = 5000) -> list[str]:
     "Cells of the checkpoint's training data (the demo world's if none was given), at most `max_cells`."
     p = pred.config.data_path or demo_parquet()
-    return coarsen(pl.read_parquet(p, columns=['h3_index'])['h3_index'].to_list(), max_cells)
+    return coarsen(read_columns(p, ['h3_index'])['h3_index'].to_list(), max_cells)
 
 # %% ../nbs/15_holdout_maps.ipynb #45023ba9
 def probability_map(pred, species, week: int = 0, cells=None, probs=None, **kw):
