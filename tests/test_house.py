@@ -78,3 +78,11 @@ def test_command_line_loads_without_torch():
     code = 'import sys, geosdm.cli, geosdm.config; print(sorted(m for m in ("torch", "polars") if m in sys.modules))'
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == '[]'
+
+
+def test_notebook_outputs_work_offline():
+    "Stored notebook outputs never load scripts from the network (charts are static SVG or inlined)."
+    import re
+    for nb in sorted((PKG.parent / 'nbs').glob('*.ipynb')):
+        text = nb.read_text()
+        assert not re.search(r'<script[^>]*\bsrc=\\?["\']?https?://', text) and 'cdn.jsdelivr' not in text, nb.name
