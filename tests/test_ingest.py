@@ -12,7 +12,7 @@ import pytest
 
 from geosdm.core import WEEK_COLS, GeoSDMDataError
 from geosdm.ingest import CLUSTER_SQL, Filters, ingest, week_table, weekly_lists, species_codes
-from geosdm.synthetic_gbif import BAD_KINDS, synthetic_records, write_dwca
+from geosdm.gbif import BAD_KINDS, synthetic_records, write_dwca
 from geosdm.cli import ingest_main
 from conftest import WORLD_A, exit_code
 
