@@ -245,3 +245,14 @@ def test_cluster_query_matches(tmp_path):
     lists = weekly_lists(trip.select('cell', 'week', 'key'), sp)
     lists = lists.with_columns(pl.col('cell').map_elements(h3.int_to_str, return_dtype=pl.String).alias('h3_index')).sort('h3_index')
     assert lists.select('h3_index', *WEEK_COLS).equals(want.select('h3_index', *WEEK_COLS))
+
+
+def test_high_resolution_groups_without_packing(small, tmp_path):
+    "Above resolution 7 (cell, week, key) are grouped unpacked: the res-9 lists, merged into their res-7 parents, are the res-7 lists."
+    d, z, _ = small
+    for r in (7, 9): ingest(z, tmp_path / f'r{r}.parquet', resolution=r)
+    lo = pl.read_parquet(tmp_path / 'r7.parquet')
+    hi = (pl.read_parquet(tmp_path / 'r9.parquet').with_columns(pl.col('h3_index').map_elements(lambda c: h3.cell_to_parent(c, 7), return_dtype=pl.String))
+          .group_by('h3_index').agg(pl.col(WEEK_COLS).list.explode(keep_nulls=False, empty_as_null=False).unique().sort()).sort('h3_index'))
+    assert h3.get_resolution(pl.read_parquet(tmp_path / 'r9.parquet')['h3_index'][0]) == 9
+    assert hi.select('h3_index', *WEEK_COLS).to_dicts() == lo.sort('h3_index').select('h3_index', *WEEK_COLS).to_dicts()
