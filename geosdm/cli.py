@@ -11,7 +11,7 @@ from .core import GeoSDMError, N_WEEKS, cache_dir, week_label
 from .config import parse_config, check_config, DEMO_DEFAULTS
 
 # %% auto #0
-__all__ = ['APPS', 'run', 'train_main', 'predict_main', 'app_path', 'app_command', 'app_main']
+__all__ = ['APPS', 'run', 'train_main', 'predict_main', 'app_path', 'app_command', 'app_main', 'ingest_main']
 
 # %% ../nbs/19_cli.ipynb #e61f82b5
 def run(prog: str, body) -> int:
@@ -117,3 +117,63 @@ def app_main(argv: list[str] | None = None) -> int:
             demo_checkpoint(progress=False)
         if subprocess.call(cmd): raise GeoSDMError(f'marimo exited with an error: {" ".join(cmd)}')
     return run('geosdm_app', body)
+
+# %% ../nbs/19_cli.ipynb #c0ba6799
+def _ingest_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='geosdm_ingest', description='GBIF occurrences (DwC-A zip or folder, simple download, '
+                                'parquet) to a combined parquet for training.')
+    p.add_argument('input', help='GBIF Darwin Core Archive (zip or folder), simple download (zip or .csv) or parquet file/folder/glob')
+    p.add_argument('-o', '--output', default='combined.parquet', help='Combined parquet to write (default combined.parquet)')
+    p.add_argument('--resolution', type=int, default=None, help='H3 resolution (default: the grid\'s)')
+    p.add_argument('--grid', default=None, help='Environment grid parquet (h3_index + env columns) to join')
+    p.add_argument('--outside_grid', choices=['drop', 'keep'], default='drop', help='Cells with records outside the grid: drop, or keep with null env')
+    p.add_argument('--taxonomy', default=None, help='Taxonomy CSV mapping scientific names to species codes (default: GBIF keys as codes)')
+    p.add_argument('--drop_unmatched', action='store_true', help='Drop species the taxonomy lacks (default: keep their GBIF key)')
+    p.add_argument('--rank', choices=['species', 'exact', 'taxon'], default='species',
+                   help='species: subspecies merged into species; exact: species-level records only; taxon: subspecies kept apart')
+    p.add_argument('--classes', nargs='*', default=[], help='Keep these classes only, e.g. aves (default: all)')
+    p.add_argument('--basis', nargs='+', default=None, help='basisOfRecord values to keep (default: observations and specimens)')
+    p.add_argument('--max_uncertainty', type=float, default=10_000, help='Maximum coordinate uncertainty in metres, 0 = no cap (default 10000)')
+    p.add_argument('--min_year', type=int, default=1970, help='Earliest year kept, 0 = none (default 1970)')
+    p.add_argument('--max_year', type=int, default=0, help='Latest year kept, 0 = none')
+    p.add_argument('--dedup', choices=['event', 'observer', 'none'], default='event',
+                   help='Count records of one taxon, cell and week with the same eventID (or recordedBy) once')
+    p.add_argument('--geometry', action='store_true', help='Add cell polygons and GeoParquet metadata (for geopandas readers)')
+    p.add_argument('--max_rows', type=int, default=0, help='Read only the first N records (0 = all)')
+    p.add_argument('--work_dir', default=None, help='Folder for temporary files (default: the system temp folder)')
+    return p
+
+# %% ../nbs/19_cli.ipynb #aa7a437a
+def _check_ingest(p, a):
+    "Argument errors before anything heavy is loaded (exit 2 via argparse)."
+    if '*' not in a.input and not Path(a.input).exists(): p.error(f'{a.input}: no such file or folder')
+    for flag, v in (('--grid', a.grid), ('--taxonomy', a.taxonomy)):
+        if v and not Path(v).is_file(): p.error(f'{flag} {v}: no such file')
+    if a.resolution is None and not a.grid: p.error('give --resolution or --grid (whose resolution is then used)')
+    if a.resolution is not None and not 0 <= a.resolution <= 15: p.error(f'--resolution {a.resolution}: must be 0..15')
+    if not a.output.endswith('.parquet'): p.error(f'--output {a.output}: must end in .parquet')
+    if a.max_uncertainty < 0 or a.max_rows < 0: p.error('--max_uncertainty and --max_rows must be >= 0')
+
+# %% ../nbs/19_cli.ipynb #aab4266b
+def _print_ingest(r: dict):
+    print(f"Read {r['rows_read']:,} records ({r['kind']}) in {r['seconds']['total']:.1f} s "
+          f"({r['rows_per_second']:,} records/s), peak memory {r['peak_rss_mb']:,.0f} MiB.")
+    for s in r['filters']: print(f"  {s['filter']:<13} dropped {s['dropped']:>13,}   left {s['remaining']:>13,}")
+    print(f"Kept {r['rows_kept']:,} records: {r['cells']:,} cells ({r['cells_with_records']:,} with records, "
+          f"{r['cells_outside_grid']:,} outside the grid), {r['cell_weeks_with_records']:,} cell-weeks with records, "
+          f"{r['species']:,} species ({r['taxa_merged']:,} taxa merged, {r['taxa_dropped']:,} dropped).")
+    print('Wrote ' + ', '.join(r['output'].values()))
+
+def ingest_main(argv: list[str] | None = None) -> int:
+    "Entry point of `geosdm_ingest`."
+    p = _ingest_parser()
+    a = p.parse_args(argv)
+    _check_ingest(p, a)
+    def body():
+        from geosdm.ingest import Filters, BASIS, ingest          # after the arguments are checked
+        f = Filters(rank=a.rank, classes=tuple(a.classes), basis=tuple(a.basis or BASIS), max_uncertainty_m=a.max_uncertainty,
+                    min_year=a.min_year, max_year=a.max_year, dedup=a.dedup)
+        _print_ingest(ingest(a.input, a.output, resolution=a.resolution, grid=a.grid, outside_grid=a.outside_grid,
+                             taxonomy=a.taxonomy, drop_unmatched=a.drop_unmatched, filters=f, geometry=a.geometry,
+                             max_rows=a.max_rows, workdir=a.work_dir))
+    return run('geosdm_ingest', body)

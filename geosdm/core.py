@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #2860630a
 from __future__ import annotations
-import json, math, os, re, sys, tempfile
+import json, math, os, re, resource, sys, tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -14,7 +14,7 @@ import numpy as np
 # %% auto #0
 __all__ = ['N_WEEKS', 'YEAR', 'WEEK_COLS', 'WATCHLIST', 'GeoSDMError', 'GeoSDMDataError', 'ConfigError', 'CheckpointError',
            'atomic_path', 'atomic_write', 'is_temp_file', 'stale_temp_files', 'jsonable', 'write_json', 'csr_gather',
-           'sorted_unique', 'week_of', 'week_label', 'cache_dir', 'demo_data_dir', 'demo_parquet']
+           'sorted_unique', 'week_of', 'week_label', 'cache_dir', 'demo_data_dir', 'demo_parquet', 'peak_rss_mb']
 
 # %% ../nbs/00_core.ipynb #bd1e85e8
 class GeoSDMError(Exception):
@@ -172,3 +172,8 @@ def demo_data_dir() -> Path:
 def demo_parquet() -> Path:
     "Path of the demo world's combined.parquet."
     return demo_data_dir() / 'combined.parquet'
+
+# %% ../nbs/00_core.ipynb #8533a548
+def peak_rss_mb() -> float:
+    "Peak resident memory of this process so far, in MiB."
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -14,9 +14,10 @@ import numpy as np
 from .core import GeoSDMDataError, jsonable
 
 # %% auto #0
-__all__ = ['EARTH_RADIUS_KM', 'HOLDOUT_REGIONS', 'N_REGIONS', 'unit_xyz', 'xyz_to_latlon', 'angle_between', 'haversine_km',
-           'km_to_chord', 'wrap_lon', 'in_boxes', 'resolve_boxes', 'region_of', 'region_name', 'cell_centres',
-           'cells_bbox', 'cell_boundaries', 'ring_area', 'cell_polygons', 'cells_geojson', 'check_geojson', 'cell_wkb']
+__all__ = ['EARTH_RADIUS_KM', 'HOLDOUT_REGIONS', 'N_REGIONS', 'CRS_4326', 'unit_xyz', 'xyz_to_latlon', 'angle_between',
+           'haversine_km', 'km_to_chord', 'wrap_lon', 'in_boxes', 'resolve_boxes', 'region_of', 'region_name',
+           'cell_centres', 'cells_bbox', 'cell_boundaries', 'ring_area', 'cell_polygons', 'cells_geojson',
+           'check_geojson', 'cell_wkb', 'geoparquet_metadata']
 
 # %% ../nbs/01_geo.ipynb #a16c4d29
 EARTH_RADIUS_KM = 6371.0088
@@ -214,3 +215,23 @@ def cell_wkb(cells) -> list[bytes]:
         ring = np.vstack([ring, ring[:1]])
         out.append(struct.pack('<BIII', 1, 3, 1, len(ring)) + ring.tobytes())
     return out
+
+# %% ../nbs/01_geo.ipynb #27a7ef65
+CRS_4326 = {
+    "$schema": "https://proj.org/schemas/v0.7/projjson.schema.json", "type": "GeographicCRS", "name": "WGS 84",
+    "datum": {"type": "GeodeticReferenceFrame", "name": "World Geodetic System 1984",
+              "ellipsoid": {"name": "WGS 84", "semi_major_axis": 6378137, "inverse_flattening": 298.257223563}},
+    "coordinate_system": {"subtype": "ellipsoidal", "axis": [
+        {"name": "Geodetic latitude", "abbreviation": "Lat", "direction": "north", "unit": "degree"},
+        {"name": "Geodetic longitude", "abbreviation": "Lon", "direction": "east", "unit": "degree"}]},
+    "scope": "Horizontal component of 3D system.", "area": "World.",
+    "bbox": {"south_latitude": -90, "west_longitude": -180, "north_latitude": 90, "east_longitude": 180},
+    "id": {"authority": "EPSG", "code": 4326}}
+
+def geoparquet_metadata(wkb: list[bytes], creator: str = 'geosdm') -> dict:
+    "GeoParquet `geo` metadata of a column of WKB polygons (from `cell_wkb`), with their bounding box."
+    xy = np.concatenate([np.frombuffer(b[13:]).reshape(-1, 2) for b in wkb])
+    bbox = [float(xy[:, 0].min()), float(xy[:, 1].min()), float(xy[:, 0].max()), float(xy[:, 1].max())]
+    return {'primary_column': 'geometry',
+            'columns': {'geometry': {'encoding': 'WKB', 'crs': CRS_4326, 'geometry_types': ['Polygon'], 'bbox': bbox}},
+            'version': '1.1.0', 'creator': {'library': creator, 'version': '0.1.0'}}

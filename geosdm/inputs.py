@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 from .core import GeoSDMDataError, WEEK_COLS
 
 # %% auto #0
-__all__ = ['DROP_COLS', 'NON_ENV', 'CATEGORICAL_COLS', 'FRACTION_COLS', 'find_taxonomy', 'read_taxonomy', 'parquet_schema',
-           'read_columns', 'load_combined', 'encode_env']
+__all__ = ['DROP_COLS', 'NON_ENV', 'CATEGORICAL_COLS', 'FRACTION_COLS', 'TAX_COLUMNS', 'find_taxonomy', 'taxonomy_frame',
+           'read_taxonomy', 'parquet_schema', 'read_columns', 'load_combined', 'read_grid', 'encode_env']
 
 # %% ../nbs/04a_inputs.ipynb #a0e3815f
 DROP_COLS = ('target_km', 'h3_resolution')  # constant per grid: dropped
@@ -27,7 +27,8 @@ CATEGORICAL_COLS = ('landcover_class',)
 FRACTION_COLS = ('water_fraction', 'urban_fraction')
 
 # %% ../nbs/04a_inputs.ipynb #6e09957c
-_TAX_ROLES = {'code': ('species_code', 'primaryId'), 'sci': ('sci_name', 'scientificName'),
+TAX_COLUMNS = {'code': ('species_code', 'primaryId'),   # role → accepted column names, first found wins
+               'sci': ('sci_name', 'scientificName'),
               'com': ('com_name', 'commonName')}
 
 def find_taxonomy(data_path) -> Path | None:
@@ -39,26 +40,27 @@ def find_taxonomy(data_path) -> Path | None:
         if c.is_file(): return c
     return None
 
-def read_taxonomy(path) -> dict[str, tuple[str, str]]:
-    "Map species code → (scientific name, common name) from a taxonomy CSV (duplicate headers tolerated)."
+def taxonomy_frame(path) -> pl.DataFrame:
+    "A taxonomy CSV as strings `species_code`, `scientificName`, `commonName` ('' where missing); duplicate headers tolerated."
     path = Path(path)
     try: raw = pl.read_csv(path, has_header=False, infer_schema=False, truncate_ragged_lines=True)
     except Exception as e: raise GeoSDMDataError(f'{path}: cannot read the taxonomy CSV ({e})') from e
     if raw.height == 0: raise GeoSDMDataError(f'{path}: the taxonomy CSV is empty')
     header = [(h or '').strip() for h in raw.row(0)]
-    body = raw.slice(1)
-    col = {}
-    for role, names in _TAX_ROLES.items():
-        for nm in names:
-            if nm in header: col[role] = raw.columns[header.index(nm)]; break
+    col = {role: raw.columns[header.index(nm)] for role, names in TAX_COLUMNS.items()
+           for nm in reversed(names) if nm in header}            # reversed: the first accepted name wins
     if 'code' not in col:
-        raise GeoSDMDataError(f'{path}: no species code column (expected one of {_TAX_ROLES["code"]}); header is {header}')
-    codes = body[col['code']].fill_null('').str.strip_chars()
-    def names(role):
-        if role not in col: return codes
-        s = body[col[role]].fill_null('').str.strip_chars()
-        return pl.select(pl.when(s == '').then(codes).otherwise(s)).to_series()
-    return dict(zip(codes.to_list(), zip(names('sci').to_list(), names('com').to_list())))
+        raise GeoSDMDataError(f'{path}: no species code column (expected one of {TAX_COLUMNS["code"]}); header is {header}')
+    body = raw.slice(1)
+    text = lambda role: body[col[role]].fill_null('').str.strip_chars() if role in col else pl.Series([''] * body.height)
+    return pl.DataFrame({'species_code': text('code'), 'scientificName': text('sci'), 'commonName': text('com')})
+
+def read_taxonomy(path) -> dict[str, tuple[str, str]]:
+    "Map species code → (scientific name, common name) from a taxonomy CSV; a missing name falls back to the code."
+    t = taxonomy_frame(path)
+    name = lambda c: pl.when(pl.col(c) == '').then(pl.col('species_code')).otherwise(pl.col(c)).alias(c)
+    t = t.select('species_code', name('scientificName'), name('commonName'))
+    return dict(zip(t['species_code'].to_list(), zip(t['scientificName'].to_list(), t['commonName'].to_list())))
 
 # %% ../nbs/04a_inputs.ipynb #b7ce3b1d
 def _examples(xs, k=5) -> str:
@@ -137,6 +139,21 @@ def load_combined(path) -> tuple[pl.DataFrame, list[str], int]:
     if df.height == 0: raise GeoSDMDataError(f'{path}: no rows (no H3 cells)')
     df, res = _check_cells(path, df, schema)
     return _check_lists(path, df, schema), env_cols, res
+
+# %% ../nbs/04a_inputs.ipynb #0273b75d
+def read_grid(path, res: int | None = None) -> tuple[pl.DataFrame, int]:
+    "The grid's env columns with `cell` (UInt64) and `h3_index` (string), and its H3 resolution (checked against `res`)."
+    path = Path(path)
+    try: schema = parquet_schema(path)
+    except Exception as e: raise GeoSDMDataError(f'{path}: not a readable parquet grid ({type(e).__name__})') from e
+    if 'h3_index' not in schema: raise GeoSDMDataError(f'{path}: the grid has no h3_index column; found {list(schema)}')
+    g = read_columns(path, [c for c in schema if c != 'geometry' and not c.startswith('week_')])
+    if g.height == 0: raise GeoSDMDataError(f'{path}: the grid has no rows')
+    g, found = _check_cells(path, g, schema)
+    if res is not None and found != res:
+        raise GeoSDMDataError(f'{path}: the grid has H3 resolution {found}, but --resolution is {res}; use the same resolution (or omit --resolution)')
+    cells = pl.Series('cell', [h3.str_to_int(c) for c in g['h3_index']], pl.UInt64)
+    return g.insert_column(0, cells), found
 
 # %% ../nbs/04a_inputs.ipynb #1fa40fdc
 def encode_env(frame: pl.DataFrame, env_cols: Sequence[str]) -> tuple[np.ndarray, list[str], dict]:

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .core import N_WEEKS, WATCHLIST, WEEK_COLS, atomic_path, atomic_write, write_json
-from .geo import cell_wkb
+from .geo import CRS_4326, cell_wkb, geoparquet_metadata
 
 # %% auto #0
 __all__ = ['ENV_COLUMNS', 'TRUTH_WEEKS', 'World', 'combined_table', 'truth_table', 'effort_table', 'world_summary', 'write_world']
@@ -76,32 +76,12 @@ def _csr_lists(offsets: np.ndarray, values: pa.Array, large: bool = False) -> pa
     return cls.from_arrays(pa.array(o, pa.int64() if large else pa.int32()), values)
 
 # %% ../nbs/02b_world_files.ipynb #0a3012eb
-_CRS_4326 = {
-    "$schema": "https://proj.org/schemas/v0.7/projjson.schema.json", "type": "GeographicCRS", "name": "WGS 84",
-    "datum": {"type": "GeodeticReferenceFrame", "name": "World Geodetic System 1984",
-              "ellipsoid": {"name": "WGS 84", "semi_major_axis": 6378137, "inverse_flattening": 298.257223563}},
-    "coordinate_system": {"subtype": "ellipsoidal", "axis": [
-        {"name": "Geodetic latitude", "abbreviation": "Lat", "direction": "north", "unit": "degree"},
-        {"name": "Geodetic longitude", "abbreviation": "Lon", "direction": "east", "unit": "degree"}]},
-    "scope": "Horizontal component of 3D system.", "area": "World.",
-    "bbox": {"south_latitude": -90, "west_longitude": -180, "north_latitude": 90, "east_longitude": 180},
-    "id": {"authority": "EPSG", "code": 4326}}
-
-def _geo_metadata(wkb: list[bytes]) -> dict:
-    "GeoParquet `geo` metadata of a WKB polygon column, with the polygons' bounding box."
-    xy = np.concatenate([np.frombuffer(b[13:]).reshape(-1, 2) for b in wkb])
-    bbox = [float(xy[:, 0].min()), float(xy[:, 1].min()), float(xy[:, 0].max()), float(xy[:, 1].max())]
-    return {'primary_column': 'geometry',
-            'columns': {'geometry': {'encoding': 'WKB', 'crs': _CRS_4326, 'geometry_types': ['Polygon'], 'bbox': bbox}},
-            'version': '1.1.0', 'creator': {'library': 'geosdm.simulate', 'version': '0.1.0'}}
-
-# %% ../nbs/02b_world_files.ipynb #051a9f88
 def combined_table(world) -> pa.Table:
     "The combined GeoParquet table of a world: cells, polygons, environment and the species lists of 48 weeks."
     cells = world.cells['h3_index'].to_numpy()
     wkb = cell_wkb(cells)
     ext = {b'ARROW:extension:name': b'geoarrow.wkb',
-           b'ARROW:extension:metadata': json.dumps({'crs': _CRS_4326}).encode()}
+           b'ARROW:extension:metadata': json.dumps({'crs': CRS_4326}).encode()}
     codes = pa.array(world.codes, pa.string())
     fields = [pa.field('h3_index', pa.large_string()), pa.field('geometry', pa.binary(), metadata=ext)]
     arrays = [pa.array(cells.tolist(), pa.large_string()), pa.array(wkb, pa.binary())]
@@ -111,7 +91,7 @@ def combined_table(world) -> pa.Table:
         o = world.obs_offsets[w]
         fields.append(pa.field(WEEK_COLS[w], pa.list_(pa.string())))
         arrays.append(_csr_lists(o, codes.take(pa.array(world.obs_species[o[0]:o[-1]]))))
-    meta = {b'geo': json.dumps(_geo_metadata(wkb)).encode()}
+    meta = {b'geo': json.dumps(geoparquet_metadata(wkb, 'geosdm.simulate')).encode()}
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=meta))
 
 # %% ../nbs/02b_world_files.ipynb #7ec0fa70

@@ -12,7 +12,7 @@ PKG = Path(__file__).resolve().parents[1] / 'geosdm'
 FLOORS = {
     'core': 0,
     'geo': 1, 'batches': 1,
-    'worldfiles': 2, 'inputs': 2,
+    'worldfiles': 2, 'inputs': 2, 'gbif': 2,
     'losses': 3, 'model': 3, 'metrics': 3, 'simulate': 3, 'propagation': 3,
     'data': 4, 'ingest': 4,
     'config': 5,
