@@ -24,7 +24,7 @@ from .maps import coarsen, hex_map, model_cells, probability_map, richness_map, 
 # %% auto #0
 __all__ = ['PANELS', 'FIGURE_FORMATS', 'read_history', 'history_long', 'curve_panel', 'training_chart', 'chart_values',
            'save_figure', 'plot_training', 'cell_values', 'write_geoparquet', 'write_cell_values', 'range_figure',
-           'richness_figure', 'phenology_figure', 'weekly_frames', 'env_figure']
+           'richness_figure', 'phenology_figure', 'weekly_frames', 'env_figure', 'figure_files']
 
 # %% ../nbs/16_plots.ipynb #806e2f63
 def read_history(run) -> pl.DataFrame:
@@ -199,3 +199,37 @@ def env_figure(data_path, columns=None, max_cells: int = 5000, width: int = 380,
     cells, values = g['h3_index'].to_list(), {c: g[c].to_numpy() for c in cols}
     charts = [hex_map(cells, values[c], title=c, label=c, width=width, height=height) for c in cols]
     return _grid(charts).resolve_scale(color='independent'), cells, values
+
+# %% ../nbs/16_plots.ipynb #1dbeed62
+def _model_figure(kind: str, pred: Predictor, outdir: Path, formats, o: dict) -> list[Path]:
+    mc = o.get('max_cells', 5000)
+    if kind == 'range':
+        out = []
+        for s in o['species']:
+            chart, cells, vals = range_figure(pred, s, o.get('weeks', (1, 13, 26, 39)), mc)
+            stem = outdir / f'range_{pred.vocab[pred.index(s)]}'
+            out += save_figure(chart, stem, formats) + write_cell_values(cells, vals, stem)
+        return out
+    if kind == 'richness':
+        chart, cells, vals = richness_figure(pred, o.get('week', 0), o.get('threshold', 0.1), mc)
+        stem = outdir / f"richness_week_{o.get('week', 0)}"
+        return save_figure(chart, stem, formats) + write_cell_values(cells, vals, stem)
+    if kind == 'phenology':
+        chart, df = phenology_figure(pred, o['lat'], o['lon'], o.get('species'), o.get('top_k', 6), o.get('threshold', 0.05))
+        stem = outdir / f"phenology_{o['lat']:.3f}_{o['lon']:.3f}"
+        with atomic_path(stem.with_name(stem.name + '.csv')) as tmp: df.write_csv(tmp)
+        return save_figure(chart, stem, formats) + [stem.with_name(stem.name + '.csv')]
+    files, cells, vals = weekly_frames(pred, o['species'], outdir, o.get('weeks', range(1, N_WEEKS + 1)), o.get('fps', 4.0), mc)
+    return files + write_cell_values(cells, vals, outdir / f"weekly_{pred.vocab[pred.index(o['species'])]}")
+
+def figure_files(kind: str, outdir='figures', formats=FIGURE_FORMATS, **opts) -> list[Path]:
+    "Write the figure `kind` (range, richness, phenology, weekly, env) and its values into `outdir`."
+    outdir = Path(outdir); outdir.mkdir(parents=True, exist_ok=True)
+    if kind == 'env':
+        chart, cells, vals = env_figure(opts['data_path'], opts.get('columns'), opts.get('max_cells', 5000))
+        return save_figure(chart, outdir / 'env_maps', formats) + write_cell_values(cells, vals, outdir / 'env_maps')
+    if kind not in ('range', 'richness', 'phenology', 'weekly'): raise GeoSDMError(f'unknown figure {kind!r}')
+    try: pred = Predictor(opts['checkpoint'], device=opts.get('device', 'auto'))
+    except (KeyError, ValueError) as e: raise GeoSDMError(str(e).strip('"')) from None
+    try: return _model_figure(kind, pred, outdir, formats, opts)
+    except KeyError as e: raise GeoSDMError(str(e).strip('"')) from None
