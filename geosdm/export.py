@@ -35,7 +35,8 @@ class ProbabilityModel(nn.Module):
     "`(lat, lon, week)` float vectors → (n, S) species probabilities; the module that is exported."
     def __init__(self, model: GeoModel):
         super().__init__()
-        self.model = model.eval()
+        self.model = model
+        self.eval()
     def forward(self, lat: torch.Tensor, lon: torch.Tensor, week: torch.Tensor) -> torch.Tensor:
         out = self.model(lat.float(), lon.float(), torch.round(week.float()))
         return torch.sigmoid(out['species_logits'].float())
