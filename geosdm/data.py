@@ -21,14 +21,14 @@ import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
-from .core import GeoSDMDataError, WEEK_COLS, N_WEEKS, atomic_write, csr_gather, sorted_unique
+from .core import GeoSDMDataError, WATCHLIST, WEEK_COLS, N_WEEKS, atomic_write, csr_gather, sorted_unique
 from .geo import resolve_boxes, in_boxes, cell_centres
 from .inputs import encode_env, find_taxonomy, load_combined, read_taxonomy
 from .propagation import PropagationParams, env_space, key_region_counts, propagate_keys
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'SEED', 'log', 'Samples', 'Prepared', 'flatten_lists', 'split_cells', 'cache_key', 'save_prepared',
-           'load_prepared', 'jitter_std_for_res', 'prepare_data']
+__all__ = ['CACHE_VERSION', 'SEED', 'log', 'Samples', 'Prepared', 'flatten_lists', 'split_cells', 'watchlist_check', 'cache_key',
+           'save_prepared', 'load_prepared', 'jitter_std_for_res', 'prepare_data']
 
 # %% ../nbs/04_data.ipynb #9a84107a
 CACHE_VERSION = 4  # bump whenever the prepared arrays change meaning
@@ -165,6 +165,24 @@ def _split_holdout(cell_lat, cell_lon, opts: dict, boxes, data_path: Path):
         warnings.warn(f'{data_path.name}: no training cell lies inside the hold-out regions/boxes; no hold-out set')
         return tr_c, va_c, None
     return tr_c[~inside], va_c, tr_c[inside]
+
+# %% ../nbs/04_data.ipynb #c35f5241
+def watchlist_check(fl: _Flat, tr_c, va_c, sample_fraction: float, data_path: Path) -> dict[str, list[str]]:
+    "Watchlist species of the file without a record in the sampled training / validation cells (warned)."
+    if sample_fraction >= 1.0: return {}
+    ids = {c: i for i, c in enumerate(fl.codes) if c in WATCHLIST}
+    if not ids: return {}
+    m = np.isin(fl.w_key % fl.n_codes, list(ids.values()))
+    cell, code = fl.w_key[m] // fl.n_codes // N_WEEKS, fl.w_key[m] % fl.n_codes
+    lost = {}
+    for split, cells in (('training', tr_c), ('validation', va_c)):
+        have = set(code[np.isin(cell, cells)].tolist())
+        for c, i in ids.items():
+            if i not in have: lost.setdefault(c, []).append(split)
+    if lost:
+        warnings.warn(f'{data_path.name}: after --sample_fraction {sample_fraction:g}, watchlist species without records: '
+                      + '; '.join(f'{WATCHLIST[c][1]} ({c}) in {" and ".join(s)}' for c, s in lost.items()))
+    return lost
 
 # %% ../nbs/04_data.ipynb #f0c10997
 def _file_id(p: Path | None) -> dict | None:
@@ -370,6 +388,7 @@ def _build(data_path: Path, tax_path: Path | None, opts: dict, boxes, fp: str, p
         cell_lat, cell_lon = (a.astype(np.float32) for a in cell_centres(cells))
         st.done('env')
         tr_c, va_c, ho_c = _split_holdout(cell_lat, cell_lon, opts, boxes, data_path)  # 4. split, hold-out
+        watchlist_check(fl, tr_c, va_c, opts['sample_fraction'], data_path)
         is_train = np.zeros(len(cells), bool); is_train[tr_c] = True
         st.done('split')
         reg_raw = key_region_counts(fl.w_key, fl.y_key, fl.n_codes, cell_lat, cell_lon, is_train, yearly)  # 5. propagation

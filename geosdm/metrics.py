@@ -374,7 +374,7 @@ class MetricAccumulator:
 
 # %% ../nbs/08_geoscore.ipynb #11521421
 GEOSCORE_WEIGHTS: dict[str, float] = {
-    'map': 0.20, 'f1_10': 0.20, 'list_ratio_10': 0.15, 'watchlist_mean_ap': 0.10,
+    'map': 0.20, 'f1_10': 0.20, 'list_ratio_rom_10': 0.15, 'watchlist_mean_ap': 0.10,
     'holdout_map': 0.10, 'map_density_ratio': 0.20, 'pred_density_corr': 0.05}
 
 def _num(x) -> float:
@@ -391,13 +391,9 @@ def _log_ratio_score(lr: float) -> float:
 # %% ../nbs/08_geoscore.ipynb #694d5d91
 def geoscore_table(metrics: dict) -> dict[str, dict]:
     "Per component: raw value, transformed score, nominal weight and effective (renormalised) weight."
-    lr = metrics.get('list_ratio_rom_10', metrics.get('list_ratio_10'))
-    raw = {'map': _num(metrics.get('map')), 'f1_10': _num(metrics.get('f1_10')), 'list_ratio_10': _num(lr),
-           'watchlist_mean_ap': _num(metrics.get('watchlist_mean_ap')), 'holdout_map': _num(metrics.get('holdout_map')),
-           'map_density_ratio': _num(metrics.get('map_density_ratio')),
-           'pred_density_corr': _num(metrics.get('pred_density_corr'))}
+    raw = {k: _num(metrics.get(k)) for k in GEOSCORE_WEIGHTS}
     tf = dict(raw)
-    tf['list_ratio_10'] = _log_ratio_score(raw['list_ratio_10'])
+    tf['list_ratio_rom_10'] = _log_ratio_score(raw['list_ratio_rom_10'])
     r = raw['map_density_ratio']; tf['map_density_ratio'] = r if math.isnan(r) else min(1.0, max(0.0, r))
     c = raw['pred_density_corr']; tf['pred_density_corr'] = c if math.isnan(c) else max(0.0, 1.0 - abs(c))
     wsum = sum(w for k, w in GEOSCORE_WEIGHTS.items() if not math.isnan(tf[k]))

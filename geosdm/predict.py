@@ -4,36 +4,93 @@
 
 # %% ../nbs/12_predict.ipynb #a7468718
 from __future__ import annotations
-import re
+import json, os, re
 from pathlib import Path
 
 import h3
 import numpy as np
+try: import onnxruntime as ort                 # the optional `export` extra: only `.onnx` models need it
+except ImportError: ort = None
 
-from .core import N_WEEKS
+from .core import ConfigError, CheckpointError, N_WEEKS
 from .geo import cell_centres
 from .checkpoint import load_checkpoint, checkpoint_config
 from .model import create_model, predict_proba, resolve_device
 
 # %% auto #0
-__all__ = ['Predictor', 'parse_location']
+__all__ = ['metadata_path', 'onnx_session', 'onnx_proba', 'Predictor', 'parse_location']
 
 # %% ../nbs/12_predict.ipynb #2cc6841c
+def metadata_path(model_path) -> Path:
+    "The metadata JSON written beside an exported model: `<model file>.json`."
+    p = Path(model_path)
+    return p.with_name(p.name + '.json')
+
+def onnx_session(path, device: str = 'auto'):
+    "An onnxruntime session of `path` on 'cpu', 'cuda' or 'auto' (threads: $OMP_NUM_THREADS if set)."
+    if ort is None: raise ConfigError(f'{path}: running an ONNX model needs onnxruntime: pip install "geosdm[export]"')
+    have = ort.get_available_providers()
+    if device == 'cuda' and 'CUDAExecutionProvider' not in have:
+        raise ConfigError('--device cuda: onnxruntime has no CUDA provider here (use --device cpu or auto)')
+    prov = ['CUDAExecutionProvider'] if device != 'cpu' and 'CUDAExecutionProvider' in have else []
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(os.environ.get('OMP_NUM_THREADS') or 0)
+    return ort.InferenceSession(str(path), so, providers=prov + ['CPUExecutionProvider'])
+
+# %% ../nbs/12_predict.ipynb #e2ede4ec
+def _onnx_rows(session, lat, lon, week) -> np.ndarray:
+    return session.run(None, {'lat': np.ascontiguousarray(lat), 'lon': np.ascontiguousarray(lon),
+                              'week': np.ascontiguousarray(week)})[0].astype(np.float32, copy=False)
+
+def onnx_proba(session, lat, lon, week, batch_size: int = 8192, yearly: str = 'max') -> np.ndarray:
+    "Probabilities (n, S) of an exported model, with the week handling of `geosdm.model.predict_proba`."
+    if yearly not in ('max', 'model'): raise ValueError(f"yearly must be 'max' or 'model', got {yearly!r}")
+    lat, lon, week = (np.asarray(x, np.float32).reshape(-1) for x in (lat, lon, week))
+    lat, lon, week = np.broadcast_arrays(lat, lon, np.rint(week))
+    if ((week < 0) | (week > N_WEEKS)).any(): raise ValueError(f'week must be in 0..{N_WEEKS} (0 = yearly)')
+    out = np.empty((len(lat), session.get_outputs()[0].shape[1]), np.float32)
+    is_year = (week == 0) if yearly == 'max' else np.zeros(len(week), bool)
+    direct, rows = np.flatnonzero(~is_year), np.flatnonzero(is_year)
+    for i in range(0, len(direct), batch_size):
+        j = direct[i:i + batch_size]
+        out[j] = _onnx_rows(session, lat[j], lon[j], week[j])
+    weeks, step = np.arange(1, N_WEEKS + 1, dtype=np.float32), max(1, batch_size // N_WEEKS)
+    for i in range(0, len(rows), step):                        # whole year: the max over weeks 1..N_WEEKS
+        j = rows[i:i + step]
+        p = _onnx_rows(session, np.repeat(lat[j], N_WEEKS), np.repeat(lon[j], N_WEEKS), np.tile(weeks, len(j)))
+        out[j] = p.reshape(len(j), N_WEEKS, -1).max(1)
+    return out
+
+# %% ../nbs/12_predict.ipynb #6ceda4ac
 class Predictor:
-    "Predict species probabilities from a geosdm checkpoint."
+    "Predict species probabilities from a geosdm checkpoint, or from a model exported to ONNX (`.onnx`)."
     def __init__(self, checkpoint, device: str = 'auto', batch_size: int = 8192):
-        self.path = Path(checkpoint)
+        self.path, self.batch_size = Path(checkpoint), batch_size
+        self.model = self.session = None
+        meta = self._load_onnx(device) if self.path.suffix.lower() == '.onnx' else self._load_checkpoint(device)
+        v = meta['species_vocab']
+        self.vocab, self.sci_names, self.common_names = list(v['codes']), list(v['sci_names']), list(v['common_names'])
+        self.env_names = list(meta['env']['names'])
+        self.config = checkpoint_config(meta)                     # the TrainConfig it was trained with
+        self.epoch, self.history = meta['epoch'], meta.get('history', [])
+        self.data_identity = {k: (meta.get('data') or {}).get(k) for k in ('fingerprint', 'split')}
+        self._index = {c: i for i, c in enumerate(self.vocab)}
+
+    def _load_checkpoint(self, device) -> dict:
         self.device = resolve_device(device)
         ck = load_checkpoint(self.path, map_location=self.device)
         self.model = create_model(**ck['model_config']).to(self.device).eval()
         self.model.load_state_dict(ck['model_state_dict'])
-        v = ck['species_vocab']
-        self.vocab, self.sci_names, self.common_names = list(v['codes']), list(v['sci_names']), list(v['common_names'])
-        self.env_names = list(ck['env']['names'])
-        self.config = checkpoint_config(ck)                       # the TrainConfig it was trained with
-        self.epoch, self.history = ck['epoch'], ck['history']
-        self.batch_size = batch_size
-        self._index = {c: i for i, c in enumerate(self.vocab)}
+        return ck
+
+    def _load_onnx(self, device) -> dict:
+        meta_path = metadata_path(self.path)
+        if not self.path.is_file(): raise CheckpointError(f'{self.path}: no such model file')
+        try: meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f'{self.path}: its metadata {meta_path.name} is missing or unreadable ({e})') from None
+        self.session, self.device = onnx_session(self.path, device), 'onnxruntime'
+        return meta
 
     @property
     def n_species(self): return len(self.vocab)
@@ -50,6 +107,7 @@ class Predictor:
     def predict(self, lat, lon, week, yearly: str = 'max') -> np.ndarray:
         "Probabilities (n, n_species) at arrays `lat`, `lon` (degrees), `week` (1..48, 0 = yearly)."
         if np.any(np.abs(np.asarray(lat, np.float32)) > 90): raise ValueError('lat must be in [-90, 90]')
+        if self.session is not None: return onnx_proba(self.session, lat, lon, week, self.batch_size, yearly)
         return predict_proba(self.model, lat, lon, week, batch_size=self.batch_size, yearly=yearly)
 
     def predict_cells(self, cells, week, yearly: str = 'max') -> np.ndarray:

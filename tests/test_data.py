@@ -560,3 +560,20 @@ def test_world_a(tmp_path):
     assert q.stats['from_cache'] and warm < 0.5, warm
     _assert_same(p, q)
     assert cold < 20
+
+
+def test_watchlist_warning_after_sample_fraction(tmp_path):
+    "--sample_fraction warns of the watchlist species the sampled training / validation cells lost."
+    import warnings
+    from geosdm.simulate import simulate_world
+    from geosdm.data import prepare_data
+    from geosdm.core import WATCHLIST
+    simulate_world(n_species=30, res=2, bbox=(-135.0, 25.0, -95.0, 55.0), seed=5).write(tmp_path / 'w')
+    path = tmp_path / 'w' / 'combined.parquet'
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        prepare_data(path, min_obs_per_species=5, sample_fraction=0.03, no_cache=True, progress=False)
+        prepare_data(path, min_obs_per_species=5, no_cache=True, progress=False)
+    msgs = [str(x.message) for x in w if 'watchlist' in str(x.message)]
+    assert len(msgs) == 1 and '--sample_fraction 0.03' in msgs[0]
+    assert any(f'({c}) in' in msgs[0] for c in WATCHLIST)

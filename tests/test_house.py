@@ -17,8 +17,8 @@ FLOORS = {
     'data': 4, 'ingest': 4,
     'config': 5,
     'checkpoint': 6, 'evaluate': 6,
-    'trainer': 7, 'predict': 7, 'maps': 7, 'export': 7,
-    'autotune': 8, 'demo': 8, 'plots': 8,
+    'trainer': 7, 'predict': 7, 'maps': 7,
+    'autotune': 8, 'demo': 8, 'plots': 8, 'export': 8,   # export runs a Predictor on its files
     'cli': 9,
 }
 LAZY_OK = {'cli'}          # imports after argument parsing, so that a typo is answered before torch loads

@@ -235,7 +235,7 @@ def test_geoscore_full():
     s, c = geoscore(BASE)
     exp = 0.2 * 0.5 + 0.2 * 0.4 + 0.15 * 1.0 + 0.1 * 0.3 + 0.1 * 0.2 + 0.2 * 0.8 + 0.05 * 0.9
     assert abs(sum(GEOSCORE_WEIGHTS.values()) - 1) < 1e-12 and abs(s - exp) < 1e-12
-    assert c['list_ratio_10'] == 1.0 and abs(c['pred_density_corr'] - 0.9) < 1e-12
+    assert c['list_ratio_rom_10'] == 1.0 and abs(c['pred_density_corr'] - 0.9) < 1e-12
 
 @pytest.mark.parametrize('drop', ['holdout_map', 'watchlist_mean_ap', 'pred_density_corr', 'map_density_ratio'])
 @pytest.mark.parametrize('how', ['missing', 'nan', 'none'])
@@ -252,19 +252,20 @@ def test_geoscore_redistribution(drop, how):
 
 def test_geoscore_transform_edges():
     def comp(**kw): return geoscore({**BASE, **kw})[1]
-    assert comp(list_ratio_rom_10=0.0)['list_ratio_10'] == 0.0
-    assert comp(list_ratio_rom_10=float('inf'))['list_ratio_10'] == 0.0
-    assert abs(comp(list_ratio_rom_10=math.e)['list_ratio_10']) < 1e-12        # |ln e| = 1 -> 0
-    assert comp(list_ratio_rom_10=10.0)['list_ratio_10'] == 0.0                 # clipped at 0
-    assert abs(comp(list_ratio_rom_10=math.exp(-0.5))['list_ratio_10'] - 0.5) < 1e-12
+    assert comp(list_ratio_rom_10=0.0)['list_ratio_rom_10'] == 0.0
+    assert comp(list_ratio_rom_10=float('inf'))['list_ratio_rom_10'] == 0.0
+    assert abs(comp(list_ratio_rom_10=math.e)['list_ratio_rom_10']) < 1e-12        # |ln e| = 1 -> 0
+    assert comp(list_ratio_rom_10=10.0)['list_ratio_rom_10'] == 0.0                 # clipped at 0
+    assert abs(comp(list_ratio_rom_10=math.exp(-0.5))['list_ratio_rom_10'] - 0.5) < 1e-12
     assert comp(pred_density_corr=1.0)['pred_density_corr'] == 0.0
     assert comp(pred_density_corr=-1.0)['pred_density_corr'] == 0.0
     assert comp(pred_density_corr=0.0)['pred_density_corr'] == 1.0
     assert comp(map_density_ratio=1.7)['map_density_ratio'] == 1.0             # clipped to [0, 1]
     assert comp(map_density_ratio=0.0)['map_density_ratio'] == 0.0
-    # the mean-of-ratios key (the BirdNET geomodel's) is the fallback when the ratio-of-means key is absent
+    # one list ratio is scored: the mean of ratios (the BirdNET geomodel's, still reported) is never a fallback
     m = {k: v for k, v in BASE.items() if k != 'list_ratio_rom_10'}
-    assert geoscore({**m, 'list_ratio_10': 1.0})[0] == geoscore(BASE)[0]
+    assert geoscore({**m, 'list_ratio_10': 1.0})[0] == geoscore(m)[0] != geoscore(BASE)[0]
+    assert math.isnan(geoscore({**m, 'list_ratio_10': 1.0})[1]['list_ratio_rom_10'])
     assert geoscore({}) == (0.0, {k: pytest.approx(float('nan'), nan_ok=True) for k in GEOSCORE_WEIGHTS})
 
 def test_holdout_merge():

@@ -29,7 +29,7 @@ def _(Predictor, checkpoint_input, demo, evaluate, mo):
     with mo.status.spinner(title="Loading the model and its validation / hold-out data…"):
         try:
             checkpoint_path = demo.resolve_checkpoint(checkpoint_input.value.strip() or None)
-            pred = Predictor(checkpoint_path, device="cpu")
+            pred = Predictor(checkpoint_path, device=str(mo.cli_args().get("device") or "auto"))  # GPU if any
             prep = demo.checkpoint_data(pred)
         except (FileNotFoundError, ValueError) as e:
             mo.stop(True, mo.callout(mo.md(f"**Cannot load the checkpoint or its data:** {e}"), kind="danger"))

@@ -31,7 +31,7 @@ def _(Predictor, checkpoint_input, demo, h3, maps, mo, np):
     with mo.status.spinner(title="Loading the model (the demo model is trained on first use, about a minute)…"):
         try:
             checkpoint_path = demo.resolve_checkpoint(checkpoint_input.value.strip() or None)
-            pred = Predictor(checkpoint_path, device="cpu")
+            pred = Predictor(checkpoint_path, device=str(mo.cli_args().get("device") or "auto"))  # GPU if any
         except (FileNotFoundError, ValueError) as e:
             mo.stop(True, mo.callout(mo.md(f"**Cannot load the checkpoint:** {e}"), kind="danger"))
         cells = maps.model_cells(pred)
