@@ -122,9 +122,12 @@ def parquet_schema(path) -> dict:
               for f in pq.read_schema(path)]
     return dict(pl.from_arrow(pa.schema(fields).empty_table()).schema)
 
-def read_columns(path, columns: Sequence[str]) -> pl.DataFrame:
-    "The `columns` of a parquet file as a polars frame."
-    return pl.from_arrow(pq.read_table(path, columns=list(columns)))
+def read_columns(path, columns: Sequence[str] | None = None) -> pl.DataFrame:
+    "The `columns` (default: all) of a parquet file as a polars frame; extension types arrive as their storage type."
+    t = pq.read_table(path, columns=None if columns is None else list(columns))
+    plain = pa.schema([pa.field(f.name, f.type.storage_type if isinstance(f.type, pa.ExtensionType) else f.type)
+                       for f in t.schema])                  # no field metadata: polars 1.x stumbles on geoarrow's
+    return pl.from_arrow(pa.Table.from_arrays(t.columns, schema=plain))
 
 # %% ../nbs/04a_inputs.ipynb #24879a5d
 def load_combined(path) -> tuple[pl.DataFrame, list[str], int]:

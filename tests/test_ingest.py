@@ -14,6 +14,7 @@ from geosdm.core import WEEK_COLS, GeoSDMDataError
 from geosdm.ingest import CLUSTER_SQL, Filters, ingest, week_table, weekly_lists, species_codes
 from geosdm.gbif import BAD_KINDS, synthetic_records, write_dwca
 from geosdm.cli import ingest_main
+from geosdm.inputs import read_columns
 from conftest import WORLD_A, exit_code
 
 RES = 3
@@ -99,7 +100,7 @@ def test_meta_order_and_every_bad_kind(small):
 def test_exact_outputs(small):
     d, z, _ = small
     run_small(d, z)
-    out = pl.read_parquet(d / 'out' / 'combined.parquet')
+    out = read_columns(d / 'out' / 'combined.parquet')
     assert out['h3_index'].to_list() == GRID and out.columns == ['h3_index', 'elevation_m'] + WEEK_COLS
     lists = {(c, w): v for c, row in zip(out['h3_index'], out.select(WEEK_COLS).rows()) for w, v in enumerate(row, 1) if v}
     assert lists == {(A, 17): ['carcro1', 'eurspa1'], (A, 8): ['carcro1'], (A, 25): ['comwop1'],
@@ -119,7 +120,7 @@ def test_exact_outputs(small):
 def test_defaults_keep_gbif_keys_and_outside_cells(small):
     d, z, _ = small
     r = ingest(z, d / 'plain' / 'c.parquet', grid=d / 'grid.parquet', outside_grid='keep', filters=Filters(dedup='none'))
-    out = pl.read_parquet(d / 'plain' / 'c.parquet')
+    out = read_columns(d / 'plain' / 'c.parquet')
     assert out.height == len(GRID) + 1 and out['elevation_m'].null_count() == 1
     assert {s['filter']: s['dropped'] for s in r['filters']}['class'] == 0 and 'duplicate' not in [s['filter'] for s in r['filters']]
     row = out.filter(pl.col('h3_index') == A).row(0, named=True)
@@ -136,11 +137,11 @@ def test_input_kinds_agree(small, tmp_path):
     with zipfile.ZipFile(simple, 'w') as zf: zf.writestr('0001.csv', frame.write_csv(separator='\t', quote_style='never'))
     typed = frame.with_columns(pl.col('decimalLatitude').cast(pl.Float64, strict=False), pl.col('recordedBy').str.split(';'))
     typed.rename({c: c.lower() for c in typed.columns}).write_parquet(tmp_path / 'snap.parquet')
-    expect = pl.read_parquet(d / 'out' / 'combined.parquet')
+    expect = read_columns(d / 'out' / 'combined.parquet')
     for name, src in [('folder', folder), ('simple', simple), ('parquet', tmp_path / 'snap.parquet')]:
         r = run_small(d, src, name=name)
         assert r['filters'] == ref['filters'], name
-        assert pl.read_parquet(d / name / 'combined.parquet').equals(expect), name
+        assert read_columns(d / name / 'combined.parquet').equals(expect), name
 
 
 def test_reader_contract_and_geoparquet(small):
@@ -186,7 +187,7 @@ def test_weeks_are_core_weeks():
 
 
 def world_slice(n_cells=60):
-    comb = pl.read_parquet(WORLD_A, columns=['h3_index'] + WEEK_COLS)
+    comb = read_columns(WORLD_A, columns=['h3_index'] + WEEK_COLS)
     busy = comb.filter(pl.sum_horizontal(pl.col(WEEK_COLS).list.len()) > 0)
     return busy.gather(np.linspace(0, busy.height - 1, n_cells).astype(int))
 
@@ -200,7 +201,7 @@ def test_world_a_round_trip(tmp_path):
                                                          taxonomy=tax, bad=0.05, seed=3, chunk=50_000))
     r = ingest(z, tmp_path / 'wa.parquet', grid=WORLD_A.with_name('..').resolve() / 'global_350km_ee.parquet',
                taxonomy=WORLD_A.with_name('combined_taxonomy.csv'))
-    out = pl.read_parquet(tmp_path / 'wa.parquet')
+    out = read_columns(tmp_path / 'wa.parquet')
     assert out.height == 5794
     got = out.join(part.select('h3_index'), on='h3_index').sort('h3_index').select('h3_index', *WEEK_COLS)
     want = part.sort('h3_index').select('h3_index', *[pl.col(c).list.sort() for c in WEEK_COLS])
@@ -212,7 +213,7 @@ def test_trainer_runs_on_an_ingested_file(tmp_path):
     from geosdm.core import demo_parquet
     from geosdm.config import TrainConfig
     from geosdm.trainer import train
-    demo = pl.read_parquet(demo_parquet(), columns=['h3_index'] + WEEK_COLS)
+    demo = read_columns(demo_parquet(), columns=['h3_index'] + WEEK_COLS)
     z = write_dwca(tmp_path / 'demo.zip', synthetic_records(demo, 80_000, bad=0.02))
     ingest(z, tmp_path / 'demo.parquet', grid=demo_parquet())
     tr = train(TrainConfig(data_path=str(tmp_path / 'demo.parquet'), checkpoint_dir=str(tmp_path / 'ck'), model_scale=0.25,
@@ -225,12 +226,12 @@ def test_cluster_query_matches(tmp_path):
     duckdb = pytest.importorskip('duckdb')
     import polars_h3 as plh3
     from geosdm.core import demo_parquet
-    demo = pl.read_parquet(demo_parquet(), columns=['h3_index'] + WEEK_COLS)
+    demo = read_columns(demo_parquet(), columns=['h3_index'] + WEEK_COLS)
     recs = pl.concat(synthetic_records(demo, 60_000, bad=0.05))
     snap = tmp_path / 'snap.parquet'
     recs.with_columns(pl.col('speciesKey', 'taxonKey').cast(pl.Int64)).rename({c: c.lower() for c in recs.columns}).write_parquet(snap)
     ingest(snap, tmp_path / 'c.parquet', resolution=RES)
-    want = pl.read_parquet(tmp_path / 'c.parquet')
+    want = read_columns(tmp_path / 'c.parquet')
     def cell(lat, lon, res):
         df = pl.DataFrame({'a': pl.from_arrow(lat), 'b': pl.from_arrow(lon)})
         return df.select(plh3.latlng_to_cell('a', 'b', int(res[0].as_py()), return_dtype=pl.UInt64)).to_series().to_arrow()
@@ -251,8 +252,8 @@ def test_high_resolution_groups_without_packing(small, tmp_path):
     "Above resolution 7 (cell, week, key) are grouped unpacked: the res-9 lists, merged into their res-7 parents, are the res-7 lists."
     d, z, _ = small
     for r in (7, 9): ingest(z, tmp_path / f'r{r}.parquet', resolution=r)
-    lo = pl.read_parquet(tmp_path / 'r7.parquet')
-    hi = (pl.read_parquet(tmp_path / 'r9.parquet').with_columns(pl.col('h3_index').map_elements(lambda c: h3.cell_to_parent(c, 7), return_dtype=pl.String))
+    lo = read_columns(tmp_path / 'r7.parquet')
+    hi = (read_columns(tmp_path / 'r9.parquet').with_columns(pl.col('h3_index').map_elements(lambda c: h3.cell_to_parent(c, 7), return_dtype=pl.String))
           .group_by('h3_index').agg(pl.col(WEEK_COLS).list.explode(keep_nulls=False, empty_as_null=False).unique().sort()).sort('h3_index'))
-    assert h3.get_resolution(pl.read_parquet(tmp_path / 'r9.parquet')['h3_index'][0]) == 9
+    assert h3.get_resolution(read_columns(tmp_path / 'r9.parquet')['h3_index'][0]) == 9
     assert hi.select('h3_index', *WEEK_COLS).to_dicts() == lo.sort('h3_index').select('h3_index', *WEEK_COLS).to_dicts()

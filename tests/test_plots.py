@@ -14,6 +14,7 @@ from maps_support import root, pred, tiny_checkpoint  # noqa: E402,F401
 
 from geosdm.cli import plot_main  # noqa: E402
 from geosdm.plots import chart_values, training_chart, PANELS  # noqa: E402
+from geosdm.inputs import read_columns
 
 
 def plot(*argv) -> list[Path]:
@@ -44,7 +45,7 @@ def test_range_and_gis_files(pred, tmp_path):
     gp = next(f for f in files if f.suffix == '.parquet')
     t = pq.read_table(gp)
     assert json.loads(t.schema.metadata[b'geo'])['columns']['geometry']['encoding'] == 'WKB'
-    df = pl.read_parquet(gp)
+    df = read_columns(gp)
     np.testing.assert_allclose(df['p_week_20'].to_numpy(), pred.predict_cells(df['h3_index'].to_list(), 20)[:, 1], atol=1e-6)
     gj = json.loads(next(f for f in files if f.suffix == '.geojson').read_text())
     assert len(gj['features']) == df.height
@@ -62,7 +63,7 @@ def test_richness_phenology_weekly_env(pred, tmp_path):
                  '--device', 'cpu')
     assert Image.open(next(f for f in files if f.suffix == '.gif')).n_frames == 2
     files = plot('env', '--data_path', pred.config.data_path, '--columns', 'elevation_m', '--outdir', tmp_path, '--formats', 'svg')
-    assert pl.read_parquet(next(f for f in files if f.suffix == '.parquet'))['elevation_m'].is_finite().any()
+    assert read_columns(next(f for f in files if f.suffix == '.parquet'))['elevation_m'].is_finite().any()
 
 
 def test_user_errors(pred, tmp_path):

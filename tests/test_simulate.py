@@ -14,6 +14,7 @@ from geosdm.geo import unit_xyz
 from geosdm.simulate import (DEMO_BBOX, DEMO_KWARGS, ISLAND_GROUPS, WHOCRA_BREEDING, WHOCRA_WINTER, grid_cells,
                              simulate_world)
 from geosdm.worldfiles import ENV_COLUMNS, TRUTH_WEEKS, write_world
+from geosdm.inputs import read_columns
 
 WORLD_A = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'world_a'
 KW = dict(n_species=80, res=2, bbox=DEMO_BBOX, seed=3)
@@ -83,7 +84,7 @@ def test_combined_schema_like_world_a(written):
 
 
 def test_combined_content(world, written):
-    df = pl.read_parquet(written / 'combined.parquet')
+    df = read_columns(written / 'combined.parquet')
     assert df.columns == ['h3_index', 'geometry', *ENV_COLUMNS, *WEEK_COLS]
     assert all(df.schema[c] == pl.Float64 for c in ENV_COLUMNS)
     assert all(df.schema[c] == pl.List(pl.String) for c in WEEK_COLS)
@@ -111,7 +112,7 @@ def test_combined_content(world, written):
 
 
 def test_truth_effort_files(world, written):
-    t = pl.read_parquet(written / 'truth_land.parquet')
+    t = read_columns(written / 'truth_land.parquet')
     land = world.cells.filter(pl.col('land'))['h3_index']
     assert len(t) == len(land) * len(TRUTH_WEEKS)
     assert sorted(t['week'].unique().to_list()) == list(TRUTH_WEEKS)
@@ -122,7 +123,7 @@ def test_truth_effort_files(world, written):
     for r in t.filter(pl.col('species').list.len() > 3).head(20).iter_rows(named=True):
         got = world.truth[row[r['h3_index']], r['week'] - 1, [ix[s] for s in r['species']]]
         np.testing.assert_allclose(got, r['p'], rtol=1e-6)
-    e = pl.read_parquet(written / 'effort.parquet')
+    e = read_columns(written / 'effort.parquet')
     assert e.columns == ['h3_index', 'lat', 'lon', *WEEK_COLS]
     np.testing.assert_array_equal(e.select(WEEK_COLS).to_numpy(), world.effort)
     js = json.loads((written / 'world.json').read_text())
@@ -276,7 +277,7 @@ def test_demo_data():
     assert js['seed'] == DEMO_KWARGS['seed'] and js['n_species'] == DEMO_KWARGS['n_species']
     assert 500 <= js['cells'] <= 2000 and js['samples'] > 3000
     assert sum(f.stat().st_size for f in d.iterdir()) < 5e6
-    df = pl.read_parquet(d / 'combined.parquet')
+    df = read_columns(d / 'combined.parquet')
     assert df.columns == ['h3_index', 'geometry', *ENV_COLUMNS, *WEEK_COLS]
 
 
