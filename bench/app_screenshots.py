@@ -1,9 +1,10 @@
-"""Serve each geosdm marimo app with `marimo run` on 127.0.0.1 and take a headless-Chromium screenshot once it has rendered.
+"""Serve each geosdm marimo app with `marimo run` on 127.0.0.1 and take headless-Chromium screenshots once it has rendered.
 
-Usage: python bench/app_screenshots.py [--checkpoint PATH] [--apps explorer calibration] [--out DIR]
+Usage: python bench/app_screenshots.py [--checkpoint PATH] [--apps explorer calibration monitor] [--sizes 1280x800 1920x1080]
 
-Without --checkpoint the apps use the demo model (trained into the user cache on first use).
-Screenshots go to bench/results/app_screenshots/<app>.png, timings to bench/results/app_screenshots.json.
+Without --checkpoint the apps use the demo model (trained into the user cache on first use); the monitor app
+follows the demo model's run folder. Each app is shot at every window size, whole page (the part below the window
+too): bench/results/app_screenshots/<app>_<width>x<height>.png; timings in bench/results/app_screenshots.json.
 Skips cleanly (exit 0) when no Chromium is installed. Fully offline: the apps load nothing from the network.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ ROOT = Path(__file__).resolve().parent
 CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
                   '--disable-background-networking', '--disable-component-update', '--disable-sync']
 # text that appears only once the app's last cells have produced their output
-READY = {'explorer': 'species with p', 'calibration': 'Per region at 5 / 10 / 25'}
+READY = {'explorer': 'species with p', 'calibration': 'Per region at 5 / 10 / 25', 'monitor': 'GeoScore'}
 # marimo renders outputs inside shadow roots: search them too
 DEEP = ('(() => { const acc = {n: 0, text: ""}; const walk = (r) => {'
         ' acc.n += r.querySelectorAll("canvas, svg.marks").length;'
@@ -79,7 +80,7 @@ def stop(proc: subprocess.Popen | None) -> None:
 
 
 def screenshot_app(name: str, checkpoint: str | None, out: Path, chromium: str, timeout: float = 240.0,
-                   width: int = 1600, height: int = 1700) -> dict:
+                   width: int = 1280, height: int = 800) -> dict:
     from geosdm.cli import app_command
     port, dport = free_port(), free_port()
     log_path = out / f'{name}.server.log'
@@ -88,7 +89,8 @@ def screenshot_app(name: str, checkpoint: str | None, out: Path, chromium: str, 
     profile = Path(tempfile.mkdtemp(prefix='geosdm-chromium-'))
     try:
         with open(log_path, 'w') as log:
-            cmd = app_command(name, checkpoint, port=port, headless=True)
+            run_dir = Path(checkpoint).parent if name == 'monitor' else None
+            cmd = app_command(name, None if name == 'monitor' else checkpoint, port=port, headless=True, run_dir=run_dir)
             cmd.insert(cmd.index('--headless') + 1, '--no-token')
             server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
             url = f'http://127.0.0.1:{port}/'
@@ -115,10 +117,12 @@ def screenshot_app(name: str, checkpoint: str | None, out: Path, chromium: str, 
             t_render = time.time() - t1
             st = cdp.eval(DEEP) or {'n': 0, 'text': ''}
             text = st['text']
-            shot = cdp.call('Page.captureScreenshot', format='png')
-            png = out / f'{name}.png'
+            size = cdp.call('Page.getLayoutMetrics')['cssContentSize']
+            shot = cdp.call('Page.captureScreenshot', format='png', captureBeyondViewport=True,
+                            clip={'x': 0, 'y': 0, 'width': width, 'height': max(height, size['height']), 'scale': 1})
+            png = out / f'{name}_{width}x{height}.png'
             png.write_bytes(base64.b64decode(shot['data']))
-        return {'app': name, 'ready': ready, 'server_start_s': round(t_server, 2), 'render_s': round(t_render, 2),
+        return {'app': name, 'size': f'{width}x{height}', 'page_height': round(size['height']), 'ready': ready, 'server_start_s': round(t_server, 2), 'render_s': round(t_render, 2),
                 'screenshot': str(png), 'charts': st['n'],
                 'errors_in_page': [l for l in text.splitlines() if 'Traceback' in l or 'Error' in l][:5]}
     finally:
@@ -133,7 +137,8 @@ def screenshot_app(name: str, checkpoint: str | None, out: Path, chromium: str, 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--checkpoint', default=None, help='checkpoint (default: the demo model)')
-    p.add_argument('--apps', nargs='+', default=['explorer', 'calibration'], choices=['explorer', 'calibration'])
+    p.add_argument('--apps', nargs='+', default=['explorer', 'calibration', 'monitor'], choices=list(READY))
+    p.add_argument('--sizes', nargs='+', default=['1280x800', '1920x1080'], help='window sizes WIDTHxHEIGHT')
     p.add_argument('--out', default=str(ROOT / 'results' / 'app_screenshots'))
     p.add_argument('--timeout', type=float, default=240.0, help='seconds to wait for an app to render')
     a = p.parse_args(argv)
@@ -151,10 +156,12 @@ def main(argv=None) -> int:
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     results = []
     for name in a.apps:
-        r = screenshot_app(name, ck, out, chromium, timeout=a.timeout)
-        print(f"{name}: ready={r['ready']} server {r['server_start_s']}s, render {r['render_s']}s, "
-              f"{r['charts']} charts -> {r['screenshot']}")
-        results.append(r)
+        for size in a.sizes:
+            w, h = (int(x) for x in size.lower().split('x'))
+            r = screenshot_app(name, ck, out, chromium, timeout=a.timeout, width=w, height=h)
+            print(f"{name} {size}: ready={r['ready']} server {r['server_start_s']}s, render {r['render_s']}s, "
+                  f"{r['charts']} charts, page {r['page_height']} px high -> {r['screenshot']}")
+            results.append(r)
     res = ROOT / 'results' / 'app_screenshots.json'
     res.parent.mkdir(parents=True, exist_ok=True)
     res.write_text(json.dumps({'checkpoint': ck, 'results': results}, indent=1) + '\n')

@@ -4,13 +4,13 @@
 
 # %% ../nbs/17_demo.ipynb #8995e187
 from __future__ import annotations
-import dataclasses, os, shutil, tempfile
+import dataclasses, logging, os, shutil, tempfile
 from pathlib import Path
 
 from .core import cache_dir
 from .config import config_from
 from .data import Prepared
-from .trainer import train, prepare
+from .trainer import train, prepare, log
 
 # %% auto #0
 __all__ = ['DEMO_MODEL', 'demo_checkpoint', 'resolve_checkpoint', 'checkpoint_picker', 'checkpoint_data']
@@ -30,12 +30,16 @@ def demo_checkpoint(cache: str | Path | None = None, progress: bool = False, **o
     try:
         cfg = config_from(DEMO_MODEL, checkpoint_dir=str(tmp), device='cpu', data_cache_dir=str(root / 'data_cache'),
                           **overrides)
-        train(cfg, progress=progress)
+        level = log.level
+        log.setLevel(logging.WARNING)        # its log would name the temporary folder, which is renamed away
+        try: train(cfg, progress=progress)
+        finally: log.setLevel(level)
         try: os.replace(tmp, final)
         except OSError:                      # another process finished first: keep theirs
             if not ck.is_file(): raise
     finally:
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
+    log.info(f'Demo model ready: {ck}')
     return ck
 
 # %% ../nbs/17_demo.ipynb #b857afb9

@@ -114,9 +114,9 @@ def _(alt, evaluate, evaluation_t, evaluations, maps, np, region_t, threshold):
     _rel = {("validation" if k == "val" else "hold-out"): evaluate.reliability(v) for k, v in evaluations.items()}
     for _r in region_t["region"].to_list()[:3]:
         _rel[f"{evaluation_t['split']}: {_r}"] = evaluate.reliability(evaluation_t, mask=_keys == _r)
-    reliability_chart = maps.reliability_chart(_rel, width=380, height=300)
+    reliability_chart = maps.reliability_chart(_rel, width=320, height=280).configure_legend(orient="bottom", columns=2)
     ratio_map = alt.layer(
-        maps.score_map(evaluation_t, "list_ratio", threshold, width=620, height=400),
+        maps.score_map(evaluation_t, "list_ratio", threshold, width=500, height=360),
         maps.regions_layer(near=np.unique(evaluation_t["cells"][evaluation_t["samples"].cell])),
     )
     _lr = region_t[f"list_ratio_{round(threshold * 100):d}"].to_numpy()

@@ -101,7 +101,7 @@ def _(cells, pred, week, yearly):
 
 @app.cell
 def _(cells, maps, pred, species, week, week_probs):
-    distribution_chart = maps.probability_map(pred, species, week, cells, probs=week_probs, width=640, height=420)
+    distribution_chart = maps.probability_map(pred, species, week, cells, probs=week_probs, width=520, height=360)
     return (distribution_chart,)
 
 
@@ -135,7 +135,12 @@ def _(list_threshold, location_input, mo, parse_location, pl, pred, week, week_l
                     f"**{len(species_table)} species** with p ≥ {list_threshold.value:.2f} at "
                     f"({location[0]:.3f}, {location[1]:.3f}), {week_label(week)}"
                 ),
-                mo.ui.table(species_table, selection=None, page_size=15, show_column_summaries=False),
+                mo.ui.table(
+                    species_table.select("rank", "probability", "common name", "scientific name"),
+                    selection=None,
+                    page_size=15,
+                    show_column_summaries=False,
+                ),
             ]
         )
     )
@@ -166,7 +171,8 @@ def _(N_WEEKS, alt, location, np, pl, pred, species_index, species_table):
                 color=alt.Color("species:N", sort=[pred.common_names[i] for i in _idx]),
                 tooltip=["species", "week", alt.Tooltip("probability:Q", format=".3f")],
             )
-            .properties(title=f"Phenology at the location ({N_WEEKS} weeks)", width=460, height=260)
+            .properties(title=f"Phenology at the location ({N_WEEKS} weeks)", width=520, height=240)
+            .configure_legend(orient="bottom", columns=2, title=None)
         )
     return (phenology_chart,)
 

@@ -91,7 +91,7 @@ def _(history, mo, n_epochs, plots, run_dir):
         curves = None
         curves_view = mo.callout(mo.md(f"Waiting for the first epoch of `{run_dir}`…"), kind="info")
     else:
-        curves = plots.training_chart(history, columns=3, width=300, height=170)
+        curves = plots.training_chart(history, columns=3, width=250, height=160)
         _last = history.row(-1, named=True)
         _f = lambda k: "n/a" if _last.get(k) is None else f"{_last[k]:.4f}"
         curves_view = mo.vstack(
