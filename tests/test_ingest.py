@@ -189,7 +189,7 @@ def test_weeks_are_core_weeks():
 def world_slice(n_cells=60):
     comb = read_columns(WORLD_A, columns=['h3_index'] + WEEK_COLS)
     busy = comb.filter(pl.sum_horizontal(pl.col(WEEK_COLS).list.len()) > 0)
-    return busy.gather(np.linspace(0, busy.height - 1, n_cells).astype(int))
+    return busy[np.linspace(0, busy.height - 1, n_cells).astype(int)]
 
 
 @pytest.mark.skipif(not WORLD_A.exists(), reason='shared world_a not present')
@@ -254,6 +254,6 @@ def test_high_resolution_groups_without_packing(small, tmp_path):
     for r in (7, 9): ingest(z, tmp_path / f'r{r}.parquet', resolution=r)
     lo = read_columns(tmp_path / 'r7.parquet')
     hi = (read_columns(tmp_path / 'r9.parquet').with_columns(pl.col('h3_index').map_elements(lambda c: h3.cell_to_parent(c, 7), return_dtype=pl.String))
-          .group_by('h3_index').agg(pl.col(WEEK_COLS).list.explode(keep_nulls=False, empty_as_null=False).unique().sort()).sort('h3_index'))
+          .group_by('h3_index').agg(pl.col(WEEK_COLS).list.explode().drop_nulls().unique().sort()).sort('h3_index'))
     assert h3.get_resolution(read_columns(tmp_path / 'r9.parquet')['h3_index'][0]) == 9
     assert hi.select('h3_index', *WEEK_COLS).to_dicts() == lo.sort('h3_index').select('h3_index', *WEEK_COLS).to_dicts()
