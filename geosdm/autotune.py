@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 import torch
 
-from .core import ConfigError, jsonable, write_json
+from .core import ConfigError, clean_temp_files, jsonable, pid_alive, write_json
 from .config import TrainConfig, Param, SEARCH_SPACE, EXTRA_SPACE, check_config, config_from, option_words
 from .checkpoint import split_identity
 from .data import Prepared
@@ -19,8 +19,8 @@ from .trainer import Trainer, prepare, log, setup_logging
 
 # %% auto #0
 __all__ = ['FREQ_PARAMS', 'LOSS_PARAMS', 'HISTORY_SKIP', 'resolve_params', 'inactive_params', 'trial_config', 'make_objective',
-           'open_storage', 'redact', 'study_signature', 'check_signature', 'finished', 'best_command', 'study_results',
-           'AutotuneResult', 'run_autotune']
+           'open_storage', 'redact', 'study_signature', 'check_signature', 'finished', 'claimed', 'SurplusTrial',
+           'best_command', 'study_results', 'AutotuneResult', 'run_autotune']
 
 # %% ../nbs/18_autotune.ipynb #190c03be
 FREQ_PARAMS = ('label_freq_weight', 'label_freq_weight_min', 'label_freq_weight_pct_lo', 'label_freq_weight_pct_hi')
@@ -84,9 +84,10 @@ class _Reporter:
 def make_objective(cfg: TrainConfig, prep: Prepared, names: list[str], space: dict[str, Param], progress=False):
     "The Optuna objective: train a fresh model per trial with `Trainer.fit`, report GeoScore each epoch, return the best."
     def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr('worker', f'{socket.gethostname()}:{os.getpid()}')
+        if claimed(trial.study, below=trial.number) >= cfg.autotune_trials: _surplus(trial, cfg.autotune_trials)
         params = {n: space[n].suggest(trial, n) for n in names}
         trial.set_user_attr('inactive_params', inactive_params(params, cfg))
-        trial.set_user_attr('worker', f'{socket.gethostname()}:{os.getpid()}')
         tr, report = None, _Reporter(trial)
         try:
             tr = Trainer(trial_config(cfg, params), prep)
@@ -125,9 +126,9 @@ def redact(url: str) -> str:
     return re.sub(r'(://[^:/@]+:)[^@]*@', r'\1***@', url)
 
 # %% ../nbs/18_autotune.ipynb #3196ed11
-_NOT_FIXED = {'data_path', 'taxonomy', 'data_cache_dir', 'no_cache', 'checkpoint_dir', 'resume', 'save_every', 'device',
-              'num_workers', 'amp', 'eval_batch_size', 'num_epochs', 'patience', 'autotune', 'autotune_trials',
-              'autotune_storage', 'autotune_study'}
+_NOT_FIXED = {'data_path', 'taxonomy', 'data_cache_dir', 'no_cache', 'checkpoint_dir', 'resume', 'finetune', 'overwrite',
+              'save_every', 'device', 'num_workers', 'amp', 'eval_batch_size', 'num_epochs', 'patience', 'autotune',
+              'autotune_trials', 'autotune_storage', 'autotune_study'}
 
 def study_signature(cfg: TrainConfig, prep: Prepared, names: list[str]) -> dict:
     "What a study measures: trials from different signatures must not be mixed."
@@ -154,6 +155,25 @@ def finished(study: optuna.Study) -> int:
     S = optuna.trial.TrialState
     return len(study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED)))
 
+def _live(t) -> bool:
+    "Whether running trial `t` belongs to a live process (one on another machine, or not yet tagged, is assumed live)."
+    host, _, pid = (t.user_attrs.get('worker') or '').rpartition(':')
+    return host != socket.gethostname() or not pid.isdigit() or pid_alive(int(pid))
+
+def claimed(study: optuna.Study, below: int | None = None) -> int:
+    "Trials finished or running in a live process (with `below`: only those numbered below it)."
+    S = optuna.trial.TrialState
+    return sum(1 for t in study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED, S.RUNNING))
+               if (below is None or t.number < below) and (t.state != S.RUNNING or _live(t)))
+
+class SurplusTrial(RuntimeError):
+    "A trial that started after the study reached its total: it trains nothing and does not count."
+
+def _surplus(trial, target: int):
+    trial.set_user_attr('surplus', True)
+    trial.study.stop()
+    raise SurplusTrial(f'trial {trial.number}: the study already has its {target} trials')
+
 # %% ../nbs/18_autotune.ipynb #cea0cfa1
 def best_command(cfg: TrainConfig, params: dict) -> str:
     "A `geosdm_train` command: the user's non-default flags plus the active tuned parameters."
@@ -163,13 +183,14 @@ def best_command(cfg: TrainConfig, params: dict) -> str:
     words = ['geosdm_train']
     for f in fields(TrainConfig):
         n = f.name
-        if n.startswith('autotune') or n == 'resume': continue
+        if n.startswith('autotune') or n in ('resume', 'finetune', 'overwrite'): continue
         if (n in params and n not in drop) or merged[n] != default[n]: words += option_words(n, merged[n])
     return shlex.join(words)
 
 def study_results(study: optuna.Study, cfg: TrainConfig, names: list[str], storage: str | None = None) -> dict:
     "The results dict of a study (best trial, every trial with its state and epoch history, the command)."
-    trials = study.get_trials(deepcopy=False)
+    every = study.get_trials(deepcopy=False)
+    trials = [t for t in every if not t.user_attrs.get('surplus')]      # surplus trials ran nothing
     S = optuna.trial.TrialState
     done = [t for t in trials if t.state == S.COMPLETE and t.value is not None and math.isfinite(t.value)]
     best = max(done, key=lambda t: t.value) if done else None
@@ -183,7 +204,7 @@ def study_results(study: optuna.Study, cfg: TrainConfig, names: list[str], stora
         'best_inactive_params': best.user_attrs.get('inactive_params', []) if best else None,
         'n_trials': len(trials), 'n_finished': counts['complete'] + counts['pruned'],
         'n_complete': counts['complete'], 'n_pruned': counts['pruned'], 'n_failed': counts['fail'],
-        'n_running': counts['running'], 'target_trials': cfg.autotune_trials,
+        'n_running': counts['running'], 'n_surplus': len(every) - len(trials), 'target_trials': cfg.autotune_trials,
         'epochs_per_trial': cfg.autotune_epochs, 'tuned_params': list(names),
         'command': best_command(cfg, best.params) if best else None,
         'all_trials': [{
@@ -215,7 +236,8 @@ class AutotuneResult:
 def _check_autotune(cfg: TrainConfig, space) -> list[str]:
     "The parameters to tune, after checking the autotune options."
     check_config(cfg)
-    if cfg.resume: raise ConfigError('--resume cannot be combined with --autotune (each trial trains a fresh model)')
+    for o in ('resume', 'finetune'):
+        if getattr(cfg, o): raise ConfigError(f'--{o} cannot be combined with --autotune (each trial trains a fresh model)')
     names = resolve_params(cfg.autotune, space)
     if not names: raise ConfigError('--autotune: nothing to tune')
     return names
@@ -249,10 +271,11 @@ def _log_outcome(res: dict, out_path: Path, cfg: TrainConfig, interrupted: bool)
 
 def _optimize(study, objective, todo: int, target: int, on_trial) -> bool:
     "Run `todo` trials (the study's total stops at `target`); returns whether Ctrl-C interrupted it."
-    S = optuna.trial.TrialState
+    def stop_at_target(study, t):
+        if claimed(study) >= target: study.stop()
     try:
         study.optimize(objective, n_trials=todo, catch=(RuntimeError,), gc_after_trial=True,
-                       callbacks=[on_trial, optuna.study.MaxTrialsCallback(target, states=(S.COMPLETE, S.PRUNED))])
+                       callbacks=[on_trial, stop_at_target])
         return False
     except KeyboardInterrupt:
         gc.collect()
@@ -282,7 +305,10 @@ def run_autotune(cfg: TrainConfig, prep: Prepared | None = None, *, space: dict[
         res = study_results(study, cfg, names, cfg.autotune_storage)
         write_json(out_path, res)
         return res
-    def on_trial(study, t): log.info(_trial_line(t)); save()
+    def on_trial(study, t):
+        if not t.user_attrs.get('surplus'): log.info(_trial_line(t))
+        save()
+    clean_temp_files(out_path.parent)
     todo = cfg.autotune_trials - finished(study)
     log.info(f'Autotune: {len(names)} parameter(s) [{", ".join(names)}], {cfg.autotune_epochs} epochs per trial, '
              f'study "{study.study_name}" ' + (f'in {redact(cfg.autotune_storage)}' if storage else '(in memory)')

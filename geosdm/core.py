@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #2860630a
 from __future__ import annotations
-import json, math, os, re, sys, tempfile
+import hashlib, json, math, os, re, socket, sys, tempfile, time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -13,8 +13,9 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['N_WEEKS', 'YEAR', 'WEEK_COLS', 'WATCHLIST', 'GeoSDMError', 'GeoSDMDataError', 'ConfigError', 'CheckpointError',
-           'atomic_path', 'atomic_write', 'is_temp_file', 'stale_temp_files', 'jsonable', 'write_json', 'csr_gather',
-           'sorted_unique', 'week_of', 'week_label', 'cache_dir', 'demo_data_dir', 'demo_parquet']
+           'atomic_path', 'atomic_write', 'is_temp_file', 'stale_temp_files', 'pid_alive', 'clean_temp_files',
+           'file_digest', 'jsonable', 'write_json', 'csr_gather', 'sorted_unique', 'week_of', 'week_label', 'cache_dir',
+           'demo_data_dir', 'demo_parquet']
 
 # %% ../nbs/00_core.ipynb #bd1e85e8
 class GeoSDMError(Exception):
@@ -40,21 +41,31 @@ def _fsync_dir(folder: Path):
     except OSError: pass
     finally: os.close(fd)
 
+_HOST = re.sub(r'[^A-Za-z0-9-]', '-', socket.gethostname())[:40] or 'host'
+
+def _writer_tag() -> str:
+    "`<pid>@<host>`: who writes a temporary file (evaluated per call: a forked child has its own pid)."
+    return f'{os.getpid()}@{_HOST}'
+
 @contextmanager
 def atomic_path(path) -> Iterator[Path]:
     "A temporary path beside `path`; if the block succeeds, the file is synced and renamed over `path`."
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    os.close(fd); tmp = Path(tmp)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.{_writer_tag()}.', suffix='.tmp', dir=path.parent)
+        os.close(fd); tmp = Path(tmp)
         yield tmp
         os.chmod(tmp, 0o666 & ~_UMASK)
         with open(tmp, 'rb+') as f: os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except OSError as e:
+        if e.errno is not None and e.filename is None: e.filename = str(path)   # name the file we could not write
+        raise
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None: tmp.unlink(missing_ok=True)
 
 # %% ../nbs/00_core.ipynb #1a0b5b1f
 def atomic_write(path, data: bytes | str | Callable) -> Path:
@@ -64,7 +75,7 @@ def atomic_write(path, data: bytes | str | Callable) -> Path:
         else: f.write(data.encode() if isinstance(data, str) else data)
     return Path(path)
 
-# %% ../nbs/00_core.ipynb #dd975bff
+# %% ../nbs/00_core.ipynb #fef66275
 _TMP_RE = re.compile(r'^\..+\.[A-Za-z0-9_]{8}\.tmp$')
 
 def is_temp_file(name) -> bool:
@@ -76,6 +87,37 @@ def stale_temp_files(folder) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir(): return []
     return sorted(p for p in folder.iterdir() if p.is_file() and is_temp_file(p.name))
+
+_TAG_RE = re.compile(r'\.(\d+)@([A-Za-z0-9-]+)\.[A-Za-z0-9_]{8}\.tmp$')
+
+def pid_alive(pid: int) -> bool:
+    "Whether process `pid` of this machine is running."
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except OSError: return True             # exists, owned by someone else
+    return True
+
+def _writer_gone(p: Path, max_age_s: float = 3600.0) -> bool:
+    "Whether the process that wrote temporary file `p` is gone (see above)."
+    m = _TAG_RE.search(p.name)
+    if m and m[2] == _HOST: return int(m[1]) != os.getpid() and not pid_alive(int(m[1]))
+    try: return time.time() - p.stat().st_mtime > max_age_s
+    except OSError: return False
+
+def clean_temp_files(folder) -> list[Path]:
+    "Remove the temporary files of interrupted writes in `folder` whose writer is gone; returns them."
+    gone = [p for p in stale_temp_files(folder) if _writer_gone(p)]
+    for p in gone: p.unlink(missing_ok=True)
+    return gone
+
+# %% ../nbs/00_core.ipynb #30cf5d25
+def file_digest(path, block: int = 1 << 22) -> str:
+    "SHA-256 (hex) of the bytes of file `path`, read in blocks."
+    h, buf = hashlib.sha256(), bytearray(block)
+    view = memoryview(buf)
+    with open(path, 'rb', buffering=0) as f:
+        while n := f.readinto(buf): h.update(view[:n])
+    return h.hexdigest()
 
 # %% ../nbs/00_core.ipynb #4fde96af
 def jsonable(o, digits: int | None = None):

@@ -21,17 +21,17 @@ import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
-from .core import GeoSDMDataError, WEEK_COLS, N_WEEKS, atomic_write, csr_gather, sorted_unique
+from .core import GeoSDMDataError, WEEK_COLS, N_WEEKS, atomic_write, clean_temp_files, csr_gather, file_digest, sorted_unique
 from .geo import resolve_boxes, in_boxes, cell_centres
 from .inputs import encode_env, find_taxonomy, load_combined, read_taxonomy
 from .propagation import PropagationParams, env_space, key_region_counts, propagate_keys
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'SEED', 'log', 'Samples', 'Prepared', 'flatten_lists', 'split_cells', 'cache_key', 'save_prepared',
-           'load_prepared', 'jitter_std_for_res', 'prepare_data']
+__all__ = ['CACHE_VERSION', 'SEED', 'log', 'Samples', 'Prepared', 'flatten_lists', 'split_cells', 'content_ids', 'cache_key',
+           'save_prepared', 'load_prepared', 'jitter_std_for_res', 'prepare_data']
 
 # %% ../nbs/04_data.ipynb #9a84107a
-CACHE_VERSION = 4  # bump whenever the prepared arrays change meaning
+CACHE_VERSION = 5  # bump whenever the prepared arrays change meaning
 SEED = 42
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,7 @@ class Prepared:
     fingerprint: str            # the cache key
     stats: dict
     region_counts: np.ndarray | None = None  # int32[36, S]: training samples per species per 30°×60° bin, before propagation
+    content: dict | None = None  # SHA-256 of the bytes of the data and taxonomy files: {'data': …, 'taxonomy': … or None}
 
     @property
     def n_species(self) -> int: return len(self.vocab)
@@ -167,16 +168,14 @@ def _split_holdout(cell_lat, cell_lon, opts: dict, boxes, data_path: Path):
     return tr_c[~inside], va_c, tr_c[inside]
 
 # %% ../nbs/04_data.ipynb #f0c10997
-def _file_id(p: Path | None) -> dict | None:
-    if p is None: return None
-    st = p.stat()
-    return {'path': str(p.resolve()), 'mtime_ns': st.st_mtime_ns, 'size': st.st_size}
+def content_ids(options: dict) -> dict:
+    "SHA-256 of the bytes of the data file and of the taxonomy file (None without one) of `options`."
+    tax = options.get('taxonomy')
+    return {'data': file_digest(options['data_path']), 'taxonomy': file_digest(tax) if tax else None}
 
-def cache_key(options: dict) -> str:
-    "SHA-256 hex digest of the cache version, the data/taxonomy file identities and the options."
-    doc = {'cache_version': CACHE_VERSION,
-           'data': _file_id(Path(options['data_path'])),
-           'taxonomy': _file_id(Path(options['taxonomy'])) if options.get('taxonomy') else None,
+def cache_key(options: dict, content: dict | None = None) -> str:
+    "SHA-256 hex digest of the cache version, the content of the data/taxonomy files and the options."
+    doc = {'cache_version': CACHE_VERSION, 'content': content or content_ids(options),
            'options': {k: v for k, v in options.items() if k not in ('data_path', 'taxonomy')}}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=list).encode()).hexdigest()
 
@@ -195,7 +194,7 @@ def save_prepared(prep: Prepared, path) -> None:
         for f in _SAMPLE_FIELDS: arrs[f'{nm}.{f}'] = getattr(s, f)
     meta = {'env_names': prep.env_names, 'env_stats': prep.env_stats, 'jitter_std': prep.jitter_std,
             'h3_res': prep.h3_res, 'options': prep.options, 'fingerprint': prep.fingerprint, 'stats': prep.stats,
-            'has_holdout': prep.holdout is not None, 'cache_version': CACHE_VERSION}
+            'has_holdout': prep.holdout is not None, 'cache_version': CACHE_VERSION, 'content': prep.content}
     arrs['meta'] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     if prep.region_counts is not None: arrs['region_counts'] = prep.region_counts
     atomic_write(path, lambda f: np.savez(f, **arrs))
@@ -213,7 +212,8 @@ def load_prepared(path) -> Prepared:
                     env_names=meta['env_names'], env_stats=meta['env_stats'], vocab=a['vocab'].tolist(),
                     sci_names=a['sci_names'].tolist(), common_names=a['common_names'].tolist(),
                     jitter_std=meta['jitter_std'], h3_res=meta['h3_res'], options=meta['options'],
-                    fingerprint=meta['fingerprint'], stats=meta['stats'], region_counts=a.get('region_counts'))
+                    fingerprint=meta['fingerprint'], stats=meta['stats'], region_counts=a.get('region_counts'),
+                    content=meta.get('content'))
 
 # %% ../nbs/04_data.ipynb #aec92999
 class _Stages:
@@ -449,12 +449,17 @@ def prepare_data(data_path, taxonomy=None, *, min_obs_per_species: int = 50, max
                     sample_fraction=sample_fraction, holdout_regions=holdout_regions, holdout_boxes=holdout_boxes,
                     propagate=propagate)
     boxes = resolve_boxes(holdout_regions, holdout_boxes)   # unknown names fail before any work
-    fp = cache_key(opts)
+    t0 = time.perf_counter(); content = content_ids(opts); t_hash = round(time.perf_counter() - t0, 4)
+    fp = cache_key(opts, content)
     cache_file = Path(cache_dir) / f'prepared_{fp}.npz' if cache_dir is not None and not no_cache else None
+    if cache_file is not None: clean_temp_files(cache_file.parent)       # leftovers of killed writes
     if cache_file is not None and cache_file.exists():
         prep = _from_cache(cache_file, fp, progress)
-        if prep is not None: return prep
+        if prep is not None:
+            prep.options, prep.stats['hash_seconds'] = opts, t_hash       # this call's paths (same bytes)
+            return prep
     prep = _build(data_path, tax_path, opts, boxes, fp, progress)
+    prep.content, prep.stats['hash_seconds'] = content, t_hash
     if cache_file is not None:
         t0 = time.perf_counter(); save_prepared(prep, cache_file)
         prep.stats['seconds']['cache_write'] = round(time.perf_counter() - t0, 4)

@@ -4,16 +4,17 @@
 
 # %% ../nbs/11_trainer.ipynb #d9ed5ee0
 from __future__ import annotations
-import hashlib, logging, math, sys, time, warnings
+import hashlib, logging, math, sys, time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .core import GeoSDMDataError, ConfigError, N_WEEKS, write_json, demo_parquet
+from .core import GeoSDMDataError, ConfigError, N_WEEKS, clean_temp_files, write_json, demo_parquet
 from .config import TrainConfig, check_config, config_from, propagation_params
 from .checkpoint import CHECKPOINT_FORMAT, plain, split_identity, save_checkpoint, load_checkpoint, write_labels
+from .checkpoint import check_run_folder, check_schedule, data_changes, run_lock, source_checkpoint, transfer_weights
 from .data import prepare_data, Prepared
 from .batches import DeviceSamples, jitter_latlon
 from .model import create_model, count_parameters, param_groups, resolve_device
@@ -23,8 +24,8 @@ from .propagation import label_freq_weights
 
 # %% auto #0
 __all__ = ['log', 'data_path', 'prepare', 'lr_at', 'resolve_amp', 'epoch_seed', 'make_optimizer', 'make_loss', 'label_weights',
-           'EmptySplit', 'Trainer', 'train_epoch', 'evaluate', 'validate', 'state', 'save', 'load_state', 'fit',
-           'setup_logging', 'format_epoch', 'train']
+           'EmptySplit', 'Trainer', 'train_epoch', 'evaluate', 'validate', 'state', 'save', 'load_state',
+           'load_weights', 'fit', 'setup_logging', 'format_epoch', 'train']
 
 # %% ../nbs/11_trainer.ipynb #b811396f
 def data_path(cfg: TrainConfig) -> str:
@@ -289,33 +290,43 @@ def state(self: Trainer) -> dict:
         'species_vocab': {'codes': list(prep.vocab), 'sci_names': list(prep.sci_names),
                           'common_names': list(prep.common_names)},
         'env': {'names': list(prep.env_names), 'stats': prep.env_stats},
-        'data': {'fingerprint': prep.fingerprint, 'split': split_identity(prep), 'jitter_std': prep.jitter_std,
-                 'h3_res': prep.h3_res, 'options': prep.options}})
+        'data': {'fingerprint': prep.fingerprint, 'content': prep.content, 'split': split_identity(prep),
+                 'jitter_std': prep.jitter_std, 'h3_res': prep.h3_res, 'options': prep.options}})
 
 def save(self: Trainer, name: str) -> Path:
-    "Write the checkpoint `name` into the checkpoint folder (atomically)."
-    return save_checkpoint(self.ckpt_dir / name, self.state())
+    "Write the checkpoint `name` into the checkpoint folder (atomically; the latest one keeps its previous generation)."
+    latest = name == 'checkpoint_latest.pt'
+    path = save_checkpoint(self.ckpt_dir / name, self.state(), keep_previous=latest and self.keep_previous)
+    if latest: self.keep_previous = True
+    return path
 
 Trainer.state, Trainer.save = state, save
+Trainer.keep_previous = True    # False while the folder's latest checkpoint is known to be unreadable (not worth keeping)
 
 # %% ../nbs/11_trainer.ipynb #c8c0aa32
+_OTHER_DATA = ('Resume needs the data the checkpoint was trained on; --finetune starts a new run from its weights on '
+               'these data.')
+
 def _check_fits(self: Trainer, ck: dict):
     "Raise `ConfigError` unless checkpoint `ck` was trained on these data with this model."
+    why = data_changes(ck, self.prep)
     vocab = list(ck['species_vocab']['codes'])
     if vocab != list(self.prep.vocab):
         a, b = set(vocab), set(self.prep.vocab)
         raise ConfigError(f"--resume: the checkpoint's species vocabulary ({len(vocab)} species) differs from the "
                           f"data's ({len(self.prep.vocab)}): {len(a - b)} only in the checkpoint, {len(b - a)} only "
-                          'in the data. Use the same data and preprocessing options.')
+                          f"in the data{''.join('; ' + w for w in why)}. Use the same data and preprocessing options.")
     if ck['data']['split'] != split_identity(self.prep):
         raise ConfigError("--resume: the train/val/hold-out split of the data differs from the checkpoint's "
-                          '(different data, val_size, sample_fraction or hold-out regions).')
+                          f"({'; '.join(why) or 'different data, val_size, sample_fraction or hold-out regions'}).")
     if ck['model_config'] != dict(self.model.config):
         raise ConfigError(f'--resume: model config differs: checkpoint {ck["model_config"]} vs {dict(self.model.config)}')
+    if why: raise ConfigError(f"--resume: the data differ from the checkpoint's: {'; '.join(why)}. {_OTHER_DATA}")
 
-def load_state(self: Trainer, ck: dict):
-    "Restore from a checkpoint dict, after checking it fits these data."
+def load_state(self: Trainer, ck: dict, source=None):
+    "Restore from a checkpoint dict (read from `source`), after checking it fits these data and options."
     self._check_fits(ck)
+    check_schedule(ck, self.cfg, source)
     self.model.load_state_dict(ck['model_state_dict'])
     self.opt.load_state_dict(ck['optimizer_state_dict'])
     if ck.get('scaler_state_dict'): self.scaler.load_state_dict(ck['scaler_state_dict'])
@@ -325,7 +336,11 @@ def load_state(self: Trainer, ck: dict):
     self.best_epoch = int(ck.get('best_epoch', 0))
     self.history = {k: list(v) for k, v in ck['history'].items()}
 
-Trainer._check_fits, Trainer.load_state = _check_fits, load_state
+def load_weights(self: Trainer, ck: dict) -> dict:
+    "Start from checkpoint `ck`'s weights (species and env targets matched by name); a new schedule, no history."
+    return transfer_weights(self.model, ck, self.prep.vocab, self.prep.env_names)
+
+Trainer._check_fits, Trainer.load_state, Trainer.load_weights = _check_fits, load_state, load_weights
 
 # %% ../nbs/11_trainer.ipynb #d10360ef
 def _record(self: Trainer, row: dict):
@@ -415,14 +430,19 @@ def format_epoch(r: dict, cfg: TrainConfig) -> str:
     return '\n'.join(lines)
 
 # %% ../nbs/11_trainer.ipynb #92a42f9e
-def _resume_checkpoint(cfg: TrainConfig) -> dict | None:
-    "The checkpoint to resume from, or None (a corrupt one warns and training starts from scratch)."
-    if not cfg.resume: return None
-    try: return load_checkpoint(cfg.resume)
-    except Exception as e:
-        warnings.warn(f'Could not load checkpoint {cfg.resume} ({e}); starting from scratch.')
-        log.warning(f'WARNING: checkpoint {cfg.resume} is unreadable ({e}); training from scratch.')
-        return None
+def _start_from(tr: Trainer, ck: dict, src: Path, why: str | None):
+    "Resume or fine-tune `tr` from checkpoint `ck` (read from `src`), and say so."
+    cfg = tr.cfg
+    if cfg.resume:
+        if why: log.warning(f'WARNING: {why}; resuming from its previous generation {src} (epoch {ck["epoch"]}).')
+        tr.load_state(ck, src)
+        tr.keep_previous = why is None           # the unreadable latest is replaced, not kept as the previous one
+        write_json(tr.ckpt_dir / 'training_history.json', tr.history)   # the history follows the checkpoint
+        log.info(f'Resumed from {src}: {tr.epoch} epochs done, continuing to {cfg.num_epochs}.')
+    else:
+        n = tr.load_weights(ck)
+        log.info(f'Fine-tuning from {src} (epoch {ck["epoch"]}): {n["species"][0]:,} of {n["species"][1]:,} species and '
+                 f'{n["env"][0]} of {n["env"][1]} env targets start from its weights; a new schedule of {cfg.num_epochs} epochs.')
 
 def _log_start(tr: Trainer):
     prep, cfg = tr.prep, tr.cfg
@@ -437,17 +457,22 @@ def train(cfg: TrainConfig | None = None, prep: Prepared | None = None, progress
     "Run a full training according to `cfg` (a `TrainConfig`; keyword overrides allowed)."
     setup_logging()
     cfg = check_config(config_from(asdict(cfg or TrainConfig()), **overrides))
-    ck = _resume_checkpoint(cfg)
-    if prep is None: prep = prepare(cfg, progress)
-    if len(prep.train) == 0: raise GeoSDMDataError('no training samples left after the split and hold-out')
-    tr = Trainer(cfg, prep)
-    write_labels(tr.ckpt_dir / 'labels.txt', prep)
-    if ck is not None:
-        tr.load_state(ck)
-        log.info(f'Resumed from {cfg.resume}: {tr.epoch} epochs done, continuing to {cfg.num_epochs}.')
-    _log_start(tr)
-    t0 = time.perf_counter()
-    tr.fit(progress)
-    log.info(f'Done: {tr.epoch} epochs in {time.perf_counter() - t0:.1f}s. Best GeoScore '
-             f'{_f(tr.best_geoscore, ".4f")} at epoch {tr.best_epoch}. Checkpoints in {tr.ckpt_dir}.')
+    with run_lock(cfg.checkpoint_dir):
+        gone = clean_temp_files(cfg.checkpoint_dir)
+        if gone: log.info(f'Removed {len(gone)} temporary file(s) of interrupted writes from {cfg.checkpoint_dir}.')
+        old = check_run_folder(cfg)
+        ck, src, why = source_checkpoint(cfg)
+        if prep is None: prep = prepare(cfg, progress)
+        if len(prep.train) == 0: raise GeoSDMDataError('no training samples left after the split and hold-out')
+        tr = Trainer(cfg, prep)
+        if ck is not None: _start_from(tr, ck, src, why)
+        for p in old: p.unlink(missing_ok=True)
+        if old: log.info(f"--overwrite: deleted the previous run's {', '.join(p.name for p in old)}.")
+        write_labels(tr.ckpt_dir / 'labels.txt', prep)
+        _log_start(tr)
+        t0 = time.perf_counter()
+        tr.fit(progress)
+        if not (tr.ckpt_dir / 'checkpoint_latest.pt').is_file(): tr.save('checkpoint_latest.pt')   # resumed, nothing left
+        log.info(f'Done: {tr.epoch} epochs in {time.perf_counter() - t0:.1f}s. Best GeoScore '
+                 f'{_f(tr.best_geoscore, ".4f")} at epoch {tr.best_epoch}. Checkpoints in {tr.ckpt_dir}.')
     return tr
