@@ -437,7 +437,6 @@ def _start_from(tr: Trainer, ck: dict, src: Path, why: str | None):
         if why: log.warning(f'WARNING: {why}; resuming from its previous generation {src} (epoch {ck["epoch"]}).')
         tr.load_state(ck, src)
         tr.keep_previous = why is None           # the unreadable latest is replaced, not kept as the previous one
-        write_json(tr.ckpt_dir / 'training_history.json', tr.history)   # the history follows the checkpoint
         log.info(f'Resumed from {src}: {tr.epoch} epochs done, continuing to {cfg.num_epochs}.')
     else:
         n = tr.load_weights(ck)
@@ -469,6 +468,7 @@ def train(cfg: TrainConfig | None = None, prep: Prepared | None = None, progress
         for p in old: p.unlink(missing_ok=True)
         if old: log.info(f"--overwrite: deleted the previous run's {', '.join(p.name for p in old)}.")
         write_labels(tr.ckpt_dir / 'labels.txt', prep)
+        if cfg.resume: write_json(tr.ckpt_dir / 'training_history.json', tr.history)   # the history follows the checkpoint
         _log_start(tr)
         t0 = time.perf_counter()
         tr.fit(progress)

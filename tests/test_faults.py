@@ -15,7 +15,7 @@ from geosdm.config import TrainConfig
 from geosdm.core import CheckpointError, ConfigError, WEEK_COLS, stale_temp_files
 from geosdm.data import prepare_data
 from geosdm.simulate import simulate_world
-from geosdm.trainer import train
+from geosdm.trainer import Trainer, prepare, train
 from conftest import exit_code, write_world
 
 ARGS = dict(model_scale=0.1, num_epochs=3, lr_warmup=0.5, min_obs_per_species=5, batch_size=128, device='cpu', seed=1,
@@ -55,6 +55,20 @@ def run_a(worlds, tmp_path_factory):
     tr = train(cfg(worlds['a'], ck), progress=False)
     assert tr.best_epoch == 3      # each epoch improves: replaying epoch 3 rewrites checkpoint_best.pt
     return ck
+
+
+@pytest.fixture(scope='module')
+def epoch2(worlds, tmp_path_factory) -> Path:
+    "The same run's checkpoint after epoch 2, from a run stopped there."
+    c = cfg(worlds['a'], tmp_path_factory.mktemp('part') / 'ck')
+    tr = Trainer(c, prepare(c, progress=False))
+
+    class Stop(Exception): pass
+
+    def stop_after_two(t, row):
+        if t.epoch == 2: raise Stop
+    with pytest.raises(Stop): tr.fit(progress=False, on_epoch=stop_after_two)
+    return Path(c.checkpoint_dir) / 'checkpoint_latest.pt'
 
 
 def cfg(data, ck, **kw) -> TrainConfig:
@@ -241,8 +255,8 @@ def test_damaged_latest_falls_back_to_previous(worlds, run_a, tmp_path):
 def test_nothing_readable_exits_2_and_changes_nothing(worlds, run_a, tmp_path, capsys, damage):
     ck = copy_run(run_a, tmp_path / 'ck')
     cut(ck / 'checkpoint_latest.pt')
-    if damage == 'latest and previous': cut(ck / 'checkpoint_latest.prev.pt')
-    else: (ck / 'checkpoint_latest.prev.pt').unlink()
+    if damage == 'latest and previous': (ck / 'checkpoint_latest.prev.pt').write_bytes(b'\0' * 1000)
+    else: (ck / 'checkpoint_latest.prev.pt').unlink(missing_ok=True)
     before = files(ck)
     assert exit_code(train_main, argv(worlds['a'], ck, '--resume', ck / 'checkpoint_latest.pt')) == 2
     one_line(capsys, 'checkpoint_latest.pt: not a readable geosdm checkpoint', 'checkpoint_latest.prev.pt',
@@ -251,10 +265,10 @@ def test_nothing_readable_exits_2_and_changes_nothing(worlds, run_a, tmp_path, c
 
 
 @pytest.mark.parametrize('damage', ['previous', 'best', 'history', 'cache'])
-def test_other_damaged_files_do_not_stop_a_resume(worlds, run_a, tmp_path, damage):
+def test_other_damaged_files_do_not_stop_a_resume(worlds, run_a, epoch2, tmp_path, damage):
     "Resuming from the (whole) epoch-2 checkpoint replays epoch 3 exactly, whatever else is damaged."
     ck = copy_run(run_a, tmp_path / 'ck')
-    shutil.copy(ck / 'checkpoint_latest.prev.pt', ck / 'checkpoint_latest.pt')          # back to epoch 2
+    shutil.copy(epoch2, ck / 'checkpoint_latest.pt')                                     # back to epoch 2
     target = {'previous': ck / 'checkpoint_latest.prev.pt', 'best': ck / 'checkpoint_best.pt',
               'history': ck / 'training_history.json', 'cache': next((ck / '.data_cache').glob('*.npz'))}[damage]
     cut(target)
@@ -331,7 +345,7 @@ def test_replaced_data_is_not_taken_from_the_cache(worlds, tmp_path):
 def test_schedule_options_on_resume(worlds, run_a, tmp_path, capsys, flag, value):
     ck = copy_run(run_a, tmp_path / 'ck')
     before = files(ck)
-    words = argv(worlds['a'], ck, '--resume', ck / 'checkpoint_latest.prev.pt', f'--{flag}', value)   # the last value wins
+    words = argv(worlds['a'], ck, '--resume', ck / 'checkpoint_latest.pt', f'--{flag}', value)   # the last value wins
     assert exit_code(train_main, words) == 2
     err = one_line(capsys, f'--{flag} ', 'learning-rate schedule', '--finetune')
     assert files(ck) == before, err
@@ -349,7 +363,7 @@ def test_env_columns_that_carry_nothing_are_dropped(world_writer):
 
 def test_temp_files_of_live_writers_are_kept(worlds, tmp_path):
     "At the start of a run, leftovers of dead writers go; a file another live process is writing stays."
-    from geosdm.core import _writer_tag, _HOST
+    from geosdm.core import _HOST
     ck = tmp_path / 'ck'; ck.mkdir()
     sleeper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
     dead = subprocess.Popen([sys.executable, '-c', 'pass']); dead.wait()
