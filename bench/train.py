@@ -106,7 +106,7 @@ def single(spec: dict) -> dict:
     ck = OUT / f"ck_{spec['name']}"
     args = ['--data_path', str(data), '--taxonomy', str(tax), '--model_scale', str(spec['scale']),
             '--num_epochs', str(spec['epochs']), '--batch_size', str(spec['batch_size']), '--device', spec['device'],
-            '--checkpoint_dir', str(ck), '--seed', str(spec['seed']), '--patience', '0', *spec['extra']]
+            '--checkpoint_dir', str(ck), '--overwrite', '--seed', str(spec['seed']), '--patience', '0', *spec['extra']]
     cfg = TrainConfig(**vars(build_parser().parse_args(args)))
     t0 = time.perf_counter()
     tr = train(cfg, progress=False)

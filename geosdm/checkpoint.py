@@ -4,18 +4,26 @@
 
 # %% ../nbs/10_checkpoint.ipynb #10a32a1e
 from __future__ import annotations
-import hashlib
+import hashlib, os, shutil, socket, time, zipfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
-from .core import CheckpointError, atomic_write
+from .core import CheckpointError, ConfigError, atomic_path, atomic_write
 from .config import TrainConfig, config_from
+from .model import create_model
+
+try: import fcntl
+except ImportError: fcntl = None            # no advisory locks (Windows): runs are not locked there
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FORMAT', 'plain', 'save_checkpoint', 'load_checkpoint', 'split_identity', 'checkpoint_config',
-           'write_labels']
+__all__ = ['CHECKPOINT_FORMAT', 'RUN_FILES', 'SCHEDULE_OPTIONS', 'plain', 'previous_path', 'save_checkpoint', 'load_checkpoint',
+           'checkpoint_config', 'write_labels', 'load_resumable', 'run_files', 'run_lock', 'check_run_folder',
+           'source_checkpoint', 'split_identity', 'data_changes', 'schedule_changes', 'check_schedule',
+           'transfer_weights']
 
 # %% ../nbs/10_checkpoint.ipynb #ec3a5e5d
 CHECKPOINT_FORMAT = 1
@@ -30,22 +38,123 @@ def plain(o):
     return o
 
 # %% ../nbs/10_checkpoint.ipynb #25e4cc26
-def save_checkpoint(path, state: dict) -> Path:
-    "Save a checkpoint dict atomically."
-    return atomic_write(path, lambda f: torch.save(state, f))
+class _Recorder:
+    "A file wrapper that remembers the `OSError` of a failed write."
+    def __init__(self, f): self.f, self.error = f, None
+    def write(self, b):
+        try: return self.f.write(b)
+        except OSError as e: self.error = e; raise
+    def flush(self): return self.f.flush()
+
+def previous_path(path) -> Path:
+    "Where the previous generation of checkpoint `path` is kept: checkpoint_latest.pt → checkpoint_latest.prev.pt."
+    p = Path(path)
+    return p.with_name(f'{p.stem}.prev{p.suffix}')
+
+def _keep_previous(path: Path):
+    "Make the current file at `path` its previous generation (atomically)."
+    with atomic_path(previous_path(path)) as tmp:
+        tmp.unlink()
+        try: os.link(path, tmp)
+        except OSError: shutil.copyfile(path, tmp)
+
+# %% ../nbs/10_checkpoint.ipynb #ff9391a9
+def save_checkpoint(path, state: dict, keep_previous: bool = False) -> Path:
+    "Save a checkpoint dict atomically; with `keep_previous`, the file it replaces becomes the previous generation."
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, 'wb') as f:
+            rec = _Recorder(f)
+            try: torch.save(state, rec)
+            except RuntimeError:
+                if rec.error is not None: raise rec.error from None     # the disk's error, not torch's
+                raise
+        if keep_previous and path.is_file(): _keep_previous(path)
+    return path
+
+def _unreadable(path: Path, e: Exception) -> CheckpointError:
+    why = (f'{type(e).__name__}: {str(e).splitlines()[0][:200]}' if zipfile.is_zipfile(path) else
+           'not a PyTorch checkpoint archive: another kind of file, or cut short')
+    return CheckpointError(f'{path}: not a readable geosdm checkpoint ({why})')
 
 def load_checkpoint(path, map_location='cpu') -> dict:
     "Load a geosdm checkpoint safely (`weights_only`); `CheckpointError` naming the file if it is not one."
     path = Path(path)
     if not path.is_file(): raise CheckpointError(f'{path}: no such checkpoint file')
     try: ck = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f'{path}: not a readable geosdm checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})') from None
+    except Exception as e: raise _unreadable(path, e) from None
     if not isinstance(ck, dict) or 'model_state_dict' not in ck:
         raise CheckpointError(f'{path}: not a geosdm checkpoint (no model weights in it)')
     if ck.get('format') != CHECKPOINT_FORMAT:
         raise CheckpointError(f'{path}: checkpoint format {ck.get("format")!r}; this geosdm reads format {CHECKPOINT_FORMAT}')
     return ck
+
+# %% ../nbs/10_checkpoint.ipynb #95237380
+def checkpoint_config(ck: dict) -> TrainConfig:
+    "The `TrainConfig` a checkpoint was trained with."
+    return config_from(ck.get('config') or {}, strict=False)
+
+def write_labels(path, prep) -> Path:
+    "labels.txt: one line per model output: code, scientific name, common name (tab-separated)."
+    text = ''.join(f'{c}\t{s}\t{n}\n' for c, s, n in zip(prep.vocab, prep.sci_names, prep.common_names))
+    return atomic_write(path, text)
+
+# %% ../nbs/10_checkpoint.ipynb #48b262dd
+def load_resumable(path) -> tuple[dict, Path, str | None]:
+    "Checkpoint `path`, or its previous generation if `path` cannot be read: (checkpoint, file used, why not `path`)."
+    path = Path(path)
+    try: return load_checkpoint(path), path, None
+    except CheckpointError as e: err = str(e)
+    prev = previous_path(path)
+    if not prev.is_file():
+        raise CheckpointError(f'{err}; there is no previous generation ({prev.name}) to fall back to. Nothing was '
+                              'changed: resume from another checkpoint, or start afresh with --overwrite')
+    try: return load_checkpoint(prev), prev, err
+    except CheckpointError as e2:
+        raise CheckpointError(f'{err}; and its previous generation cannot be read either: {e2}') from None
+
+# %% ../nbs/10_checkpoint.ipynb #9554c9ee
+RUN_FILES = ('checkpoint_latest.pt', 'checkpoint_latest.prev.pt', 'checkpoint_best.pt', 'training_history.json')
+
+def run_files(folder) -> list[Path]:
+    "The files of a training run in `folder` (checkpoints and history)."
+    return [Path(folder) / n for n in RUN_FILES if (Path(folder) / n).is_file()]
+
+@contextmanager
+def run_lock(folder) -> Iterator[Path]:
+    "Hold the exclusive lock of run folder `folder` during the block; `ConfigError` naming the holder if it is taken."
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / '.lock', 'a+') as f:
+        try:
+            if fcntl is not None: fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0); holder = f.read().strip() or 'another process'
+            raise ConfigError(f'--checkpoint_dir {folder}: another run is using this folder ({holder}); wait for it '
+                              'to finish, or choose another --checkpoint_dir') from None
+        except OSError: pass                     # a file system without locks: run unlocked
+        f.seek(0); f.truncate()
+        f.write(f'pid {os.getpid()} on {socket.gethostname()}, since {time.strftime("%Y-%m-%d %H:%M:%S")}\n'); f.flush()
+        yield folder / '.lock'
+
+# %% ../nbs/10_checkpoint.ipynb #69e4c610
+def check_run_folder(cfg: TrainConfig) -> list[Path]:
+    "The old run's files to delete (`--overwrite`); `ConfigError` if the folder holds a run this one may not replace."
+    folder = Path(cfg.checkpoint_dir)
+    old, here = run_files(folder), folder.resolve()
+    if not old or (cfg.resume and Path(cfg.resume).resolve().parent == here): return []
+    if cfg.finetune and Path(cfg.finetune).resolve().parent == here:
+        raise ConfigError(f'--finetune {cfg.finetune}: that checkpoint belongs to the run in --checkpoint_dir {folder}; '
+                          'give the new run another --checkpoint_dir')
+    if cfg.overwrite: return old
+    raise ConfigError(f'--checkpoint_dir {folder} holds a run ({", ".join(p.name for p in old)}): resume it with '
+                      f'--resume {folder / "checkpoint_latest.pt"}, choose another --checkpoint_dir, or pass --overwrite '
+                      'to delete it and start afresh')
+
+def source_checkpoint(cfg: TrainConfig) -> tuple[dict | None, Path | None, str | None]:
+    "The checkpoint to resume or fine-tune from, the file it came from, and why `--resume` itself was passed over."
+    if cfg.resume: return load_resumable(cfg.resume)
+    if cfg.finetune: return load_checkpoint(cfg.finetune), Path(cfg.finetune), None
+    return None, None, None
 
 # %% ../nbs/10_checkpoint.ipynb #8e63253a
 def split_identity(prep) -> str:
@@ -57,12 +166,76 @@ def split_identity(prep) -> str:
         h.update(name.encode()); h.update('\n'.join(map(str, cells)).encode())
     return h.hexdigest()[:16]
 
-# %% ../nbs/10_checkpoint.ipynb #95237380
-def checkpoint_config(ck: dict) -> TrainConfig:
-    "The `TrainConfig` a checkpoint was trained with."
-    return config_from(ck.get('config') or {}, strict=False)
+# %% ../nbs/10_checkpoint.ipynb #271d4752
+_FLAGS = {'propagate': 'propagate_labels/--propagate_*', 'holdout_boxes': 'holdout_box'}
 
-def write_labels(path, prep) -> Path:
-    "labels.txt: one line per model output: code, scientific name, common name (tab-separated)."
-    text = ''.join(f'{c}\t{s}\t{n}\n' for c, s, n in zip(prep.vocab, prep.sci_names, prep.common_names))
-    return atomic_write(path, text)
+def _digest(d) -> str: return f'sha256 {d[:12]}…' if d else 'none'
+
+def data_changes(ck: dict, prep) -> list[str]:
+    "What differs between the data checkpoint `ck` was trained on and `prep`: file contents and preparation options."
+    d, out = ck.get('data') or {}, []
+    old, new = d.get('content') or {}, prep.content or {}
+    if old and new:
+        for k, what in (('data', 'data file'), ('taxonomy', 'taxonomy file')):
+            if old.get(k) != new.get(k):
+                out.append(f'the content of the {what} differs ({_digest(old.get(k))} in the checkpoint, '
+                           f'{_digest(new.get(k))} now)')
+    oo, no = d.get('options') or {}, prep.options or {}
+    for k in sorted((set(oo) | set(no)) - {'data_path', 'taxonomy'}):
+        if oo.get(k) != no.get(k): out.append(f'--{_FLAGS.get(k, k)} {oo.get(k)!r} → {no.get(k)!r}')
+    return out
+
+# %% ../nbs/10_checkpoint.ipynb #a4b38319
+SCHEDULE_OPTIONS = ('batch_size', 'lr', 'lr_schedule', 'lr_warmup', 'lr_min', 'num_epochs')
+
+def schedule_changes(old: TrainConfig, new: TrainConfig) -> list[str]:
+    "The options that define the learning-rate schedule and differ between `old` (a checkpoint's) and `new`."
+    names = [n for n in SCHEDULE_OPTIONS if getattr(old, n) != getattr(new, n)]
+    if old.lr_schedule == new.lr_schedule == 'none':                  # a constant rate: only batch size and lr count
+        names = [n for n in names if n in ('batch_size', 'lr')]
+    return [f'--{n} {getattr(old, n)!r} → {getattr(new, n)!r}' for n in names]
+
+# %% ../nbs/10_checkpoint.ipynb #92f50bf0
+def check_schedule(ck: dict, cfg: TrainConfig, source=None):
+    "Raise `ConfigError` if the options of `cfg` that define the learning-rate schedule differ from checkpoint `ck`'s."
+    ch = schedule_changes(checkpoint_config(ck), cfg)
+    if ch: raise ConfigError(
+        f"--resume: {', '.join(ch)}: these options define the learning-rate schedule, and a resumed run follows the "
+        f"one it started with. Give the checkpoint's values to resume; to train with other values (more epochs, say), "
+        f'start a new schedule from its weights with --finetune {source or "CHECKPOINT"} in a new --checkpoint_dir.')
+
+# %% ../nbs/10_checkpoint.ipynb #74b6b810
+_ARCH = ('model_scale', 'coord_harmonics', 'week_harmonics', 'habitat_head')
+
+def _output_dims(cfg: dict) -> dict[str, tuple[int, str]]:
+    "Parameter name → (dimension, 'species' or 'env') for parameters with one row per species or env target."
+    def shapes(**kw):
+        with torch.device('meta'): return {k: v.shape for k, v in create_model(**{**cfg, **kw}).state_dict().items()}
+    base, out = shapes(), {}
+    for kind, more in (('species', shapes(n_species=cfg['n_species'] + 1)), ('env', shapes(n_env=cfg['n_env'] + 1))):
+        for k, s in base.items():
+            if k in more and more[k] != s: out[k] = (next(i for i, (a, b) in enumerate(zip(s, more[k])) if a != b), kind)
+    return out
+
+def _pairs(old: list, new: list) -> tuple[torch.Tensor, torch.Tensor]:
+    "Positions (in `new`, in `old`) of the names both lists hold."
+    pos = {n: i for i, n in enumerate(old)}
+    p = [(i, pos[n]) for i, n in enumerate(new) if n in pos]
+    return torch.tensor([a for a, _ in p], dtype=torch.long), torch.tensor([b for _, b in p], dtype=torch.long)
+
+# %% ../nbs/10_checkpoint.ipynb #3caf22a7
+def transfer_weights(model, ck: dict, vocab, env_names) -> dict:
+    "Copy checkpoint `ck`'s weights into `model`, species by code and env targets by name; (matched, total) of each."
+    old, new = ck['model_config'], dict(model.config)
+    diff = [f'--{k} {old.get(k)!r} in the checkpoint, {new.get(k)!r} here' for k in _ARCH if old.get(k) != new.get(k)]
+    if diff: raise ConfigError(f"--finetune: the checkpoint's model differs: {'; '.join(diff)}. Use its values.")
+    rows = {'species': _pairs(ck['species_vocab']['codes'], list(vocab)), 'env': _pairs(ck['env']['names'], list(env_names))}
+    dims, sd = _output_dims(new), ck['model_state_dict']
+    with torch.no_grad():
+        for k, p in model.state_dict().items():
+            if k not in sd: raise CheckpointError(f'--finetune: the checkpoint has no weights for {k}')
+            o = sd[k].to(p.device, p.dtype)
+            if k not in dims: p.copy_(o); continue
+            d, kind = dims[k]; i_new, i_old = (t.to(p.device) for t in rows[kind])
+            p.index_copy_(d, i_new, o.index_select(d, i_old))
+    return {'species': (len(rows['species'][0]), len(vocab)), 'env': (len(rows['env'][0]), len(env_names))}

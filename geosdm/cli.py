@@ -15,13 +15,21 @@ __all__ = ['APPS', 'run', 'train_main', 'predict_main', 'app_path', 'app_command
            'ingest_main']
 
 # %% ../nbs/19_cli.ipynb #e61f82b5
+def _os_error(e: OSError) -> str:
+    "One line for an `OSError`: the file(s) and the system's reason."
+    names = ' → '.join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    return f'{names}: {e.strerror or e}' if names else str(e)
+
 def run(prog: str, body) -> int:
-    "Call `body()`; return 0, or 2 with one line on stderr for a `GeoSDMError`, or 130 on Ctrl-C."
+    "Call `body()`; return 0, or 2 with one line on stderr for a `GeoSDMError` or an `OSError`, or 130 on Ctrl-C."
     try:
         body()
         return 0
     except GeoSDMError as e:
         print(f'{prog}: error: {e}', file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f'{prog}: error: {_os_error(e)}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f'{prog}: interrupted; the files already written are whole.', file=sys.stderr)

@@ -209,6 +209,10 @@ _HOLDOUT = _group('Region Hold-Out',
 _RUNTIME = _group('Checkpoints',
     O('checkpoint_dir', './checkpoints', 'Directory for checkpoint files'),
     O('resume', None, 'Path to checkpoint to resume training from', type=str, file='checkpoint'),
+    O('overwrite', False, 'Start a new run in a --checkpoint_dir that holds one (its checkpoints and history are '
+      'deleted first); without it such a folder is only resumed'),
+    O('finetune', None, "Start from this checkpoint's weights with a new schedule (the data may differ: species and "
+      'env targets are matched by name)', type=str, file='checkpoint'),
     O('save_every', 5, 'Save checkpoint every N epochs', range='>= 1'),
     O('device', 'auto', 'auto, cuda, or cpu', choices=('auto', 'cuda', 'cpu')),
     O('num_workers', None, 'Accepted for compatibility; geosdm builds batches on the device and needs no DataLoader workers',
@@ -266,6 +270,8 @@ def _check_rules(cfg):
     "The rules that tie options together."
     def bad(flag, msg): raise ConfigError(f'--{flag}: {msg}')
     if cfg.lr_min > cfg.lr: bad('lr_min', f'must be in [0, lr={cfg.lr}], got {cfg.lr_min}')
+    if cfg.resume and cfg.finetune: bad('finetune', 'cannot be combined with --resume (resume continues a run, '
+                                        'finetune starts a new one from its weights)')
     if cfg.label_freq_weight and not cfg.label_freq_weight_pct_lo < cfg.label_freq_weight_pct_hi:
         bad('label_freq_weight_pct_lo', f'must be below --label_freq_weight_pct_hi ({cfg.label_freq_weight_pct_hi})')
     unknown = [r for r in cfg.holdout_regions if str(r).lower() not in HOLDOUT_REGIONS]

@@ -5,6 +5,7 @@
 # %% ../nbs/04a_inputs.ipynb #65cb0128
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -80,7 +81,8 @@ def _env_columns(path: Path, schema) -> list[str]:
     if bad_inner:
         raise GeoSDMDataError(f'{path}: week column(s) {_examples(bad_inner, 8)} hold {schema[bad_inner[0]]}, expected list of string (or integer) codes')
     env_cols = [c for c in schema if c not in NON_ENV and not c.startswith('week_')]
-    non_num = [f'{c} ({schema[c]})' for c in env_cols if not (schema[c].is_numeric() or schema[c] == pl.Boolean)]
+    ok = lambda t: t.is_numeric() or t in (pl.Boolean, pl.Null)      # Null: a column with no value at all (dropped later)
+    non_num = [f'{c} ({schema[c]})' for c in env_cols if not ok(schema[c])]
     if non_num:
         raise GeoSDMDataError(f'{path}: non-numeric extra column(s) {non_num}: every column besides h3_index, geometry, '
                               f'{", ".join(DROP_COLS)} and week_* is an environmental target and must be numeric')
@@ -159,13 +161,28 @@ def read_grid(path, res: int | None = None) -> tuple[pl.DataFrame, int]:
     return g.insert_column(0, cells), found
 
 # %% ../nbs/04a_inputs.ipynb #1fa40fdc
+def _carry_nothing(frame: pl.DataFrame, env_cols: Sequence[str]) -> dict[str, str]:
+    "The env columns that carry nothing, with why: 'all missing' or 'constant <value>'."
+    out = {}
+    for c in env_cols:
+        v = frame[c].cast(pl.Float64).fill_nan(None).drop_nulls()
+        if len(v) == 0: out[c] = 'all missing'
+        elif v.min() == v.max(): out[c] = f'constant {v.min():g}'
+    return out
+
+# %% ../nbs/04a_inputs.ipynb #8db5fc9f
 def encode_env(frame: pl.DataFrame, env_cols: Sequence[str]) -> tuple[np.ndarray, list[str], dict]:
     "Encode env columns per cell: (float32[n, F] with NaN = missing, names, stats)."
     n = frame.height
+    dropped = _carry_nothing(frame, env_cols)
+    if dropped:
+        warnings.warn(f'{len(dropped)} environmental column(s) carry nothing and are dropped: '
+                      + ', '.join(f'{c} ({why})' for c, why in dropped.items()))
+    env_cols = [c for c in env_cols if c not in dropped]
     cats = [c for c in env_cols if c in CATEGORICAL_COLS]
     fracs = [c for c in env_cols if c in FRACTION_COLS]
     conts = [c for c in env_cols if c not in CATEGORICAL_COLS and c not in FRACTION_COLS]
-    blocks, names, stats = [], [], {'categorical': {}, 'fraction': list(fracs), 'continuous': {}}
+    blocks, names, stats = [], [], {'categorical': {}, 'fraction': list(fracs), 'continuous': {}, 'dropped': list(dropped)}
     def col(c):
         return frame[c].cast(pl.Float64).fill_nan(None).to_numpy().astype(np.float64)  # null → NaN
     for c in cats:

@@ -374,6 +374,7 @@ def _key(path, tax=None, **kw):
 
 
 def test_cache_key_file_identity(world, tmp_path):
+    "The key follows the bytes of the data and taxonomy files (issue 14), not their path, time or size."
     a = prepare_data(world, **P).fingerprint
     tax = world.with_name('combined_taxonomy.csv')
     assert _key(world, tax) == a
@@ -381,15 +382,21 @@ def test_cache_key_file_identity(world, tmp_path):
     assert prepare_data(world, progress=True, cache_dir=tmp_path / 'c', min_obs_per_species=0).fingerprint == a
     assert prepare_data(world, no_cache=True, **P).fingerprint == a
     st = world.stat()
-    os.utime(world, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))          # mtime only
+    os.utime(world, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))          # mtime only: same bytes, same key
+    assert _key(world, tax) == a
+    copy = tmp_path / 'elsewhere' / 'combined.parquet'; copy.parent.mkdir()
+    copy.write_bytes(world.read_bytes())                                   # same bytes at another path
+    assert _key(copy, tax) == a
+    data = bytearray(world.read_bytes()); data[len(data) // 2] ^= 1
+    st = world.stat()
+    world.write_bytes(bytes(data))                                         # other bytes, same size, mtime restored
+    os.utime(world, ns=(st.st_atime_ns, st.st_mtime_ns))
     b = _key(world, tax)
     assert b != a
-    st = world.stat()
-    with open(world, 'ab') as f: f.write(b'\0')                             # size only (mtime restored)
-    os.utime(world, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with open(world, 'ab') as f: f.write(b'\0')                             # size
     c = _key(world, tax)
     assert c not in (a, b)
-    st = tax.stat(); os.utime(tax, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))   # taxonomy identity
+    tax.write_text(tax.read_text() + '\n')                                  # taxonomy content
     assert _key(world, tax) != c and _key(world, None) != c
     # same options spelled differently -> same key
     assert _key(world, tax, holdout_regions=['UK', 'japan']) == _key(world, tax, holdout_regions=('Japan', 'uk'))

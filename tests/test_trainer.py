@@ -9,7 +9,7 @@ import torch
 
 from geosdm.simulate import simulate_world
 from geosdm.config import TrainConfig, build_parser, check_config
-from geosdm.core import ConfigError
+from geosdm.core import CheckpointError, ConfigError
 from geosdm.checkpoint import load_checkpoint
 from geosdm.cli import train_main as main
 from geosdm.trainer import Trainer, train, prepare, lr_at
@@ -125,14 +125,37 @@ def test_sigkill_midepoch_then_resume(world, tmp_path):
     assert strip(a) == strip(b)
 
 
-def test_truncated_checkpoint_warns_and_starts_fresh(world, tmp_path):
+def test_truncated_checkpoint_stops_and_keeps_the_run(world, tmp_path):
+    "An unreadable --resume checkpoint without a previous generation stops the run (issue 14: no fresh start)."
     train(base(world, tmp_path / 'a', num_epochs=1), progress=False)
     bad = tmp_path / 'a' / 'checkpoint_latest.pt'
     data = bad.read_bytes(); bad.write_bytes(data[:len(data) // 3])
-    with pytest.warns(UserWarning, match='starting from scratch'):
-        tr = train(base(world, tmp_path / 'b', num_epochs=1, resume=str(bad)), progress=False)
-    fresh = train(base(world, tmp_path / 'c', num_epochs=1), progress=False)
-    assert strip(tr.history) == strip(fresh.history)
+    def files(d): return {p.name: p.read_bytes() for p in d.iterdir() if p.is_file() and p.name != '.lock'}
+    before = files(tmp_path / 'a')
+    for ck in (tmp_path / 'a', tmp_path / 'b'):                 # in its own folder, or into a new one
+        with pytest.raises(CheckpointError, match=r'checkpoint_latest\.pt: not a readable.*no previous generation'):
+            train(base(world, ck, num_epochs=2, resume=str(bad)), progress=False)
+    assert files(tmp_path / 'a') == before
+    assert not (tmp_path / 'b' / 'training_history.json').exists()
+
+
+def test_truncated_checkpoint_falls_back_to_previous(world, tmp_path, caplog):
+    full = train(base(world, tmp_path / 'full', num_epochs=3), progress=False).history
+    cfg = base(world, tmp_path / 'a', num_epochs=3, save_every=1)
+    tr = Trainer(cfg, prepare(cfg, progress=False))
+
+    class Stop(Exception): pass
+
+    def stop_after_two(t, row):
+        if t.epoch == 2: raise Stop
+    with pytest.raises(Stop):
+        tr.fit(progress=False, on_epoch=stop_after_two)
+    latest = tmp_path / 'a' / 'checkpoint_latest.pt'
+    assert load_checkpoint(latest.with_name('checkpoint_latest.prev.pt'))['epoch'] == 1
+    latest.write_bytes(latest.read_bytes()[:500])
+    res = train(base(world, tmp_path / 'a', num_epochs=3, resume=str(latest)), progress=False)
+    assert strip(res.history) == strip(full)                    # epochs 2 and 3 replayed exactly
+    assert load_checkpoint(latest)['epoch'] == 3 and load_checkpoint(latest.with_name('checkpoint_latest.prev.pt'))['epoch'] == 1
 
 
 def test_resume_refuses_other_data(world, tmp_path):
