@@ -22,8 +22,8 @@ except ImportError: fcntl = None            # no advisory locks (Windows): runs 
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'RUN_FILES', 'SCHEDULE_OPTIONS', 'plain', 'previous_path', 'save_checkpoint', 'load_checkpoint',
            'checkpoint_config', 'write_labels', 'load_resumable', 'run_files', 'run_lock', 'check_run_folder',
-           'source_checkpoint', 'split_identity', 'data_changes', 'schedule_changes', 'check_schedule',
-           'transfer_weights']
+           'source_checkpoint', 'split_identity', 'training_cells', 'data_changes', 'schedule_changes',
+           'check_schedule', 'transfer_weights']
 
 # %% ../nbs/10_checkpoint.ipynb #ec3a5e5d
 CHECKPOINT_FORMAT = 1
@@ -165,6 +165,11 @@ def split_identity(prep) -> str:
         cells = np.unique(np.asarray(prep.cells)[s.cell]) if s is not None and len(s) else np.array([], dtype=str)
         h.update(name.encode()); h.update('\n'.join(map(str, cells)).encode())
     return h.hexdigest()[:16]
+
+# %% ../nbs/10_checkpoint.ipynb #8dafd22e
+def training_cells(prep) -> list[str]:
+    "Sorted H3 ids of the cells in the training split of a `Prepared`."
+    return sorted(set(np.asarray(prep.cells)[np.unique(prep.train.cell)].tolist())) if len(prep.train) else []
 
 # %% ../nbs/10_checkpoint.ipynb #271d4752
 _FLAGS = {'propagate': 'propagate_labels/--propagate_*', 'holdout_boxes': 'holdout_box'}

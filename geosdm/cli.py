@@ -80,8 +80,12 @@ def predict_main(argv: list[str] | None = None) -> int:
     _check_place(p, a)
     def body():
         from geosdm.predict import Predictor                   # after the arguments are checked
-        rows = Predictor(a.checkpoint, device=a.device).species_list(a.lat, a.lon, a.week, top_k=a.top_k,
-                                                                      threshold=a.threshold)
+        pr = Predictor(a.checkpoint, device=a.device)
+        rows = pr.species_list(a.lat, a.lon, a.week, top_k=a.top_k, threshold=a.threshold)
+        far = float(pr.distance_km(a.lat, a.lon)[0])
+        if far > pr.far_km:
+            print(f'geosdm_predict: warning: ({a.lat:g}, {a.lon:g}) is {far:,.0f} km from the nearest cell the model was '
+                  f'trained on (more than {pr.far_km:,.0f} km): these probabilities are an extrapolation', file=sys.stderr)
         print(f'{len(rows)} species with p ≥ {a.threshold} at ({a.lat:.4f}, {a.lon:.4f}), {week_label(a.week)}:')
         w = max([len(r[2]) for r in rows] + [11])
         for rank, (code, sci, com, prob) in enumerate(rows, 1):

@@ -4,16 +4,17 @@
 
 # %% ../nbs/12_predict.ipynb #a7468718
 from __future__ import annotations
-import json, os, re
+import json, math, os, re
 from pathlib import Path
 
 import h3
 import numpy as np
+from scipy.spatial import cKDTree
 try: import onnxruntime as ort                 # the optional `export` extra: only `.onnx` models need it
 except ImportError: ort = None
 
 from .core import ConfigError, CheckpointError, N_WEEKS
-from .geo import cell_centres
+from .geo import EARTH_RADIUS_KM, cell_centres, unit_xyz
 from .checkpoint import load_checkpoint, checkpoint_config
 from .model import create_model, predict_proba, resolve_device
 
@@ -74,6 +75,8 @@ class Predictor:
         self.config = checkpoint_config(meta)                     # the TrainConfig it was trained with
         self.epoch, self.history = meta['epoch'], meta.get('history', [])
         self.data_identity = {k: (meta.get('data') or {}).get(k) for k in ('fingerprint', 'split')}
+        self.coverage = list((meta.get('coverage') or {}).get('cells') or [])   # training cells (H3 ids)
+        self._tree = None
         self._index = {c: i for i, c in enumerate(self.vocab)}
 
     def _load_checkpoint(self, device) -> dict:
@@ -118,6 +121,19 @@ class Predictor:
     def phenology(self, lat: float, lon: float) -> np.ndarray:
         "Weekly probabilities (48, n_species) at one location."
         return self.predict(np.full(N_WEEKS, lat), np.full(N_WEEKS, lon), np.arange(1, N_WEEKS + 1))
+
+    @property
+    def far_km(self) -> float:
+        "Beyond this distance from every training cell a prediction is an extrapolation: 4 cell edges, at least 500 km."
+        return max(500.0, 4 * h3.average_hexagon_edge_length(h3.get_resolution(self.coverage[0]), unit='km')) if self.coverage else math.inf
+
+    def distance_km(self, lat, lon) -> np.ndarray:
+        "Great-circle distance (km) from each point to the centre of the nearest training cell (NaN without coverage)."
+        lat, lon = np.atleast_1d(np.asarray(lat, float)), np.atleast_1d(np.asarray(lon, float))
+        if not self.coverage: return np.full(lat.shape, np.nan)
+        if self._tree is None: self._tree = cKDTree(unit_xyz(*cell_centres(self.coverage)))
+        chord, _ = self._tree.query(unit_xyz(lat, lon))
+        return 2 * EARTH_RADIUS_KM * np.arcsin(np.minimum(chord / 2, 1.0))
 
     def species_list(self, lat: float, lon: float, week: int, top_k: int = 100, threshold: float = 0.15):
         "Ranked [(code, scientific name, common name, probability)] with p ≥ threshold, at most top_k."

@@ -13,7 +13,7 @@ import torch
 
 from .core import GeoSDMDataError, ConfigError, N_WEEKS, clean_temp_files, write_json, demo_parquet
 from .config import TrainConfig, check_config, config_from, propagation_params
-from .checkpoint import CHECKPOINT_FORMAT, plain, split_identity, save_checkpoint, load_checkpoint, write_labels
+from .checkpoint import CHECKPOINT_FORMAT, plain, split_identity, save_checkpoint, load_checkpoint, write_labels, training_cells
 from .checkpoint import check_run_folder, check_schedule, data_changes, run_lock, source_checkpoint, transfer_weights
 from .data import prepare_data, Prepared
 from .batches import DeviceSamples, jitter_latlon
@@ -291,7 +291,8 @@ def state(self: Trainer) -> dict:
                           'common_names': list(prep.common_names)},
         'env': {'names': list(prep.env_names), 'stats': prep.env_stats},
         'data': {'fingerprint': prep.fingerprint, 'content': prep.content, 'split': split_identity(prep),
-                 'jitter_std': prep.jitter_std, 'h3_res': prep.h3_res, 'options': prep.options}})
+                 'jitter_std': prep.jitter_std, 'h3_res': prep.h3_res, 'options': prep.options},
+        'coverage': {'cells': training_cells(prep)}})
 
 def save(self: Trainer, name: str) -> Path:
     "Write the checkpoint `name` into the checkpoint folder (atomically; the latest one keeps its previous generation)."

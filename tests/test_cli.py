@@ -96,3 +96,14 @@ def test_app_print(run_dir):
     assert r.returncode == 0 and r.stderr == '' and 'marimo run' in r.stdout
     user_error(run('geosdm_app', 'explorer', '--checkpoint', '/no/such.pt'), 'geosdm_app', 'no such file')
     user_error(run('geosdm_app', 'nope'), 'geosdm_app', 'invalid choice')
+
+
+def test_predict_warns_far_from_the_training_data(run_dir):
+    "Tokyo for a model of western North America: results on stdout, exit 0, and one warning line on stderr."
+    d, _ = run_dir
+    ck = d / 'run' / 'checkpoint_best.pt'
+    far = run('geosdm_predict', '--checkpoint', ck, '--lat', 35.68, '--lon', 139.69)
+    assert far.returncode == 0 and 'species with p' in far.stdout
+    assert far.stderr.startswith('geosdm_predict: warning: (35.68, 139.69) is ') and 'extrapolation' in far.stderr
+    near = run('geosdm_predict', '--checkpoint', ck, '--lat', 40, '--lon', -110)
+    assert near.returncode == 0 and near.stderr == ''
