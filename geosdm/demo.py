@@ -13,7 +13,7 @@ from .data import Prepared
 from .trainer import train, prepare, log
 
 # %% auto #0
-__all__ = ['DEMO_MODEL', 'demo_checkpoint', 'resolve_checkpoint', 'checkpoint_picker', 'checkpoint_data']
+__all__ = ['DEMO_MODEL', 'demo_checkpoint', 'resolve_checkpoint', 'checkpoint_picker', 'species_picker', 'checkpoint_data']
 
 # %% ../nbs/17_demo.ipynb #2ebeed02
 DEMO_MODEL = dict(model_scale=0.25, num_epochs=4, lr_warmup=0.0, min_obs_per_species=20,
@@ -59,6 +59,13 @@ def checkpoint_picker(mo):
     default = str(mo.cli_args().get('checkpoint') or os.environ.get('GEOSDM_CHECKPOINT') or '')
     return mo.ui.text(value=default, placeholder='empty = the demo model (trained on first use, about a minute)',
                       label='Checkpoint', full_width=True)
+
+# %% ../nbs/17_demo.ipynb #29b6a96b
+def species_picker(mo, pred, value: str, label: str = 'Species (type a common or scientific name)', on_change=None):
+    "A searchable dropdown of `pred`'s species ('Common — Scientific (code)' → code), set to the code `value`."
+    opts = {f'{c} — {s} ({k})': k for k, s, c in sorted(zip(pred.vocab, pred.sci_names, pred.common_names), key=lambda t: t[2])}
+    return mo.ui.dropdown(options=opts, value=next(k for k, v in opts.items() if v == value), searchable=True,
+                          label=label, on_change=on_change, full_width=True)
 
 # %% ../nbs/17_demo.ipynb #e679179a
 def checkpoint_data(pred, progress: bool = False) -> Prepared:

@@ -73,17 +73,23 @@ def test_early_stopping(world, tmp_path):
     assert load_checkpoint(tmp_path / 'ck' / 'checkpoint_latest.pt')['epoch'] == 3
 
 
+class _Stop(Exception): pass
+
+
+def fit_and_stop(cfg, after: int):
+    "Train `cfg` and stop it (as a crash would) right after epoch `after` was saved."
+    tr = Trainer(cfg, prepare(cfg, progress=False))
+    def stop(t, row):
+        if t.epoch == after: raise _Stop
+    with pytest.raises(_Stop):
+        tr.fit(progress=False, on_epoch=stop)
+    return tr
+
+
 def test_resume_equals_uninterrupted(world, tmp_path):
     full = train(base(world, tmp_path / 'full', num_epochs=4), progress=False).history
     cfg = base(world, tmp_path / 'part', num_epochs=4, save_every=1)
-    tr = Trainer(cfg, prepare(cfg, progress=False))
-
-    class Stop(Exception): pass
-
-    def stop_after_two(t, row):
-        if t.epoch == 2: raise Stop
-    with pytest.raises(Stop):
-        tr.fit(progress=False, on_epoch=stop_after_two)
+    fit_and_stop(cfg, after=2)
     res = train(base(world, tmp_path / 'part', num_epochs=4, resume=str(tmp_path / 'part' / 'checkpoint_latest.pt')),
                 progress=False)
     assert res.epoch == 4          # num_epochs is the total, not "4 more"
@@ -142,14 +148,7 @@ def test_truncated_checkpoint_stops_and_keeps_the_run(world, tmp_path):
 def test_truncated_checkpoint_falls_back_to_previous(world, tmp_path, caplog):
     full = train(base(world, tmp_path / 'full', num_epochs=3), progress=False).history
     cfg = base(world, tmp_path / 'a', num_epochs=3, save_every=1)
-    tr = Trainer(cfg, prepare(cfg, progress=False))
-
-    class Stop(Exception): pass
-
-    def stop_after_two(t, row):
-        if t.epoch == 2: raise Stop
-    with pytest.raises(Stop):
-        tr.fit(progress=False, on_epoch=stop_after_two)
+    fit_and_stop(cfg, after=2)
     latest = tmp_path / 'a' / 'checkpoint_latest.pt'
     assert load_checkpoint(latest.with_name('checkpoint_latest.prev.pt'))['epoch'] == 1
     latest.write_bytes(latest.read_bytes()[:500])

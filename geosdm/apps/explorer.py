@@ -46,19 +46,9 @@ def _(Predictor, checkpoint_input, demo, h3, maps, mo, np):
 
 
 @app.cell
-def _(N_WEEKS, cell_latlng, mo, np, pred, yearly):
+def _(N_WEEKS, cell_latlng, demo, mo, np, pred, yearly):
     # species: searchable by common name, scientific name or code; default = the most widespread species
-    species_options = {
-        f"{c} — {s} ({k})": k for k, s, c in sorted(zip(pred.vocab, pred.sci_names, pred.common_names), key=lambda t: t[2])
-    }
-    _top = pred.vocab[int(np.argmax(yearly.mean(0)))]
-    species_dropdown = mo.ui.dropdown(
-        options=species_options,
-        value=next(k for k, v in species_options.items() if v == _top),
-        searchable=True,
-        label="Species (type a common or scientific name)",
-        full_width=True,
-    )
+    species_dropdown = demo.species_picker(mo, pred, pred.vocab[int(np.argmax(yearly.mean(0)))])
     week_slider = mo.ui.slider(0, N_WEEKS, value=0, label="Week (0 = whole year)", show_value=True, full_width=True)
     _best = int(np.argmax((yearly > 0.1).sum(1)))  # default location: the richest cell
     location_input = mo.ui.text(

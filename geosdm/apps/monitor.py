@@ -13,10 +13,10 @@ def _():
     import marimo as mo
     import numpy as np
 
-    from geosdm import maps, plots
+    from geosdm import demo, maps, plots
     from geosdm.core import GeoSDMError, N_WEEKS
     from geosdm.predict import Predictor
-    return GeoSDMError, N_WEEKS, Path, Predictor, functools, maps, mo, np, os, plots
+    return GeoSDMError, N_WEEKS, Path, Predictor, demo, functools, maps, mo, np, os, plots
 
 
 @app.cell
@@ -117,20 +117,10 @@ def _(best_path, best_stamp, device, load_model, mo):
 
 
 @app.cell
-def _(get_species, mo, np, pred, set_species, yearly):
+def _(demo, get_species, mo, np, pred, set_species, yearly):
     # the species choice survives refreshes and new checkpoints (kept in a state)
-    _opts = {
-        f"{c} — {s} ({k})": k for k, s, c in sorted(zip(pred.vocab, pred.sci_names, pred.common_names), key=lambda t: t[2])
-    }
     _chosen = get_species() if get_species() in pred.vocab else pred.vocab[int(np.argmax(yearly.mean(0)))]
-    species_dropdown = mo.ui.dropdown(
-        options=_opts,
-        value=next(k for k, v in _opts.items() if v == _chosen),
-        searchable=True,
-        label="Species",
-        on_change=set_species,
-        full_width=True,
-    )
+    species_dropdown = demo.species_picker(mo, pred, _chosen, on_change=set_species)
     species = _chosen
     return species, species_dropdown
 
