@@ -8,9 +8,11 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .batches import Positives
+
 # %% auto #0
 __all__ = ['LOSS_KINDS', 'smooth_targets', 'bce_elementwise', 'asl_elementwise', 'focal_elementwise', 'sample_negatives',
-           'SpeciesLoss', 'random_latlon', 'masked_mse', 'total_loss']
+           'bce_pairs', 'SpeciesLoss', 'random_latlon', 'masked_mse', 'total_loss']
 
 # %% ../nbs/06_losses.ipynb #f01e706e
 def smooth_targets(targets: torch.Tensor, eps: float) -> torch.Tensor:
@@ -117,6 +119,31 @@ def _an_loss(logits: torch.Tensor, targets: torch.Tensor, eps: float, pos_lambda
     return (total / S).mean()
 
 # %% ../nbs/06_losses.ipynb #29a0f080
+class _PairBCE(torch.autograd.Function):
+    "Σ BCE at smoothed targets / z.numel(), from fp32 logits `z` and the flat indices `idx` of the labels (`v`: valid, `vw`: valid × weight)."
+    @staticmethod
+    def forward(ctx, z, idx, v, vw, lo: float, hi: float):
+        zp = z.view(-1).index_select(0, idx)
+        sp = F.softplus(zp)
+        total = F.softplus(z).sum() - lo * z.sum() + (vw * (sp - hi * zp) - v * (sp - lo * zp)).sum()
+        ctx.save_for_backward(z, idx, v, vw)
+        ctx.lo, ctx.hi = lo, hi
+        return total / z.numel()
+
+    @staticmethod
+    def backward(ctx, g):
+        z, idx, v, vw = ctx.saved_tensors
+        s = torch.sigmoid(z)
+        sp = s.view(-1).index_select(0, idx)
+        s.sub_(ctx.lo).view(-1).index_add_(0, idx, vw * (sp - ctx.hi) - v * (sp - ctx.lo))
+        return s.mul_(g / z.numel()), None, None, None, None, None
+
+def bce_pairs(logits: torch.Tensor, pos: Positives, eps: float, label_weights: torch.Tensor | None = None) -> torch.Tensor:
+    "Mean BCE of `logits` at the smoothed multi-hot targets of `pos` (`label_weights` on positive labels)."
+    vw = pos.valid if label_weights is None else pos.valid * label_weights.float().index_select(0, pos.species)
+    return _PairBCE.apply(logits.float().contiguous(), pos.flat(), pos.valid, vw, 0.5 * eps, 1 - 0.5 * eps)
+
+# %% ../nbs/06_losses.ipynb #0c47f9b7
 class SpeciesLoss:
     "Multi-label species loss: `kind` in 'bce' | 'asl' | 'focal' | 'an'; returns a scalar fp32 tensor."
     def __init__(self, kind: str = 'bce', label_smoothing: float = 0.05, asl_gamma_pos: float = 0.0,
@@ -140,10 +167,13 @@ class SpeciesLoss:
         if self.kind == 'focal': return focal_elementwise(logits, y, self.focal_alpha, self.focal_gamma)
         return bce_elementwise(logits, y)
 
-    def __call__(self, logits: torch.Tensor, targets: torch.Tensor, label_weights: torch.Tensor | None = None,
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor | Positives, label_weights: torch.Tensor | None = None,
                  rand_logits: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        if logits.shape != targets.shape:
+        if tuple(logits.shape) != tuple(targets.shape):
             raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must have the same shape")
+        if isinstance(targets, Positives):
+            if self.kind == 'bce': return bce_pairs(logits, targets, self.label_smoothing, label_weights)
+            targets = targets.dense()
         if self.kind == 'an':
             return _an_loss(logits, targets, self.label_smoothing, self.pos_lambda, self.neg_samples,
                             label_weights, rand_logits, generator)
