@@ -195,8 +195,8 @@ _SCHEDULE = _group('Learning Rate Schedule',
     O('lr_schedule', 'cosine', 'cosine (single decay to lr_min) or none', choices=('cosine', 'none')),
     O('lr_min', 1e-6, 'Minimum learning rate', range='>= 0'),
     O('lr_warmup', 3.0, 'Linear warmup epochs before cosine schedule (0 = off; stepped per batch)', range='>= 0'),
-    O('lr_scaling', 'sqrt', 'How the peak learning rate follows a batch size above 1024: sqrt = --lr × √(batch/1024), '
-      'none = --lr as given', choices=('sqrt', 'none')))
+    O('lr_scaling', 'sqrt', 'How AdamW follows a batch size above 1024: sqrt = peak --lr × √(batch/1024), linear = '
+      '× batch/1024, both with 1 − β2 × batch/1024; none = --lr and betas as given', choices=('sqrt', 'linear', 'none')))
 
 _STOPPING = _group('Early Stopping',
     O('patience', 10, 'Stop after N epochs without GeoScore improvement (0 = disabled)', range='>= 0'))

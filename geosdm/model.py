@@ -5,6 +5,7 @@
 # %% ../nbs/07_model.ipynb #65ad3184
 from __future__ import annotations
 import math, os
+from itertools import islice
 import numpy as np
 import torch
 import torch.nn as nn
@@ -131,7 +132,12 @@ class SpeciesHead(nn.Module):
         super().__init__()
         self.blocks = nn.Sequential(*(ResidualBlock(d, dropout) for _ in range(n_blocks)))
         self.out = _lowrank_out(d, bottleneck, n_species)
-    def forward(self, x): return self.out(self.blocks(x))
+    def features(self, x):
+        "The input of the last layer (`out[-1]`, bottleneck → species)."
+        x = self.blocks(x)
+        for m in islice(self.out, len(self.out) - 1): x = m(x)
+        return x
+    def forward(self, x): return self.out[-1](self.features(x))
 
 # %% ../nbs/07_model.ipynb #68f87c84
 class EnvHead(nn.Module):
@@ -206,13 +212,18 @@ class GeoModel(nn.Module):
     def n_env(self) -> int: return self.config['n_env']
 
     def forward(self, lat: torch.Tensor, lon: torch.Tensor, week: torch.Tensor, return_env: bool = False,
-                species_rows: int | None = None) -> dict:
+                species_rows: int | None = None, species_features: bool = False) -> dict:
         "Outputs for every row; with `species_rows=n` only the first n rows get species (and habitat) logits."
         h = self.encoder(lat, lon, week)
         hs = h if species_rows is None else h[:species_rows]
-        logits = self.species_head(hs)
+        feats = self.species_head.features(hs)
         out = {}
         env = self.env_head(h) if (self.env_head is not None and (return_env or self.habitat_head is not None)) else None
+        if species_features and self.habitat_head is None:       # the loss applies the last layer itself
+            out['species_features'] = feats
+            if return_env and env is not None: out['env_pred'] = env
+            return out
+        logits = self.species_head.out[-1](feats)
         if self.habitat_head is not None:
             hab = self.habitat_head((env if species_rows is None else env[:species_rows]).detach())
             gate = torch.sigmoid(self.gate(hs))

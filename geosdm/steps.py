@@ -8,11 +8,12 @@ import ctypes, math
 
 import torch
 
-from .losses import total_loss
+from .batches import Positives
+from .losses import total_loss, LinearLogits
 
 # %% auto #0
-__all__ = ['REF_BATCH', 'AUTO_BATCH', 'MIN_BATCHES', 'COMPILE_MODES', 'COMPILE_AUTO', 'resolve_batch_size', 'peak_lr',
-           'forward_losses', 'LossScale', 'resolve_compile', 'compiled', 'keep_freed_memory']
+__all__ = ['REF_BATCH', 'AUTO_BATCH', 'MIN_BATCHES', 'LR_SCALINGS', 'COMPILE_MODES', 'COMPILE_AUTO', 'resolve_batch_size',
+           'peak_lr', 'adam_betas', 'forward_losses', 'LossScale', 'resolve_compile', 'compiled', 'keep_freed_memory']
 
 # %% ../nbs/10b_steps.ipynb #095984d7
 REF_BATCH = 1024                            # the batch that --lr is given for
@@ -28,9 +29,16 @@ def resolve_batch_size(batch_size: int | str, device, n_train: int) -> int:
     return max(1, min(b, n_train))
 
 # %% ../nbs/10b_steps.ipynb #18986604
+LR_SCALINGS = {'sqrt': 0.5, 'linear': 1.0, 'none': 0.0}   # --lr_scaling: the power of the batch ratio
+
 def peak_lr(lr: float, batch_size: int, scaling: str = 'sqrt') -> float:
-    "The peak learning rate for `batch_size` when `lr` is given for batches up to `REF_BATCH` (`scaling` 'sqrt' or 'none')."
-    return lr * math.sqrt(max(batch_size, REF_BATCH) / REF_BATCH) if scaling == 'sqrt' else lr
+    "The peak learning rate for `batch_size` when `lr` is given for batches up to `REF_BATCH` (`scaling`: see `LR_SCALINGS`)."
+    return lr * (max(batch_size, REF_BATCH) / REF_BATCH) ** LR_SCALINGS[scaling]
+
+def adam_betas(batch_size: int, scaling: str = 'sqrt', betas: tuple = (0.9, 0.999)) -> tuple[float, float]:
+    "AdamW's betas for `batch_size`: β2's average spans the same number of samples as at `REF_BATCH` (1 − β2 ≤ 0.1)."
+    k = max(batch_size, REF_BATCH) / REF_BATCH if scaling != 'none' else 1.0
+    return betas[0], 1 - min(0.1, (1 - betas[1]) * k)
 
 # %% ../nbs/10b_steps.ipynb #70656b9c
 def forward_losses(model: torch.nn.Module, loss_fn, b: dict, amp_dtype: torch.dtype | None = None,
@@ -38,9 +46,13 @@ def forward_losses(model: torch.nn.Module, loss_fn, b: dict, amp_dtype: torch.dt
                    generator: torch.Generator | None = None, outputs: bool = False) -> dict:
     "The multi-task losses of batch `b` (and the model's outputs as 'out' if `outputs`)."
     dev = b['lat'].device
+    fused = not outputs and getattr(loss_fn, 'kind', None) == 'bce' and isinstance(b['y'], Positives)
     with torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        out = model(b['lat'], b['lon'], b['week'], return_env=True, species_rows=b['species_rows'])
+        out = model(b['lat'], b['lon'], b['week'], return_env=True, species_rows=b['species_rows'], species_features=fused)
         rl = model(*rand)['species_logits'] if rand is not None else None
+    if 'species_features' in out:
+        head = model.species_head.out[-1]
+        out['species_logits'] = LinearLogits(out.pop('species_features'), head.weight, head.bias)
     losses = total_loss(out, b['y'], b['env'], loss_fn, rand_logits=rl, label_weights=label_weights,
                         generator=generator, **(weights or {}))
     return losses | {'out': out} if outputs else losses

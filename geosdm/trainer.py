@@ -18,8 +18,8 @@ from .data import prepare_data, Prepared
 from .batches import DeviceSamples, jitter_latlon, pairs_size
 from .model import create_model, count_parameters, param_groups, resolve_device
 from .losses import SpeciesLoss, random_latlon
-from .steps import (REF_BATCH, resolve_batch_size, peak_lr, forward_losses, LossScale, resolve_compile, compiled,
-                          keep_freed_memory)
+from .steps import (REF_BATCH, resolve_batch_size, peak_lr, adam_betas, forward_losses, LossScale, resolve_compile,
+                          compiled, keep_freed_memory)
 from .metrics import MetricAccumulator, geoscore, merge_holdout
 from .propagation import label_freq_weights
 
@@ -69,9 +69,10 @@ def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
     return int(hashlib.sha256(f'{seed}/{epoch}/{stream}'.encode()).hexdigest()[:15], 16)
 
 # %% ../nbs/11_trainer.ipynb #663c59ae
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    "Fused AdamW; weight decay on weight matrices only."
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, fused=True)
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, batch_size: int = REF_BATCH) -> torch.optim.AdamW:
+    "Fused AdamW; weight decay on weight matrices only; betas for `batch_size` (`geosdm.steps.adam_betas`)."
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, fused=True,
+                             betas=adam_betas(batch_size, cfg.lr_scaling))
 
 def make_loss(cfg: TrainConfig) -> SpeciesLoss:
     "The species loss the options describe."
@@ -117,7 +118,8 @@ class Trainer:
         self.model = create_model(n_species=prep.n_species, n_env=prep.n_env, model_scale=cfg.model_scale,
                                   coord_harmonics=cfg.coord_harmonics, week_harmonics=cfg.week_harmonics,
                                   habitat_head=cfg.habitat_head).to(d)
-        self.opt, self.params = make_optimizer(self.model, cfg), list(self.model.parameters())
+        self.batch_size = resolve_batch_size(cfg.batch_size, d, len(prep.train))
+        self.opt, self.params = make_optimizer(self.model, cfg, self.batch_size), list(self.model.parameters())
         self.scaler = LossScale(d, enabled=self.amp_dtype == torch.float16)    # the non-finite guard (fp16: loss scale)
         self.loss_fn = make_loss(cfg)
         self.compile = resolve_compile(cfg.compile, d)
@@ -129,7 +131,6 @@ class Trainer:
         self.env = torch.as_tensor(prep.env, dtype=torch.float32, device=d)
         self.label_weights = label_weights(prep, cfg, d)
         self.empty = EmptySplit(prep.train, d, cfg.empty_samples, self.model.env_head is not None)
-        self.batch_size = resolve_batch_size(cfg.batch_size, d, len(prep.train))
         self.steps_per_epoch = max(1, len(prep.train) // self.batch_size)
         self.step = self.epoch = self.best_epoch = 0        # optimiser steps taken, epochs completed
         self.best_geoscore = -math.inf
