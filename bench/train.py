@@ -57,12 +57,12 @@ def prepare_split() -> tuple[Path, Path]:
     return dst, WORLD / 'combined_taxonomy.csv'
 
 
-def truth_scores(predictor) -> dict:
-    "truth_mAP (overall and per effort stratum) and range_mAP of `predictor` on world_a's test cells."
+def truth_scores(predictor, world: Path = WORLD) -> dict:
+    "truth_mAP (overall and per effort stratum) and range_mAP of `predictor` on world_a's test cells (files in `world`)."
     import polars as pl
-    test = (WORLD / 'test_cells.txt').read_text().split()
-    truth = pl.read_parquet(WORLD / 'truth_land.parquet').filter(pl.col('h3_index').is_in(test))
-    eff = pl.read_parquet(WORLD / 'effort.parquet').filter(pl.col('h3_index').is_in(test))
+    test = (world / 'test_cells.txt').read_text().split()
+    truth = pl.read_parquet(world / 'truth_land.parquet').filter(pl.col('h3_index').is_in(test))
+    eff = pl.read_parquet(world / 'effort.parquet').filter(pl.col('h3_index').is_in(test))
     year = eff.select('h3_index', pl.sum_horizontal([f'week_{w}' for w in range(1, 49)]).alias('n'))
     strata = {r[0]: ('none' if r[1] == 0 else 'sparse (<=20)' if r[1] <= 20 else 'dense (>20)') for r in year.iter_rows()}
     truth = truth.sort('h3_index', 'week')
@@ -102,17 +102,21 @@ def single(spec: dict) -> dict:
     from geosdm.config import TrainConfig, build_parser
     from geosdm.trainer import train
     from geosdm.predict import Predictor
+    import torch
     data, tax = prepare_split()
     ck = OUT / f"ck_{spec['name']}"
     args = ['--data_path', str(data), '--taxonomy', str(tax), '--model_scale', str(spec['scale']),
             '--num_epochs', str(spec['epochs']), '--batch_size', str(spec['batch_size']), '--device', spec['device'],
             '--checkpoint_dir', str(ck), '--overwrite', '--seed', str(spec['seed']), '--patience', '0', *spec['extra']]
     cfg = TrainConfig(**vars(build_parser().parse_args(args)))
-    t0 = time.perf_counter()
+    load0, t0 = os.getloadavg(), time.perf_counter()
     tr = train(cfg, progress=False)
     wall = time.perf_counter() - t0
     h = tr.history
     out = {'spec': spec, 'args': args, 'wall_seconds': wall, 'n_train_samples': len(tr.prep.train),
+           'batch_size': (h.get('batch_size') or [spec['batch_size']])[-1], 'torch_threads': torch.get_num_threads(),
+           'load_avg_start': load0, 'load_avg_end': os.getloadavg(),
+           'samples_per_s_epochs': h['train_samples_per_s'], 'train_seconds_epochs': h['train_seconds'],
            'n_species': tr.prep.n_species, 'epochs': tr.epoch,
            'samples_per_s_median': float(np.median(h['train_samples_per_s'])),
            'train_seconds_per_epoch_median': float(np.median(h['train_seconds'])),
@@ -130,7 +134,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--scales', type=float, nargs='+', default=[0.5, 0.75])
     ap.add_argument('--epochs', type=int, default=12)
-    ap.add_argument('--batch_size', type=int, default=1024)
+    ap.add_argument('--batch_size', default='auto', help='a number or auto (CPU: 1024)')
     ap.add_argument('--device', default='cpu')
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--name', default='', help='suffix of the result names')
@@ -154,7 +158,8 @@ def main():
             print(p.stdout[-3000:], p.stderr[-3000:]); raise SystemExit(f'run {spec} failed')
         r = json.loads(line[-1][7:]); results.append(r)
         q = r['quality_best']
-        print(f"scale {s}: {r['samples_per_s_median']:,.0f} samples/s, {r['train_seconds_per_epoch_median']:.1f} s/epoch "
+        print(f"scale {s}, batch {r['batch_size']}, {r['torch_threads']} threads, load {r['load_avg_start'][0]:.1f}→"
+              f"{r['load_avg_end'][0]:.1f}: {r['samples_per_s_median']:,.0f} samples/s, {r['train_seconds_per_epoch_median']:.1f} s/epoch "
               f"(+{r['val_seconds_per_epoch_median']:.1f} s val), peak RSS {r['peak_rss_mb']:,.0f} MB, "
               f"best epoch {r['best_epoch']} GeoScore {r['best_val_geoscore']:.4f}")
         for which in ('best', 'latest'):

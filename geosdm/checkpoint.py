@@ -23,7 +23,7 @@ except ImportError: fcntl = None            # no advisory locks (Windows): runs 
 __all__ = ['CHECKPOINT_FORMAT', 'RUN_FILES', 'SCHEDULE_OPTIONS', 'plain', 'previous_path', 'save_checkpoint', 'load_checkpoint',
            'checkpoint_config', 'write_labels', 'load_resumable', 'run_files', 'run_lock', 'check_run_folder',
            'source_checkpoint', 'split_identity', 'training_cells', 'data_changes', 'schedule_changes',
-           'check_schedule', 'transfer_weights']
+           'checkpoint_batch_size', 'check_schedule', 'transfer_weights']
 
 # %% ../nbs/10_checkpoint.ipynb #ec3a5e5d
 CHECKPOINT_FORMAT = 1
@@ -191,19 +191,29 @@ def data_changes(ck: dict, prep) -> list[str]:
     return out
 
 # %% ../nbs/10_checkpoint.ipynb #a4b38319
-SCHEDULE_OPTIONS = ('batch_size', 'lr', 'lr_schedule', 'lr_warmup', 'lr_min', 'num_epochs')
+SCHEDULE_OPTIONS = ('batch_size', 'lr', 'lr_scaling', 'lr_schedule', 'lr_warmup', 'lr_min', 'num_epochs')
 
-def schedule_changes(old: TrainConfig, new: TrainConfig) -> list[str]:
-    "The options that define the learning-rate schedule and differ between `old` (a checkpoint's) and `new`."
-    names = [n for n in SCHEDULE_OPTIONS if getattr(old, n) != getattr(new, n)]
-    if old.lr_schedule == new.lr_schedule == 'none':                  # a constant rate: only batch size and lr count
-        names = [n for n in names if n in ('batch_size', 'lr')]
-    return [f'--{n} {getattr(old, n)!r} → {getattr(new, n)!r}' for n in names]
+def schedule_changes(old: TrainConfig, new: TrainConfig, batch_sizes: tuple | None = None) -> list[str]:
+    "The schedule options that differ between `old` (a checkpoint's) and `new`; `batch_sizes`: the (old, new) resolved batches."
+    def val(i, n):
+        if n == 'batch_size' and batch_sizes and None not in batch_sizes: return batch_sizes[i]
+        return getattr((old, new)[i], n)
+    names = [n for n in SCHEDULE_OPTIONS if val(0, n) != val(1, n)]
+    if old.lr_schedule == new.lr_schedule == 'none':                  # a constant rate: the epochs do not count
+        names = [n for n in names if n in ('batch_size', 'lr', 'lr_scaling')]
+    return [f'--{n} {val(0, n)!r} → {val(1, n)!r}' for n in names]
 
 # %% ../nbs/10_checkpoint.ipynb #92f50bf0
-def check_schedule(ck: dict, cfg: TrainConfig, source=None):
-    "Raise `ConfigError` if the options of `cfg` that define the learning-rate schedule differ from checkpoint `ck`'s."
-    ch = schedule_changes(checkpoint_config(ck), cfg)
+def checkpoint_batch_size(ck: dict) -> int | None:
+    "The batch size checkpoint `ck` trained with (its last epoch's), or None where it does not say."
+    h = (ck.get('history') or {}).get('batch_size')
+    if h: return int(h[-1])
+    b = (ck.get('config') or {}).get('batch_size')
+    return b if isinstance(b, int) else None
+
+def check_schedule(ck: dict, cfg: TrainConfig, source=None, batch_size: int | None = None):
+    "Raise `ConfigError` if the options of `cfg` (resolving to `batch_size`) that define the schedule differ from `ck`'s."
+    ch = schedule_changes(checkpoint_config(ck), cfg, (checkpoint_batch_size(ck), batch_size))
     if ch: raise ConfigError(
         f"--resume: {', '.join(ch)}: these options define the learning-rate schedule, and a resumed run follows the "
         f"one it started with. Give the checkpoint's values to resume; to train with other values (more epochs, say), "

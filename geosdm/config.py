@@ -65,6 +65,7 @@ class Option:
     cli: dict = field(default_factory=dict)
     tune: Param | None = None
     tune_all: bool = False
+    words: tuple = ()                # accepted instead of a value of the type, e.g. ('auto',)
 
     @property
     def kind(self) -> type:
@@ -80,6 +81,7 @@ def _typed(o: Option, v):
     "`v` as the option's type, or raise ConfigError."
     k = o.kind
     if v is None and o.default is None: return None
+    if isinstance(v, str) and v in o.words: return v
     if k is bool and isinstance(v, bool): return v
     if k is int and isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer(): return int(v)
     if k is float and isinstance(v, (int, float)) and not isinstance(v, bool): return float(v)
@@ -90,7 +92,7 @@ def _typed(o: Option, v):
 def _check(self: Option, v):
     "`v` converted to the option's type; a `ConfigError` naming the flag if it is not accepted."
     v = _typed(self, v)
-    if v is None: return v
+    if v is None or (isinstance(v, str) and v in self.words): return v
     if self.choices is not None and v not in self.choices:
         raise ConfigError(f'{self.flag}: must be one of {", ".join(map(str, self.choices))}; got {v!r}')
     if self.range is not None and not in_range(v, self.range):
@@ -179,9 +181,11 @@ _PROPAGATE = [
 
 # %% ../nbs/09_config.ipynb #f0c4a267
 _TRAINING = _group('Training',
-    O('batch_size', 1024, 'Batch size', range='>= 1'),
+    O('batch_size', 'auto', 'Batch size: a number, or auto (CPU: 1024; CUDA: 8192, less where an epoch would have fewer '
+      'than 16 batches)', type=int, range='>= 1', words=('auto',)),
     O('num_epochs', 50, 'Maximum epochs (total, also when resuming)', range='>= 1'),
-    O('lr', 1e-3, 'Initial (peak) learning rate', range='> 0', tune=Param('float', 1e-4, 1e-2, log=True)),
+    O('lr', 1e-3, 'Peak learning rate for batches up to 1024 (larger batches scale it, see --lr_scaling)', range='> 0',
+      tune=Param('float', 1e-4, 1e-2, log=True)),
     O('weight_decay', 1e-3, 'AdamW (Loshchilov & Hutter, 2019) weight decay', range='>= 0',
       tune=Param('float', 1e-5, 1e-1, log=True)),
     *_LOSS, *_SAMPLES, *_WEIGHTS, *_PROPAGATE)
@@ -190,7 +194,9 @@ _TRAINING = _group('Training',
 _SCHEDULE = _group('Learning Rate Schedule',
     O('lr_schedule', 'cosine', 'cosine (single decay to lr_min) or none', choices=('cosine', 'none')),
     O('lr_min', 1e-6, 'Minimum learning rate', range='>= 0'),
-    O('lr_warmup', 3.0, 'Linear warmup epochs before cosine schedule (0 = off; stepped per batch)', range='>= 0'))
+    O('lr_warmup', 3.0, 'Linear warmup epochs before cosine schedule (0 = off; stepped per batch)', range='>= 0'),
+    O('lr_scaling', 'sqrt', 'How AdamW follows a batch size above 1024: sqrt = peak --lr × √(batch/1024), linear = '
+      '× batch/1024, both with 1 − β2 × batch/1024; none = --lr and betas as given', choices=('sqrt', 'linear', 'none')))
 
 _STOPPING = _group('Early Stopping',
     O('patience', 10, 'Stop after N epochs without GeoScore improvement (0 = disabled)', range='>= 0'))
@@ -220,6 +226,9 @@ _RUNTIME = _group('Checkpoints',
     O('seed', 0, 'Random seed for weights, shuffling, dropout, jitter and negative sampling'),
     O('amp', 'auto', 'Mixed precision: auto (CUDA: bf16 where supported, else fp16; CPU: off), bf16 (also on CPU), fp16, or off',
       choices=('auto', 'bf16', 'fp16', 'off')),
+    O('compile', 'auto', 'torch.compile the training step: off, default, reduce-overhead (CUDA: also captures CUDA graphs) '
+      'or max-autotune; auto = off (see the trainer notebook for the measurements)',
+      choices=('auto', 'off', 'default', 'reduce-overhead', 'max-autotune')),
     O('eval_batch_size', 4096, 'Batch size for validation and prediction', range='>= 1'))
 
 _AUTOTUNE = _group('Autotune',
@@ -240,7 +249,8 @@ OPTIONS: dict[str, Option] = {o.name: o for o in _DATA + _MODEL + _TRAINING + _S
 # %% ../nbs/09_config.ipynb #f6397d7c
 def _field(o: Option):
     if isinstance(o.default, list): return (o.name, list, field(default_factory=list))
-    return (o.name, o.kind if o.default is not None else o.kind | None, field(default=o.default))
+    kind = o.kind | str if o.words else o.kind
+    return (o.name, kind if o.default is not None else kind | None, field(default=o.default))
 
 TrainConfig = make_dataclass('TrainConfig', [_field(o) for o in OPTIONS.values()],
                              namespace={'__doc__': 'Every option of a training run; field names are the CLI flags '
@@ -301,8 +311,15 @@ def build_parser() -> argparse.ArgumentParser:
         kw = {k: v for k, v in o.cli.items() if k != 'flag'}
         if o.kind is bool: g.add_argument(o.flag, dest=o.name, action='store_true', help=h)
         elif o.kind is list: g.add_argument(o.flag, dest=o.name, default=o.default, help=h, **kw)
-        else: g.add_argument(o.flag, dest=o.name, type=o.kind, default=o.default, choices=o.choices, help=h, **kw)
+        else: g.add_argument(o.flag, dest=o.name, type=_arg_type(o), default=o.default, choices=o.choices, help=h, **kw)
     return p
+
+def _arg_type(o: Option):
+    "The argparse converter of `o`: its type, or one of its words."
+    if not o.words: return o.kind
+    conv = lambda s: s if s in o.words else o.kind(s)
+    conv.__name__ = o.kind.__name__                     # argparse names it in "invalid int value"
+    return conv
 
 # %% ../nbs/09_config.ipynb #2a4f63b8
 DEMO_DEFAULTS = dict(model_scale=0.5, num_epochs=12, lr_warmup=1.0, min_obs_per_species=20)

@@ -5,12 +5,17 @@
 # %% ../nbs/06_losses.ipynb #98006311
 from __future__ import annotations
 import math
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
+from .batches import Positives
+
 # %% auto #0
 __all__ = ['LOSS_KINDS', 'smooth_targets', 'bce_elementwise', 'asl_elementwise', 'focal_elementwise', 'sample_negatives',
-           'SpeciesLoss', 'random_latlon', 'masked_mse', 'total_loss']
+           'softplus_sum', 'bce_pairs', 'LinearLogits', 'bce_linear_pairs', 'SpeciesLoss', 'random_latlon',
+           'masked_mse', 'total_loss']
 
 # %% ../nbs/06_losses.ipynb #f01e706e
 def smooth_targets(targets: torch.Tensor, eps: float) -> torch.Tensor:
@@ -117,6 +122,87 @@ def _an_loss(logits: torch.Tensor, targets: torch.Tensor, eps: float, pos_lambda
     return (total / S).mean()
 
 # %% ../nbs/06_losses.ipynb #29a0f080
+def softplus_sum(z: torch.Tensor, z_sum: torch.Tensor | None = None) -> torch.Tensor:
+    "Σ softplus(z) (`z_sum`: Σ z if the caller has it)."
+    m = z.clamp(max=30.0)
+    rest = (z.sum() if z_sum is None else z_sum) - m.sum()
+    return m.exp_().log1p_().sum() + rest
+
+# %% ../nbs/06_losses.ipynb #754f0130
+class _PairBCE(torch.autograd.Function):
+    "Σ BCE at smoothed targets / z.numel(), from fp32 logits `z` and the flat indices `idx` of the labels (`v`: valid, `vw`: valid × weight)."
+    @staticmethod
+    def forward(ctx, z, idx, v, vw, lo: float, hi: float):
+        zp = z.view(-1).index_select(0, idx)
+        sp = F.softplus(zp)
+        zs = z.sum()
+        total = softplus_sum(z, zs) - lo * zs + (vw * (sp - hi * zp) - v * (sp - lo * zp)).sum()
+        ctx.save_for_backward(z, idx, v, vw)
+        ctx.lo, ctx.hi = lo, hi
+        return total / z.numel()
+
+    @staticmethod
+    def backward(ctx, g):
+        z, idx, v, vw = ctx.saved_tensors
+        s = torch.sigmoid(z)
+        sp = s.view(-1).index_select(0, idx)
+        s.sub_(ctx.lo).view(-1).index_add_(0, idx, vw * (sp - ctx.hi) - v * (sp - ctx.lo))
+        return s.mul_(g / z.numel()), None, None, None, None, None
+
+def bce_pairs(logits: torch.Tensor, pos: Positives, eps: float, label_weights: torch.Tensor | None = None) -> torch.Tensor:
+    "Mean BCE of `logits` at the smoothed multi-hot targets of `pos` (`label_weights` on positive labels)."
+    vw = pos.valid if label_weights is None else pos.valid * label_weights.float().index_select(0, pos.species)
+    return _PairBCE.apply(logits.float().contiguous(), pos.flat(), pos.valid, vw, 0.5 * eps, 1 - 0.5 * eps)
+
+# %% ../nbs/06_losses.ipynb #0c47f9b7
+class LinearLogits(NamedTuple):
+    "Logits not yet computed: `features @ weight.T + bias`."
+    features: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    @property
+    def shape(self) -> tuple[int, int]: return (self.features.shape[0], self.weight.shape[0])
+
+    def logits(self) -> torch.Tensor: return F.linear(self.features, self.weight, self.bias)
+
+# %% ../nbs/06_losses.ipynb #eb9ae390
+_Z_CAP = 80.0       # a logit above it counts as 80 in the loss value (σ(−80) = 2e-35 is still a normal fp32 number)
+
+class _LinearPairBCE(torch.autograd.Function):
+    "BCE of `h·wᵀ + b` at the smoothed targets of the label pairs (`idx` flat, `v` valid, `vw` valid × weight)."
+    @staticmethod
+    def forward(ctx, h, w, b, idx, v, vw, lo: float, hi: float):
+        q = torch.addmm(b.neg(), h.neg(), w.t())                   # −z
+        zp = q.view(-1).index_select(0, idx).neg_()                 # the pairs' logits
+        sp, sg = F.softplus(zp), torch.sigmoid(zp)
+        zs = h.sum(0).double() @ w.sum(0).double() + h.shape[0] * b.double().sum()   # Σ z, without a pass over z
+        q.clamp_min_(-_Z_CAP).sigmoid_()                            # Q = σ(−z) = 1 − σ(z), exact where σ(z) ≈ 1
+        pairs = (vw * (sp - hi * zp) - v * (sp - lo * zp)).sum()
+        total = pairs - q.log().sum() - lo * zs                     # Σ softplus(z) = −Σ log σ(−z)
+        q.view(-1).index_add_(0, idx, v * (sg - lo) - vw * (sg - hi))   # G = (1 − lo) − Q: the pairs' correction
+        ha = torch.cat([h, h.new_ones(h.shape[0], 1)], 1)
+        c = 1.0 - lo
+        gh = torch.sub(c * w.sum(0), q @ w)                          # G·W
+        gwb = torch.sub(c * ha.sum(0)[:, None], ha.t() @ q)         # [h, 1]ᵀ·G: [dL/dw, dL/db]ᵀ
+        ctx.save_for_backward(gh, gwb)                              # (times z.numel())
+        ctx.n = q.numel()
+        return (total / ctx.n).float()
+
+    @staticmethod
+    def backward(ctx, grad):
+        gh, gwb = ctx.saved_tensors
+        c = grad / ctx.n
+        return gh * c, gwb[:-1].t() * c, gwb[-1] * c, None, None, None, None, None
+
+def bce_linear_pairs(ll: LinearLogits, pos: Positives, eps: float, label_weights: torch.Tensor | None = None) -> torch.Tensor:
+    "Mean BCE of the logits `ll` at the smoothed multi-hot targets of `pos`, fused with the output layer (fp32)."
+    vw = pos.valid if label_weights is None else pos.valid * label_weights.float().index_select(0, pos.species)
+    with torch.autocast(ll.features.device.type, enabled=False):
+        return _LinearPairBCE.apply(ll.features.float(), ll.weight.float(), ll.bias.float(), pos.flat(), pos.valid, vw,
+                                    0.5 * eps, 1 - 0.5 * eps)
+
+# %% ../nbs/06_losses.ipynb #ef5a9e25
 class SpeciesLoss:
     "Multi-label species loss: `kind` in 'bce' | 'asl' | 'focal' | 'an'; returns a scalar fp32 tensor."
     def __init__(self, kind: str = 'bce', label_smoothing: float = 0.05, asl_gamma_pos: float = 0.0,
@@ -140,10 +226,18 @@ class SpeciesLoss:
         if self.kind == 'focal': return focal_elementwise(logits, y, self.focal_alpha, self.focal_gamma)
         return bce_elementwise(logits, y)
 
-    def __call__(self, logits: torch.Tensor, targets: torch.Tensor, label_weights: torch.Tensor | None = None,
-                 rand_logits: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        if logits.shape != targets.shape:
+    def __call__(self, logits: torch.Tensor | LinearLogits, targets: torch.Tensor | Positives,
+                 label_weights: torch.Tensor | None = None, rand_logits: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        if tuple(logits.shape) != tuple(targets.shape):
             raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must have the same shape")
+        if isinstance(logits, LinearLogits):
+            if self.kind == 'bce' and isinstance(targets, Positives):
+                return bce_linear_pairs(logits, targets, self.label_smoothing, label_weights)
+            logits = logits.logits()
+        if isinstance(targets, Positives):
+            if self.kind == 'bce': return bce_pairs(logits, targets, self.label_smoothing, label_weights)
+            targets = targets.dense()
         if self.kind == 'an':
             return _an_loss(logits, targets, self.label_smoothing, self.pos_lambda, self.neg_samples,
                             label_weights, rand_logits, generator)
@@ -177,7 +271,7 @@ def total_loss(outputs: dict, targets: torch.Tensor, env_targets: torch.Tensor |
     "Weighted multi-task loss; returns dict(loss, species, env, habitat) of scalar tensors."
     logits = outputs['species_logits']
     species = species_loss_fn(logits, targets, label_weights=label_weights, rand_logits=rand_logits, generator=generator)
-    zero = torch.zeros((), device=logits.device)
+    zero = torch.zeros((), device=species.device)
     env = masked_mse(outputs['env_pred'], env_targets) if ('env_pred' in outputs and env_targets is not None) else zero
     hab = outputs.get('habitat_logits')
     habitat = species_loss_fn(hab, targets, label_weights=label_weights, generator=generator) if hab is not None else zero

@@ -5,6 +5,7 @@
 # %% ../nbs/07_model.ipynb #65ad3184
 from __future__ import annotations
 import math, os
+from itertools import islice
 import numpy as np
 import torch
 import torch.nn as nn
@@ -13,10 +14,10 @@ import torch.nn.functional as F
 from .core import ConfigError, N_WEEKS
 
 # %% auto #0
-__all__ = ['LN_EPS', 'SPECIES_PRIOR', 'BIRDNET_PARAMS', 'circular_encoding', 'coord_features', 'week_features', 'ResidualBlock',
-           'FiLM', 'SpatioTemporalEncoder', 'SpeciesHead', 'EnvHead', 'HabitatHead', 'scale_dims', 'GeoModel',
-           'create_model', 'count_parameters', 'parameter_table', 'param_groups', 'resolve_device', 'predict_proba',
-           'ExportWrapper']
+__all__ = ['LN_EPS', 'SPECIES_PRIOR', 'BIRDNET_PARAMS', 'circular_encoding', 'coord_features', 'week_features', 'Dropout',
+           'ResidualBlock', 'FiLM', 'SpatioTemporalEncoder', 'WideLinear', 'SpeciesHead', 'EnvHead', 'HabitatHead',
+           'scale_dims', 'GeoModel', 'create_model', 'count_parameters', 'parameter_table', 'param_groups',
+           'resolve_device', 'predict_proba', 'ExportWrapper']
 
 # %% ../nbs/07_model.ipynb #df6d655b
 def circular_encoding(theta: torch.Tensor, n_harmonics: int) -> torch.Tensor:
@@ -41,6 +42,14 @@ def week_features(week: torch.Tensor, n_harmonics: int = 8) -> torch.Tensor:
     return torch.cat([torch.where(yearly, 0.0, enc), yearly.float()], dim=-1)
 
 # %% ../nbs/07_model.ipynb #99e0b7a9
+class Dropout(nn.Dropout):
+    "`nn.Dropout` whose CPU mask is drawn with `rand` (faster than `bernoulli_` there)."
+    def forward(self, x):
+        if not self.training or self.p == 0 or self.p >= 1 or x.device.type != 'cpu': return super().forward(x)
+        keep = torch.rand(x.shape, device=x.device).ge_(self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))
+        return x * keep
+
+# %% ../nbs/07_model.ipynb #50069aef
 LN_EPS = 1e-4
 
 class ResidualBlock(nn.Module):
@@ -48,7 +57,7 @@ class ResidualBlock(nn.Module):
     def __init__(self, d: int, dropout: float = 0.0):
         super().__init__()
         self.norm1, self.fc1 = nn.LayerNorm(d, eps=LN_EPS), nn.Linear(d, d)
-        self.norm2, self.drop, self.fc2 = nn.LayerNorm(d, eps=LN_EPS), nn.Dropout(dropout), nn.Linear(d, d)
+        self.norm2, self.drop, self.fc2 = nn.LayerNorm(d, eps=LN_EPS), Dropout(dropout), nn.Linear(d, d)
     def forward(self, x):
         h = self.fc1(F.gelu(self.norm1(x)))
         return x + self.fc2(self.drop(F.gelu(self.norm2(h))))
@@ -95,10 +104,33 @@ class SpatioTemporalEncoder(nn.Module):
         return self.norm(x)
 
 # %% ../nbs/07_model.ipynb #b27738a3
+class _WideLinearFn(torch.autograd.Function):
+    "`x·wᵀ + b`, with the weight gradient as `(xᵀ·g)ᵀ`."
+    @staticmethod
+    def forward(ctx, x, w, b):
+        ctx.save_for_backward(x, w)
+        return torch.addmm(b, x, w.t())
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        gx = g @ w if ctx.needs_input_grad[0] else None
+        gw = (x.t() @ g).t() if ctx.needs_input_grad[1] else None
+        return gx, gw, g.sum(0) if ctx.needs_input_grad[2] else None
+
+class WideLinear(nn.Linear):
+    "An `nn.Linear` to many outputs whose weight gradient is the faster GEMM on the CPU (eager fp32 training)."
+    def forward(self, x):
+        if (x.device.type != 'cpu' or x.dim() != 2 or not torch.is_grad_enabled() or torch.is_autocast_enabled('cpu')
+                or torch.jit.is_tracing() or torch.compiler.is_compiling()):
+            return super().forward(x)
+        return _WideLinearFn.apply(x, self.weight, self.bias)
+
+# %% ../nbs/07_model.ipynb #7b88282e
 SPECIES_PRIOR = 0.01
 
 def _lowrank_out(d_in: int, bottleneck: int, n_out: int) -> nn.Sequential:
-    out = nn.Linear(bottleneck, n_out)
+    out = WideLinear(bottleneck, n_out)
     nn.init.constant_(out.bias, math.log(SPECIES_PRIOR / (1 - SPECIES_PRIOR)))
     return nn.Sequential(nn.LayerNorm(d_in, eps=LN_EPS), nn.Linear(d_in, bottleneck), nn.GELU(), out)
 
@@ -108,7 +140,12 @@ class SpeciesHead(nn.Module):
         super().__init__()
         self.blocks = nn.Sequential(*(ResidualBlock(d, dropout) for _ in range(n_blocks)))
         self.out = _lowrank_out(d, bottleneck, n_species)
-    def forward(self, x): return self.out(self.blocks(x))
+    def features(self, x):
+        "The input of the last layer (`out[-1]`, bottleneck → species)."
+        x = self.blocks(x)
+        for m in islice(self.out, len(self.out) - 1): x = m(x)
+        return x
+    def forward(self, x): return self.out[-1](self.features(x))
 
 # %% ../nbs/07_model.ipynb #68f87c84
 class EnvHead(nn.Module):
@@ -183,13 +220,18 @@ class GeoModel(nn.Module):
     def n_env(self) -> int: return self.config['n_env']
 
     def forward(self, lat: torch.Tensor, lon: torch.Tensor, week: torch.Tensor, return_env: bool = False,
-                species_rows: int | None = None) -> dict:
+                species_rows: int | None = None, species_features: bool = False) -> dict:
         "Outputs for every row; with `species_rows=n` only the first n rows get species (and habitat) logits."
         h = self.encoder(lat, lon, week)
         hs = h if species_rows is None else h[:species_rows]
-        logits = self.species_head(hs)
+        feats = self.species_head.features(hs)
         out = {}
         env = self.env_head(h) if (self.env_head is not None and (return_env or self.habitat_head is not None)) else None
+        if species_features and self.habitat_head is None:       # the loss applies the last layer itself
+            out['species_features'] = feats
+            if return_env and env is not None: out['env_pred'] = env
+            return out
+        logits = self.species_head.out[-1](feats)
         if self.habitat_head is not None:
             hab = self.habitat_head((env if species_rows is None else env[:species_rows]).detach())
             gate = torch.sigmoid(self.gate(hs))

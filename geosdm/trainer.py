@@ -16,9 +16,11 @@ from .config import TrainConfig, check_config, config_from, propagation_params
 from .checkpoint import CHECKPOINT_FORMAT, plain, split_identity, save_checkpoint, load_checkpoint, write_labels, training_cells
 from .checkpoint import check_run_folder, check_schedule, data_changes, run_lock, source_checkpoint, transfer_weights
 from .data import prepare_data, Prepared
-from .batches import DeviceSamples, jitter_latlon
+from .batches import DeviceSamples, jitter_latlon, pairs_size
 from .model import create_model, count_parameters, param_groups, resolve_device
-from .losses import SpeciesLoss, random_latlon, total_loss
+from .losses import SpeciesLoss, random_latlon
+from .steps import (REF_BATCH, resolve_batch_size, peak_lr, adam_betas, forward_losses, LossScale, resolve_compile,
+                          compiled, keep_freed_memory)
 from .metrics import MetricAccumulator, geoscore, merge_holdout
 from .propagation import label_freq_weights
 
@@ -43,15 +45,16 @@ def prepare(cfg: TrainConfig, progress=True) -> Prepared:
                         cache_dir=cache, no_cache=cfg.no_cache, progress=progress)
 
 # %% ../nbs/11_trainer.ipynb #8834c66c
-def lr_at(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
-    "Learning rate at global optimiser `step` (0-based)."
-    if cfg.lr_schedule == 'none': return cfg.lr
+def lr_at(step: int, steps_per_epoch: int, cfg: TrainConfig, batch_size: int = REF_BATCH) -> float:
+    "Learning rate at global optimiser `step` (0-based) of a run with batches of `batch_size`."
+    lr = peak_lr(cfg.lr, batch_size, cfg.lr_scaling)
+    if cfg.lr_schedule == 'none': return lr
     total = max(1, cfg.num_epochs * steps_per_epoch)
     warm = int(round(cfg.lr_warmup * steps_per_epoch))
     warm = min(warm, total - 1) if total > 1 else 0
-    if step < warm: return cfg.lr * (0.01 + 0.99 * step / warm)
+    if step < warm: return lr * (0.01 + 0.99 * step / warm)
     t = min(1.0, (step - warm) / max(1, total - warm))
-    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * t))
+    return cfg.lr_min + 0.5 * (lr - cfg.lr_min) * (1 + math.cos(math.pi * t))
 
 # %% ../nbs/11_trainer.ipynb #cdb5a4b6
 def resolve_amp(amp: str, device: torch.device):
@@ -67,9 +70,10 @@ def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
     return int(hashlib.sha256(f'{seed}/{epoch}/{stream}'.encode()).hexdigest()[:15], 16)
 
 # %% ../nbs/11_trainer.ipynb #e7b52fcd
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    "Fused AdamW; weight decay on weight matrices only."
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, fused=True)
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, batch_size: int = REF_BATCH) -> torch.optim.AdamW:
+    "Fused AdamW; weight decay on weight matrices only; betas for `batch_size` (`geosdm.steps.adam_betas`)."
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, fused=True,
+                             betas=adam_betas(batch_size, cfg.lr_scaling))
 
 def make_loss(cfg: TrainConfig) -> SpeciesLoss:
     "The species loss the options describe."
@@ -115,16 +119,20 @@ class Trainer:
         self.model = create_model(n_species=prep.n_species, n_env=prep.n_env, model_scale=cfg.model_scale,
                                   coord_harmonics=cfg.coord_harmonics, week_harmonics=cfg.week_harmonics,
                                   habitat_head=cfg.habitat_head).to(d)
-        self.opt = make_optimizer(self.model, cfg)
-        self.scaler = torch.amp.GradScaler('cuda', enabled=self.amp_dtype == torch.float16)
+        self.batch_size = resolve_batch_size(cfg.batch_size, d, len(prep.train))
+        self.opt, self.params = make_optimizer(self.model, cfg, self.batch_size), list(self.model.parameters())
+        self.scaler = LossScale(d, enabled=self.amp_dtype == torch.float16)    # the non-finite guard (fp16: loss scale)
         self.loss_fn = make_loss(cfg)
+        self.compile = resolve_compile(cfg.compile, d)
+        self._forward = compiled(forward_losses, self.compile)
+        if d.type == 'cpu': keep_freed_memory()
         self.train_data = DeviceSamples(prep.train, d)
         self.val_data = DeviceSamples(prep.val, d) if len(prep.val) else None
         self.holdout_data = DeviceSamples(prep.holdout, d) if prep.holdout is not None and len(prep.holdout) else None
         self.env = torch.as_tensor(prep.env, dtype=torch.float32, device=d)
         self.label_weights = label_weights(prep, cfg, d)
         self.empty = EmptySplit(prep.train, d, cfg.empty_samples, self.model.env_head is not None)
-        self.steps_per_epoch = max(1, len(prep.train) // cfg.batch_size)
+        self.steps_per_epoch = max(1, len(prep.train) // self.batch_size)
         self.step = self.epoch = self.best_epoch = 0        # optimiser steps taken, epochs completed
         self.best_geoscore = -math.inf
         self.history: dict[str, list] = {}
@@ -136,11 +144,11 @@ class Trainer:
         return self.empty.active
 
 # %% ../nbs/11_trainer.ipynb #61d95836
-def _batch(self: Trainer, idx: torch.Tensor, jit: float, gen) -> dict:
-    "Inputs and targets of the training rows `idx` (plus env-only rows under env_only)."
+def _batch(self: Trainer, idx: torch.Tensor, jit: float, gen, size: int | None = None) -> dict:
+    "Inputs and targets (label pairs padded to `size`) of the training rows `idx` (plus env-only rows under env_only)."
     td = self.train_data
-    lat, lon, week, y, cell = td.batch(idx, jitter_std=jit, generator=gen)
-    b = dict(lat=lat, lon=lon, week=week, y=y, env=self.env[cell], species_rows=None)
+    lat, lon, week, cell = td.inputs(idx, jitter_std=jit, generator=gen)
+    b = dict(lat=lat, lon=lon, week=week, y=td.positives(idx, size), env=self.env[cell], species_rows=None)
     if self.empty.active:
         e = self.empty.draw(max(1, len(idx) // 2), gen)
         elat, elon = td.lat[e], td.lon[e]
@@ -152,45 +160,29 @@ def _batch(self: Trainer, idx: torch.Tensor, jit: float, gen) -> dict:
 Trainer._batch = _batch
 
 # %% ../nbs/11_trainer.ipynb #cff1bc7b
-def _rand_logits(self: Trainer, b: int, gen) -> torch.Tensor:
-    "Species logits at `b` uniformly random locations and weeks (spatial negatives of the AN loss)."
+def _rand_inputs(self: Trainer, b: int, gen) -> tuple:
+    "`b` uniformly random (lat, lon, week) (spatial negatives of the AN loss)."
     lat, lon = random_latlon(b, gen, self.device)
-    week = torch.randint(1, N_WEEKS + 1, (b,), device=self.device, generator=gen).float()
-    return self.model(lat, lon, week)['species_logits']
+    return lat, lon, torch.randint(1, N_WEEKS + 1, (b,), device=self.device, generator=gen).float()
 
-def _losses(self: Trainer, b: dict, gen, weights=None) -> dict:
-    "The multi-task losses of batch `b` (forward pass under autocast when AMP is on)."
-    cfg, d = self.cfg, self.device
-    with torch.autocast(d.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-        out = self.model(b['lat'], b['lon'], b['week'], return_env=True, species_rows=b['species_rows'])
-        rl = self._rand_logits(len(b['y']), gen) if cfg.species_loss == 'an' else None
-    return total_loss(out, b['y'], b['env'], self.loss_fn, species_weight=cfg.species_weight, env_weight=cfg.env_weight,
-                      habitat_weight=cfg.habitat_weight, rand_logits=rl, label_weights=weights, generator=gen) | {'out': out}
+def _losses(self: Trainer, b: dict, gen, weights=None, train: bool = False) -> dict:
+    "The multi-task losses of batch `b`; with the model's outputs ('out') unless `train`."
+    cfg, an = self.cfg, self.cfg.species_loss == 'an'
+    rand = self._rand_inputs(b['y'].shape[0], gen) if an else None
+    return (self._forward if train else forward_losses)(
+        self.model, self.loss_fn, b, self.amp_dtype, dict(species_weight=cfg.species_weight, env_weight=cfg.env_weight,
+        habitat_weight=cfg.habitat_weight), rand, weights, gen if an else None, outputs=not train)
 
-Trainer._rand_logits, Trainer._losses = _rand_logits, _losses
+Trainer._rand_inputs, Trainer._losses = _rand_inputs, _losses
 
 # %% ../nbs/11_trainer.ipynb #b182c98f
 def _step(self: Trainer, loss: torch.Tensor) -> torch.Tensor:
-    "One optimiser step on `loss` at the scheduled learning rate; returns the device flag `finite`."
-    lr = lr_at(self.step, self.steps_per_epoch, self.cfg)
+    "One optimiser step on `loss` at the scheduled learning rate; returns the device flag `ok` (False: skipped)."
+    lr = lr_at(self.step, self.steps_per_epoch, self.cfg, self.batch_size)
     for g in self.opt.param_groups: g['lr'] = lr
     self.opt.zero_grad(set_to_none=True)
-    finite = torch.isfinite(loss)
     self.step += 1
-    if self.device.type == 'cpu':
-        if not bool(finite): return finite
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.opt.step()
-        return finite
-    self.scaler.scale(torch.where(finite, loss, torch.zeros_like(loss))).backward()
-    self.scaler.unscale_(self.opt)
-    torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-    if not self.scaler.is_enabled():   # bf16/fp32: zero the grads of a non-finite step, no sync
-        for p in self.model.parameters():
-            if p.grad is not None: p.grad.mul_(finite.to(p.grad.dtype)).nan_to_num_(0.0)
-    self.scaler.step(self.opt); self.scaler.update()
-    return finite
+    return self.scaler.step(self.opt, self.params, loss)
 
 Trainer._step = _step
 
@@ -210,24 +202,25 @@ def _progress(total: int, desc: str, enabled: bool):
 
 # %% ../nbs/11_trainer.ipynb #f4b9e3f7
 def train_epoch(self: Trainer, progress=True) -> dict:
-    "Train one epoch; returns its history row (losses, skipped batches, seconds, samples/s, learning rate)."
+    "Train one epoch; returns its history row (losses, skipped batches, seconds, samples/s, learning rate, batch size)."
     cfg, d, ep, nb = self.cfg, self.device, self.epoch + 1, self.steps_per_epoch
     self.model.train()
     torch.manual_seed(epoch_seed(cfg.seed, ep, 0))                         # dropout
     gen = torch.Generator(device=d); gen.manual_seed(epoch_seed(cfg.seed, ep, 1))
-    B = min(cfg.batch_size, len(self.prep.train))
+    B = self.batch_size
     order = (self.empty.order(nb * B, gen) if self.empty.active
              else torch.randperm(len(self.prep.train), device=d, generator=gen))
+    size = pairs_size(self.train_data.n_pos[order[:nb * B]].view(nb, B).sum(1))   # one read per epoch
     jit = self.prep.jitter_std if cfg.jitter else 0.0
     sums = torch.zeros(4, device=d, dtype=torch.float64)
     skipped = torch.zeros((), device=d, dtype=torch.int64)
-    bar, t0 = _progress(nb, f'Epoch {ep}/{cfg.num_epochs}', progress), time.perf_counter()
+    bar, t0, every = _progress(nb, f'Epoch {ep}/{cfg.num_epochs}', progress), time.perf_counter(), max(1, nb // 4)
     for i in range(nb):
-        losses = self._losses(self._batch(order[i * B:(i + 1) * B], jit, gen), gen, self.label_weights)
-        finite = self._step(losses['loss'])
-        sums += _loss_vector(losses, finite); skipped += (~finite).long()
+        losses = self._losses(self._batch(order[i * B:(i + 1) * B], jit, gen, size), gen, self.label_weights, train=True)
+        ok = self._step(losses['loss'])
+        sums += _loss_vector(losses, ok); skipped += (~ok).long()
         bar.update(1)
-        if progress and (i % 20 == 0 or i == nb - 1):
+        if progress and (i % every == 0 or i == nb - 1):
             bar.set_postfix(loss=f'{(sums[0] / (i + 1)).item():.4f}', sps=f'{(i + 1) * B / max(time.perf_counter() - t0, 1e-9):,.0f}')
     bar.close()
     if d.type == 'cuda': torch.cuda.synchronize()
@@ -236,7 +229,7 @@ def train_epoch(self: Trainer, progress=True) -> dict:
     return {'train_loss': s[0], 'train_species_loss': s[1], 'train_env_loss': s[2],
             'train_habitat_loss': s[3] if cfg.habitat_head else float('nan'), 'train_skipped_batches': n_skip,
             'train_seconds': secs, 'train_samples_per_s': nb * B / max(secs, 1e-9),
-            'lr': lr_at(max(0, self.step - 1), nb, cfg)}
+            'lr': lr_at(max(0, self.step - 1), nb, cfg, B), 'batch_size': B, 'lr_peak': peak_lr(cfg.lr, B, cfg.lr_scaling)}
 
 Trainer.train_epoch = train_epoch
 
@@ -327,7 +320,7 @@ def _check_fits(self: Trainer, ck: dict):
 def load_state(self: Trainer, ck: dict, source=None):
     "Restore from a checkpoint dict (read from `source`), after checking it fits these data and options."
     self._check_fits(ck)
-    check_schedule(ck, self.cfg, source)
+    check_schedule(ck, self.cfg, source, self.batch_size)
     self.model.load_state_dict(ck['model_state_dict'])
     self.opt.load_state_dict(ck['optimizer_state_dict'])
     if ck.get('scaler_state_dict'): self.scaler.load_state_dict(ck['scaler_state_dict'])

@@ -16,7 +16,7 @@ FLOORS = {
     'losses': 3, 'model': 3, 'metrics': 3, 'simulate': 3, 'propagation': 3,
     'data': 4, 'ingest': 4,
     'config': 5,
-    'checkpoint': 6, 'evaluate': 6,
+    'checkpoint': 6, 'evaluate': 6, 'steps': 6,
     'trainer': 7, 'predict': 7, 'maps': 7,
     'autotune': 8, 'demo': 8, 'plots': 8, 'export': 8,   # export runs a Predictor on its files
     'cli': 9,

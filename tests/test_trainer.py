@@ -205,7 +205,7 @@ def test_every_flag_is_a_config_field():
     d = TrainConfig()
     assert (d.model_scale, d.batch_size, d.num_epochs, d.lr, d.weight_decay, d.env_weight, d.species_loss,
             d.label_smoothing, d.min_obs_per_species, d.patience, d.val_size, d.save_every, d.lr_warmup,
-            d.lr_min, d.neg_samples, d.pos_lambda) == (0.75, 1024, 50, 1e-3, 1e-3, 0.1, 'bce', 0.05, 50, 10, 0.1,
+            d.lr_min, d.neg_samples, d.pos_lambda) == (0.75, 'auto', 50, 1e-3, 1e-3, 0.1, 'bce', 0.05, 50, 10, 0.1,
                                                        5, 3, 1e-6, 1024, 4.0)
 
 
@@ -229,10 +229,10 @@ def test_jitter_flag_moves_training_coordinates_only(world, tmp_path):
     prep = prepare(cfg, progress=False)
     tr = Trainer(cfg, prep)
     seen = []
-    orig = tr.train_data.batch
+    orig = tr.train_data.inputs
     def spy(idx, **kw):
         out = orig(idx, **kw); seen.append((kw.get('jitter_std', 0.0), out[0], idx)); return out
-    tr.train_data.batch = spy
+    tr.train_data.inputs = spy
     tr.train_epoch(progress=False)
     std, lat, idx = seen[0]
     assert std == pytest.approx(prep.jitter_std) and std > 0
@@ -248,12 +248,12 @@ def test_empty_samples_env_only(world, tmp_path):
     assert 0 < n_obs < len(npos)
     assert tr.split_empty and tr.steps_per_epoch == len(npos) // 64   # same steps per epoch as 'negative'
     seen, env_rows = [], []
-    orig_batch, orig_env = tr.train_data.batch, tr.model.env_head.forward
+    orig_batch, orig_env = tr.train_data.inputs, tr.model.env_head.forward
     def spy(idx, **kw):
         seen.append(idx.clone()); return orig_batch(idx, **kw)
     def env_spy(h):
         env_rows.append(len(h)); return orig_env(h)
-    tr.train_data.batch = spy
+    tr.train_data.inputs = spy
     tr.model.env_head.forward = env_spy
     row = tr.train_epoch(progress=False)
     rows = torch.cat(seen).numpy()

@@ -1,0 +1,141 @@
+"The training step: compiled = eager, resume under --compile, the batch-size and learning-rate rules, non-finite batches."
+import math
+
+import pytest
+import torch
+
+from geosdm.simulate import simulate_world
+from geosdm.config import TrainConfig
+from geosdm.steps import resolve_batch_size, peak_lr, LossScale
+from geosdm.trainer import Trainer, train, prepare, lr_at
+
+TIMING = ('seconds', 'samples_per_s')
+
+
+@pytest.fixture(scope='module')
+def world(tmp_path_factory):
+    d = tmp_path_factory.mktemp('world')
+    simulate_world(n_species=50, res=2, bbox=(-130, 20, -60, 55), seed=11).write(d)
+    return d / 'combined.parquet'
+
+
+def base(world, ck, **kw):
+    cfg = dict(data_path=str(world), checkpoint_dir=str(ck), model_scale=0.25, num_epochs=3, lr_warmup=0.5,
+               min_obs_per_species=10, batch_size=256, device='cpu', seed=5)
+    return TrainConfig(**{**cfg, **kw})
+
+
+def strip(h):
+    return {k: v for k, v in h.items() if not any(t in k for t in TIMING)}
+
+
+def test_batch_size_rule():
+    assert resolve_batch_size('auto', 'cpu', 300_000) == 1024
+    assert resolve_batch_size('auto', 'cuda', 300_000) == 8192
+    assert resolve_batch_size('auto', 'cuda', 16 * 8192 - 1) == 4096      # at least 16 batches per epoch
+    assert resolve_batch_size('auto', 'cuda', 1000) == 1000                 # never more than the data
+    assert resolve_batch_size(2048, 'cpu', 300_000) == 2048
+    assert resolve_batch_size(4096, 'cpu', 100) == 100
+
+
+def test_lr_scaling_rule():
+    cfg = TrainConfig(num_epochs=10, lr_warmup=2, lr=1e-3, lr_min=1e-6)
+    for B, spe in ((256, 960), (1024, 240), (8192, 30), (32768, 8)):
+        peak = 1e-3 * math.sqrt(max(B, 1024) / 1024)
+        assert peak_lr(1e-3, B) == pytest.approx(peak)
+        assert lr_at(2 * spe, spe, cfg, B) == pytest.approx(peak)        # the peak, after the same 2 epochs
+        assert lr_at(spe, spe, cfg, B) == pytest.approx(peak * (0.01 + 0.99 / 2))
+        assert lr_at(10 * spe, spe, cfg, B) == pytest.approx(1e-6)        # lr_min at the end
+    flat = TrainConfig(lr_scaling='none', lr=1e-3, lr_warmup=0, lr_schedule='none')
+    assert lr_at(0, 30, flat, 8192) == 1e-3
+
+
+def test_history_records_batch_size_and_lr(world, tmp_path):
+    cfg = base(world, tmp_path, batch_size='auto', num_epochs=1)
+    tr = Trainer(cfg, prepare(cfg, progress=False))
+    row = tr.train_epoch(progress=False)
+    assert row['batch_size'] == tr.batch_size == min(1024, len(tr.prep.train))
+    assert row['lr_peak'] == pytest.approx(1e-3)
+    assert tr.steps_per_epoch == len(tr.prep.train) // tr.batch_size
+
+
+def _three_steps(cfg, prep):
+    "Losses of the first 3 steps of epoch 1 and the state after them."
+    tr = Trainer(cfg, prep)
+    tr.steps_per_epoch = 3
+    losses, step = [], tr._step
+    def spy(loss):
+        losses.append(float(loss.detach())); return step(loss)
+    tr._step = spy
+    tr.train_epoch(progress=False)
+    return losses, tr.model.state_dict(), tr.opt.state_dict()['state']
+
+
+def test_compiled_step_equals_eager(world, tmp_path):
+    cfg = base(world, tmp_path)
+    prep = prepare(cfg, progress=False)
+    l0, w0, s0 = _three_steps(cfg, prep)
+    with torch._inductor.config.patch(fallback_random=True):   # dropout masks from the generator eager uses
+        l1, w1, s1 = _three_steps(base(world, tmp_path, compile='default'), prep)
+    # tolerance: fp32 kernels that sum in another order; three AdamW steps of at most lr each
+    assert l1 == pytest.approx(l0, rel=1e-5)
+    for k in w0: torch.testing.assert_close(w1[k], w0[k], rtol=1e-4, atol=1e-5)
+    for i in s0:
+        for k in ('exp_avg', 'exp_avg_sq'): torch.testing.assert_close(s1[i][k], s0[i][k], rtol=1e-3, atol=1e-8)
+
+
+def test_compiled_run_resumes_exactly(world, tmp_path):
+    full = train(base(world, tmp_path / 'full', compile='default'), progress=False).history
+    cfg = base(world, tmp_path / 'part', compile='default', save_every=1)
+    tr = Trainer(cfg, prepare(cfg, progress=False))
+
+    class Stop(Exception): pass
+
+    def stop_after_two(t, row):
+        if t.epoch == 2: raise Stop
+    with pytest.raises(Stop):
+        tr.fit(progress=False, on_epoch=stop_after_two)
+    res = train(base(world, tmp_path / 'part', compile='default', resume=str(tmp_path / 'part' / 'checkpoint_latest.pt')),
+                progress=False)
+    assert res.epoch == 3 and res.compile == 'default'
+    assert strip(res.history) == strip(full)
+
+
+def _state(tr):
+    return ({k: v.clone() for k, v in tr.model.state_dict().items()},
+            {i: {k: v.clone() for k, v in s.items()} for i, s in tr.opt.state_dict()['state'].items()})
+
+
+@pytest.mark.parametrize('amp', ['off', 'bf16', 'fp16'])
+def test_nonfinite_batch_is_skipped(world, tmp_path, amp):
+    cfg = base(world, tmp_path, amp='bf16' if amp == 'bf16' else 'off')
+    tr = Trainer(cfg, prepare(cfg, progress=False))
+    if amp == 'fp16':   # the CUDA fp16 path on the CPU: fp16 autocast and the dynamic loss scale
+        tr.amp_dtype, tr.scaler = torch.float16, LossScale('cpu', enabled=True)
+    gen = torch.Generator().manual_seed(0)
+    good = tr._batch(torch.arange(64), 0.0, gen, size=4096)
+    bad = dict(good, lat=good['lat'].clone().index_fill_(0, torch.tensor([5]), float('nan')))
+    assert bool(tr._step(tr._losses(good, gen, train=True)['loss']))
+    before = _state(tr)
+    assert not bool(tr._step(tr._losses(bad, gen, train=True)['loss']))
+    after = _state(tr)
+    for k in before[0]: assert torch.equal(before[0][k], after[0][k]), k
+    for i in before[1]:
+        for k in before[1][i]: assert torch.equal(before[1][i][k], after[1][i][k]), (i, k)
+    assert bool(tr._step(tr._losses(good, gen, train=True)['loss']))      # and training goes on
+    if amp == 'fp16': assert float(tr.scaler.scale) == 2.0 ** 15             # halved once, by the skipped step
+
+
+@pytest.mark.parametrize('amp', ['off', 'bf16'])
+def test_epoch_counts_skipped_batches(world, tmp_path, amp):
+    cfg = base(world, tmp_path, amp=amp)
+    tr = Trainer(cfg, prepare(cfg, progress=False))
+    batch, n = tr._batch, []
+    def poisoned(idx, jit, gen, size=None):
+        b = batch(idx, jit, gen, size); n.append(1)
+        if len(n) == 2: b['lat'] = b['lat'] * float('nan')
+        return b
+    tr._batch = poisoned
+    row = tr.train_epoch(progress=False)
+    assert row['train_skipped_batches'] == 1 and math.isfinite(row['train_loss'])
+    assert all(torch.isfinite(p).all() for p in tr.model.parameters())
