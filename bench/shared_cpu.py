@@ -9,7 +9,8 @@ machine. A policy is a set of environment variables given to the run:
 - default: what geosdm does by itself (its own thread policy, if any);
 - spin: `OMP_WAIT_POLICY=ACTIVE` (OpenMP threads spin while they wait for work);
 - passive: `OMP_WAIT_POLICY=PASSIVE` (waiting threads sleep);
-- one_thread: `OMP_NUM_THREADS=1`.
+- one_thread: `OMP_NUM_THREADS=1`;
+- short_spin: `GOMP_SPINCOUNT=10000` (GNU OpenMP threads spin briefly, then sleep).
 
 The fair share of a run beside k hogs on n cores is n / (k + 1) cores, so the slowdown to expect is about
 (k + 1) / n for a run that would use all n cores, 1 for k + 1 <= n. Results: bench/results/shared_cpu.json.
@@ -20,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 POLICIES = {'default': {}, 'spin': {'OMP_WAIT_POLICY': 'ACTIVE'}, 'passive': {'OMP_WAIT_POLICY': 'PASSIVE'},
-            'one_thread': {'OMP_NUM_THREADS': '1'}}
+            'one_thread': {'OMP_NUM_THREADS': '1'}, 'short_spin': {'GOMP_SPINCOUNT': '10000'}}
 
 
 def hog() -> subprocess.Popen:
@@ -51,6 +52,7 @@ def main(argv=None) -> int:
     p.add_argument('--hogs', nargs='+', type=int, default=[0, 1, 2])
     p.add_argument('--policies', nargs='+', default=['default', 'passive', 'one_thread'], choices=list(POLICIES))
     p.add_argument('--epochs', type=int, default=12)
+    p.add_argument('--out', default=str(ROOT / 'results' / 'shared_cpu.json'))
     a = p.parse_args(argv)
     out = {'cores': os.cpu_count(), 'epochs': a.epochs, 'runs': []}
     for k in a.hogs:
@@ -66,7 +68,7 @@ def main(argv=None) -> int:
     quiet = {r['policy']: r['wall_s'] for r in out['runs'] if r['hogs'] == 0}
     for r in out['runs']:
         if r['policy'] in quiet: r['slowdown'] = round(r['wall_s'] / quiet[r['policy']], 2)
-    res = ROOT / 'results' / 'shared_cpu.json'
+    res = Path(a.out)
     res.parent.mkdir(parents=True, exist_ok=True)
     res.write_text(json.dumps(out, indent=1) + '\n')
     return 0

@@ -53,7 +53,8 @@ def prepare_split() -> tuple[Path, Path]:
     if not dst.exists() or dst.stat().st_mtime < src.stat().st_mtime:
         test = set((WORLD / 'test_cells.txt').read_text().split())
         df = pl.read_parquet(src).filter(~pl.col('h3_index').is_in(list(test)))
-        tmp = dst.with_suffix('.tmp'); df.drop('geometry').write_parquet(tmp); os.replace(tmp, dst)
+        tmp = dst.with_name(f'{dst.stem}.{os.getpid()}.tmp')      # runs started together each write their own
+        df.drop('geometry').write_parquet(tmp); os.replace(tmp, dst)
     return dst, WORLD / 'combined_taxonomy.csv'
 
 

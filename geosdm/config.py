@@ -195,8 +195,9 @@ _SCHEDULE = _group('Learning Rate Schedule',
     O('lr_schedule', 'cosine', 'cosine (single decay to lr_min) or none', choices=('cosine', 'none')),
     O('lr_min', 1e-6, 'Minimum learning rate', range='>= 0'),
     O('lr_warmup', 3.0, 'Linear warmup epochs before cosine schedule (0 = off; stepped per batch)', range='>= 0'),
-    O('lr_scaling', 'sqrt', 'How AdamW follows a batch size above 1024: sqrt = peak --lr × √(batch/1024), linear = '
-      '× batch/1024, both with 1 − β2 × batch/1024; none = --lr and betas as given', choices=('sqrt', 'linear', 'none')))
+    O('lr_scaling', 'auto', 'How AdamW follows a batch k = batch/1024 times 1024: auto = peak --lr × k × min(k, 8)^(1/3) '
+      '(measured, see the steps notebook), linear = × k, sqrt = × √k, each with 1 − β2 × k; none = --lr and betas as given',
+      choices=('auto', 'linear', 'sqrt', 'none')))
 
 _STOPPING = _group('Early Stopping',
     O('patience', 10, 'Stop after N epochs without GeoScore improvement (0 = disabled)', range='>= 0'))
@@ -221,6 +222,9 @@ _RUNTIME = _group('Checkpoints',
       'env targets are matched by name)', type=str, file='checkpoint'),
     O('save_every', 5, 'Save checkpoint every N epochs', range='>= 1'),
     O('device', 'auto', 'auto, cuda, or cpu', choices=('auto', 'cuda', 'cpu')),
+    O('cpu_threads', 'auto', 'Threads when training on the CPU: a number, or auto = the cores other processes leave free, '
+      'measured again each epoch (at most one per core; OMP_NUM_THREADS, when set, decides)', type=int, range='>= 1',
+      words=('auto',)),
     O('num_workers', None, 'Accepted for compatibility; geosdm builds batches on the device and needs no DataLoader workers',
       type=int),
     O('seed', 0, 'Random seed for weights, shuffling, dropout, jitter and negative sampling'),

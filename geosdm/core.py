@@ -15,7 +15,7 @@ import numpy as np
 __all__ = ['N_WEEKS', 'YEAR', 'WEEK_COLS', 'WATCHLIST', 'GeoSDMError', 'GeoSDMDataError', 'ConfigError', 'CheckpointError',
            'atomic_path', 'atomic_write', 'is_temp_file', 'stale_temp_files', 'pid_alive', 'clean_temp_files',
            'file_digest', 'jsonable', 'write_json', 'csr_gather', 'sorted_unique', 'week_of', 'week_label', 'cache_dir',
-           'demo_data_dir', 'demo_parquet', 'peak_rss_mb']
+           'demo_data_dir', 'demo_parquet', 'peak_rss_mb', 'usable_cpus', 'CpuShare']
 
 # %% ../nbs/00_core.ipynb #005b42b3
 class GeoSDMError(Exception):
@@ -219,3 +219,38 @@ def demo_parquet() -> Path:
 def peak_rss_mb() -> float:
     "Peak resident memory of this process so far, in MiB."
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+# %% ../nbs/00_core.ipynb #83a7894a
+def _machine_cpu() -> tuple[float, int] | None:
+    "(busy CPU seconds of the whole machine since boot, its number of CPUs), from /proc/stat; None without it."
+    try:
+        with open('/proc/stat') as f: lines = f.read().splitlines()
+        v = [int(x) for x in lines[0].split()[1:9]]        # user nice system idle iowait irq softirq steal
+    except (OSError, ValueError, IndexError): return None
+    n = sum(1 for l in lines if l.startswith('cpu') and l[3:4].isdigit())
+    return (sum(v) - v[3] - v[4]) / os.sysconf('SC_CLK_TCK'), n
+
+def usable_cpus() -> int:
+    "The CPUs this process may run on."
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+
+class CpuShare:
+    "How many cores other processes leave free, measured between calls of `free_cores`."
+    def __init__(self):
+        self.cores = usable_cpus()
+        self._mark = self._read()
+
+    def _read(self):
+        m, t = _machine_cpu(), os.times()
+        return None if m is None or m[1] != self.cores else (m[0], t.user + t.system, time.monotonic())
+
+    def free_cores(self, min_s: float = 0.2) -> int | None:
+        "Cores not used by other processes since the last call (measured over at least `min_s` s); None if unknown."
+        if self._mark is None: return None
+        time.sleep(max(0.0, min_s - (time.monotonic() - self._mark[2])))
+        now = self._read()
+        if now is None: return None
+        busy, own, dt = (b - a for a, b in zip(self._mark, now))
+        self._mark = now
+        others = max(0.0, busy - own) / max(dt, 1e-9)      # cores kept busy by other processes
+        return max(1, min(self.cores, int(self.cores - others + 0.5)))

@@ -12,8 +12,9 @@ from .batches import Positives
 from .losses import total_loss, LinearLogits
 
 # %% auto #0
-__all__ = ['REF_BATCH', 'AUTO_BATCH', 'MIN_BATCHES', 'LR_SCALINGS', 'COMPILE_MODES', 'COMPILE_AUTO', 'resolve_batch_size',
-           'peak_lr', 'adam_betas', 'forward_losses', 'LossScale', 'resolve_compile', 'compiled', 'keep_freed_memory']
+__all__ = ['REF_BATCH', 'AUTO_BATCH', 'MIN_BATCHES', 'LR_POWERS', 'AUTO_BOOST_UNTIL', 'COMPILE_MODES', 'COMPILE_AUTO',
+           'resolve_batch_size', 'lr_factor', 'peak_lr', 'adam_betas', 'forward_losses', 'LossScale', 'resolve_compile',
+           'compiled', 'keep_freed_memory']
 
 # %% ../nbs/10b_steps.ipynb #095984d7
 REF_BATCH = 1024                            # the batch that --lr is given for
@@ -29,13 +30,20 @@ def resolve_batch_size(batch_size: int | str, device, n_train: int) -> int:
     return max(1, min(b, n_train))
 
 # %% ../nbs/10b_steps.ipynb #18986604
-LR_SCALINGS = {'sqrt': 0.5, 'linear': 1.0, 'none': 0.0}   # --lr_scaling: the power of the batch ratio
+LR_POWERS = {'linear': 1.0, 'sqrt': 0.5, 'none': 0.0}   # --lr_scaling other than auto: the power of k = batch/1024
+AUTO_BOOST_UNTIL = 8                                  # auto: lr·k·min(k, 8)^(1/3)
 
-def peak_lr(lr: float, batch_size: int, scaling: str = 'sqrt') -> float:
-    "The peak learning rate for `batch_size` when `lr` is given for batches up to `REF_BATCH` (`scaling`: see `LR_SCALINGS`)."
-    return lr * (max(batch_size, REF_BATCH) / REF_BATCH) ** LR_SCALINGS[scaling]
+def lr_factor(batch_size: int, scaling: str = 'auto') -> float:
+    "How many times `--lr` the peak learning rate of `batch_size` is under `scaling` (1 up to `REF_BATCH`)."
+    k = max(batch_size, REF_BATCH) / REF_BATCH
+    if scaling == 'auto': return k * min(k, AUTO_BOOST_UNTIL) ** (1 / 3)
+    return k ** LR_POWERS[scaling]
 
-def adam_betas(batch_size: int, scaling: str = 'sqrt', betas: tuple = (0.9, 0.999)) -> tuple[float, float]:
+def peak_lr(lr: float, batch_size: int, scaling: str = 'auto') -> float:
+    "The peak learning rate for `batch_size` when `lr` is given for batches up to `REF_BATCH`."
+    return lr * lr_factor(batch_size, scaling)
+
+def adam_betas(batch_size: int, scaling: str = 'auto', betas: tuple = (0.9, 0.999)) -> tuple[float, float]:
     "AdamW's betas for `batch_size`: β2's average spans the same number of samples as at `REF_BATCH` (1 − β2 ≤ 0.1)."
     k = max(batch_size, REF_BATCH) / REF_BATCH if scaling != 'none' else 1.0
     return betas[0], 1 - min(0.1, (1 - betas[1]) * k)

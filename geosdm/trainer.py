@@ -4,14 +4,14 @@
 
 # %% ../nbs/11_trainer.ipynb #b836d11e
 from __future__ import annotations
-import hashlib, logging, math, sys, time
+import hashlib, logging, math, os, sys, time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .core import GeoSDMDataError, ConfigError, N_WEEKS, clean_temp_files, write_json, demo_parquet
+from .core import GeoSDMDataError, ConfigError, N_WEEKS, clean_temp_files, write_json, demo_parquet, CpuShare
 from .config import TrainConfig, check_config, config_from, propagation_params
 from .checkpoint import CHECKPOINT_FORMAT, plain, split_identity, save_checkpoint, load_checkpoint, write_labels, training_cells
 from .checkpoint import check_run_folder, check_schedule, data_changes, run_lock, source_checkpoint, transfer_weights
@@ -126,6 +126,8 @@ class Trainer:
         self.compile = resolve_compile(cfg.compile, d)
         self._forward = compiled(forward_losses, self.compile)
         if d.type == 'cpu': keep_freed_memory()
+        auto_threads = d.type == 'cpu' and cfg.cpu_threads == 'auto' and not os.environ.get('OMP_NUM_THREADS')
+        self.share, self.max_threads = CpuShare() if auto_threads else None, torch.get_num_threads()
         self.train_data = DeviceSamples(prep.train, d)
         self.val_data = DeviceSamples(prep.val, d) if len(prep.val) else None
         self.holdout_data = DeviceSamples(prep.holdout, d) if prep.holdout is not None and len(prep.holdout) else None
@@ -364,22 +366,38 @@ def _end_epoch(self: Trainer, row: dict, t0: float, save: bool = True) -> bool:
 Trainer._record, Trainer._end_epoch = _record, _end_epoch
 
 # %% ../nbs/11_trainer.ipynb #b5495dd7
+def _set_threads(self: Trainer, quiet: bool):
+    "Before an epoch on the CPU: torch's threads by --cpu_threads (auto: the cores other processes leave free)."
+    if self.device.type != 'cpu': return
+    auto = self.cfg.cpu_threads == 'auto'
+    if auto and self.share is None: return
+    n = min(self.share.free_cores() or self.max_threads, self.max_threads) if auto else int(self.cfg.cpu_threads)
+    if n == torch.get_num_threads(): return
+    torch.set_num_threads(n)
+    if auto and not quiet:
+        log.info(f'CPU threads: {n} (other processes keep {self.share.cores - n} of {self.share.cores} cores busy)')
+
 def fit(self: Trainer, progress=True, on_epoch=None, save: bool = True, quiet: bool = False) -> dict:
     "Train until `num_epochs` or early stopping; returns the history. `save=False` writes no files, `quiet` logs nothing."
     if save: self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-    while self.epoch < self.cfg.num_epochs:
-        t0 = time.perf_counter()
-        row = self.train_epoch(progress)
-        self.epoch += 1
-        stop = self._end_epoch(row, t0, save)
-        if not quiet: log.info(format_epoch(row, self.cfg))
-        if on_epoch is not None: on_epoch(self, row)
-        if stop:
-            if not quiet: log.info(f'Early stopping: no GeoScore improvement for {self.cfg.patience} epochs '
-                     f'(best {self.best_geoscore:.4f} at epoch {self.best_epoch}).')
-            break
+    threads = torch.get_num_threads()
+    try:
+        while self.epoch < self.cfg.num_epochs:
+            self._set_threads(quiet)
+            t0 = time.perf_counter()
+            row = self.train_epoch(progress)
+            self.epoch += 1
+            stop = self._end_epoch(row, t0, save)
+            if not quiet: log.info(format_epoch(row, self.cfg))
+            if on_epoch is not None: on_epoch(self, row)
+            if stop:
+                if not quiet: log.info(f'Early stopping: no GeoScore improvement for {self.cfg.patience} epochs '
+                                       f'(best {self.best_geoscore:.4f} at epoch {self.best_epoch}).')
+                break
+    finally: torch.set_num_threads(threads)
     return self.history
 
+Trainer._set_threads = _set_threads
 Trainer.fit = fit
 
 # %% ../nbs/11_trainer.ipynb #b1b20ecb

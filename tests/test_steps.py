@@ -1,5 +1,5 @@
 "The training step: compiled = eager, resume under --compile, the batch-size and learning-rate rules, non-finite batches."
-import math
+import logging, math
 
 import pytest
 import torch
@@ -41,7 +41,8 @@ def test_batch_size_rule():
 def test_lr_scaling_rule():
     cfg = TrainConfig(num_epochs=10, lr_warmup=2, lr=1e-3, lr_min=1e-6)
     for B, spe in ((256, 960), (1024, 240), (8192, 30), (32768, 8)):
-        peak = 1e-3 * math.sqrt(max(B, 1024) / 1024)
+        k = max(B, 1024) / 1024
+        peak = 1e-3 * k * min(k, 8) ** (1 / 3)                           # 1e-3, 1e-3, 1.6e-2, 6.4e-2
         assert peak_lr(1e-3, B) == pytest.approx(peak)
         assert lr_at(2 * spe, spe, cfg, B) == pytest.approx(peak)        # the peak, after the same 2 epochs
         assert lr_at(spe, spe, cfg, B) == pytest.approx(peak * (0.01 + 0.99 / 2))
@@ -139,3 +140,45 @@ def test_epoch_counts_skipped_batches(world, tmp_path, amp):
     row = tr.train_epoch(progress=False)
     assert row['train_skipped_batches'] == 1 and math.isfinite(row['train_loss'])
     assert all(torch.isfinite(p).all() for p in tr.model.parameters())
+
+
+def test_cpu_share_sees_another_busy_process():
+    "CpuShare counts other processes' CPU use, not this process's own."
+    import subprocess, sys, time
+    from geosdm.core import CpuShare
+    s = CpuShare()
+    if s._mark is None or s.cores < 2: pytest.skip('needs /proc/stat and at least 2 usable CPUs')
+    if s.free_cores(0.5) < s.cores: pytest.skip('the machine is busy with other work')
+    t = time.monotonic()
+    while time.monotonic() - t < 0.3: pass                      # our own work is not "other processes"
+    assert s.free_cores(0.01) == s.cores
+    hog = subprocess.Popen([sys.executable, '-c', 'while True: pass'])
+    try:
+        time.sleep(0.3); s.free_cores(0.01)
+        assert s.free_cores(0.6) == s.cores - 1
+    finally: hog.kill(); hog.wait()
+
+
+class _Share:
+    cores = 4
+    def __init__(self, free): self.free = free
+    def free_cores(self): return self.free.pop(0)
+
+
+def test_cpu_threads_follow_the_free_cores_and_come_back(world, tmp_path, caplog):
+    torch.set_num_threads(2)
+    try:
+        cfg = base(world, tmp_path, num_epochs=3)
+        tr = Trainer(cfg, prepare(cfg, progress=False))
+        tr.share, tr.max_threads = _Share([1, 3, 2]), 2                 # 3 free: still at most max_threads
+        seen = []
+        lg = logging.getLogger('geosdm'); lg.addHandler(caplog.handler); level = lg.level; lg.setLevel(logging.INFO)
+        try: tr.fit(progress=False, save=False, on_epoch=lambda t, r: seen.append(torch.get_num_threads()))
+        finally: lg.removeHandler(caplog.handler); lg.setLevel(level)
+        assert seen == [1, 2, 2]
+        assert torch.get_num_threads() == 2                               # put back after fit
+        assert 'CPU threads: 1 (other processes keep 3 of 4 cores busy)' in caplog.text
+        fixed = Trainer(base(world, tmp_path / 'f', num_epochs=1, cpu_threads=1), tr.prep)
+        fixed.fit(progress=False, save=False, on_epoch=lambda t, r: seen.append(torch.get_num_threads()))
+        assert seen[-1] == 1 and torch.get_num_threads() == 2
+    finally: torch.set_num_threads(1)
