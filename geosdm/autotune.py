@@ -55,6 +55,7 @@ def trial_config(cfg: TrainConfig, params: dict) -> TrainConfig:
     return check_config(config_from(asdict(cfg), **params, num_epochs=cfg.autotune_epochs, patience=0, resume=None,
                                     autotune=None))
 
+# %% ../nbs/18_autotune.ipynb #ed0ba00a
 def _history_row(row: dict) -> dict:
     return {k: v for k, v in row.items() if isinstance(v, (int, float)) and not k.startswith(HISTORY_SKIP)}
 
@@ -121,6 +122,7 @@ def open_storage(spec: str | None):
     p.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(JournalFileBackend(str(p)))
 
+# %% ../nbs/18_autotune.ipynb #daf9b042
 def redact(url: str) -> str:
     "A storage URL with its password hidden."
     return re.sub(r'(://[^:/@]+:)[^@]*@', r'\1***@', url)
@@ -138,6 +140,7 @@ def study_signature(cfg: TrainConfig, prep: Prepared, names: list[str]) -> dict:
     return jsonable({'tuned_params': list(names), 'epochs_per_trial': cfg.autotune_epochs,
                      'split': split_identity(prep), 'vocab': vocab, 'fixed': fixed})
 
+# %% ../nbs/18_autotune.ipynb #467e6a3c
 def check_signature(study: optuna.Study, sig: dict):
     "Record `sig` on a new study; on an existing one, raise `ConfigError` naming what differs."
     old = study.user_attrs.get('geosdm')
@@ -150,25 +153,30 @@ def check_signature(study: optuna.Study, sig: dict):
         raise ConfigError(f'--autotune_study {study.study_name}: this study was started with different settings: '
                           f'{", ".join(diff)}. Use the same settings to resume, or a new --autotune_study name.')
 
+# %% ../nbs/18_autotune.ipynb #4ff37eb9
 def finished(study: optuna.Study) -> int:
     "Trials that count towards `--autotune_trials`: complete and pruned."
     S = optuna.trial.TrialState
     return len(study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED)))
 
+# %% ../nbs/18_autotune.ipynb #c19b2b57
 def _live(t) -> bool:
     "Whether running trial `t` belongs to a live process (one on another machine, or not yet tagged, is assumed live)."
     host, _, pid = (t.user_attrs.get('worker') or '').rpartition(':')
     return host != socket.gethostname() or not pid.isdigit() or pid_alive(int(pid))
 
+# %% ../nbs/18_autotune.ipynb #d24d7d75
 def claimed(study: optuna.Study, below: int | None = None) -> int:
     "Trials finished or running in a live process (with `below`: only those numbered below it)."
     S = optuna.trial.TrialState
     return sum(1 for t in study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED, S.RUNNING))
                if (below is None or t.number < below) and (t.state != S.RUNNING or _live(t)))
 
+# %% ../nbs/18_autotune.ipynb #468ee156
 class SurplusTrial(RuntimeError):
     "A trial that started after the study reached its total: it trains nothing and does not count."
 
+# %% ../nbs/18_autotune.ipynb #025ac38c
 def _surplus(trial, target: int):
     trial.set_user_attr('surplus', True)
     trial.study.stop()
@@ -187,6 +195,7 @@ def best_command(cfg: TrainConfig, params: dict) -> str:
         if (n in params and n not in drop) or merged[n] != default[n]: words += option_words(n, merged[n])
     return shlex.join(words)
 
+# %% ../nbs/18_autotune.ipynb #2cb034fe
 def study_results(study: optuna.Study, cfg: TrainConfig, names: list[str], storage: str | None = None) -> dict:
     "The results dict of a study (best trial, every trial with its state and epoch history, the command)."
     every = study.get_trials(deepcopy=False)
@@ -233,6 +242,7 @@ class AutotuneResult:
     @property
     def command(self): return self.results['command']
 
+# %% ../nbs/18_autotune.ipynb #9856d693
 def _check_autotune(cfg: TrainConfig, space) -> list[str]:
     "The parameters to tune, after checking the autotune options."
     check_config(cfg)
@@ -242,6 +252,7 @@ def _check_autotune(cfg: TrainConfig, space) -> list[str]:
     if not names: raise ConfigError('--autotune: nothing to tune')
     return names
 
+# %% ../nbs/18_autotune.ipynb #7ee9a62c
 def _open_study(cfg: TrainConfig, storage, seed: int, n_startup_trials: int, n_warmup_steps: int) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.ERROR)   # we log every trial ourselves (Ctrl-C: no traceback)
     return optuna.create_study(
@@ -250,6 +261,7 @@ def _open_study(cfg: TrainConfig, storage, seed: int, n_startup_trials: int, n_w
         # trials report epochs 1, 2, …; the pruner skips steps < n_warmup_steps (it counts from 0), hence + 1
         pruner=optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps + 1))
 
+# %% ../nbs/18_autotune.ipynb #ba6e9bc9
 def _trial_line(t) -> str:
     v = f'GeoScore {t.value:.4f} (best epoch {t.user_attrs.get("best_epoch")})' if t.value is not None else \
         (t.user_attrs.get('pruned_reason') or t.user_attrs.get('error') or '')
@@ -269,6 +281,7 @@ def _log_outcome(res: dict, out_path: Path, cfg: TrainConfig, interrupted: bool)
              + '\n'.join(f'  {k} = {v}' + ('   (unused by this loss)' if k in ina else '') for k, v in res['best_params'].items())
              + f'\nResults: {out_path}\nTrain with the best parameters:\n  {res["command"]}')
 
+# %% ../nbs/18_autotune.ipynb #e1e0cdf0
 def _optimize(study, objective, todo: int, target: int, on_trial) -> bool:
     "Run `todo` trials (the study's total stops at `target`); returns whether Ctrl-C interrupted it."
     def stop_at_target(study, t):

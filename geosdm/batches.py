@@ -65,10 +65,12 @@ def positive_pairs(offsets: torch.Tensor, species: torch.Tensor, rows: torch.Ten
     src = ((starts - (end - lens)).index_select(0, r) + torch.arange(size, device=dev)).clamp_max(species.numel() - 1)
     return Positives(r, species.index_select(0, src).long(), valid.float(), b, n_species)
 
+# %% ../nbs/04b_batches.ipynb #4c16a94a
 def multi_hot(offsets: torch.Tensor, species: torch.Tensor, rows: torch.Tensor, n_species: int) -> torch.Tensor:
     "Dense (len(rows), n_species) float32 multi-hot targets of CSR `rows` (vectorised)."
     return positive_pairs(offsets, species, rows, n_species).dense()
 
+# %% ../nbs/04b_batches.ipynb #0aa6f6c0
 def pairs_size(counts: torch.Tensor) -> int:
     "The padded pair length for batches with `counts` labels: the largest, rounded up to 1/16 of the next power of two."
     m = max(1, int(counts.max()) if counts.numel() else 0)

@@ -46,11 +46,13 @@ class _Recorder:
         except OSError as e: self.error = e; raise
     def flush(self): return self.f.flush()
 
+# %% ../nbs/10_checkpoint.ipynb #c95258d2
 def previous_path(path) -> Path:
     "Where the previous generation of checkpoint `path` is kept: checkpoint_latest.pt → checkpoint_latest.prev.pt."
     p = Path(path)
     return p.with_name(f'{p.stem}.prev{p.suffix}')
 
+# %% ../nbs/10_checkpoint.ipynb #370a7939
 def _keep_previous(path: Path):
     "Make the current file at `path` its previous generation (atomically)."
     with atomic_path(previous_path(path)) as tmp:
@@ -72,11 +74,13 @@ def save_checkpoint(path, state: dict, keep_previous: bool = False) -> Path:
         if keep_previous and path.is_file(): _keep_previous(path)
     return path
 
+# %% ../nbs/10_checkpoint.ipynb #bf07229b
 def _unreadable(path: Path, e: Exception) -> CheckpointError:
     why = (f'{type(e).__name__}: {str(e).splitlines()[0][:200]}' if zipfile.is_zipfile(path) else
            'not a PyTorch checkpoint archive: another kind of file, or cut short')
     return CheckpointError(f'{path}: not a readable geosdm checkpoint ({why})')
 
+# %% ../nbs/10_checkpoint.ipynb #05b32635
 def load_checkpoint(path, map_location='cpu') -> dict:
     "Load a geosdm checkpoint safely (`weights_only`); `CheckpointError` naming the file if it is not one."
     path = Path(path)
@@ -94,6 +98,7 @@ def checkpoint_config(ck: dict) -> TrainConfig:
     "The `TrainConfig` a checkpoint was trained with."
     return config_from(ck.get('config') or {}, strict=False)
 
+# %% ../nbs/10_checkpoint.ipynb #2014980f
 def write_labels(path, prep) -> Path:
     "labels.txt: one line per model output: code, scientific name, common name (tab-separated)."
     text = ''.join(f'{c}\t{s}\t{n}\n' for c, s, n in zip(prep.vocab, prep.sci_names, prep.common_names))
@@ -120,6 +125,7 @@ def run_files(folder) -> list[Path]:
     "The files of a training run in `folder` (checkpoints and history)."
     return [Path(folder) / n for n in RUN_FILES if (Path(folder) / n).is_file()]
 
+# %% ../nbs/10_checkpoint.ipynb #7c5f4cb9
 @contextmanager
 def run_lock(folder) -> Iterator[Path]:
     "Hold the exclusive lock of run folder `folder` during the block; `ConfigError` naming the holder if it is taken."
@@ -150,6 +156,7 @@ def check_run_folder(cfg: TrainConfig) -> list[Path]:
                       f'--resume {folder / "checkpoint_latest.pt"}, choose another --checkpoint_dir, or pass --overwrite '
                       'to delete it and start afresh')
 
+# %% ../nbs/10_checkpoint.ipynb #62e13f1e
 def source_checkpoint(cfg: TrainConfig) -> tuple[dict | None, Path | None, str | None]:
     "The checkpoint to resume or fine-tune from, the file it came from, and why `--resume` itself was passed over."
     if cfg.resume: return load_resumable(cfg.resume)
@@ -176,6 +183,7 @@ _FLAGS = {'propagate': 'propagate_labels/--propagate_*', 'holdout_boxes': 'holdo
 
 def _digest(d) -> str: return f'sha256 {d[:12]}…' if d else 'none'
 
+# %% ../nbs/10_checkpoint.ipynb #5640d4ba
 def data_changes(ck: dict, prep) -> list[str]:
     "What differs between the data checkpoint `ck` was trained on and `prep`: file contents and preparation options."
     d, out = ck.get('data') or {}, []
@@ -211,6 +219,7 @@ def checkpoint_batch_size(ck: dict) -> int | None:
     b = (ck.get('config') or {}).get('batch_size')
     return b if isinstance(b, int) else None
 
+# %% ../nbs/10_checkpoint.ipynb #43afc8f5
 def check_schedule(ck: dict, cfg: TrainConfig, source=None, batch_size: int | None = None):
     "Raise `ConfigError` if the options of `cfg` (resolving to `batch_size`) that define the schedule differ from `ck`'s."
     ch = schedule_changes(checkpoint_config(ck), cfg, (checkpoint_batch_size(ck), batch_size))
@@ -232,6 +241,7 @@ def _output_dims(cfg: dict) -> dict[str, tuple[int, str]]:
             if k in more and more[k] != s: out[k] = (next(i for i, (a, b) in enumerate(zip(s, more[k])) if a != b), kind)
     return out
 
+# %% ../nbs/10_checkpoint.ipynb #1357b02f
 def _pairs(old: list, new: list) -> tuple[torch.Tensor, torch.Tensor]:
     "Positions (in `new`, in `old`) of the names both lists hold."
     pos = {n: i for i, n in enumerate(old)}

@@ -20,6 +20,7 @@ def _os_error(e: OSError) -> str:
     names = ' → '.join(str(f) for f in (e.filename, e.filename2) if f is not None)
     return f'{names}: {e.strerror or e}' if names else str(e)
 
+# %% ../nbs/19_cli.ipynb #0d071802
 def run(prog: str, body) -> int:
     "Call `body()`; return 0, or 2 with one line on stderr for a `GeoSDMError` or an `OSError`, or 130 on Ctrl-C."
     try:
@@ -65,6 +66,7 @@ def _predict_parser() -> argparse.ArgumentParser:
     p.add_argument('--device', default='auto', choices=['auto', 'cuda', 'cpu'])
     return p
 
+# %% ../nbs/19_cli.ipynb #84a04fb1
 def _check_place(p, a):
     "Argument errors before anything heavy is loaded (exit 2 via argparse)."
     if not -90 <= a.lat <= 90: p.error(f'--lat {a.lat}: must be in [-90, 90]')
@@ -100,6 +102,7 @@ def app_path(name: str) -> Path:
     if name not in APPS: raise ValueError(f'unknown app {name!r}; choose one of {", ".join(APPS)}')
     return Path(str(importlib.resources.files('geosdm') / 'apps' / f'{name}.py'))
 
+# %% ../nbs/19_cli.ipynb #e7b11e27
 def app_command(name: str, checkpoint=None, host: str = '127.0.0.1', port: int = 2718, headless: bool = False,
                 device: str = 'auto', run_dir=None) -> list[str]:
     "The `marimo run` command line of an app."
@@ -215,6 +218,7 @@ def _check_plot_args(p, a):
     if hasattr(a, 'lat') and not (-90 <= a.lat <= 90 and -180 <= a.lon <= 180):
         p.error(f'--lat {a.lat} --lon {a.lon}: lat must be in [-90, 90] and lon in [-180, 180]')
 
+# %% ../nbs/19_cli.ipynb #7b7a2a4e
 def plot_main(argv: list[str] | None = None) -> int:
     "Entry point of `geosdm_plot`."
     p = _plot_parser()
@@ -275,6 +279,7 @@ def _print_ingest(r: dict):
           f"{r['species']:,} species ({r['taxa_merged']:,} taxa merged, {r['taxa_dropped']:,} dropped).")
     print('Wrote ' + ', '.join(r['output'].values()))
 
+# %% ../nbs/19_cli.ipynb #f745f63a
 def ingest_main(argv: list[str] | None = None) -> int:
     "Entry point of `geosdm_ingest`."
     p = _ingest_parser()

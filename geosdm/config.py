@@ -89,6 +89,7 @@ def _typed(o: Option, v):
     if k is list and isinstance(v, (list, tuple)): return list(v)
     raise ConfigError(f'{o.flag}: expected {k.__name__}, got {v!r}')
 
+# %% ../nbs/09_config.ipynb #f8146d80
 def _check(self: Option, v):
     "`v` converted to the option's type; a `ConfigError` naming the flag if it is not accepted."
     v = _typed(self, v)
@@ -297,6 +298,7 @@ def _check_rules(cfg):
         try: propagation_params(cfg).checked()
         except ValueError as e: bad(_PROPAGATE_FLAGS[e.param], str(e).split(': ', 1)[-1])
 
+# %% ../nbs/09_config.ipynb #ce550a49
 def check_config(cfg):
     "Check (and type-convert in place) every option of `cfg`, then the rules between them; raise `ConfigError` naming the flag."
     for o in OPTIONS.values(): setattr(cfg, o.name, o.check(getattr(cfg, o.name)))
@@ -318,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
         else: g.add_argument(o.flag, dest=o.name, type=_arg_type(o), default=o.default, choices=o.choices, help=h, **kw)
     return p
 
+# %% ../nbs/09_config.ipynb #d418b7c8
 def _arg_type(o: Option):
     "The argparse converter of `o`: its type, or one of its words."
     if not o.words: return o.kind
@@ -351,6 +354,7 @@ def option_words(name: str, v) -> list[str]:
     if isinstance(v, float): return [o.flag, f'{v:.6g}']
     return [o.flag, str(v)]
 
+# %% ../nbs/09_config.ipynb #462e87a6
 def config_argv(cfg, keep=()) -> list[str]:
     "Words for every option of `cfg` that differs from its default, plus those in `keep`."
     default = TrainConfig()

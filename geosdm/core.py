@@ -21,12 +21,15 @@ __all__ = ['N_WEEKS', 'YEAR', 'WEEK_COLS', 'WATCHLIST', 'GeoSDMError', 'GeoSDMDa
 class GeoSDMError(Exception):
     "A problem with the user's input or options; console scripts print the message and exit with status 2."
 
+# %% ../nbs/00_core.ipynb #8f60e8de
 class GeoSDMDataError(GeoSDMError, ValueError):
     "Bad input data: the message names the file and the problem."
 
+# %% ../nbs/00_core.ipynb #303332bc
 class ConfigError(GeoSDMError, ValueError):
     "A bad option or option combination: the message names the flag."
 
+# %% ../nbs/00_core.ipynb #60b318b8
 class CheckpointError(GeoSDMError, ValueError):
     "A checkpoint that cannot be read or does not fit: the message names the file."
 
@@ -43,10 +46,12 @@ def _fsync_dir(folder: Path):
 
 _HOST = re.sub(r'[^A-Za-z0-9-]', '-', socket.gethostname())[:40] or 'host'
 
+# %% ../nbs/00_core.ipynb #62fe2018
 def _writer_tag() -> str:
     "`<pid>@<host>`: who writes a temporary file (evaluated per call: a forked child has its own pid)."
     return f'{os.getpid()}@{_HOST}'
 
+# %% ../nbs/00_core.ipynb #caf23e78
 @contextmanager
 def atomic_path(path) -> Iterator[Path]:
     "A temporary path beside `path`; if the block succeeds, the file is synced and renamed over `path`."
@@ -82,6 +87,7 @@ def is_temp_file(name) -> bool:
     "Whether `name` has the pattern of `atomic_path`'s temporary files."
     return bool(_TMP_RE.match(Path(name).name))
 
+# %% ../nbs/00_core.ipynb #0514b2b8
 def stale_temp_files(folder) -> list[Path]:
     "Temporary files of interrupted atomic writes in `folder` (not recursive)."
     folder = Path(folder)
@@ -90,6 +96,7 @@ def stale_temp_files(folder) -> list[Path]:
 
 _TAG_RE = re.compile(r'\.(\d+)@([A-Za-z0-9-]+)\.[A-Za-z0-9_]{8}\.tmp$')
 
+# %% ../nbs/00_core.ipynb #a7b78b29
 def pid_alive(pid: int) -> bool:
     "Whether process `pid` of this machine is running."
     try: os.kill(pid, 0)
@@ -97,6 +104,7 @@ def pid_alive(pid: int) -> bool:
     except OSError: return True             # exists, owned by someone else
     return True
 
+# %% ../nbs/00_core.ipynb #c121c6ca
 def _writer_gone(p: Path, max_age_s: float = 3600.0) -> bool:
     "Whether the process that wrote temporary file `p` is gone (see above)."
     m = _TAG_RE.search(p.name)
@@ -104,6 +112,7 @@ def _writer_gone(p: Path, max_age_s: float = 3600.0) -> bool:
     try: return time.time() - p.stat().st_mtime > max_age_s
     except OSError: return False
 
+# %% ../nbs/00_core.ipynb #ed975642
 def clean_temp_files(folder) -> list[Path]:
     "Remove the temporary files of interrupted writes in `folder` whose writer is gone; returns them."
     gone = [p for p in stale_temp_files(folder) if _writer_gone(p)]
@@ -131,6 +140,7 @@ def jsonable(o, digits: int | None = None):
         return round(o, digits) if digits is not None else o
     return o
 
+# %% ../nbs/00_core.ipynb #771a5594
 def write_json(path, obj, indent: int | None = 1) -> Path:
     "Write `obj` as strict JSON (NaN → null), atomically."
     return atomic_write(path, json.dumps(jsonable(obj), indent=indent, allow_nan=False) + '\n')
@@ -165,6 +175,7 @@ def week_of(month, day) -> np.ndarray:
     month, day = np.asarray(month, np.int64), np.asarray(day, np.int64)
     return (month - 1) * 4 + np.minimum((day - 1) // 7, 3) + 1
 
+# %% ../nbs/00_core.ipynb #26d9daa7
 def week_label(week: int) -> str:
     "'the whole year' for week 0, else e.g. 'week 20 (May 22–end)'."
     w = int(week)
@@ -201,6 +212,7 @@ def cache_dir() -> Path:
     if os.environ.get('GEOSDM_CACHE'): return Path(os.environ['GEOSDM_CACHE'])
     return Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'geosdm'
 
+# %% ../nbs/00_core.ipynb #1660c192
 def demo_data_dir() -> Path:
     "Folder of the bundled demo world (the source checkout first, then the installed data files)."
     here = globals().get('__file__')                     # undefined when this runs inside the notebook
@@ -211,6 +223,7 @@ def demo_data_dir() -> Path:
     raise FileNotFoundError('the geosdm demo world is not installed; looked in ' + ', '.join(map(str, cands)) +
                             '. Regenerate it with geosdm.simulate.make_demo(<repo>/data/demo).')
 
+# %% ../nbs/00_core.ipynb #3b4cba77
 def demo_parquet() -> Path:
     "Path of the demo world's combined.parquet."
     return demo_data_dir() / 'combined.parquet'
@@ -230,10 +243,12 @@ def _machine_cpu() -> tuple[float, int] | None:
     n = sum(1 for l in lines if l.startswith('cpu') and l[3:4].isdigit())
     return (sum(v) - v[3] - v[4]) / os.sysconf('SC_CLK_TCK'), n
 
+# %% ../nbs/00_core.ipynb #79d1d87f
 def usable_cpus() -> int:
     "The CPUs this process may run on."
     return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
 
+# %% ../nbs/00_core.ipynb #9898c19b
 class CpuShare:
     "How many cores other processes leave free, measured between calls of `free_cores`."
     def __init__(self):

@@ -118,6 +118,7 @@ class _Flat:
     @property
     def n_codes(self) -> int: return max(len(self.codes), 1)   # the key's base (1 when there is no code)
 
+# %% ../nbs/04_data.ipynb #b17d3db1
 def flatten_lists(df: pl.DataFrame) -> _Flat:
     "Explode the week lists of `df` into sorted, de-duplicated integer label keys."
     n = df.height
@@ -191,6 +192,7 @@ def content_ids(options: dict) -> dict:
     tax = options.get('taxonomy')
     return {'data': file_digest(options['data_path']), 'taxonomy': file_digest(tax) if tax else None}
 
+# %% ../nbs/04_data.ipynb #1a1876ac
 def cache_key(options: dict, content: dict | None = None) -> str:
     "SHA-256 hex digest of the cache version, the content of the data/taxonomy files and the options."
     doc = {'cache_version': CACHE_VERSION, 'content': content or content_ids(options),
@@ -217,6 +219,7 @@ def save_prepared(prep: Prepared, path) -> None:
     if prep.region_counts is not None: arrs['region_counts'] = prep.region_counts
     atomic_write(path, lambda f: np.savez(f, **arrs))
 
+# %% ../nbs/04_data.ipynb #fd1377e6
 def load_prepared(path) -> Prepared:
     "Read a `Prepared` written by `save_prepared` (raises on a corrupt or foreign file)."
     with np.load(path, allow_pickle=False) as z:
@@ -331,6 +334,7 @@ def _split_samples(all_s: Samples, tr_c, va_c, ho_c, yearly: bool) -> tuple[Samp
     holdout = all_s.subset(rows_of(ho_c)) if ho_c is not None else None
     return all_s.subset(rows_of(tr_c)), val, holdout
 
+# %% ../nbs/04_data.ipynb #ac34b867
 def _cap_labels(s: Samples, cap: int) -> tuple[Samples, int]:
     "Keep at most `cap` random labels per species (random state 42); samples are never dropped."
     if cap <= 0 or s.nnz == 0: return s, 0
@@ -436,6 +440,7 @@ def _options(data_path, taxonomy, **kw) -> dict:
     if not 0.0 < o['sample_fraction'] <= 1.0: raise ValueError(f'sample_fraction must be in (0, 1], got {o["sample_fraction"]}')
     return o
 
+# %% ../nbs/04_data.ipynb #6039a6b7
 def _from_cache(cache_file: Path, fp: str, progress: bool) -> Prepared | None:
     "The cached `Prepared` of key `fp`, or None after deleting an unreadable cache file (with a warning)."
     t0 = time.perf_counter()

@@ -81,6 +81,7 @@ def _thr_index(ev: dict, threshold: float) -> int:
     if abs(th[i] - threshold) > 1e-9: raise ValueError(f'threshold {threshold} not scored; have {ev["thresholds"]}')
     return i
 
+# %% ../nbs/14_evaluate.ipynb #b9d814be
 def cell_table(ev: dict, threshold: float = 0.10) -> pl.DataFrame:
     "Per-cell mAP, mean true / predicted list length, list ratio, precision and recall at `threshold`."
     ti = _thr_index(ev, threshold)

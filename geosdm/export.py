@@ -66,6 +66,7 @@ def species_counts(pred: Predictor) -> np.ndarray:
     by_code = dict(zip(fl.codes, counts.tolist()))
     return np.array([by_code.get(c, 0) for c in pred.vocab], np.int64)
 
+# %% ../nbs/13_export.ipynb #077bcc8a
 def choose_species(pred: Predictor, species=None, common_species: int = 0) -> np.ndarray | None:
     "Vocabulary indices to export: named `species` (codes or names), the `common_species` most observed, or None = all."
     if species and common_species: raise GeoSDMError('give --species or --common_species, not both')
@@ -84,6 +85,7 @@ def _cpu_copy(model: GeoModel) -> ProbabilityModel:
     pm.model.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
     return pm
 
+# %% ../nbs/13_export.ipynb #35473546
 def _trace(pm: ProbabilityModel, path: Path, exporter: str, opset: int):
     ex = (torch.zeros(4), torch.zeros(4), torch.ones(4))
     names = dict(input_names=['lat', 'lon', 'week'], output_names=['probabilities'], opset_version=opset)
@@ -98,6 +100,7 @@ def _trace(pm: ProbabilityModel, path: Path, exporter: str, opset: int):
                               dynamic_axes={k: {0: 'n'} for k in ('lat', 'lon', 'week', 'probabilities')})
     else: raise GeoSDMError(f"exporter must be 'torchscript' or 'dynamo', got {exporter!r}")
 
+# %% ../nbs/13_export.ipynb #d43b8644
 def _toposort(g: onnx.GraphProto) -> onnx.GraphProto:
     "Order the nodes of `g` so that each follows the nodes it reads from (the fp16 converter appends its casts)."
     have, todo, done = {i.name for i in g.input} | {t.name for t in g.initializer} | {''}, list(g.node), []
@@ -110,6 +113,7 @@ def _toposort(g: onnx.GraphProto) -> onnx.GraphProto:
     del g.node[:]; g.node.extend(done)
     return g
 
+# %% ../nbs/13_export.ipynb #daf3c17d
 def write_onnx(model: GeoModel, path, fp16: bool = False, exporter: str = 'torchscript', opset: int = 18) -> Path:
     "Export `model` (CPU copy) as one self-contained ONNX file at `path`; fp16 keeps float32 inputs and outputs."
     path = Path(path)
@@ -136,6 +140,7 @@ def _sha256(path: Path) -> str:
         for b in iter(lambda: f.read(1 << 20), b''): h.update(b)
     return h.hexdigest()
 
+# %% ../nbs/13_export.ipynb #c6570f59
 def export_metadata(pred: Predictor, idx, dtype: str, how: str) -> dict:
     "The metadata JSON of an exported model with the species `idx` (None = all)."
     idx = np.arange(pred.n_species) if idx is None else np.asarray(idx)
@@ -153,6 +158,7 @@ def export_metadata(pred: Predictor, idx, dtype: str, how: str) -> dict:
             'config': asdict(pred.config), 'epoch': pred.epoch, 'data': dict(pred.data_identity),
             'source': {'checkpoint': str(Path(pred.path).resolve()), 'sha256': _sha256(Path(pred.path))}}
 
+# %% ../nbs/13_export.ipynb #c4ee9fcb
 def write_labels_file(path, meta: dict) -> Path:
     "`<model>_labels.txt`: code, scientific name and common name of each output, tab-separated."
     v = meta['species_vocab']
@@ -167,6 +173,7 @@ def check_inputs(n: int = 2000, seed: int = 42) -> tuple[np.ndarray, np.ndarray,
     lat.append(g[0].ravel()); lon.append(g[1].ravel()); week.append(g[2].ravel())
     return tuple(np.concatenate(a).astype(np.float32) for a in (lat, lon, week))
 
+# %% ../nbs/13_export.ipynb #2d34579d
 def max_abs_diff(model_path, pred: Predictor, idx=None, inputs=None) -> float:
     "Max |Δp| between an exported model and `pred`'s torch model on `inputs` (default `check_inputs()`)."
     lat, lon, week = check_inputs() if inputs is None else inputs
@@ -184,6 +191,7 @@ def write_tflite(model: GeoModel, path, batch: int = 1) -> Path:
     with atomic_path(path) as tmp: em.export(str(tmp))
     return Path(path)
 
+# %% ../nbs/13_export.ipynb #339c80e7
 def tflite_proba(path, lat, lon, week) -> np.ndarray:
     "Probabilities (n, S) of a TFLite export (week 0 = the model's yearly output), in chunks of its fixed batch."
     if Interpreter is None: raise GeoSDMError('running a TFLite model needs ai-edge-litert: pip install "geosdm[tflite]"')
@@ -214,6 +222,7 @@ def _export_one(pred, model, idx, how, outdir, name, fmt, exporter, tflite_batch
             'metadata': str(metadata_path(path)), 'n_species': meta['n_species'], 'max_abs_diff': diff,
             'tolerance': tol, 'ok': diff <= tol}
 
+# %% ../nbs/13_export.ipynb #150f3bee
 def export_model(checkpoint, outdir='exports', formats=('onnx', 'onnx_fp16'), species=None, common_species: int = 0,
                  name: str = 'geomodel', exporter: str = 'torchscript', tflite_batch: int = 1) -> list[dict]:
     "Export a checkpoint to ONNX `formats` in `outdir`, with labels and metadata; check each against torch."

@@ -43,9 +43,11 @@ class TableSpec:
     skip: int = 0          # header lines
     id_index: int | None = None
 
+# %% ../nbs/02a_gbif.ipynb #2965d2af
 def _unescape(s: str | None, default: str) -> str:
     return default if s is None else s.replace('\\t', '\t').replace('\\n', '\n').replace('\\r', '\r')
 
+# %% ../nbs/02a_gbif.ipynb #57456cc0
 def _table_spec(el, ns: str, id_tag: str) -> TableSpec:
     loc = el.find(f'{ns}files/{ns}location')
     if loc is None or not (loc.text or '').strip(): raise GeoSDMDataError(f'meta.xml: <{el.tag.split("}")[-1]}> has no <files><location>')
@@ -55,6 +57,7 @@ def _table_spec(el, ns: str, id_tag: str) -> TableSpec:
                      separator=_unescape(el.get('fieldsTerminatedBy'), ','), quote=_unescape(el.get('fieldsEnclosedBy'), '"') or None,
                      skip=int(el.get('ignoreHeaderLines') or 0), id_index=None if idx is None else int(idx.get('index')))
 
+# %% ../nbs/02a_gbif.ipynb #a29e7649
 def read_meta(text: str | bytes) -> tuple[TableSpec, list[TableSpec]]:
     "The core and the extensions of a Darwin Core Archive from the text of its `meta.xml`."
     try: root = ET.fromstring(text)
@@ -88,6 +91,7 @@ def _scan_text(path, names: Sequence[str], skip: int, sep: str, quote: str | Non
     return pl.scan_csv(path, has_header=False, skip_rows=skip, separator=sep, quote_char=quote, ignore_errors=True,
                        schema={n: TERMS.get(n, pl.String) for n in cols}, truncate_ragged_lines=True)
 
+# %% ../nbs/02a_gbif.ipynb #ade6f4ec
 def _first_line(path) -> str:
     with open(path, encoding='utf-8', errors='replace', newline='') as f: return f.readline().rstrip('\r\n')
 
@@ -116,6 +120,7 @@ class Occurrences:
     files: list
     vernacular: pl.LazyFrame | None = None
 
+# %% ../nbs/02a_gbif.ipynb #fcb8eda9
 def _extract(zf: zipfile.ZipFile, member: str, folder: Path) -> Path:
     "Copy one member of a zip to `folder`, streaming (no whole-file read)."
     out = folder / Path(member).name
@@ -151,6 +156,7 @@ def _read_simple(path: Path, source: str) -> Occurrences:
     names = _first_line(path).split('\t')
     return Occurrences(_canonical(_scan_text(path, names, 1, '\t', None), source), 'simple', [str(path)])
 
+# %% ../nbs/02a_gbif.ipynb #8966bbf8
 def _read_zip(path: Path, workdir: Path) -> Occurrences:
     with zipfile.ZipFile(path) as zf:
         members = [m for m in zf.namelist() if not m.endswith('/')]
@@ -183,6 +189,7 @@ def open_occurrences(path, workdir) -> Occurrences:
 def _tsv(df: pl.DataFrame, f, header: bool):
     df.write_csv(f, separator='\t', include_header=header, null_value='', quote_style='never')
 
+# %% ../nbs/02a_gbif.ipynb #07f3c7c5
 def write_dwca(path, records, vernacular: pl.DataFrame | None = None, order: Sequence[str] | None = None,
                level: int = 1) -> Path:
     "Write `records` (a frame or an iterator of frames) as a Darwin Core Archive zip at `path`, atomically."
@@ -207,6 +214,7 @@ def positives(combined: pl.DataFrame) -> pl.DataFrame:
             .unpivot(index='ci', variable_name='w', value_name='code').explode('code').drop_nulls('code')
             .with_columns(pl.col('w').str.slice(5).cast(pl.Int64)).sort('ci', 'w', 'code'))
 
+# %% ../nbs/02a_gbif.ipynb #be7e7632
 def species_keys(codes) -> dict[str, int]:
     "Integer GBIF-like keys: the codes themselves when all are numbers, else 1, 2, ... in code order."
     codes = sorted(set(codes))

@@ -27,6 +27,7 @@ def unit_xyz(lat, lon) -> np.ndarray:
     la, lo = np.radians(np.asarray(lat, np.float64)), np.radians(np.asarray(lon, np.float64))
     return np.stack([np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)], axis=-1)
 
+# %% ../nbs/01_geo.ipynb #9a3b87c5
 def xyz_to_latlon(xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     "Latitudes and longitudes (degrees) of vectors (..., 3); they need not be unit length."
     xyz = xyz / np.linalg.norm(xyz, axis=-1, keepdims=True)
@@ -37,12 +38,14 @@ def angle_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     "Great-circle angles (radians) between every row of `a` (n, 3) and every row of `b` (m, 3): (n, m)."
     return np.arccos(np.clip(a @ b.T, -1.0, 1.0))
 
+# %% ../nbs/01_geo.ipynb #35aec8e5
 def haversine_km(lat1, lon1, lat2, lon2) -> np.ndarray:
     "Great-circle distance in km between points in degrees (broadcasts)."
     la1, lo1, la2, lo2 = (np.radians(np.asarray(a, np.float64)) for a in (lat1, lon1, lat2, lon2))
     a = np.sin((la2 - la1) / 2) ** 2 + np.cos(la1) * np.cos(la2) * np.sin((lo2 - lo1) / 2) ** 2
     return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
 
+# %% ../nbs/01_geo.ipynb #54a7a86c
 def km_to_chord(km) -> np.ndarray:
     "Chord length on the unit sphere of a great-circle distance in km (half the circumference or more → 2)."
     return 2 * np.sin(np.minimum(np.asarray(km, np.float64) / EARTH_RADIUS_KM, np.pi) / 2)
@@ -94,6 +97,7 @@ def region_of(lat, lon) -> np.ndarray:
     lo = np.clip(np.floor((np.asarray(lon, np.float64) + 180) / 60), 0, 5).astype(np.int64)
     return la * 6 + lo
 
+# %% ../nbs/01_geo.ipynb #00cc0ebd
 def region_name(region) -> np.ndarray:
     "Readable names of region bins, e.g. 'lat +30..+60, lon -120..-60'."
     names = np.array([f'lat {a * 30 - 90:+d}..{a * 30 - 60:+d}, lon {b * 60 - 180:+d}..{b * 60 - 120:+d}'
@@ -106,6 +110,7 @@ def cell_centres(cells: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     ll = np.array([h3.cell_to_latlng(c) for c in cells], np.float64).reshape(-1, 2)
     return ll[:, 0], ll[:, 1]
 
+# %% ../nbs/01_geo.ipynb #78b8fa6a
 def cells_bbox(cells, pad: float = 0.0) -> tuple[float, float, float, float]:
     "(lon_min, lat_min, lon_max, lat_max) of the cells' centres, padded by `pad` degrees."
     lat, lon = cell_centres(cells)
@@ -128,6 +133,7 @@ def ring_area(ring) -> float:
     x, y = r[:, 0], r[:, 1]
     return 0.5 * float(np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y))
 
+# %% ../nbs/01_geo.ipynb #b4e41b93
 def _close_cw(ring: np.ndarray) -> list[list[float]]:
     "Drop repeated points, close, make clockwise; 5 decimals (about 1 m) keep map specs small."
     keep = np.r_[True, np.any(np.abs(np.diff(ring, axis=0)) > 1e-12, axis=1)]
@@ -137,6 +143,7 @@ def _close_cw(ring: np.ndarray) -> list[list[float]]:
     r = np.vstack([r, r[:1]])
     return [[round(float(a), 5), round(float(b), 5)] for a, b in r]
 
+# %% ../nbs/01_geo.ipynb #2fe6c12f
 def _clip(ring: np.ndarray, x: float, keep_le: bool) -> np.ndarray:
     "Sutherland–Hodgman: the part of the open ring (k, 2) with lng ≤ x (or ≥ x)."
     out = []
@@ -159,6 +166,7 @@ def _unwrapped_ring(ll: np.ndarray) -> np.ndarray:
         ring = np.vstack([ring, [[un[-1] + d[-1], ll[-1, 1]], [un[-1] + d[-1], pole], [un[0], pole]]])
     return ring
 
+# %% ../nbs/01_geo.ipynb #43969581
 def cell_polygons(cell: str) -> list[list[list[float]]]:
     "Closed clockwise `[lng, lat]` rings of one H3 cell: one ring, or one per side of the antimeridian."
     ll = np.array(h3.cell_to_boundary(cell), float)[:, ::-1]

@@ -38,6 +38,7 @@ def week_table() -> np.ndarray:
     ok = (m >= 1) & (d >= 1) & (d <= np.array((0,) + DAYS_IN_MONTH)[m])
     return np.where(ok, week_of(np.maximum(m, 1), np.maximum(d, 1)), 0).astype(np.int8)
 
+# %% ../nbs/03_ingest.ipynb #058b3d30
 def week_expr(month: pl.Expr, day: pl.Expr) -> pl.Expr:
     "Week 1..48 of (month, day) columns, 0 for a missing or impossible date."
     idx = pl.when(month.is_between(1, 12) & day.is_between(1, 31)).then(month * 32 + day).otherwise(0)
@@ -81,6 +82,7 @@ def conditions(f: Filters) -> list[pl.Expr]:
             c('year').is_null() | (c('week') == 0),
             ((c('year') < f.min_year) if f.min_year else no) | ((c('year') > f.max_year) if f.max_year else no)]
 
+# %% ../nbs/03_ingest.ipynb #6f371e35
 def first_failure(conds: Sequence[pl.Expr]) -> pl.Expr:
     "Index of the first True condition (UInt8), null when all pass; a null condition counts as passing."
     out = pl.lit(None, pl.UInt8)
@@ -198,6 +200,7 @@ def packed_key(cell: pl.Expr, week: pl.Expr, key: pl.Expr, res: int) -> pl.Expr:
     kb = 50 - 3 * res
     return ((cell.cast(pl.Int64) // 2 ** (45 - 3 * res)) % 2 ** (7 + 3 * res)) * 2 ** (6 + kb) + week.cast(pl.Int64) * 2 ** kb + key
 
+# %% ../nbs/03_ingest.ipynb #d7b2c1bc
 def unpack_key(k: np.ndarray, res: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "The (cell, week, key) arrays of packed keys."
     kb, k = 50 - 3 * res, np.asarray(k, np.int64)
@@ -214,6 +217,7 @@ class Tallies:
     spill: DuplicateSpill | None = None
     h3_points: int = 0
 
+# %% ../nbs/03_ingest.ipynb #e2c5ca52
 def _counts(rec: pl.LazyFrame, res: int, book: TaxonBook, spill: DuplicateSpill | None) -> pl.LazyFrame:
     "The single aggregation of `tally`, with the side-channel batch functions in the chain (no filter: nothing is pushed past them)."
     c, kept = pl.col, pl.col('reason').is_null()
@@ -395,6 +399,7 @@ class Kept:
     dropped: dict               # filter name → records dropped, in order
     cells_outside: int
 
+# %% ../nbs/03_ingest.ipynb #adfaa70b
 def _survivors(tal: Tallies, species: pl.DataFrame, away: pl.DataFrame, outside: str) -> tuple[pl.DataFrame, dict]:
     "Kept (cell, week, key, rows, species_code) after taxonomy and grid; records dropped by each."
     coded = tal.triples.join(species.select('key', 'species_code'), on='key', how='left')
@@ -432,6 +437,7 @@ def output_paths(output) -> dict[str, Path]:
     return {'parquet': p, 'taxonomy': p.with_name(f'{p.stem}_taxonomy.csv'), 'manifest': p.with_name(f'{p.stem}_manifest.csv'),
             'report': p.with_name(f'{p.stem}_report.json')}
 
+# %% ../nbs/03_ingest.ipynb #9a7276d2
 def _write_csv(df: pl.DataFrame, path) -> Path:
     return atomic_write(path, lambda f: df.write_csv(f))
 

@@ -41,6 +41,7 @@ def find_taxonomy(data_path) -> Path | None:
         if c.is_file(): return c
     return None
 
+# %% ../nbs/04a_inputs.ipynb #954d759d
 def taxonomy_frame(path) -> pl.DataFrame:
     "A taxonomy CSV as strings `species_code`, `scientificName`, `commonName` ('' where missing); duplicate headers tolerated."
     path = Path(path)
@@ -56,6 +57,7 @@ def taxonomy_frame(path) -> pl.DataFrame:
     text = lambda role: body[col[role]].fill_null('').str.strip_chars() if role in col else pl.Series([''] * body.height)
     return pl.DataFrame({'species_code': text('code'), 'scientificName': text('sci'), 'commonName': text('com')})
 
+# %% ../nbs/04a_inputs.ipynb #dd07a1de
 def read_taxonomy(path) -> dict[str, tuple[str, str]]:
     "Map species code → (scientific name, common name) from a taxonomy CSV; a missing name falls back to the code."
     t = taxonomy_frame(path)
@@ -68,6 +70,7 @@ def _examples(xs, k=5) -> str:
     xs = list(xs)
     return ', '.join(map(repr, xs[:k])) + (f' … (+{len(xs) - k} more)' if len(xs) > k else '')
 
+# %% ../nbs/04a_inputs.ipynb #82097d0d
 def _env_columns(path: Path, schema) -> list[str]:
     "Check the schema of a combined parquet; return its env column names."
     missing = [c for c in ['h3_index'] + WEEK_COLS if c not in schema]
@@ -105,6 +108,7 @@ def _check_cells(path: Path, df: pl.DataFrame, schema) -> tuple[pl.DataFrame, in
         raise GeoSDMDataError(f'{path}: mixed H3 resolutions {res}; one grid (one resolution) per file is required')
     return df, res[0]
 
+# %% ../nbs/04a_inputs.ipynb #de67cc2a
 def _check_lists(path: Path, df: pl.DataFrame, schema) -> pl.DataFrame:
     "`df` with string codes, after checking that no week list and no code is null."
     nulls = df.select(pl.col(WEEK_COLS).null_count()).row(0)
@@ -124,6 +128,7 @@ def parquet_schema(path) -> dict:
               for f in pq.read_schema(path)]
     return dict(pl.from_arrow(pa.schema(fields).empty_table()).schema)
 
+# %% ../nbs/04a_inputs.ipynb #9f57a4a4
 def read_columns(path, columns: Sequence[str] | None = None) -> pl.DataFrame:
     "The `columns` (default: all) of a parquet file as a polars frame; extension types arrive as their storage type."
     t = pq.read_table(path, columns=None if columns is None else list(columns))

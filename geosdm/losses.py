@@ -149,6 +149,7 @@ class _PairBCE(torch.autograd.Function):
         s.sub_(ctx.lo).view(-1).index_add_(0, idx, vw * (sp - ctx.hi) - v * (sp - ctx.lo))
         return s.mul_(g / z.numel()), None, None, None, None, None
 
+# %% ../nbs/06_losses.ipynb #517497b9
 def bce_pairs(logits: torch.Tensor, pos: Positives, eps: float, label_weights: torch.Tensor | None = None) -> torch.Tensor:
     "Mean BCE of `logits` at the smoothed multi-hot targets of `pos` (`label_weights` on positive labels)."
     vw = pos.valid if label_weights is None else pos.valid * label_weights.float().index_select(0, pos.species)
@@ -196,6 +197,7 @@ class _LinearPairBCE(torch.autograd.Function):
         c = grad / ctx.n
         return gh * c, gwb[:-1].t() * c, gwb[-1] * c, None, None, None, None, None
 
+# %% ../nbs/06_losses.ipynb #643f5e39
 def bce_linear_pairs(ll: LinearLogits, pos: Positives, eps: float, label_weights: torch.Tensor | None = None) -> torch.Tensor:
     "Mean BCE of the logits `ll` at the smoothed multi-hot targets of `pos`, fused with the output layer (fp32)."
     vw = pos.valid if label_weights is None else pos.valid * label_weights.float().index_select(0, pos.species)

@@ -37,6 +37,7 @@ def _land_cells(res: int) -> tuple[str, ...]:
     keep = land[:, 0] | (land[:, 1:].sum(1) >= 2)
     return tuple(sorted(np.asarray(cells)[keep].tolist()))
 
+# %% ../nbs/15_holdout_maps.ipynb #173f618d
 @functools.lru_cache(maxsize=8)
 def land_cells(res: int = 1) -> tuple[str, ...]:
     "H3 cells of resolution `res` that are (mostly) land (global_land_mask; cached on disk, its import takes seconds)."
@@ -140,6 +141,7 @@ def coarsen(cells, max_cells: int = 5000) -> list[str]:
         cells = sorted({h3.cell_to_parent(c, r - 1) for c in cells})
     return cells
 
+# %% ../nbs/15_holdout_maps.ipynb #0b89c9ac
 def model_cells(pred, max_cells: int = 5000) -> list[str]:
     "Cells of the checkpoint's training data (the demo world's if none was given), at most `max_cells`."
     p = pred.config.data_path or demo_parquet()
@@ -154,6 +156,7 @@ def probability_map(pred, species, week: int = 0, cells=None, probs=None, **kw):
     t = f'{pred.common_names[i]} ({pred.sci_names[i]}), {week_label(week)}'
     return hex_map(cells, p, title=kw.pop('title', t), label='probability', domain=(0, 1), **kw)
 
+# %% ../nbs/15_holdout_maps.ipynb #ccdf84c3
 def range_map(pred, species, cells=None, probs=None, **kw):
     "The yearly range: the maximum over the 48 weekly probabilities."
     i = pred.index(species)

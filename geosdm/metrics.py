@@ -24,6 +24,7 @@ _TORCH_ONLY = False     # True: use the pure-torch (CUDA) code paths on CPU too;
 
 def _np_ok(x: torch.Tensor) -> bool: return x.device.type == 'cpu' and not _TORCH_ONLY
 
+# %% ../nbs/08_geoscore.ipynb #8a04f145
 def _sort_rows(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     "Values of each row of `x` sorted ascending (no indices). numpy's SIMD sort in threads on CPU; `inplace` reuses `x`."
     if not _np_ok(x): return torch.sort(x, dim=1).values
@@ -238,6 +239,7 @@ def _nanmean(x: torch.Tensor) -> float:
     x = x[~torch.isnan(x)]
     return float(x.double().mean()) if x.numel() else float('nan')
 
+# %% ../nbs/08_geoscore.ipynb #404b4a95
 def _watchlist_metrics(wap: torch.Tensor, present: list[str], missing: list[str]) -> dict:
     "ap_<code> of the present watchlist species, their nan-mean, and the codes missing or without a positive."
     wl = wap.tolist()
@@ -382,6 +384,7 @@ def _num(x) -> float:
     try: return float('nan') if x is None or isinstance(x, (list, dict, str)) else float(x)
     except (TypeError, ValueError): return float('nan')
 
+# %% ../nbs/08_geoscore.ipynb #c13b6769
 def _log_ratio_score(lr: float) -> float:
     "max(0, 1 − |ln LR|); 0 for LR = 0 or ∞, NaN stays NaN."
     if math.isnan(lr): return lr
@@ -413,6 +416,7 @@ def prefix_metrics(metrics: dict, prefix: str = 'holdout_') -> dict:
     "The same metrics with every key prefixed (for the hold-out accumulator's output)."
     return {f'{prefix}{k}': v for k, v in metrics.items()}
 
+# %% ../nbs/08_geoscore.ipynb #085f0c36
 def merge_holdout(val_metrics: dict, holdout_metrics: dict | None, prefix: str = 'holdout_') -> dict:
     "Val metrics plus the prefixed hold-out metrics (so `holdout_map` enters GeoScore), and the recomputed `geoscore`."
     out = dict(val_metrics)

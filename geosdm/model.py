@@ -121,6 +121,7 @@ class _WideLinearFn(torch.autograd.Function):
         gw = (x.t() @ g).t() if ctx.needs_input_grad[1] else None
         return gx, gw, g.sum(0) if ctx.needs_input_grad[2] else None
 
+# %% ../nbs/07_model.ipynb #82b9a4ff
 class WideLinear(nn.Linear):
     "An `nn.Linear` to many outputs whose weight gradient is the faster GEMM on the CPU (eager fp32 training)."
     def forward(self, x):
@@ -137,6 +138,7 @@ def _lowrank_out(d_in: int, bottleneck: int, n_out: int) -> nn.Sequential:
     nn.init.constant_(out.bias, math.log(SPECIES_PRIOR / (1 - SPECIES_PRIOR)))
     return nn.Sequential(nn.LayerNorm(d_in, eps=LN_EPS), nn.Linear(d_in, bottleneck), nn.GELU(), out)
 
+# %% ../nbs/07_model.ipynb #e1bbbd6f
 class SpeciesHead(nn.Module):
     "Residual blocks then a low-rank `E → b → S` projection."
     def __init__(self, d: int, n_species: int, n_blocks: int, bottleneck: int, dropout: float = 0.0):
@@ -160,6 +162,7 @@ class EnvHead(nn.Module):
         self.norm, self.out = nn.LayerNorm(hidden, eps=LN_EPS), nn.Linear(hidden, n_env)
     def forward(self, x): return self.out(self.norm(self.blocks(self.inp(x))))
 
+# %% ../nbs/07_model.ipynb #901582af
 class HabitatHead(nn.Module):
     "Species logits from (detached) env predictions: `F → H`, blocks, low-rank `H → b → S`."
     def __init__(self, n_env: int, hidden: int, n_species: int, n_blocks: int, bottleneck: int, dropout: float = 0.0):
@@ -250,6 +253,7 @@ def create_model(n_species: int, n_env: int, model_scale: float = 0.75, coord_ha
     "Build a `GeoModel`; `create_model(**model.config)` rebuilds the same architecture."
     return GeoModel(n_species, n_env, model_scale, coord_harmonics, week_harmonics, habitat_head)
 
+# %% ../nbs/07_model.ipynb #042aeec8
 def count_parameters(model: nn.Module) -> int:
     "Number of trainable parameters."
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -293,6 +297,7 @@ def resolve_device(name: str = 'auto') -> torch.device:
 def _as_tensor(x, dtype) -> torch.Tensor:
     return x.detach().cpu().to(dtype) if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x), dtype=dtype)
 
+# %% ../nbs/07_model.ipynb #f74b1f55
 def _flat_inputs(lat, lon, week) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     "(lat, lon) float32 and integer weeks, flattened and broadcast to one length; `ValueError` for a bad week."
     lat, lon, week = torch.broadcast_tensors(_as_tensor(lat, torch.float32).reshape(-1),

@@ -78,6 +78,7 @@ def curve_panel(h: pl.DataFrame, title: str, metrics, log: bool = False, ideal: 
         lines = alt.layer(lines, rule)
     return lines.properties(title=title, width=width, height=height)
 
+# %% ../nbs/16_plots.ipynb #2ad1c821
 def training_chart(history, columns: int = 3, width: int = 260, height: int = 170):
     "Every panel of `PANELS` that the history (a run folder, a file or a `read_history` frame) has data for."
     h = history if isinstance(history, pl.DataFrame) else read_history(history)
@@ -100,6 +101,7 @@ def save_figure(chart, stem, formats=FIGURE_FORMATS, scale: float = 2.0) -> list
     stem = Path(stem); stem.parent.mkdir(parents=True, exist_ok=True)
     return [save_chart(chart, stem.with_name(f'{stem.name}.{f}'), scale=scale) for f in formats]
 
+# %% ../nbs/16_plots.ipynb #74e1be29
 def plot_training(run, outdir=None, formats=FIGURE_FORMATS) -> list[Path]:
     "Draw the training curves of a run into `outdir` (default: the run folder) as training_curves.*."
     run = Path(run)
@@ -113,6 +115,7 @@ def cell_values(cells, values: dict) -> pl.DataFrame:
     return pl.DataFrame({'h3_index': cells, **{k: np.asarray(v) for k, v in values.items()},
                          'geometry': pl.Series(cell_wkb(cells), dtype=pl.Binary)})
 
+# %% ../nbs/16_plots.ipynb #4aa7d58e
 def write_geoparquet(df: pl.DataFrame, path) -> Path:
     "Write a `cell_values` frame as GeoParquet 1.0 (WKB `geometry`, longitude/latitude), atomically."
     t = df.to_arrow()
@@ -122,6 +125,7 @@ def write_geoparquet(df: pl.DataFrame, path) -> Path:
     with atomic_path(path) as tmp: pq.write_table(t, tmp)
     return Path(path)
 
+# %% ../nbs/16_plots.ipynb #355f5714
 def write_cell_values(cells, values: dict, stem) -> list[Path]:
     "`<stem>.geojson` and `<stem>.parquet` (GeoParquet) of H3 cells with `values` columns."
     stem = Path(stem); stem.parent.mkdir(parents=True, exist_ok=True)
@@ -133,6 +137,7 @@ def _grid(charts, columns: int = 2):
     rows = [alt.hconcat(*charts[i:i + columns]) for i in range(0, len(charts), columns)]
     return (rows[0] if len(rows) == 1 else alt.vconcat(*rows)).resolve_scale(color='shared')
 
+# %% ../nbs/16_plots.ipynb #642727d7
 def range_figure(pred: Predictor, species, weeks=(1, 13, 26, 39), max_cells: int = 5000, width: int = 380,
                  height: int = 240):
     "Maps of `species` in each of `weeks` (0 = the year), and the probabilities per cell and week."
@@ -142,6 +147,7 @@ def range_figure(pred: Predictor, species, weeks=(1, 13, 26, 39), max_cells: int
               for w in weeks]
     return _grid(charts), cells, values
 
+# %% ../nbs/16_plots.ipynb #b425adf8
 def richness_figure(pred: Predictor, week: int = 0, threshold: float = 0.1, max_cells: int = 5000, **kw):
     "Map of the number of species with p > `threshold` in `week`, and those counts per cell."
     cells = model_cells(pred, max_cells)
@@ -222,6 +228,7 @@ def _model_figure(kind: str, pred: Predictor, outdir: Path, formats, o: dict) ->
     files, cells, vals = weekly_frames(pred, o['species'], outdir, o.get('weeks', range(1, N_WEEKS + 1)), o.get('fps', 4.0), mc)
     return files + write_cell_values(cells, vals, outdir / f"weekly_{pred.vocab[pred.index(o['species'])]}")
 
+# %% ../nbs/16_plots.ipynb #e0879bd8
 def figure_files(kind: str, outdir='figures', formats=FIGURE_FORMATS, **opts) -> list[Path]:
     "Write the figure `kind` (range, richness, phenology, weekly, env) and its values into `outdir`."
     outdir = Path(outdir); outdir.mkdir(parents=True, exist_ok=True)

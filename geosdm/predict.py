@@ -27,6 +27,7 @@ def metadata_path(model_path) -> Path:
     p = Path(model_path)
     return p.with_name(p.name + '.json')
 
+# %% ../nbs/12_predict.ipynb #8504a8a1
 def onnx_session(path, device: str = 'auto'):
     "An onnxruntime session of `path` on 'cpu', 'cuda' or 'auto' (threads: $OMP_NUM_THREADS if set)."
     if ort is None: raise ConfigError(f'{path}: running an ONNX model needs onnxruntime: pip install "geosdm[export]"')
@@ -43,6 +44,7 @@ def _onnx_rows(session, lat, lon, week) -> np.ndarray:
     return session.run(None, {'lat': np.ascontiguousarray(lat), 'lon': np.ascontiguousarray(lon),
                               'week': np.ascontiguousarray(week)})[0].astype(np.float32, copy=False)
 
+# %% ../nbs/12_predict.ipynb #dfe7b896
 def onnx_proba(session, lat, lon, week, batch_size: int = 8192, yearly: str = 'max') -> np.ndarray:
     "Probabilities (n, S) of an exported model, with the week handling of `geosdm.model.predict_proba`."
     if yearly not in ('max', 'model'): raise ValueError(f"yearly must be 'max' or 'model', got {yearly!r}")

@@ -98,6 +98,7 @@ def _without(key: np.ndarray, other: np.ndarray) -> np.ndarray:
     i = np.minimum(np.searchsorted(other, key), len(other) - 1)
     return key[other[i] != key]
 
+# %% ../nbs/05_propagation.ipynb #15030f5b
 def _fresh(key: np.ndarray, own: np.ndarray) -> np.ndarray:
     "Sorted unique `key` without the keys in (sorted) `own`."
     return _without(sorted_unique(key), own)
@@ -194,6 +195,7 @@ def region_counts(cell_lat: np.ndarray, cell_lon: np.ndarray, cell: np.ndarray, 
     reg = region_of(cell_lat, cell_lon)[cell]
     return np.bincount(reg * n_codes + code, minlength=N_REGIONS * n_codes).reshape(N_REGIONS, n_codes)
 
+# %% ../nbs/05_propagation.ipynb #b3891dd8
 def key_region_counts(w_key: np.ndarray, y_key: np.ndarray, n_codes: int, cell_lat: np.ndarray, cell_lon: np.ndarray,
                       keep_cell: np.ndarray | None = None, yearly: bool = True) -> np.ndarray:
     "`region_counts` of the weekly (and, when `yearly`, the yearly) labels of `flatten_lists` keys."
@@ -216,12 +218,14 @@ def region_percentiles(counts: np.ndarray) -> np.ndarray:
         best[present] = np.maximum(best[present], pct)
     return np.where(np.isfinite(best), best, np.nan)
 
+# %% ../nbs/05_propagation.ipynb #85620380
 def freq_weight_curve(pct, min_weight: float = 0.01, pct_lo: float = 10.0, pct_hi: float = 95.0) -> np.ndarray:
     "Linear map from regional percentile to label weight: `min_weight` up to `pct_lo`, 1 from `pct_hi`."
     pct = np.asarray(pct, np.float64)
     w = min_weight + (pct - pct_lo) / (pct_hi - pct_lo) * (1.0 - min_weight)
     return np.where(pct >= pct_hi, 1.0, np.where(pct > pct_lo, w, min_weight))
 
+# %% ../nbs/05_propagation.ipynb #067ae7a3
 def label_freq_weights(counts: np.ndarray, min_weight: float = 0.01, pct_lo: float = 10.0,
                        pct_hi: float = 95.0) -> np.ndarray:
     "float32[S] positive-label weights from `region_counts` (species never counted get 1)."

@@ -99,6 +99,7 @@ def fibonacci_sphere(n: int = 4000) -> np.ndarray:
 
 _GLOBE_XYZ = fibonacci_sphere()
 
+# %% ../nbs/02_simulate.ipynb #49728a94
 def smooth_field(xyz: np.ndarray, rng: np.random.Generator, n_bumps: int = 64,
                  width_km=(300.0, 2500.0), positive: bool = False, standardize: bool = True) -> np.ndarray:
     "Sum of random Gaussian bumps on the sphere at unit vectors `xyz` (n, 3), scaled on a fixed global sample."
@@ -230,6 +231,7 @@ def _small_islands(cells, land, max_cells=3) -> list[np.ndarray]:
     sizes = np.bincount(lab, minlength=k)
     return [idx[lab == j] for j in np.flatnonzero(sizes <= max_cells)]
 
+# %% ../nbs/02_simulate.ipynb #0508fb55
 def _roster(g, n_species, n_endemic, frac_generalist, frac_migrant, watchlist) -> tuple[list, np.ndarray, list]:
     "The named species `(code, group)` in the box, the kinds of the synthetic species, and the small islands."
     placed = lambda grp: min(g.crane) >= 0 if grp == 'whooping_crane' else max(g.anchors[grp]) >= 0
@@ -253,6 +255,7 @@ def _choice_rows(w: np.ndarray, rng) -> np.ndarray:
     idx = (cs < u[:, None]).sum(1)
     return np.where(tot > 0, np.minimum(idx, w.shape[1] - 1), -1)
 
+# %% ../nbs/02_simulate.ipynb #bcc72a75
 def _places(g, kind, islands, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     "Breeding and wintering cells, the island each endemic got, and range masks (cells, species)."
     hab_idx = np.flatnonzero(g.land)
@@ -280,6 +283,7 @@ def _climate(lenv: dict) -> tuple:
     "Temperature, log precipitation, elevation and land-cover class (int) of the latent environment."
     return lenv['temperature_c'], np.log(lenv['precipitation_mm']), lenv['elevation_m'], lenv['landcover_class'].astype(int)
 
+# %% ../nbs/02_simulate.ipynb #4a965c09
 def _synthetic_species(g, kind, origin, winter, lenv, range_km, rng) -> dict:
     "Codes, names and niche parameters of the synthetic species (lists and arrays, one entry per species)."
     n = len(kind)
@@ -326,6 +330,7 @@ def _named_mask(group, g) -> np.ndarray:
         m |= g.habitable & (d <= radius)
     return m
 
+# %% ../nbs/02_simulate.ipynb #3a2ea417
 def _named_species(g, named, lenv, rng) -> dict:
     "Codes, names and hand-made niche parameters of the named species, as `_synthetic_species` gives them."
     k, weeks = len(named), np.arange(1, N_WEEKS + 1)
@@ -359,6 +364,7 @@ def _join(a: dict, b: dict) -> dict:
     return {k: a[k] + b[k] if isinstance(a[k], list) else np.concatenate([a[k], b[k]], _SPECIES_AXIS.get(k, 0))
             for k in a}
 
+# %% ../nbs/02_simulate.ipynb #118a0a2f
 def _sort_species(sp: dict) -> dict:
     "Species table ordered by code."
     order = np.argsort(np.array(sp['codes'], dtype=object).astype(str), kind='stable')
@@ -395,6 +401,7 @@ def _hotspots(g, city_idx, islands, isl_pick, rng) -> tuple[np.ndarray, np.ndarr
     amp = np.r_[np.exp(rng.normal(3.0, 0.8, len(city_idx))), np.full(len(named_hot), 12.0), np.full(len(isl_hot), 4.0)]
     return np.r_[city_idx, named_hot, isl_hot].astype(int), amp
 
+# %% ../nbs/02_simulate.ipynb #e4fd5f4b
 def _effort(g, hot_idx, hot_amp, effort_mean, rng) -> np.ndarray:
     "Checklists per (cell, week): int32 (cells, weeks)."
     n, land = len(g.cells), g.land

@@ -39,10 +39,12 @@ def lr_factor(batch_size: int, scaling: str = 'auto') -> float:
     if scaling == 'auto': return k * min(k, AUTO_BOOST_UNTIL) ** (1 / 3)
     return k ** LR_POWERS[scaling]
 
+# %% ../nbs/10b_steps.ipynb #34790c72
 def peak_lr(lr: float, batch_size: int, scaling: str = 'auto') -> float:
     "The peak learning rate for `batch_size` when `lr` is given for batches up to `REF_BATCH`."
     return lr * lr_factor(batch_size, scaling)
 
+# %% ../nbs/10b_steps.ipynb #bd7bcb70
 def adam_betas(batch_size: int, scaling: str = 'auto', betas: tuple = (0.9, 0.999)) -> tuple[float, float]:
     "AdamW's betas for `batch_size`: β2's average spans the same number of samples as at `REF_BATCH` (1 − β2 ≤ 0.1)."
     k = max(batch_size, REF_BATCH) / REF_BATCH if scaling != 'none' else 1.0
@@ -96,6 +98,7 @@ def _state_dict(self: LossScale) -> dict:
     return {'scale': float(self.scale), 'growth_factor': self.growth_factor, 'backoff_factor': self.backoff_factor,
             'growth_interval': self.growth_interval, '_growth_tracker': int(self.growth_tracker)}
 
+# %% ../nbs/10b_steps.ipynb #476c032f
 def _load_state_dict(self: LossScale, sd: dict):
     if not sd: return
     self.scale.fill_(sd['scale']); self.growth_tracker.fill_(sd['_growth_tracker'])
@@ -112,6 +115,7 @@ def resolve_compile(mode: str, device) -> str:
     if mode not in COMPILE_MODES: raise ValueError(f'--compile: must be one of auto, {", ".join(COMPILE_MODES)}; got {mode!r}')
     return mode
 
+# %% ../nbs/10b_steps.ipynb #8f2c275e
 def compiled(fn, mode: str):
     "`fn` compiled with `torch.compile(mode=mode)`, or `fn` itself for 'off'."
     return fn if mode == 'off' else torch.compile(fn, mode=mode)

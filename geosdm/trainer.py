@@ -34,6 +34,7 @@ def data_path(cfg: TrainConfig) -> str:
     "The data file of `cfg`: `--data_path`, or the bundled demo world."
     return cfg.data_path or str(demo_parquet())
 
+# %% ../nbs/11_trainer.ipynb #4a93894c
 def prepare(cfg: TrainConfig, progress=True) -> Prepared:
     "Prepare (or load from the cache) the dataset that `cfg` describes."
     cache = cfg.data_cache_dir or str(Path(cfg.checkpoint_dir) / '.data_cache')
@@ -65,6 +66,7 @@ def resolve_amp(amp: str, device: torch.device):
     if amp == 'auto': return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {'bf16': torch.bfloat16, 'fp16': torch.float16}[amp]
 
+# %% ../nbs/11_trainer.ipynb #81ea788d
 def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
     "A seed for `stream` of `epoch`, independent of how many epochs ran before in this process."
     return int(hashlib.sha256(f'{seed}/{epoch}/{stream}'.encode()).hexdigest()[:15], 16)
@@ -75,6 +77,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, batch_size: int = R
     return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, fused=True,
                              betas=adam_betas(batch_size, cfg.lr_scaling))
 
+# %% ../nbs/11_trainer.ipynb #556f1f50
 def make_loss(cfg: TrainConfig) -> SpeciesLoss:
     "The species loss the options describe."
     return SpeciesLoss(kind=cfg.species_loss, label_smoothing=cfg.label_smoothing, asl_gamma_pos=cfg.asl_gamma_pos,
@@ -167,6 +170,7 @@ def _rand_inputs(self: Trainer, b: int, gen) -> tuple:
     lat, lon = random_latlon(b, gen, self.device)
     return lat, lon, torch.randint(1, N_WEEKS + 1, (b,), device=self.device, generator=gen).float()
 
+# %% ../nbs/11_trainer.ipynb #7405bb7b
 def _losses(self: Trainer, b: dict, gen, weights=None, train: bool = False) -> dict:
     "The multi-task losses of batch `b`; with the model's outputs ('out') unless `train`."
     cfg, an = self.cfg, self.cfg.species_loss == 'an'
@@ -198,6 +202,7 @@ def _loss_vector(losses: dict, keep: torch.Tensor | None = None) -> torch.Tensor
                      for k in _LOSS_KEYS])
     return v if keep is None else torch.where(keep, v, torch.zeros_like(v))
 
+# %% ../nbs/11_trainer.ipynb #aa6504dc
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
     return tqdm(total=total, desc=desc, leave=False, unit='batch', dynamic_ncols=True, disable=not enabled)
@@ -255,6 +260,7 @@ def evaluate(self: Trainer, data: DeviceSamples, samples, prefix='val_') -> dict
     m.update(loss=s[0], species_loss=s[1], env_loss=s[2], habitat_loss=s[3] if self.cfg.habitat_head else float('nan'))
     return {f'{prefix}{k}': v for k, v in m.items()}
 
+# %% ../nbs/11_trainer.ipynb #2d94e101
 def validate(self: Trainer) -> dict:
     "Metrics on the validation and hold-out sets, and GeoScore with its parts."
     val = self.evaluate(self.val_data, self.prep.val, '') if self.val_data is not None else {}
@@ -289,6 +295,7 @@ def state(self: Trainer) -> dict:
                  'jitter_std': prep.jitter_std, 'h3_res': prep.h3_res, 'options': prep.options},
         'coverage': {'cells': training_cells(prep)}})
 
+# %% ../nbs/11_trainer.ipynb #d8c2a364
 def save(self: Trainer, name: str) -> Path:
     "Write the checkpoint `name` into the checkpoint folder (atomically; the latest one keeps its previous generation)."
     latest = name == 'checkpoint_latest.pt'
@@ -319,6 +326,7 @@ def _check_fits(self: Trainer, ck: dict):
         raise ConfigError(f'--resume: model config differs: checkpoint {ck["model_config"]} vs {dict(self.model.config)}')
     if why: raise ConfigError(f"--resume: the data differ from the checkpoint's: {'; '.join(why)}. {_OTHER_DATA}")
 
+# %% ../nbs/11_trainer.ipynb #1dbb2261
 def load_state(self: Trainer, ck: dict, source=None):
     "Restore from a checkpoint dict (read from `source`), after checking it fits these data and options."
     self._check_fits(ck)
@@ -332,6 +340,7 @@ def load_state(self: Trainer, ck: dict, source=None):
     self.best_epoch = int(ck.get('best_epoch', 0))
     self.history = {k: list(v) for k, v in ck['history'].items()}
 
+# %% ../nbs/11_trainer.ipynb #6dcbbac2
 def load_weights(self: Trainer, ck: dict) -> dict:
     "Start from checkpoint `ck`'s weights (species and env targets matched by name); a new schedule, no history."
     return transfer_weights(self.model, ck, self.prep.vocab, self.prep.env_names)
@@ -346,6 +355,7 @@ def _record(self: Trainer, row: dict):
         v = row.get(k)
         self.history[k].append(v if not isinstance(v, float) or math.isfinite(v) else None)
 
+# %% ../nbs/11_trainer.ipynb #15e0e7fa
 def _end_epoch(self: Trainer, row: dict, t0: float, save: bool = True) -> bool:
     "Validate, record, save (if `save`); returns whether early stopping triggers."
     tv = time.perf_counter()
@@ -377,6 +387,7 @@ def _set_threads(self: Trainer, quiet: bool):
     if auto and not quiet:
         log.info(f'CPU threads: {n} (other processes keep {self.share.cores - n} of {self.share.cores} cores busy)')
 
+# %% ../nbs/11_trainer.ipynb #808a9037
 def fit(self: Trainer, progress=True, on_epoch=None, save: bool = True, quiet: bool = False) -> dict:
     "Train until `num_epochs` or early stopping; returns the history. `save=False` writes no files, `quiet` logs nothing."
     if save: self.ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -409,9 +420,11 @@ def setup_logging():
         h = logging.StreamHandler(sys.stdout); h.setFormatter(logging.Formatter('%(message)s'))
         log.addHandler(h); log.setLevel(logging.INFO); log.propagate = False
 
+# %% ../nbs/11_trainer.ipynb #b102bb62
 def _f(v, fmt='.3f'):
     return 'n/a' if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
 
+# %% ../nbs/11_trainer.ipynb #08802e74
 def _three(g, key, fmt='.2f') -> str:
     return ' / '.join(_f(g(f'{key}_{t}'), fmt) for t in (5, 10, 25))
 
@@ -426,6 +439,7 @@ def _quality_lines(g) -> list[str]:
             f" {_f(g('val_pred_density_corr'))} (0 = no bias)",
             f"  watchlist                   mean AP of the endemics {_f(g('val_watchlist_mean_ap'))} (higher is better)"]
 
+# %% ../nbs/11_trainer.ipynb #d8c6333f
 def format_epoch(r: dict, cfg: TrainConfig) -> str:
     "A multi-line summary of one epoch's history row, in plain words."
     g = r.get
@@ -455,6 +469,7 @@ def _start_from(tr: Trainer, ck: dict, src: Path, why: str | None):
         log.info(f'Fine-tuning from {src} (epoch {ck["epoch"]}): {n["species"][0]:,} of {n["species"][1]:,} species and '
                  f'{n["env"][0]} of {n["env"][1]} env targets start from its weights; a new schedule of {cfg.num_epochs} epochs.')
 
+# %% ../nbs/11_trainer.ipynb #d462ea1e
 def _log_start(tr: Trainer):
     prep, cfg = tr.prep, tr.cfg
     log.info(f'Data: {len(prep.train):,} train / {len(prep.val):,} val'

@@ -68,7 +68,8 @@ def test_core_imports_nothing_of_ours():
 @pytest.mark.parametrize('name', sorted(modules()))
 def test_short_rooms(name):
     src = modules()[name].read_text()
-    assert len(src.splitlines()) <= MAX_MODULE_LINES, f'{name}.py has {len(src.splitlines())} lines'
+    n = sum(1 for l in src.splitlines() if not l.startswith('# %% '))   # nbdev's cell markers are not code
+    assert n <= MAX_MODULE_LINES, f'{name}.py has {n} lines'
     long = [f'{n.name} ({n.end_lineno - n.lineno + 1} lines)' for n in ast.walk(ast.parse(src))
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > MAX_FUNCTION_LINES]
     assert not long, f'{name}.py: functions over {MAX_FUNCTION_LINES} lines: {long}'
@@ -86,3 +87,16 @@ def test_notebook_outputs_work_offline():
     for nb in sorted((PKG.parent / 'nbs').glob('*.ipynb')):
         text = nb.read_text()
         assert not re.search(r'<script[^>]*\bsrc=\\?["\']?https?://', text) and 'cdn.jsdelivr' not in text, nb.name
+
+
+def test_notebook_cells_are_short():
+    "Exported notebook cells hold one definition each: their median is at most 10 lines of code."
+    import json, statistics
+    sizes = []
+    for nb in sorted((PKG.parent / 'nbs').glob('*.ipynb')):
+        for c in json.loads(nb.read_text())['cells']:
+            lines = ''.join(c['source']).splitlines()
+            if c['cell_type'] == 'code' and '#| export' in lines:
+                sizes.append(sum(1 for l in lines if l.strip() and not l.startswith('#|')))
+    assert len(sizes) > 300 and statistics.median(sizes) <= 10, statistics.median(sizes)
+
