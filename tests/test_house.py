@@ -100,3 +100,12 @@ def test_notebook_cells_are_short():
                 sizes.append(sum(1 for l in lines if l.strip() and not l.startswith('#|')))
     assert len(sizes) > 300 and statistics.median(sizes) <= 10, statistics.median(sizes)
 
+
+
+def test_user_facing_text_has_plain_words():
+    "Notebooks, apps, modules and the README never send a reader to documents they do not have."
+    import re
+    bad = re.compile(r"\bthe seeds?\b|\bseed's\b|\bspec §|\bthe reference\b|\breference implementation\b", re.I)
+    files = [*(PKG.parent / 'nbs').glob('*.ipynb'), *PKG.rglob('*.py'), PKG.parent / 'README.md']
+    hits = [f'{f.name}: {m.group(0)!r}' for f in files for m in bad.finditer(f.read_text())]
+    assert not hits, hits
