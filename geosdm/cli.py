@@ -41,11 +41,10 @@ def train_main(argv: list[str] | None = None) -> int:
     "Entry point of `geosdm_train`."
     argv = sys.argv[1:] if argv is None else list(argv)
     cfg, demo = parse_config(argv)
-    if demo:
-        print('No --data_path given: training on the bundled demo world '
-              f'({", ".join(f"{k}={getattr(cfg, k)}" for k in DEMO_DEFAULTS)}).', flush=True)
     def body():
-        check_config(cfg)
+        check_config(cfg)                                     # a bad flag is answered before anything is said
+        if demo: print('No --data_path given: training on the bundled demo world '
+                       f'({", ".join(f"{k}={getattr(cfg, k)}" for k in DEMO_DEFAULTS)}).', flush=True)
         if cfg.autotune is not None:
             from geosdm.autotune import run_autotune          # after the flags are checked: torch loads slowly
             if run_autotune(cfg).interrupted: raise KeyboardInterrupt

@@ -52,10 +52,14 @@ def test_train_succeeds_on_stdout(run_dir):
     (['--data_path', '/no/such.parquet'], ['--data_path', 'no such file']),
     (['--holdout_regions', 'atlantis'], ['atlantis']),
     (['--no_such_flag'], ['unrecognized arguments']),
+    (['--cpu_threads', '0'], ['--cpu_threads', '≥ 1']),
+    (['--batch_size', 'big'], ['--batch_size', 'invalid int']),
 ])
 def test_train_bad_flags(args, words, tmp_path):
     t0 = time.perf_counter()
-    user_error(run('geosdm_train', *args, '--checkpoint_dir', tmp_path), 'geosdm_train', *words)
+    r = run('geosdm_train', *args, '--checkpoint_dir', tmp_path)
+    user_error(r, 'geosdm_train', *words)
+    assert r.stdout == ''                    # nothing said before the answer (not even the demo-world note)
     assert time.perf_counter() - t0 < 30     # answered before any data work (the bound is loose: shared CI machines)
 
 
