@@ -181,7 +181,8 @@ class _LinearPairBCE(torch.autograd.Function):
         sp, sg = F.softplus(zp), torch.sigmoid(zp)
         zs = h.sum(0).double() @ w.sum(0).double() + h.shape[0] * b.double().sum()   # Σ z, without a pass over z
         q.clamp_min_(-_Z_CAP).sigmoid_()                            # Q = σ(−z) = 1 − σ(z), exact where σ(z) ≈ 1
-        log_q = sum(c.log().sum() for c in q.split(_LOG_ROWS))     # Σ softplus(z) = −Σ log σ(−z)
+        rows = _LOG_ROWS if q.device.type == 'cpu' else q.shape[0]  # a GPU takes it in one launch
+        log_q = sum(c.log().sum() for c in q.split(rows))           # Σ softplus(z) = −Σ log σ(−z)
         total = (vw * (sp - hi * zp) - v * (sp - lo * zp)).sum() - log_q - lo * zs
         q.view(-1).index_add_(0, idx, v * (sg - lo) - vw * (sg - hi))   # G = (1 − lo) − Q: the pairs' correction
         c = 1.0 - lo
