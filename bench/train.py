@@ -47,14 +47,14 @@ def average_precision_rows(scores: np.ndarray, labels: np.ndarray) -> np.ndarray
 def prepare_split() -> tuple[Path, Path]:
     "world_a minus its test cells, written once under bench/results/."
     import polars as pl
+    from geosdm.core import atomic_path
     OUT.mkdir(parents=True, exist_ok=True)
     dst = OUT / 'world_a_train.parquet'
     src = WORLD / 'combined.parquet'
     if not dst.exists() or dst.stat().st_mtime < src.stat().st_mtime:
         test = set((WORLD / 'test_cells.txt').read_text().split())
         df = pl.read_parquet(src).filter(~pl.col('h3_index').is_in(list(test)))
-        tmp = dst.with_name(f'{dst.stem}.{os.getpid()}.tmp')      # runs started together each write their own
-        df.drop('geometry').write_parquet(tmp); os.replace(tmp, dst)
+        with atomic_path(dst) as tmp: df.drop('geometry').write_parquet(tmp)   # runs started together: whole files
     return dst, WORLD / 'combined_taxonomy.csv'
 
 
