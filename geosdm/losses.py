@@ -150,10 +150,14 @@ class _PairBCE(torch.autograd.Function):
         return s.mul_(g / z.numel()), None, None, None, None, None
 
 # %% ../nbs/06_losses.ipynb #517497b9
+def _pair_args(pos: Positives, eps: float, label_weights: torch.Tensor | None) -> tuple:
+    "(flat indices, valid, valid × label weight, lo, hi) of the pairs: what the pair losses take besides the logits."
+    vw = pos.valid if label_weights is None else pos.valid * label_weights.float().index_select(0, pos.species)
+    return pos.flat(), pos.valid, vw, 0.5 * eps, 1 - 0.5 * eps
+
 def bce_pairs(logits: torch.Tensor, pos: Positives, eps: float, label_weights: torch.Tensor | None = None) -> torch.Tensor:
     "Mean BCE of `logits` at the smoothed multi-hot targets of `pos` (`label_weights` on positive labels)."
-    vw = pos.valid if label_weights is None else pos.valid * label_weights.float().index_select(0, pos.species)
-    return _PairBCE.apply(logits.float().contiguous(), pos.flat(), pos.valid, vw, 0.5 * eps, 1 - 0.5 * eps)
+    return _PairBCE.apply(logits.float().contiguous(), *_pair_args(pos, eps, label_weights))
 
 # %% ../nbs/06_losses.ipynb #0c47f9b7
 class LinearLogits(NamedTuple):
@@ -201,10 +205,9 @@ class _LinearPairBCE(torch.autograd.Function):
 # %% ../nbs/06_losses.ipynb #643f5e39
 def bce_linear_pairs(ll: LinearLogits, pos: Positives, eps: float, label_weights: torch.Tensor | None = None) -> torch.Tensor:
     "Mean BCE of the logits `ll` at the smoothed multi-hot targets of `pos`, fused with the output layer (fp32)."
-    vw = pos.valid if label_weights is None else pos.valid * label_weights.float().index_select(0, pos.species)
     with torch.autocast(ll.features.device.type, enabled=False):
-        return _LinearPairBCE.apply(ll.features.float(), ll.weight.float(), ll.bias.float(), pos.flat(), pos.valid, vw,
-                                    0.5 * eps, 1 - 0.5 * eps)
+        return _LinearPairBCE.apply(ll.features.float(), ll.weight.float(), ll.bias.float(),
+                                    *_pair_args(pos, eps, label_weights))
 
 # %% ../nbs/06_losses.ipynb #ef5a9e25
 class SpeciesLoss:
