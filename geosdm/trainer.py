@@ -130,7 +130,7 @@ class Trainer:
         self._forward = compiled(forward_losses, self.compile)
         if d.type == 'cpu': keep_freed_memory()
         auto_threads = d.type == 'cpu' and cfg.cpu_threads == 'auto' and not os.environ.get('OMP_NUM_THREADS')
-        self.share, self.max_threads = CpuShare() if auto_threads else None, torch.get_num_threads()
+        self.share = CpuShare() if auto_threads else None
         self.train_data = DeviceSamples(prep.train, d)
         self.val_data = DeviceSamples(prep.val, d) if len(prep.val) else None
         self.holdout_data = DeviceSamples(prep.holdout, d) if prep.holdout is not None and len(prep.holdout) else None
@@ -376,12 +376,12 @@ def _end_epoch(self: Trainer, row: dict, t0: float, save: bool = True) -> bool:
 Trainer._record, Trainer._end_epoch = _record, _end_epoch
 
 # %% ../nbs/11_trainer.ipynb #b5495dd7
-def _set_threads(self: Trainer, quiet: bool):
-    "Before an epoch on the CPU: torch's threads by --cpu_threads (auto: the cores other processes leave free)."
+def _set_threads(self: Trainer, most: int, quiet: bool):
+    "Before an epoch on the CPU: torch's threads by --cpu_threads (auto: the cores other processes leave free, ≤ `most`)."
     if self.device.type != 'cpu': return
     auto = self.cfg.cpu_threads == 'auto'
     if auto and self.share is None: return
-    n = min(self.share.free_cores() or self.max_threads, self.max_threads) if auto else int(self.cfg.cpu_threads)
+    n = min(self.share.free_cores() or most, most) if auto else int(self.cfg.cpu_threads)
     if n == torch.get_num_threads(): return
     torch.set_num_threads(n)
     if auto and not quiet:
@@ -394,7 +394,7 @@ def fit(self: Trainer, progress=True, on_epoch=None, save: bool = True, quiet: b
     threads = torch.get_num_threads()
     try:
         while self.epoch < self.cfg.num_epochs:
-            self._set_threads(quiet)
+            self._set_threads(threads, quiet)
             t0 = time.perf_counter()
             row = self.train_epoch(progress)
             self.epoch += 1

@@ -170,7 +170,7 @@ def test_cpu_threads_follow_the_free_cores_and_come_back(world, tmp_path, caplog
     try:
         cfg = base(world, tmp_path, num_epochs=3)
         tr = Trainer(cfg, prepare(cfg, progress=False))
-        tr.share, tr.max_threads = _Share([1, 3, 2]), 2                 # 3 free: still at most max_threads
+        tr.share = _Share([1, 3, 2])                                       # 3 free: still at most the 2 fit starts with
         seen = []
         lg = logging.getLogger('geosdm'); lg.addHandler(caplog.handler); level = lg.level; lg.setLevel(logging.INFO)
         try: tr.fit(progress=False, save=False, on_epoch=lambda t, r: seen.append(torch.get_num_threads()))
