@@ -70,6 +70,30 @@ def write_world(d: Path, *, name: str = 'combined', cells: list[str] | None = No
     return path
 
 
+TIMING = ('seconds', 'samples_per_s')
+
+
+def strip(h: dict) -> dict:
+    "A training history without its timings (they differ between otherwise identical runs)."
+    return {k: v for k, v in h.items() if not any(t in k for t in TIMING)}
+
+
+def simulated_world(tmp_path_factory) -> Path:
+    "The trainer tests' world: 50 simulated species on H3 resolution-2 cells of North America (seed 11)."
+    from geosdm.simulate import simulate_world
+    d = tmp_path_factory.mktemp('world')
+    simulate_world(n_species=50, res=2, bbox=(-130, 20, -60, 55), seed=11).write(d)
+    return d / 'combined.parquet'
+
+
+def trainer_config(world, ck, **kw):
+    "A small, quick training run on `world` into checkpoint folder `ck` (options in `kw` override)."
+    from geosdm.config import TrainConfig
+    cfg = dict(data_path=str(world), checkpoint_dir=str(ck), model_scale=0.25, num_epochs=3, lr_warmup=0.5,
+               min_obs_per_species=10, batch_size=256, device='cpu', seed=5)
+    return TrainConfig(**{**cfg, **kw})
+
+
 def exit_code(main, argv) -> int:
     "The exit status of a console entry point called in-process (returned, or raised by argparse)."
     try: return main(argv)

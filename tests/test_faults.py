@@ -16,11 +16,10 @@ from geosdm.core import CheckpointError, ConfigError, WEEK_COLS, stale_temp_file
 from geosdm.data import prepare_data
 from geosdm.simulate import simulate_world
 from geosdm.trainer import Trainer, prepare, train
-from conftest import exit_code, write_world
+from conftest import exit_code, strip, write_world
 
 ARGS = dict(model_scale=0.1, num_epochs=3, lr_warmup=0.5, min_obs_per_species=5, batch_size=128, device='cpu', seed=1,
             save_every=1)
-TIMING = ('seconds', 'samples_per_s')
 README = Path(__file__).resolve().parents[1] / 'README.md'
 
 
@@ -79,9 +78,6 @@ def argv(data, ck, *extra) -> list[str]:
     words = [w for k, v in ARGS.items() for w in (f'--{k}', str(v))]
     return words + ['--data_path', str(data), '--checkpoint_dir', str(ck), *map(str, extra)]
 
-
-def strip(h):
-    return {k: v for k, v in h.items() if not any(t in k for t in TIMING)}
 
 
 def files(d) -> dict:

@@ -7,33 +7,20 @@ import numpy as np
 import pytest
 import torch
 
-from geosdm.simulate import simulate_world
 from geosdm.config import TrainConfig, build_parser, check_config
 from geosdm.core import CheckpointError, ConfigError
 from geosdm.checkpoint import load_checkpoint
 from geosdm.cli import train_main as main
 from geosdm.trainer import Trainer, train, prepare, lr_at
-from conftest import exit_code
-
-TIMING = ('seconds', 'samples_per_s')
+from conftest import exit_code, simulated_world, strip, trainer_config
 
 
 @pytest.fixture(scope='module')
 def world(tmp_path_factory):
-    d = tmp_path_factory.mktemp('world')
-    simulate_world(n_species=50, res=2, bbox=(-130, 20, -60, 55), seed=11).write(d)
-    return d / 'combined.parquet'
+    return simulated_world(tmp_path_factory)
 
 
-def base(world, ck, **kw):
-    cfg = dict(data_path=str(world), checkpoint_dir=str(ck), model_scale=0.25, num_epochs=3, lr_warmup=0.5,
-               min_obs_per_species=10, batch_size=256, device='cpu', seed=5)
-    cfg.update(kw)
-    return TrainConfig(**cfg)
-
-
-def strip(h):
-    return {k: v for k, v in h.items() if not any(t in k for t in TIMING)}
+base = trainer_config
 
 
 def test_run_improves_and_writes_outputs(world, tmp_path):
