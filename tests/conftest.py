@@ -94,6 +94,16 @@ def trainer_config(world, ck, **kw):
     return TrainConfig(**{**cfg, **kw})
 
 
+@pytest.fixture(scope='module')
+def one_thread():
+    """One torch thread for a module's in-process runs: steady on a busy 2-core machine (no OpenMP spin-waits),
+    and bit for bit like the subprocesses, which run with OMP_NUM_THREADS=1."""
+    import torch
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def exit_code(main, argv) -> int:
     "The exit status of a console entry point called in-process (returned, or raised by argparse)."
     try: return main(argv)

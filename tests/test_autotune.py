@@ -20,12 +20,7 @@ SMALL = {**SEARCH_SPACE, 'model_scale': Param('float', 0.1, 0.3, log=True)}   # 
 S = optuna.trial.TrialState
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    "Two torch threads on a busy 2-core machine are up to 100x slower (OpenMP spin-waits); one is steady."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')      # see conftest
 
 
 @pytest.fixture(scope='module')

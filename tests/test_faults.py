@@ -23,12 +23,7 @@ ARGS = dict(model_scale=0.1, num_epochs=3, lr_warmup=0.5, min_obs_per_species=5,
 README = Path(__file__).resolve().parents[1] / 'README.md'
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    "One torch thread, like the subprocesses (OMP_NUM_THREADS=1): in-process runs compare bit for bit."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')      # see conftest
 
 
 @pytest.fixture(scope='module')

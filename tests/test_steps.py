@@ -10,6 +10,8 @@ from geosdm.trainer import Trainer, train, prepare, lr_at
 from conftest import simulated_world, strip, trainer_config
 
 
+pytestmark = pytest.mark.usefixtures('one_thread')      # see conftest: exact comparisons need a fixed count
+
 @pytest.fixture(scope='module')
 def world(tmp_path_factory):
     return simulated_world(tmp_path_factory)
@@ -155,6 +157,7 @@ class _Share:
 
 
 def test_cpu_threads_follow_the_free_cores_and_come_back(world, tmp_path, caplog):
+    before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         cfg = base(world, tmp_path, num_epochs=3)
@@ -170,4 +173,4 @@ def test_cpu_threads_follow_the_free_cores_and_come_back(world, tmp_path, caplog
         fixed = Trainer(base(world, tmp_path / 'f', num_epochs=1, cpu_threads=1), tr.prep)
         fixed.fit(progress=False, save=False, on_epoch=lambda t, r: seen.append(torch.get_num_threads()))
         assert seen[-1] == 1 and torch.get_num_threads() == 2
-    finally: torch.set_num_threads(1)
+    finally: torch.set_num_threads(before)

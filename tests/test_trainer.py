@@ -15,6 +15,8 @@ from geosdm.trainer import Trainer, train, prepare, lr_at
 from conftest import exit_code, simulated_world, strip, trainer_config
 
 
+pytestmark = pytest.mark.usefixtures('one_thread')      # see conftest: exact comparisons need a fixed count
+
 @pytest.fixture(scope='module')
 def world(tmp_path_factory):
     return simulated_world(tmp_path_factory)
