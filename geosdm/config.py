@@ -224,7 +224,8 @@ _RUNTIME = _group('Checkpoints',
     O('save_every', 5, 'Save checkpoint every N epochs', range='>= 1'),
     O('device', 'auto', 'auto, cuda, or cpu', choices=('auto', 'cuda', 'cpu')),
     O('cpu_threads', 'auto', 'Threads when training on the CPU: a number, or auto = the cores other processes leave free, '
-      'measured again each epoch (at most one per core; OMP_NUM_THREADS, when set, decides)', type=int, range='>= 1',
+      'measured again each epoch (at most one per core; OMP_NUM_THREADS, when set, decides). Results depend on the '
+      'thread count in their last digits: give a number for bit-for-bit repeatable runs', type=int, range='>= 1',
       words=('auto',)),
     O('num_workers', None, 'Accepted for compatibility; geosdm builds batches on the device and needs no DataLoader workers',
       type=int),
