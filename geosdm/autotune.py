@@ -4,18 +4,26 @@
 
 # %% ../nbs/21_autotune.ipynb #52689a4a
 from __future__ import annotations
-import importlib.util, gc, math, os, re, shlex, socket, time, warnings
-from dataclasses import dataclass, asdict, fields
+
+import gc
+import importlib.util
+import math
+import os
+import re
+import shlex
+import socket
+import warnings
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import optuna
 import torch
 
-from .core import ConfigError, clean_temp_files, jsonable, pid_alive, write_json
-from .config import TrainConfig, Param, SEARCH_SPACE, EXTRA_SPACE, check_config, config_from, option_words
 from .checkpoint import split_identity
+from .config import EXTRA_SPACE, SEARCH_SPACE, Param, TrainConfig, check_config, config_from, option_words
+from .core import ConfigError, clean_temp_files, jsonable, pid_alive, write_json
 from .data import Prepared
-from .trainer import Trainer, prepare, log, setup_logging
+from .trainer import Trainer, log, prepare, setup_logging
 
 # %% auto #0
 __all__ = ['FREQ_PARAMS', 'LOSS_PARAMS', 'HISTORY_SKIP', 'resolve_params', 'inactive_params', 'trial_config', 'make_objective',
@@ -25,11 +33,13 @@ __all__ = ['FREQ_PARAMS', 'LOSS_PARAMS', 'HISTORY_SKIP', 'resolve_params', 'inac
 # %% ../nbs/21_autotune.ipynb #d316ef52
 FREQ_PARAMS = ('label_freq_weight', 'label_freq_weight_min', 'label_freq_weight_pct_lo', 'label_freq_weight_pct_hi')
 
+
 def resolve_params(names: list[str] | None, space: dict[str, Param] | None = None) -> list[str]:
     "The parameters to tune: all of `space` for `None`/`[]`, else `names` (checked, deduplicated, in space order)."
     default = space is None
     space = {**SEARCH_SPACE, **EXTRA_SPACE} if default else space
-    if not names: return list(SEARCH_SPACE if default else space)
+    if not names:
+        return list(SEARCH_SPACE if default else space)
     names = [n.strip().lstrip('-') for n in names]
     unknown = [n for n in names if n not in space]
     if unknown:
@@ -37,23 +47,33 @@ def resolve_params(names: list[str] | None, space: dict[str, Param] | None = Non
     return [n for n in space if n in set(names)]
 
 # %% ../nbs/21_autotune.ipynb #52023b3e
-LOSS_PARAMS = {'pos_lambda': ('an',), 'neg_samples': ('an',), 'asl_gamma_neg': ('asl',), 'asl_clip': ('asl',),
-               'focal_alpha': ('focal',), 'focal_gamma': ('focal',)}
+LOSS_PARAMS = {
+    'pos_lambda': ('an',),
+    'neg_samples': ('an',),
+    'asl_gamma_neg': ('asl',),
+    'asl_clip': ('asl',),
+    'focal_alpha': ('focal',),
+    'focal_gamma': ('focal',),
+}
+
 
 def inactive_params(params: dict, cfg: TrainConfig) -> list[str]:
     "Names in `params` that have no effect given the loss (and label_freq_weight) the trial uses."
     loss = params.get('species_loss', cfg.species_loss)
     lfw = params.get('label_freq_weight', cfg.label_freq_weight)
-    return [n for n in params if (n in LOSS_PARAMS and loss not in LOSS_PARAMS[n])
-            or (n in FREQ_PARAMS[1:] and not lfw)]
+    return [
+        n for n in params if (n in LOSS_PARAMS and loss not in LOSS_PARAMS[n]) or (n in FREQ_PARAMS[1:] and not lfw)
+    ]
 
 # %% ../nbs/21_autotune.ipynb #e85d676b
-HISTORY_SKIP = ('val_ap_', 'holdout_ap_')   # per-species watchlist APs: too many for every epoch of every trial
+HISTORY_SKIP = ('val_ap_', 'holdout_ap_')  # per-species watchlist APs: too many for every epoch of every trial
+
 
 def trial_config(cfg: TrainConfig, params: dict) -> TrainConfig:
     "The training configuration of one trial."
-    return check_config(config_from(asdict(cfg), **params, num_epochs=cfg.autotune_epochs, patience=0, resume=None,
-                                    autotune=None))
+    return check_config(
+        config_from(asdict(cfg), **params, num_epochs=cfg.autotune_epochs, patience=0, resume=None, autotune=None)
+    )
 
 # %% ../nbs/21_autotune.ipynb #ed0ba00a
 def _history_row(row: dict) -> dict:
@@ -62,6 +82,7 @@ def _history_row(row: dict) -> dict:
 # %% ../nbs/21_autotune.ipynb #7ea14f72
 class _Reporter:
     "`Trainer.fit`'s `on_epoch` hook for one trial: history, best epoch, pruning."
+
     def __init__(self, trial):
         self.trial, self.best, self.hist = trial, -math.inf, []
 
@@ -74,19 +95,26 @@ class _Reporter:
         if not math.isfinite(row['train_loss']) or row['train_skipped_batches'] > 0:
             self._prune(f'non-finite training loss in epoch {ep}')
         self.hist.append(_history_row(row))
-        t.set_user_attr('epoch_history', jsonable(self.hist))   # storages keep user attributes as strict JSON
+        t.set_user_attr('epoch_history', jsonable(self.hist))  # storages keep user attributes as strict JSON
         gs = row['val_geoscore']
-        if not math.isfinite(gs): self._prune(f'non-finite GeoScore in epoch {ep}')
-        if gs > self.best: self.best = gs; t.set_user_attr('best_epoch', ep)
+        if not math.isfinite(gs):
+            self._prune(f'non-finite GeoScore in epoch {ep}')
+        if gs > self.best:
+            self.best = gs
+            t.set_user_attr('best_epoch', ep)
         t.report(gs, ep)
-        if t.should_prune(): self._prune(f'median pruner after epoch {ep}')
+        if t.should_prune():
+            self._prune(f'median pruner after epoch {ep}')
 
 # %% ../nbs/21_autotune.ipynb #fb046b6f
 def make_objective(cfg: TrainConfig, prep: Prepared, names: list[str], space: dict[str, Param], progress=False):
-    "The Optuna objective: train a fresh model per trial with `Trainer.fit`, report GeoScore each epoch, return the best."
+    """The Optuna objective: train a fresh model per trial with `Trainer.fit`, report GeoScore each epoch, return the
+    best."""
+
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr('worker', f'{socket.gethostname()}:{os.getpid()}')
-        if claimed(trial.study, below=trial.number) >= cfg.autotune_trials: _surplus(trial, cfg.autotune_trials)
+        if claimed(trial.study, below=trial.number) >= cfg.autotune_trials:
+            _surplus(trial, cfg.autotune_trials)
         params = {n: space[n].suggest(trial, n) for n in names}
         trial.set_user_attr('inactive_params', inactive_params(params, cfg))
         tr, report = None, _Reporter(trial)
@@ -94,31 +122,40 @@ def make_objective(cfg: TrainConfig, prep: Prepared, names: list[str], space: di
             tr = Trainer(trial_config(cfg, params), prep)
             tr.fit(progress, on_epoch=report, save=False, quiet=True)
             return report.best
-        except RuntimeError as e:   # e.g. CUDA out of memory for a large model_scale: fail this trial, go on
+        except RuntimeError as e:  # e.g. CUDA out of memory for a large model_scale: fail this trial, go on
             trial.set_user_attr('error', f'{type(e).__name__}: {e}'[:1000])
             raise
         finally:
             del tr
-            if torch.cuda.is_available(): torch.cuda.empty_cache()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
     return objective
 
 # %% ../nbs/21_autotune.ipynb #f9822a39
 def open_storage(spec: str | None):
     "An Optuna storage for `--autotune_storage` (None = in memory)."
-    if not spec: return None
+    if not spec:
+        return None
     if '://' in spec:
         if importlib.util.find_spec('sqlalchemy') is None:
-            raise ConfigError(f'--autotune_storage {redact(spec)}: database URLs need SQLAlchemy '
-                              '(pip install sqlalchemy); or pass a journal file path instead')
+            raise ConfigError(
+                f'--autotune_storage {redact(spec)}: database URLs need SQLAlchemy '
+                '(pip install sqlalchemy); or pass a journal file path instead'
+            )
         try:
-            with warnings.catch_warnings():   # the heartbeat is flagged experimental; it has been stable since Optuna 2
+            with warnings.catch_warnings():  # the heartbeat is flagged experimental; it has been stable since Optuna 2
                 warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(spec, heartbeat_interval=60, grace_period=180)
         except Exception as e:
-            raise ConfigError(f'--autotune_storage {redact(spec)}: cannot open the database ({type(e).__name__}: {e})') from e
+            raise ConfigError(
+                f'--autotune_storage {redact(spec)}: cannot open the database ({type(e).__name__}: {e})'
+            ) from e
     from optuna.storages.journal import JournalFileBackend
+
     p = Path(spec).expanduser()
-    if p.is_dir(): raise ConfigError(f'--autotune_storage {spec}: is a directory; give a journal file path')
+    if p.is_dir():
+        raise ConfigError(f'--autotune_storage {spec}: is a directory; give a journal file path')
     p.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(JournalFileBackend(str(p)))
 
@@ -128,30 +165,63 @@ def redact(url: str) -> str:
     return re.sub(r'(://[^:/@]+:)[^@]*@', r'\1***@', url)
 
 # %% ../nbs/21_autotune.ipynb #bc6f973f
-_NOT_FIXED = {'data_path', 'taxonomy', 'data_cache_dir', 'no_cache', 'checkpoint_dir', 'resume', 'finetune', 'overwrite',
-              'save_every', 'device', 'num_workers', 'amp', 'eval_batch_size', 'num_epochs', 'patience', 'autotune',
-              'autotune_trials', 'autotune_storage', 'autotune_study'}
+_NOT_FIXED = {
+    'data_path',
+    'taxonomy',
+    'data_cache_dir',
+    'no_cache',
+    'checkpoint_dir',
+    'resume',
+    'finetune',
+    'overwrite',
+    'save_every',
+    'device',
+    'num_workers',
+    'amp',
+    'eval_batch_size',
+    'num_epochs',
+    'patience',
+    'autotune',
+    'autotune_trials',
+    'autotune_storage',
+    'autotune_study',
+}
+
 
 def study_signature(cfg: TrainConfig, prep: Prepared, names: list[str]) -> dict:
     "What a study measures: trials from different signatures must not be mixed."
     import hashlib
+
     vocab = hashlib.sha256('\n'.join(prep.vocab).encode()).hexdigest()[:16]
     fixed = {k: v for k, v in asdict(cfg).items() if k not in _NOT_FIXED and k not in names}
-    return jsonable({'tuned_params': list(names), 'epochs_per_trial': cfg.autotune_epochs,
-                     'split': split_identity(prep), 'vocab': vocab, 'fixed': fixed})
+    return jsonable(
+        {
+            'tuned_params': list(names),
+            'epochs_per_trial': cfg.autotune_epochs,
+            'split': split_identity(prep),
+            'vocab': vocab,
+            'fixed': fixed,
+        }
+    )
 
 # %% ../nbs/21_autotune.ipynb #467e6a3c
 def check_signature(study: optuna.Study, sig: dict):
     "Record `sig` on a new study; on an existing one, raise `ConfigError` naming what differs."
     old = study.user_attrs.get('geosdm')
     if old is None:
-        study.set_user_attr('geosdm', sig); return
+        study.set_user_attr('geosdm', sig)
+        return
     diff = [k for k in ('tuned_params', 'epochs_per_trial', 'split', 'vocab') if old.get(k) != sig[k]]
-    diff += [f'--{k} ({old["fixed"].get(k)!r} → {v!r})' for k, v in sig['fixed'].items()
-             if k in old.get('fixed', {}) and old['fixed'][k] != v]
+    diff += [
+        f'--{k} ({old["fixed"].get(k)!r} → {v!r})'
+        for k, v in sig['fixed'].items()
+        if k in old.get('fixed', {}) and old['fixed'][k] != v
+    ]
     if diff:
-        raise ConfigError(f'--autotune_study {study.study_name}: this study was started with different settings: '
-                          f'{", ".join(diff)}. Use the same settings to resume, or a new --autotune_study name.')
+        raise ConfigError(
+            f'--autotune_study {study.study_name}: this study was started with different settings: '
+            f'{", ".join(diff)}. Use the same settings to resume, or a new --autotune_study name.'
+        )
 
 # %% ../nbs/21_autotune.ipynb #4ff37eb9
 def finished(study: optuna.Study) -> int:
@@ -169,8 +239,11 @@ def _live(t) -> bool:
 def claimed(study: optuna.Study, below: int | None = None) -> int:
     "Trials finished or running in a live process (with `below`: only those numbered below it)."
     S = optuna.trial.TrialState
-    return sum(1 for t in study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED, S.RUNNING))
-               if (below is None or t.number < below) and (t.state != S.RUNNING or _live(t)))
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED, S.RUNNING))
+        if (below is None or t.number < below) and (t.state != S.RUNNING or _live(t))
+    )
 
 # %% ../nbs/21_autotune.ipynb #468ee156
 class SurplusTrial(RuntimeError):
@@ -191,40 +264,56 @@ def best_command(cfg: TrainConfig, params: dict) -> str:
     words = ['geosdm_train']
     for f in fields(TrainConfig):
         n = f.name
-        if n.startswith('autotune') or n in ('resume', 'finetune', 'overwrite'): continue
-        if (n in params and n not in drop) or merged[n] != default[n]: words += option_words(n, merged[n])
+        if n.startswith('autotune') or n in ('resume', 'finetune', 'overwrite'):
+            continue
+        if (n in params and n not in drop) or merged[n] != default[n]:
+            words += option_words(n, merged[n])
     return shlex.join(words)
 
 # %% ../nbs/21_autotune.ipynb #2cb034fe
 def study_results(study: optuna.Study, cfg: TrainConfig, names: list[str], storage: str | None = None) -> dict:
     "The results dict of a study (best trial, every trial with its state and epoch history, the command)."
     every = study.get_trials(deepcopy=False)
-    trials = [t for t in every if not t.user_attrs.get('surplus')]      # surplus trials ran nothing
+    trials = [t for t in every if not t.user_attrs.get('surplus')]  # surplus trials ran nothing
     S = optuna.trial.TrialState
     done = [t for t in trials if t.state == S.COMPLETE and t.value is not None and math.isfinite(t.value)]
     best = max(done, key=lambda t: t.value) if done else None
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in S}
     out = {
-        'study_name': study.study_name, 'storage': redact(storage) if storage else None,
+        'study_name': study.study_name,
+        'storage': redact(storage) if storage else None,
         'objective': 'maximum validation GeoScore over the epochs of a trial',
         'best_geoscore': best.value if best else None,
         'best_trial': best.number if best else None,
         'best_params': best.params if best else None,
         'best_inactive_params': best.user_attrs.get('inactive_params', []) if best else None,
-        'n_trials': len(trials), 'n_finished': counts['complete'] + counts['pruned'],
-        'n_complete': counts['complete'], 'n_pruned': counts['pruned'], 'n_failed': counts['fail'],
-        'n_running': counts['running'], 'n_surplus': len(every) - len(trials), 'target_trials': cfg.autotune_trials,
-        'epochs_per_trial': cfg.autotune_epochs, 'tuned_params': list(names),
+        'n_trials': len(trials),
+        'n_finished': counts['complete'] + counts['pruned'],
+        'n_complete': counts['complete'],
+        'n_pruned': counts['pruned'],
+        'n_failed': counts['fail'],
+        'n_running': counts['running'],
+        'n_surplus': len(every) - len(trials),
+        'target_trials': cfg.autotune_trials,
+        'epochs_per_trial': cfg.autotune_epochs,
+        'tuned_params': list(names),
         'command': best_command(cfg, best.params) if best else None,
-        'all_trials': [{
-            'number': t.number, 'value': t.value, 'state': t.state.name, 'params': t.params,
-            'inactive_params': t.user_attrs.get('inactive_params', []),
-            'best_epoch': t.user_attrs.get('best_epoch'),
-            'pruned_reason': t.user_attrs.get('pruned_reason'), 'error': t.user_attrs.get('error'),
-            'worker': t.user_attrs.get('worker'),
-            'duration_s': t.duration.total_seconds() if t.duration else None,
-            'epoch_history': t.user_attrs.get('epoch_history', []),
-        } for t in trials],
+        'all_trials': [
+            {
+                'number': t.number,
+                'value': t.value,
+                'state': t.state.name,
+                'params': t.params,
+                'inactive_params': t.user_attrs.get('inactive_params', []),
+                'best_epoch': t.user_attrs.get('best_epoch'),
+                'pruned_reason': t.user_attrs.get('pruned_reason'),
+                'error': t.user_attrs.get('error'),
+                'worker': t.user_attrs.get('worker'),
+                'duration_s': t.duration.total_seconds() if t.duration else None,
+                'epoch_history': t.user_attrs.get('epoch_history', []),
+            }
+            for t in trials
+        ],
     }
     return out
 
@@ -232,39 +321,52 @@ def study_results(study: optuna.Study, cfg: TrainConfig, names: list[str], stora
 @dataclass
 class AutotuneResult:
     "What `run_autotune` returns."
+
     study: optuna.Study
     results: dict
     path: Path
     interrupted: bool = False
 
     @property
-    def best_params(self): return self.results['best_params']
+    def best_params(self):
+        return self.results['best_params']
+
     @property
-    def command(self): return self.results['command']
+    def command(self):
+        return self.results['command']
 
 # %% ../nbs/21_autotune.ipynb #9856d693
 def _check_autotune(cfg: TrainConfig, space) -> list[str]:
     "The parameters to tune, after checking the autotune options."
     check_config(cfg)
     for o in ('resume', 'finetune'):
-        if getattr(cfg, o): raise ConfigError(f'--{o} cannot be combined with --autotune (each trial trains a fresh model)')
+        if getattr(cfg, o):
+            raise ConfigError(f'--{o} cannot be combined with --autotune (each trial trains a fresh model)')
     names = resolve_params(cfg.autotune, space)
-    if not names: raise ConfigError('--autotune: nothing to tune')
+    if not names:
+        raise ConfigError('--autotune: nothing to tune')
     return names
 
 # %% ../nbs/21_autotune.ipynb #7ee9a62c
 def _open_study(cfg: TrainConfig, storage, seed: int, n_startup_trials: int, n_warmup_steps: int) -> optuna.Study:
-    optuna.logging.set_verbosity(optuna.logging.ERROR)   # we log every trial ourselves (Ctrl-C: no traceback)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # we log every trial ourselves (Ctrl-C: no traceback)
     return optuna.create_study(
-        storage=storage, study_name=cfg.autotune_study, direction='maximize', load_if_exists=True,
+        storage=storage,
+        study_name=cfg.autotune_study,
+        direction='maximize',
+        load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=seed),
         # trials report epochs 1, 2, …; the pruner skips steps < n_warmup_steps (it counts from 0), hence + 1
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps + 1))
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps + 1),
+    )
 
 # %% ../nbs/21_autotune.ipynb #ba6e9bc9
 def _trial_line(t) -> str:
-    v = f'GeoScore {t.value:.4f} (best epoch {t.user_attrs.get("best_epoch")})' if t.value is not None else \
-        (t.user_attrs.get('pruned_reason') or t.user_attrs.get('error') or '')
+    v = (
+        f'GeoScore {t.value:.4f} (best epoch {t.user_attrs.get("best_epoch")})'
+        if t.value is not None
+        else (t.user_attrs.get('pruned_reason') or t.user_attrs.get('error') or '')
+    )
     dur = f'{t.duration.total_seconds():.1f}s' if t.duration else ''
     ps = ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in t.params.items())
     return f'Trial {t.number} {t.state.name.lower()}: {v} in {dur} | {ps}'
@@ -272,32 +374,54 @@ def _trial_line(t) -> str:
 # %% ../nbs/21_autotune.ipynb #7fa5412e
 def _log_outcome(res: dict, out_path: Path, cfg: TrainConfig, interrupted: bool):
     if interrupted:
-        log.info(f'Interrupted: {res["n_finished"]} finished trials kept in {out_path}'
-                 + (f' and {redact(cfg.autotune_storage)}; the same command resumes the study.' if cfg.autotune_storage else '.'))
+        log.info(
+            f'Interrupted: {res["n_finished"]} finished trials kept in {out_path}'
+            + (
+                f' and {redact(cfg.autotune_storage)}; the same command resumes the study.'
+                if cfg.autotune_storage
+                else '.'
+            )
+        )
     if res['best_params'] is None:
-        log.info('No trial completed, so there are no best parameters yet.'); return
+        log.info('No trial completed, so there are no best parameters yet.')
+        return
     ina = set(res['best_inactive_params'])
-    log.info(f'Best GeoScore {res["best_geoscore"]:.4f} (trial {res["best_trial"]}) with:\n'
-             + '\n'.join(f'  {k} = {v}' + ('   (unused by this loss)' if k in ina else '') for k, v in res['best_params'].items())
-             + f'\nResults: {out_path}\nTrain with the best parameters:\n  {res["command"]}')
+    log.info(
+        f'Best GeoScore {res["best_geoscore"]:.4f} (trial {res["best_trial"]}) with:\n'
+        + '\n'.join(
+            f'  {k} = {v}' + ('   (unused by this loss)' if k in ina else '') for k, v in res['best_params'].items()
+        )
+        + f'\nResults: {out_path}\nTrain with the best parameters:\n  {res["command"]}'
+    )
 
 # %% ../nbs/21_autotune.ipynb #e1e0cdf0
 def _optimize(study, objective, todo: int, target: int, on_trial) -> bool:
     "Run `todo` trials (the study's total stops at `target`); returns whether Ctrl-C interrupted it."
+
     def stop_at_target(study, t):
-        if claimed(study) >= target: study.stop()
+        if claimed(study) >= target:
+            study.stop()
+
     try:
-        study.optimize(objective, n_trials=todo, catch=(RuntimeError,), gc_after_trial=True,
-                       callbacks=[on_trial, stop_at_target])
+        study.optimize(
+            objective, n_trials=todo, catch=(RuntimeError,), gc_after_trial=True, callbacks=[on_trial, stop_at_target]
+        )
         return False
     except KeyboardInterrupt:
         gc.collect()
         return True
 
 # %% ../nbs/21_autotune.ipynb #ccf2ff31
-def run_autotune(cfg: TrainConfig, prep: Prepared | None = None, *, space: dict[str, Param] | None = None,
-                 n_startup_trials: int = 5, n_warmup_steps: int = 3, sampler_seed: int | None = None,
-                 progress: bool = True) -> AutotuneResult:
+def run_autotune(
+    cfg: TrainConfig,
+    prep: Prepared | None = None,
+    *,
+    space: dict[str, Param] | None = None,
+    n_startup_trials: int = 5,
+    n_warmup_steps: int = 3,
+    sampler_seed: int | None = None,
+    progress: bool = True,
+) -> AutotuneResult:
     """Tune `cfg.autotune` (None/[] = all) over `cfg.autotune_trials` trials of `cfg.autotune_epochs` epochs.
 
     `space` replaces the search space (name → `Param`; names are `TrainConfig` fields).
@@ -307,28 +431,43 @@ def run_autotune(cfg: TrainConfig, prep: Prepared | None = None, *, space: dict[
     names = _check_autotune(cfg, space)
     space = {**SEARCH_SPACE, **EXTRA_SPACE} if space is None else space
     storage = open_storage(cfg.autotune_storage)
-    if prep is None: prep = prepare(cfg, progress)
+    if prep is None:
+        prep = prepare(cfg, progress)
     if len(prep.train) == 0 or len(prep.val) == 0:
         raise ConfigError('--autotune needs training and validation samples (check --val_size and the data)')
-    seed = sampler_seed if sampler_seed is not None else cfg.seed if storage is None else int.from_bytes(os.urandom(4), 'little')
+    seed = (
+        sampler_seed
+        if sampler_seed is not None
+        else cfg.seed
+        if storage is None
+        else int.from_bytes(os.urandom(4), 'little')
+    )
     study = _open_study(cfg, storage, seed, n_startup_trials, n_warmup_steps)
     check_signature(study, study_signature(cfg, prep, names))
     out_path = Path(cfg.checkpoint_dir) / 'autotune' / 'autotune_results.json'
+
     def save() -> dict:
         res = study_results(study, cfg, names, cfg.autotune_storage)
         write_json(out_path, res)
         return res
+
     def on_trial(study, t):
-        if not t.user_attrs.get('surplus'): log.info(_trial_line(t))
+        if not t.user_attrs.get('surplus'):
+            log.info(_trial_line(t))
         save()
+
     clean_temp_files(out_path.parent)
     todo = cfg.autotune_trials - finished(study)
-    log.info(f'Autotune: {len(names)} parameter(s) [{", ".join(names)}], {cfg.autotune_epochs} epochs per trial, '
-             f'study "{study.study_name}" ' + (f'in {redact(cfg.autotune_storage)}' if storage else '(in memory)')
-             + f': {finished(study)} of {cfg.autotune_trials} trials finished, running {max(0, todo)}. '
-             f'Data: {len(prep.train):,} train / {len(prep.val):,} val samples, {prep.n_species:,} species.')
-    interrupted = todo > 0 and _optimize(study, make_objective(cfg, prep, names, space, progress), todo,
-                                         cfg.autotune_trials, on_trial)
+    log.info(
+        f'Autotune: {len(names)} parameter(s) [{", ".join(names)}], {cfg.autotune_epochs} epochs per trial, '
+        f'study "{study.study_name}" '
+        + (f'in {redact(cfg.autotune_storage)}' if storage else '(in memory)')
+        + f': {finished(study)} of {cfg.autotune_trials} trials finished, running {max(0, todo)}. '
+        f'Data: {len(prep.train):,} train / {len(prep.val):,} val samples, {prep.n_species:,} species.'
+    )
+    interrupted = todo > 0 and _optimize(
+        study, make_objective(cfg, prep, names, space, progress), todo, cfg.autotune_trials, on_trial
+    )
     res = save()
     _log_outcome(res, out_path, cfg, interrupted)
     return AutotuneResult(study, res, out_path, interrupted)

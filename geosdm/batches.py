@@ -16,7 +16,8 @@ __all__ = ['jitter_latlon', 'Positives', 'positive_pairs', 'multi_hot', 'pairs_s
 # %% ../nbs/06_batches.ipynb #77b82845
 def jitter_latlon(lat: torch.Tensor, lon: torch.Tensor, std: float, generator: torch.Generator | None = None):
     "Gaussian jitter (degrees): lat clamped to [-90, 90], lon wrapped to [-180, 180)."
-    if std <= 0: return lat, lon
+    if std <= 0:
+        return lat, lon
     n = torch.randn((2,) + tuple(lat.shape), generator=generator, device=lat.device, dtype=lat.dtype)
     lat = (lat + std * n[0]).clamp_(-90.0, 90.0)
     lon = torch.remainder(lon + std * n[1] + 180.0, 360.0) - 180.0
@@ -26,14 +27,16 @@ def jitter_latlon(lat: torch.Tensor, lon: torch.Tensor, std: float, generator: t
 # %% ../nbs/06_batches.ipynb #1e73b569
 class Positives(NamedTuple):
     "The positive labels of `n_rows` batch rows as (row, species) pairs; padding pairs have `valid` 0."
-    rows: torch.Tensor        # (P,) int64 batch rows
-    species: torch.Tensor     # (P,) int64 species indices
-    valid: torch.Tensor       # (P,) float32: 1 for a label, 0 for padding
+
+    rows: torch.Tensor  # (P,) int64 batch rows
+    species: torch.Tensor  # (P,) int64 species indices
+    valid: torch.Tensor  # (P,) float32: 1 for a label, 0 for padding
     n_rows: int
     n_species: int
 
     @property
-    def shape(self) -> tuple[int, int]: return (self.n_rows, self.n_species)
+    def shape(self) -> tuple[int, int]:
+        return (self.n_rows, self.n_species)
 
     def flat(self) -> torch.Tensor:
         "Each pair's index into the flattened (n_rows, n_species) matrix."
@@ -46,20 +49,24 @@ class Positives(NamedTuple):
         return out
 
 # %% ../nbs/06_batches.ipynb #6dd4d320
-def positive_pairs(offsets: torch.Tensor, species: torch.Tensor, rows: torch.Tensor, n_species: int,
-                   size: int | None = None) -> Positives:
-    "The labels of CSR `rows` as `Positives`, padded to `size` pairs (None: exactly their number, read from the device)."
+def positive_pairs(
+    offsets: torch.Tensor, species: torch.Tensor, rows: torch.Tensor, n_species: int, size: int | None = None
+) -> Positives:
+    """The labels of CSR `rows` as `Positives`, padded to `size` pairs (None: exactly their number, read from the
+    device)."""
     dev = offsets.device
     rows = rows.to(dev, torch.long)
     b = rows.numel()
-    starts = offsets[rows]; lens = offsets[rows + 1] - starts
+    starts = offsets[rows]
+    lens = offsets[rows + 1] - starts
     end = torch.cumsum(lens, 0)
-    if size is None: size = int(end[-1]) if b else 0
+    if size is None:
+        size = int(end[-1]) if b else 0
     if b == 0 or species.numel() == 0:
         zero = torch.zeros(size, dtype=torch.long, device=dev)
         return Positives(zero, zero, torch.zeros(size, device=dev), b, n_species)
     ends = torch.zeros(size + 1, dtype=torch.long, device=dev).index_add_(0, end.clamp_max(size), torch.ones_like(end))
-    r = ends[:size].cumsum(0)                                  # batch row of pair j (b: padding)
+    r = ends[:size].cumsum(0)  # batch row of pair j (b: padding)
     valid = r < b
     r = r.clamp_max(b - 1)
     src = ((starts - (end - lens)).index_select(0, r) + torch.arange(size, device=dev)).clamp_max(species.numel() - 1)
@@ -80,27 +87,39 @@ def pairs_size(counts: torch.Tensor) -> int:
 # %% ../nbs/06_batches.ipynb #5a249ed0
 class DeviceSamples:
     "A `geosdm.data.Samples` held as tensors on `device`; `batch(idx)` gathers inputs and multi-hot targets there."
+
     def __init__(self, samples, device='cpu', n_species: int | None = None):
         dev = torch.device(device)
         self.device, self.n = dev, len(samples)
-        self.n_species = int(n_species if n_species is not None else
-                             (samples.n_species or (int(samples.species.max()) + 1 if samples.nnz else 0)))
+        self.n_species = int(
+            n_species
+            if n_species is not None
+            else (samples.n_species or (int(samples.species.max()) + 1 if samples.nnz else 0))
+        )
         t = lambda a, dt: torch.as_tensor(np.ascontiguousarray(a)).to(device=dev, dtype=dt)
         self.lat, self.lon = t(samples.lat, torch.float32), t(samples.lon, torch.float32)
-        self.week = t(samples.week, torch.int64)   # integer weeks: the model keeps one FiLM row per week and one for the year
+        self.week = t(
+            samples.week, torch.int64
+        )  # integer weeks: the model keeps one FiLM row per week and one for the year
         self.cell = t(samples.cell, torch.long)
         self.offsets, self.species = t(samples.offsets, torch.long), t(samples.species, torch.int32)
         self.obs_density = t(samples.obs_density, torch.float32)
-        self.n_pos = self.offsets[1:] - self.offsets[:-1]   # labels per sample
-    def __len__(self) -> int: return self.n
+        self.n_pos = self.offsets[1:] - self.offsets[:-1]  # labels per sample
+
+    def __len__(self) -> int:
+        return self.n
+
     def inputs(self, idx: torch.Tensor, jitter_std: float = 0.0, generator: torch.Generator | None = None):
         "(lat, lon, week, cell) of rows `idx`; coordinates jittered only if `jitter_std > 0`."
         lat, lon = self.lat[idx], self.lon[idx]
-        if jitter_std > 0: lat, lon = jitter_latlon(lat, lon, jitter_std, generator)
+        if jitter_std > 0:
+            lat, lon = jitter_latlon(lat, lon, jitter_std, generator)
         return lat, lon, self.week[idx], self.cell[idx]
+
     def positives(self, idx: torch.Tensor, size: int | None = None) -> Positives:
         "The labels of rows `idx` as (row, species) pairs padded to `size`."
         return positive_pairs(self.offsets, self.species, idx, self.n_species, size)
+
     def batch(self, idx: torch.Tensor, jitter_std: float = 0.0, generator: torch.Generator | None = None):
         "(lat, lon, week, targets (b, S) float32, cell) of rows `idx`; coordinates jittered only if `jitter_std > 0`."
         idx = torch.as_tensor(idx, device=self.device).long()

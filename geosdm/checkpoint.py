@@ -4,20 +4,28 @@
 
 # %% ../nbs/12_checkpoint.ipynb #10a32a1e
 from __future__ import annotations
-import hashlib, os, shutil, socket, time, zipfile
+
+import hashlib
+import os
+import shutil
+import socket
+import time
+import zipfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 
-from .core import CheckpointError, ConfigError, atomic_path, atomic_write
 from .config import TrainConfig, config_from
+from .core import CheckpointError, ConfigError, atomic_path, atomic_write
 from .model import create_model
 
-try: import fcntl
-except ImportError: fcntl = None            # no advisory locks (Windows): runs are not locked there
+try:
+    import fcntl
+except ImportError:
+    fcntl = None  # no advisory locks (Windows): runs are not locked there
 
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'RUN_FILES', 'SCHEDULE_OPTIONS', 'plain', 'previous_path', 'save_checkpoint', 'load_checkpoint',
@@ -28,23 +36,37 @@ __all__ = ['CHECKPOINT_FORMAT', 'RUN_FILES', 'SCHEDULE_OPTIONS', 'plain', 'previ
 # %% ../nbs/12_checkpoint.ipynb #ec3a5e5d
 CHECKPOINT_FORMAT = 1
 
+
 def plain(o):
     "`o` with numpy arrays and scalars turned into lists and Python numbers (tensors kept)."
-    if isinstance(o, dict): return {(k.item() if isinstance(k, np.generic) else k): plain(v) for k, v in o.items()}
-    if isinstance(o, list): return [plain(v) for v in o]
-    if isinstance(o, tuple): return tuple(plain(v) for v in o)
-    if isinstance(o, np.ndarray): return o.tolist()
-    if isinstance(o, np.generic): return o.item()
+    if isinstance(o, dict):
+        return {(k.item() if isinstance(k, np.generic) else k): plain(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [plain(v) for v in o]
+    if isinstance(o, tuple):
+        return tuple(plain(v) for v in o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
     return o
 
 # %% ../nbs/12_checkpoint.ipynb #25e4cc26
 class _Recorder:
     "A file wrapper that remembers the `OSError` of a failed write."
-    def __init__(self, f): self.f, self.error = f, None
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
     def write(self, b):
-        try: return self.f.write(b)
-        except OSError as e: self.error = e; raise
-    def flush(self): return self.f.flush()
+        try:
+            return self.f.write(b)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self):
+        return self.f.flush()
 
 # %% ../nbs/12_checkpoint.ipynb #c95258d2
 def previous_path(path) -> Path:
@@ -57,8 +79,10 @@ def _keep_previous(path: Path):
     "Make the current file at `path` its previous generation (atomically)."
     with atomic_path(previous_path(path)) as tmp:
         tmp.unlink()
-        try: os.link(path, tmp)
-        except OSError: shutil.copyfile(path, tmp)
+        try:
+            os.link(path, tmp)
+        except OSError:
+            shutil.copyfile(path, tmp)
 
 # %% ../nbs/12_checkpoint.ipynb #ff9391a9
 def save_checkpoint(path, state: dict, keep_previous: bool = False) -> Path:
@@ -67,30 +91,41 @@ def save_checkpoint(path, state: dict, keep_previous: bool = False) -> Path:
     with atomic_path(path) as tmp:
         with open(tmp, 'wb') as f:
             rec = _Recorder(f)
-            try: torch.save(state, rec)
+            try:
+                torch.save(state, rec)
             except RuntimeError:
-                if rec.error is not None: raise rec.error from None     # the disk's error, not torch's
+                if rec.error is not None:
+                    raise rec.error from None  # the disk's error, not torch's
                 raise
-        if keep_previous and path.is_file(): _keep_previous(path)
+        if keep_previous and path.is_file():
+            _keep_previous(path)
     return path
 
 # %% ../nbs/12_checkpoint.ipynb #bf07229b
 def _unreadable(path: Path, e: Exception) -> CheckpointError:
-    why = (f'{type(e).__name__}: {str(e).splitlines()[0][:200]}' if zipfile.is_zipfile(path) else
-           'not a PyTorch checkpoint archive: another kind of file, or cut short')
+    why = (
+        f'{type(e).__name__}: {str(e).splitlines()[0][:200]}'
+        if zipfile.is_zipfile(path)
+        else 'not a PyTorch checkpoint archive: another kind of file, or cut short'
+    )
     return CheckpointError(f'{path}: not a readable geosdm checkpoint ({why})')
 
 # %% ../nbs/12_checkpoint.ipynb #05b32635
 def load_checkpoint(path, map_location='cpu') -> dict:
     "Load a geosdm checkpoint safely (`weights_only`); `CheckpointError` naming the file if it is not one."
     path = Path(path)
-    if not path.is_file(): raise CheckpointError(f'{path}: no such checkpoint file')
-    try: ck = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e: raise _unreadable(path, e) from None
+    if not path.is_file():
+        raise CheckpointError(f'{path}: no such checkpoint file')
+    try:
+        ck = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise _unreadable(path, e) from None
     if not isinstance(ck, dict) or 'model_state_dict' not in ck:
         raise CheckpointError(f'{path}: not a geosdm checkpoint (no model weights in it)')
     if ck.get('format') != CHECKPOINT_FORMAT:
-        raise CheckpointError(f'{path}: checkpoint format {ck.get("format")!r}; this geosdm reads format {CHECKPOINT_FORMAT}')
+        raise CheckpointError(
+            f'{path}: checkpoint format {ck.get("format")!r}; this geosdm reads format {CHECKPOINT_FORMAT}'
+        )
     return ck
 
 # %% ../nbs/12_checkpoint.ipynb #95237380
@@ -108,18 +143,24 @@ def write_labels(path, prep) -> Path:
 def load_resumable(path) -> tuple[dict, Path, str | None]:
     "Checkpoint `path`, or its previous generation if `path` cannot be read: (checkpoint, file used, why not `path`)."
     path = Path(path)
-    try: return load_checkpoint(path), path, None
-    except CheckpointError as e: err = str(e)
+    try:
+        return load_checkpoint(path), path, None
+    except CheckpointError as e:
+        err = str(e)
     prev = previous_path(path)
     if not prev.is_file():
-        raise CheckpointError(f'{err}; there is no previous generation ({prev.name}) to fall back to. Nothing was '
-                              'changed: resume from another checkpoint, or start afresh with --overwrite')
-    try: return load_checkpoint(prev), prev, err
+        raise CheckpointError(
+            f'{err}; there is no previous generation ({prev.name}) to fall back to. Nothing was '
+            'changed: resume from another checkpoint, or start afresh with --overwrite'
+        )
+    try:
+        return load_checkpoint(prev), prev, err
     except CheckpointError as e2:
         raise CheckpointError(f'{err}; and its previous generation cannot be read either: {e2}') from None
 
 # %% ../nbs/12_checkpoint.ipynb #9554c9ee
 RUN_FILES = ('checkpoint_latest.pt', 'checkpoint_latest.prev.pt', 'checkpoint_best.pt', 'training_history.json')
+
 
 def run_files(folder) -> list[Path]:
     "The files of a training run in `folder` (checkpoints and history)."
@@ -129,17 +170,25 @@ def run_files(folder) -> list[Path]:
 @contextmanager
 def run_lock(folder) -> Iterator[Path]:
     "Hold the exclusive lock of run folder `folder` during the block; `ConfigError` naming the holder if it is taken."
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     with open(folder / '.lock', 'a+') as f:
         try:
-            if fcntl is not None: fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if fcntl is not None:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            f.seek(0); holder = f.read().strip() or 'another process'
-            raise ConfigError(f'--checkpoint_dir {folder}: another run is using this folder ({holder}); wait for it '
-                              'to finish, or choose another --checkpoint_dir') from None
-        except OSError: pass                     # a file system without locks: run unlocked
-        f.seek(0); f.truncate()
-        f.write(f'pid {os.getpid()} on {socket.gethostname()}, since {time.strftime("%Y-%m-%d %H:%M:%S")}\n'); f.flush()
+            f.seek(0)
+            holder = f.read().strip() or 'another process'
+            raise ConfigError(
+                f'--checkpoint_dir {folder}: another run is using this folder ({holder}); wait for it '
+                'to finish, or choose another --checkpoint_dir'
+            ) from None
+        except OSError:
+            pass  # a file system without locks: run unlocked
+        f.seek(0)
+        f.truncate()
+        f.write(f'pid {os.getpid()} on {socket.gethostname()}, since {time.strftime("%Y-%m-%d %H:%M:%S")}\n')
+        f.flush()
         yield folder / '.lock'
 
 # %% ../nbs/12_checkpoint.ipynb #69e4c610
@@ -147,20 +196,28 @@ def check_run_folder(cfg: TrainConfig) -> list[Path]:
     "The old run's files to delete (`--overwrite`); `ConfigError` if the folder holds a run this one may not replace."
     folder = Path(cfg.checkpoint_dir)
     old, here = run_files(folder), folder.resolve()
-    if not old or (cfg.resume and Path(cfg.resume).resolve().parent == here): return []
+    if not old or (cfg.resume and Path(cfg.resume).resolve().parent == here):
+        return []
     if cfg.finetune and Path(cfg.finetune).resolve().parent == here:
-        raise ConfigError(f'--finetune {cfg.finetune}: that checkpoint belongs to the run in --checkpoint_dir {folder}; '
-                          'give the new run another --checkpoint_dir')
-    if cfg.overwrite: return old
-    raise ConfigError(f'--checkpoint_dir {folder} holds a run ({", ".join(p.name for p in old)}): resume it with '
-                      f'--resume {folder / "checkpoint_latest.pt"}, choose another --checkpoint_dir, or pass --overwrite '
-                      'to delete it and start afresh')
+        raise ConfigError(
+            f'--finetune {cfg.finetune}: that checkpoint belongs to the run in --checkpoint_dir {folder}; '
+            'give the new run another --checkpoint_dir'
+        )
+    if cfg.overwrite:
+        return old
+    raise ConfigError(
+        f'--checkpoint_dir {folder} holds a run ({", ".join(p.name for p in old)}): resume it with '
+        f'--resume {folder / "checkpoint_latest.pt"}, choose another --checkpoint_dir, or pass --overwrite '
+        'to delete it and start afresh'
+    )
 
 # %% ../nbs/12_checkpoint.ipynb #62e13f1e
 def source_checkpoint(cfg: TrainConfig) -> tuple[dict | None, Path | None, str | None]:
     "The checkpoint to resume or fine-tune from, the file it came from, and why `--resume` itself was passed over."
-    if cfg.resume: return load_resumable(cfg.resume)
-    if cfg.finetune: return load_checkpoint(cfg.finetune), Path(cfg.finetune), None
+    if cfg.resume:
+        return load_resumable(cfg.resume)
+    if cfg.finetune:
+        return load_checkpoint(cfg.finetune), Path(cfg.finetune), None
     return None, None, None
 
 # %% ../nbs/12_checkpoint.ipynb #8e63253a
@@ -170,7 +227,8 @@ def split_identity(prep) -> str:
     for name in ('train', 'val', 'holdout'):
         s = getattr(prep, name)
         cells = np.unique(np.asarray(prep.cells)[s.cell]) if s is not None and len(s) else np.array([], dtype=str)
-        h.update(name.encode()); h.update('\n'.join(map(str, cells)).encode())
+        h.update(name.encode())
+        h.update('\n'.join(map(str, cells)).encode())
     return h.hexdigest()[:16]
 
 # %% ../nbs/12_checkpoint.ipynb #8dafd22e
@@ -181,7 +239,9 @@ def training_cells(prep) -> list[str]:
 # %% ../nbs/12_checkpoint.ipynb #271d4752
 _FLAGS = {'propagate': 'propagate_labels/--propagate_*', 'holdout_boxes': 'holdout_box'}
 
-def _digest(d) -> str: return f'sha256 {d[:12]}…' if d else 'none'
+
+def _digest(d) -> str:
+    return f'sha256 {d[:12]}…' if d else 'none'
 
 # %% ../nbs/12_checkpoint.ipynb #5640d4ba
 def data_changes(ck: dict, prep) -> list[str]:
@@ -191,23 +251,31 @@ def data_changes(ck: dict, prep) -> list[str]:
     if old and new:
         for k, what in (('data', 'data file'), ('taxonomy', 'taxonomy file')):
             if old.get(k) != new.get(k):
-                out.append(f'the content of the {what} differs ({_digest(old.get(k))} in the checkpoint, '
-                           f'{_digest(new.get(k))} now)')
+                out.append(
+                    f'the content of the {what} differs ({_digest(old.get(k))} in the checkpoint, '
+                    f'{_digest(new.get(k))} now)'
+                )
     oo, no = d.get('options') or {}, prep.options or {}
     for k in sorted((set(oo) | set(no)) - {'data_path', 'taxonomy'}):
-        if oo.get(k) != no.get(k): out.append(f'--{_FLAGS.get(k, k)} {oo.get(k)!r} → {no.get(k)!r}')
+        if oo.get(k) != no.get(k):
+            out.append(f'--{_FLAGS.get(k, k)} {oo.get(k)!r} → {no.get(k)!r}')
     return out
 
 # %% ../nbs/12_checkpoint.ipynb #a4b38319
 SCHEDULE_OPTIONS = ('batch_size', 'lr', 'lr_scaling', 'lr_schedule', 'lr_warmup', 'lr_min', 'num_epochs')
 
+
 def schedule_changes(old: TrainConfig, new: TrainConfig, batch_sizes: tuple | None = None) -> list[str]:
-    "The schedule options that differ between `old` (a checkpoint's) and `new`; `batch_sizes`: the (old, new) resolved batches."
+    """The schedule options that differ between `old` (a checkpoint's) and `new`; `batch_sizes`: the (old, new)
+    resolved batches."""
+
     def val(i, n):
-        if n == 'batch_size' and batch_sizes and None not in batch_sizes: return batch_sizes[i]
+        if n == 'batch_size' and batch_sizes and None not in batch_sizes:
+            return batch_sizes[i]
         return getattr((old, new)[i], n)
+
     names = [n for n in SCHEDULE_OPTIONS if val(0, n) != val(1, n)]
-    if old.lr_schedule == new.lr_schedule == 'none':                  # a constant rate: the epochs do not count
+    if old.lr_schedule == new.lr_schedule == 'none':  # a constant rate: the epochs do not count
         names = [n for n in names if n in ('batch_size', 'lr', 'lr_scaling')]
     return [f'--{n} {val(0, n)!r} → {val(1, n)!r}' for n in names]
 
@@ -215,30 +283,41 @@ def schedule_changes(old: TrainConfig, new: TrainConfig, batch_sizes: tuple | No
 def checkpoint_batch_size(ck: dict) -> int | None:
     "The batch size checkpoint `ck` trained with (its last epoch's), or None where it does not say."
     h = (ck.get('history') or {}).get('batch_size')
-    if h: return int(h[-1])
+    if h:
+        return int(h[-1])
     b = (ck.get('config') or {}).get('batch_size')
     return b if isinstance(b, int) else None
 
 # %% ../nbs/12_checkpoint.ipynb #43afc8f5
 def check_schedule(ck: dict, cfg: TrainConfig, source=None, batch_size: int | None = None):
-    "Raise `ConfigError` if the options of `cfg` (resolving to `batch_size`) that define the schedule differ from `ck`'s."
+    """Raise `ConfigError` if the options of `cfg` (resolving to `batch_size`) that define the schedule differ from
+    `ck`'s."""
     ch = schedule_changes(checkpoint_config(ck), cfg, (checkpoint_batch_size(ck), batch_size))
-    if ch: raise ConfigError(
-        f"--resume: {', '.join(ch)}: these options define the learning-rate schedule, and a resumed run follows the "
-        f"one it started with. Give the checkpoint's values to resume; to train with other values (more epochs, say), "
-        f'start a new schedule from its weights with --finetune {source or "CHECKPOINT"} in a new --checkpoint_dir.')
+    if ch:
+        raise ConfigError(
+            f"--resume: {', '.join(ch)}: these options define the learning-rate schedule, "
+            "and a resumed run follows the "
+            "one it started with. Give the checkpoint's values to resume; "
+            "to train with other values (more epochs, say), "
+            f'start a new schedule from its weights with --finetune {source or "CHECKPOINT"} in a new --checkpoint_dir.'
+        )
 
 # %% ../nbs/12_checkpoint.ipynb #74b6b810
 _ARCH = ('model_scale', 'coord_harmonics', 'week_harmonics', 'habitat_head')
 
+
 def _output_dims(cfg: dict) -> dict[str, tuple[int, str]]:
     "Parameter name → (dimension, 'species' or 'env') for parameters with one row per species or env target."
+
     def shapes(**kw):
-        with torch.device('meta'): return {k: v.shape for k, v in create_model(**{**cfg, **kw}).state_dict().items()}
+        with torch.device('meta'):
+            return {k: v.shape for k, v in create_model(**{**cfg, **kw}).state_dict().items()}
+
     base, out = shapes(), {}
     for kind, more in (('species', shapes(n_species=cfg['n_species'] + 1)), ('env', shapes(n_env=cfg['n_env'] + 1))):
         for k, s in base.items():
-            if k in more and more[k] != s: out[k] = (next(i for i, (a, b) in enumerate(zip(s, more[k])) if a != b), kind)
+            if k in more and more[k] != s:
+                out[k] = (next(i for i, (a, b) in enumerate(zip(s, more[k])) if a != b), kind)
     return out
 
 # %% ../nbs/12_checkpoint.ipynb #1357b02f
@@ -253,14 +332,22 @@ def transfer_weights(model, ck: dict, vocab, env_names) -> dict:
     "Copy checkpoint `ck`'s weights into `model`, species by code and env targets by name; (matched, total) of each."
     old, new = ck['model_config'], dict(model.config)
     diff = [f'--{k} {old.get(k)!r} in the checkpoint, {new.get(k)!r} here' for k in _ARCH if old.get(k) != new.get(k)]
-    if diff: raise ConfigError(f"--finetune: the checkpoint's model differs: {'; '.join(diff)}. Use its values.")
-    rows = {'species': _pairs(ck['species_vocab']['codes'], list(vocab)), 'env': _pairs(ck['env']['names'], list(env_names))}
+    if diff:
+        raise ConfigError(f"--finetune: the checkpoint's model differs: {'; '.join(diff)}. Use its values.")
+    rows = {
+        'species': _pairs(ck['species_vocab']['codes'], list(vocab)),
+        'env': _pairs(ck['env']['names'], list(env_names)),
+    }
     dims, sd = _output_dims(new), ck['model_state_dict']
     with torch.no_grad():
         for k, p in model.state_dict().items():
-            if k not in sd: raise CheckpointError(f'--finetune: the checkpoint has no weights for {k}')
+            if k not in sd:
+                raise CheckpointError(f'--finetune: the checkpoint has no weights for {k}')
             o = sd[k].to(p.device, p.dtype)
-            if k not in dims: p.copy_(o); continue
-            d, kind = dims[k]; i_new, i_old = (t.to(p.device) for t in rows[kind])
+            if k not in dims:
+                p.copy_(o)
+                continue
+            d, kind = dims[k]
+            i_new, i_old = (t.to(p.device) for t in rows[kind])
             p.index_copy_(d, i_new, o.index_select(d, i_old))
     return {'species': (len(rows['species'][0]), len(vocab)), 'env': (len(rows['env'][0]), len(env_names))}

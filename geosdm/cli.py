@@ -4,11 +4,15 @@
 
 # %% ../nbs/23_cli.ipynb #8df1846e
 from __future__ import annotations
-import argparse, importlib.resources, subprocess, sys
+
+import argparse
+import importlib.resources
+import subprocess
+import sys
 from pathlib import Path
 
-from .core import GeoSDMError, N_WEEKS, cache_dir, week_label
-from .config import parse_config, check_config, DEMO_DEFAULTS
+from .config import DEMO_DEFAULTS, check_config, parse_config
+from .core import N_WEEKS, GeoSDMError, cache_dir, week_label
 
 # %% auto #0
 __all__ = ['APPS', 'run', 'train_main', 'predict_main', 'app_path', 'app_command', 'app_main', 'export_main', 'plot_main',
@@ -41,16 +45,25 @@ def train_main(argv: list[str] | None = None) -> int:
     "Entry point of `geosdm_train`."
     argv = sys.argv[1:] if argv is None else list(argv)
     cfg, demo = parse_config(argv)
+
     def body():
-        check_config(cfg)                                     # a bad flag is answered before anything is said
-        if demo: print('No --data_path given: training on the bundled demo world '
-                       f'({", ".join(f"{k}={getattr(cfg, k)}" for k in DEMO_DEFAULTS)}).', flush=True)
+        check_config(cfg)  # a bad flag is answered before anything is said
+        if demo:
+            print(
+                'No --data_path given: training on the bundled demo world '
+                f'({", ".join(f"{k}={getattr(cfg, k)}" for k in DEMO_DEFAULTS)}).',
+                flush=True,
+            )
         if cfg.autotune is not None:
-            from geosdm.autotune import run_autotune          # after the flags are checked: torch loads slowly
-            if run_autotune(cfg).interrupted: raise KeyboardInterrupt
+            from geosdm.autotune import run_autotune  # after the flags are checked: torch loads slowly
+
+            if run_autotune(cfg).interrupted:
+                raise KeyboardInterrupt
         else:
             from geosdm.trainer import train
+
             train(cfg)
+
     return run('geosdm_train', body)
 
 # %% ../nbs/23_cli.ipynb #d1fa2056
@@ -68,10 +81,14 @@ def _predict_parser() -> argparse.ArgumentParser:
 # %% ../nbs/23_cli.ipynb #84a04fb1
 def _check_place(p, a):
     "Argument errors before anything heavy is loaded (exit 2 via argparse)."
-    if not -90 <= a.lat <= 90: p.error(f'--lat {a.lat}: must be in [-90, 90]')
-    if not -180 <= a.lon <= 180: p.error(f'--lon {a.lon}: must be in [-180, 180]')
-    if not 0 <= a.week <= N_WEEKS: p.error(f'--week {a.week}: must be 0 (whole year) or 1..{N_WEEKS}')
-    if not Path(a.checkpoint).is_file(): p.error(f'--checkpoint {a.checkpoint}: no such file')
+    if not -90 <= a.lat <= 90:
+        p.error(f'--lat {a.lat}: must be in [-90, 90]')
+    if not -180 <= a.lon <= 180:
+        p.error(f'--lon {a.lon}: must be in [-180, 180]')
+    if not 0 <= a.week <= N_WEEKS:
+        p.error(f'--week {a.week}: must be 0 (whole year) or 1..{N_WEEKS}')
+    if not Path(a.checkpoint).is_file():
+        p.error(f'--checkpoint {a.checkpoint}: no such file')
 
 # %% ../nbs/23_cli.ipynb #bb84f755
 def predict_main(argv: list[str] | None = None) -> int:
@@ -79,47 +96,71 @@ def predict_main(argv: list[str] | None = None) -> int:
     p = _predict_parser()
     a = p.parse_args(argv)
     _check_place(p, a)
+
     def body():
-        from geosdm.predict import Predictor                   # after the arguments are checked
+        from geosdm.predict import Predictor  # after the arguments are checked
+
         pr = Predictor(a.checkpoint, device=a.device)
         rows = pr.species_list(a.lat, a.lon, a.week, top_k=a.top_k, threshold=a.threshold)
         far = float(pr.distance_km(a.lat, a.lon)[0])
         if far > pr.far_km:
-            print(f'geosdm_predict: warning: ({a.lat:g}, {a.lon:g}) is {far:,.0f} km from the nearest cell the model was '
-                  f'trained on (more than {pr.far_km:,.0f} km): these probabilities are an extrapolation', file=sys.stderr)
+            print(
+                f'geosdm_predict: warning: ({a.lat:g}, {a.lon:g}) is {far:,.0f} km from the nearest cell the model was '
+                f'trained on (more than {pr.far_km:,.0f} km): these probabilities are an extrapolation',
+                file=sys.stderr,
+            )
         print(f'{len(rows)} species with p ≥ {a.threshold} at ({a.lat:.4f}, {a.lon:.4f}), {week_label(a.week)}:')
         w = max([len(r[2]) for r in rows] + [11])
         for rank, (code, sci, com, prob) in enumerate(rows, 1):
             print(f'{rank:4d}  {prob:6.3f}  {com:<{w}}  {sci}  ({code})')
+
     return run('geosdm_predict', body)
 
 # %% ../nbs/23_cli.ipynb #b8b5b635
-APPS = ('explorer', 'calibration', 'monitor')   # the marimo files in geosdm/apps/
+APPS = ('explorer', 'calibration', 'monitor')  # the marimo files in geosdm/apps/
+
 
 def app_path(name: str) -> Path:
     "Path of an installed marimo app."
-    if name not in APPS: raise ValueError(f'unknown app {name!r}; choose one of {", ".join(APPS)}')
+    if name not in APPS:
+        raise ValueError(f'unknown app {name!r}; choose one of {", ".join(APPS)}')
     return Path(str(importlib.resources.files('geosdm') / 'apps' / f'{name}.py'))
 
 # %% ../nbs/23_cli.ipynb #e7b11e27
-def app_command(name: str, checkpoint=None, host: str = '127.0.0.1', port: int = 2718, headless: bool = False,
-                device: str = 'auto', run_dir=None) -> list[str]:
+def app_command(
+    name: str,
+    checkpoint=None,
+    host: str = '127.0.0.1',
+    port: int = 2718,
+    headless: bool = False,
+    device: str = 'auto',
+    run_dir=None,
+) -> list[str]:
     "The `marimo run` command line of an app."
     cmd = [sys.executable, '-m', 'marimo', 'run', str(app_path(name)), '--host', host, '--port', str(port)]
-    if headless: cmd.append('--headless')
+    if headless:
+        cmd.append('--headless')
     args = [] if not checkpoint else ['--checkpoint', str(Path(checkpoint).expanduser().resolve())]
-    if run_dir: args += ['--run_dir', str(Path(run_dir).expanduser().resolve())]
-    if device != 'auto': args += ['--device', device]
+    if run_dir:
+        args += ['--run_dir', str(Path(run_dir).expanduser().resolve())]
+    if device != 'auto':
+        args += ['--device', device]
     return cmd + (['--'] + args if args else [])
 
 # %% ../nbs/23_cli.ipynb #89547377
 def app_main(argv: list[str] | None = None) -> int:
     "Entry point of `geosdm_app`."
     p = argparse.ArgumentParser(prog='geosdm_app', description='Run a geosdm marimo app in the browser (offline).')
-    p.add_argument('app', choices=APPS, help='explorer: species maps and lists; calibration: per-region list calibration; '
-                   'monitor: follow a training run')
+    p.add_argument(
+        'app',
+        choices=APPS,
+        help='explorer: species maps and lists; calibration: per-region list calibration; '
+        'monitor: follow a training run',
+    )
     p.add_argument('run_dir', nargs='?', default=None, help='monitor: the checkpoint folder of the run to follow')
-    p.add_argument('--checkpoint', default=None, help='Checkpoint to load (default: the demo model, trained on first use)')
+    p.add_argument(
+        '--checkpoint', default=None, help='Checkpoint to load (default: the demo model, trained on first use)'
+    )
     p.add_argument('--device', default='auto', choices=['auto', 'cuda', 'cpu'], help='Where the app runs the model')
     p.add_argument('--host', default='127.0.0.1', help='Address to serve on')
     p.add_argument('--port', type=int, default=2718, help='Port to serve on')
@@ -128,30 +169,54 @@ def app_main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.checkpoint and not Path(a.checkpoint).expanduser().exists():
         p.error(f'--checkpoint {a.checkpoint}: no such file')
-    if (a.app == 'monitor') != (a.run_dir is not None): p.error('RUN_DIR is for the monitor app, and the monitor needs it')
-    if a.run_dir and not Path(a.run_dir).expanduser().is_dir(): p.error(f'{a.run_dir}: no such folder')
+    if (a.app == 'monitor') != (a.run_dir is not None):
+        p.error('RUN_DIR is for the monitor app, and the monitor needs it')
+    if a.run_dir and not Path(a.run_dir).expanduser().is_dir():
+        p.error(f'{a.run_dir}: no such folder')
     from geosdm.demo import demo_checkpoint
+
     cmd = app_command(a.app, a.checkpoint, a.host, a.port, a.headless, a.device, a.run_dir)
     if a.print:
-        print(' '.join(cmd)); return 0
+        print(' '.join(cmd))
+        return 0
+
     def body():
-        if a.app != 'monitor' and not a.checkpoint and not (cache_dir() / 'demo_model' / 'checkpoint_latest.pt').is_file():
+        if (
+            a.app != 'monitor'
+            and not a.checkpoint
+            and not (cache_dir() / 'demo_model' / 'checkpoint_latest.pt').is_file()
+        ):
             print('No --checkpoint: training the demo model on first use (about a minute)…', flush=True)
             demo_checkpoint(progress=False)
-        if subprocess.call(cmd): raise GeoSDMError(f'marimo exited with an error: {" ".join(cmd)}')
+        if subprocess.call(cmd):
+            raise GeoSDMError(f'marimo exited with an error: {" ".join(cmd)}')
+
     return run('geosdm_app', body)
 
 # %% ../nbs/23_cli.ipynb #762ef4a6
 def _export_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='geosdm_export', description='Export a checkpoint to ONNX (or TFLite) for apps, '
-                                'with its labels and metadata; every file is checked against the checkpoint.')
+    p = argparse.ArgumentParser(
+        prog='geosdm_export',
+        description='Export a checkpoint to ONNX (or TFLite) for apps, '
+        'with its labels and metadata; every file is checked against the checkpoint.',
+    )
     p.add_argument('--checkpoint', default='checkpoints/checkpoint_best.pt', help='Checkpoint to export')
     p.add_argument('--outdir', default='exports', help='Folder for the model files')
-    p.add_argument('--formats', nargs='+', default=['onnx', 'onnx_fp16'], choices=['onnx', 'onnx_fp16', 'tflite'],
-                   help='onnx (fp32), onnx_fp16 (half the size), tflite (needs the tflite extra)')
+    p.add_argument(
+        '--formats',
+        nargs='+',
+        default=['onnx', 'onnx_fp16'],
+        choices=['onnx', 'onnx_fp16', 'tflite'],
+        help='onnx (fp32), onnx_fp16 (half the size), tflite (needs the tflite extra)',
+    )
     p.add_argument('--species', nargs='+', default=None, help='Only these species (codes, scientific or common names)')
-    p.add_argument('--common_species', type=int, default=0, metavar='N',
-                   help='Only the N species with the most observations in the training data')
+    p.add_argument(
+        '--common_species',
+        type=int,
+        default=0,
+        metavar='N',
+        help='Only the N species with the most observations in the training data',
+    )
     p.add_argument('--name', default='geomodel', help='File name stem: geomodel.onnx, geomodel_fp16.onnx, ...')
     p.add_argument('--exporter', default='torchscript', choices=['torchscript', 'dynamo'], help='torch ONNX exporter')
     p.add_argument('--tflite_batch', type=int, default=1, help='The fixed batch size of a TFLite model')
@@ -162,58 +227,86 @@ def export_main(argv: list[str] | None = None) -> int:
     "Entry point of `geosdm_export`."
     p = _export_parser()
     a = p.parse_args(argv)
-    if not Path(a.checkpoint).is_file(): p.error(f'--checkpoint {a.checkpoint}: no such file')
-    if a.species and a.common_species: p.error('give --species or --common_species, not both')
-    if a.common_species < 0 or a.tflite_batch < 1: p.error('--common_species must be >= 0 and --tflite_batch >= 1')
+    if not Path(a.checkpoint).is_file():
+        p.error(f'--checkpoint {a.checkpoint}: no such file')
+    if a.species and a.common_species:
+        p.error('give --species or --common_species, not both')
+    if a.common_species < 0 or a.tflite_batch < 1:
+        p.error('--common_species must be >= 0 and --tflite_batch >= 1')
+
     def body():
-        try: from geosdm.export import export_model        # after the arguments are checked
+        try:
+            from geosdm.export import export_model  # after the arguments are checked
         except ImportError as e:
             raise GeoSDMError(f'exporting needs {e.name}: pip install "geosdm[export]"') from None
-        rows = export_model(a.checkpoint, a.outdir, a.formats, a.species, a.common_species, a.name, a.exporter,
-                            a.tflite_batch)
+        rows = export_model(
+            a.checkpoint, a.outdir, a.formats, a.species, a.common_species, a.name, a.exporter, a.tflite_batch
+        )
         for r in rows:
-            print(f"{r['format']:<9}  {r['path']}  {r['bytes'] / 1e6:.2f} MB  {r['n_species']} species  "
-                  f"max |Δp| {r['max_abs_diff']:.1e} (tolerance {r['tolerance']:g})")
-        print(f"labels and metadata beside each model: {Path(rows[0]['labels']).name}, {Path(rows[0]['metadata']).name}")
+            print(
+                f"{r['format']:<9}  {r['path']}  {r['bytes'] / 1e6:.2f} MB  {r['n_species']} species  "
+                f"max |Δp| {r['max_abs_diff']:.1e} (tolerance {r['tolerance']:g})"
+            )
+        print(
+            f"labels and metadata beside each model: {Path(rows[0]['labels']).name}, {Path(rows[0]['metadata']).name}"
+        )
+
     return run('geosdm_export', body)
 
 # %% ../nbs/23_cli.ipynb #da41e958
 def _plot_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='geosdm_plot', description='Figures of a training run or a trained model, as files.')
+    p = argparse.ArgumentParser(
+        prog='geosdm_plot', description='Figures of a training run or a trained model, as files.'
+    )
     sub = p.add_subparsers(dest='kind', required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument('--outdir', default=None, help='Folder for the files (training: the run folder; else ./figures)')
+    common.add_argument(
+        '--outdir', default=None, help='Folder for the files (training: the run folder; else ./figures)'
+    )
     common.add_argument('--formats', nargs='+', default=['png', 'svg', 'html'], choices=['png', 'svg', 'html', 'json'])
     model = argparse.ArgumentParser(add_help=False, parents=[common])
     model.add_argument('--checkpoint', default='checkpoints/checkpoint_best.pt', help='Checkpoint (or exported .onnx)')
     model.add_argument('--max_cells', type=int, default=5000, help='Coarsen the map to at most this many H3 cells')
     model.add_argument('--device', default='auto', choices=['auto', 'cuda', 'cpu'])
-    sub.add_parser('training', parents=[common], help='training curves').add_argument('run_dir', help='Checkpoint folder')
+    sub.add_parser('training', parents=[common], help='training curves').add_argument(
+        'run_dir', help='Checkpoint folder'
+    )
     r = sub.add_parser('range', parents=[model], help='range maps of species')
-    r.add_argument('--species', nargs='+', required=True); r.add_argument('--weeks', nargs='+', type=int, default=[1, 13, 26, 39])
+    r.add_argument('--species', nargs='+', required=True)
+    r.add_argument('--weeks', nargs='+', type=int, default=[1, 13, 26, 39])
     r = sub.add_parser('richness', parents=[model], help='species richness map')
-    r.add_argument('--week', type=int, default=0); r.add_argument('--threshold', type=float, default=0.1)
+    r.add_argument('--week', type=int, default=0)
+    r.add_argument('--threshold', type=float, default=0.1)
     r = sub.add_parser('phenology', parents=[model], help='weekly bars per species at a place')
-    r.add_argument('--lat', type=float, required=True); r.add_argument('--lon', type=float, required=True)
-    r.add_argument('--species', nargs='+', default=None); r.add_argument('--top_k', type=int, default=6)
+    r.add_argument('--lat', type=float, required=True)
+    r.add_argument('--lon', type=float, required=True)
+    r.add_argument('--species', nargs='+', default=None)
+    r.add_argument('--top_k', type=int, default=6)
     r.add_argument('--threshold', type=float, default=0.05)
     r = sub.add_parser('weekly', parents=[model], help='a map per week and an animated GIF')
-    r.add_argument('--species', required=True); r.add_argument('--weeks', nargs='+', type=int, default=list(range(1, N_WEEKS + 1)))
+    r.add_argument('--species', required=True)
+    r.add_argument('--weeks', nargs='+', type=int, default=list(range(1, N_WEEKS + 1)))
     r.add_argument('--fps', type=float, default=4.0)
     r = sub.add_parser('env', parents=[common], help='maps of the environmental columns of a data file')
-    r.add_argument('--data_path', required=True); r.add_argument('--columns', nargs='+', default=None)
+    r.add_argument('--data_path', required=True)
+    r.add_argument('--columns', nargs='+', default=None)
     r.add_argument('--max_cells', type=int, default=5000)
     return p
 
 # %% ../nbs/23_cli.ipynb #5438ea38
 def _check_plot_args(p, a):
     "Argument errors before anything heavy is loaded (exit 2 via argparse)."
-    if a.kind == 'training' and not Path(a.run_dir).exists(): p.error(f'{a.run_dir}: no such run folder')
-    if a.kind == 'env' and not Path(a.data_path).is_file(): p.error(f'--data_path {a.data_path}: no such file')
-    if hasattr(a, 'checkpoint') and not Path(a.checkpoint).is_file(): p.error(f'--checkpoint {a.checkpoint}: no such file')
+    if a.kind == 'training' and not Path(a.run_dir).exists():
+        p.error(f'{a.run_dir}: no such run folder')
+    if a.kind == 'env' and not Path(a.data_path).is_file():
+        p.error(f'--data_path {a.data_path}: no such file')
+    if hasattr(a, 'checkpoint') and not Path(a.checkpoint).is_file():
+        p.error(f'--checkpoint {a.checkpoint}: no such file')
     weeks = list(getattr(a, 'weeks', None) or []) + ([a.week] if hasattr(a, 'week') else [])
-    if any(not 0 <= w <= N_WEEKS for w in weeks): p.error(f'weeks must be 0 (the year) or 1..{N_WEEKS}, got {weeks}')
-    if not 0 < getattr(a, 'threshold', 0.5) < 1: p.error(f'--threshold {a.threshold}: must be in (0, 1)')
+    if any(not 0 <= w <= N_WEEKS for w in weeks):
+        p.error(f'weeks must be 0 (the year) or 1..{N_WEEKS}, got {weeks}')
+    if not 0 < getattr(a, 'threshold', 0.5) < 1:
+        p.error(f'--threshold {a.threshold}: must be in (0, 1)')
     if hasattr(a, 'lat') and not (-90 <= a.lat <= 90 and -180 <= a.lon <= 180):
         p.error(f'--lat {a.lat} --lon {a.lon}: lat must be in [-90, 90] and lon in [-180, 180]')
 
@@ -223,36 +316,77 @@ def plot_main(argv: list[str] | None = None) -> int:
     p = _plot_parser()
     a = p.parse_args(argv)
     _check_plot_args(p, a)
+
     def body():
-        from geosdm import plots                              # after the arguments are checked
-        if a.kind == 'training': files = plots.plot_training(a.run_dir, a.outdir, a.formats)
+        from geosdm import plots  # after the arguments are checked
+
+        if a.kind == 'training':
+            files = plots.plot_training(a.run_dir, a.outdir, a.formats)
         else:
             opts = {k: v for k, v in vars(a).items() if k not in ('kind', 'outdir', 'formats')}
             files = plots.figure_files(a.kind, a.outdir or 'figures', a.formats, **opts)
-        for f in files: print(f)
+        for f in files:
+            print(f)
+
     return run('geosdm_plot', body)
 
 # %% ../nbs/23_cli.ipynb #c0ba6799
 def _ingest_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='geosdm_ingest', description='GBIF occurrences (DwC-A zip or folder, simple download, '
-                                'parquet) to a combined parquet for training.')
-    p.add_argument('input', help='GBIF Darwin Core Archive (zip or folder), simple download (zip or .csv) or parquet file/folder/glob')
-    p.add_argument('-o', '--output', default='combined.parquet', help='Combined parquet to write (default combined.parquet)')
+    p = argparse.ArgumentParser(
+        prog='geosdm_ingest',
+        description='GBIF occurrences (DwC-A zip or folder, simple download, '
+        'parquet) to a combined parquet for training.',
+    )
+    p.add_argument(
+        'input',
+        help='GBIF Darwin Core Archive (zip or folder), simple download (zip or .csv) or parquet file/folder/glob',
+    )
+    p.add_argument(
+        '-o', '--output', default='combined.parquet', help='Combined parquet to write (default combined.parquet)'
+    )
     p.add_argument('--resolution', type=int, default=None, help='H3 resolution (default: the grid\'s)')
     p.add_argument('--grid', default=None, help='Environment grid parquet (h3_index + env columns) to join')
-    p.add_argument('--outside_grid', choices=['drop', 'keep'], default='drop', help='Cells with records outside the grid: drop, or keep with null env')
-    p.add_argument('--taxonomy', default=None, help='Taxonomy CSV mapping scientific names to species codes (default: GBIF keys as codes)')
-    p.add_argument('--drop_unmatched', action='store_true', help='Drop species the taxonomy lacks (default: keep their GBIF key)')
-    p.add_argument('--rank', choices=['species', 'exact', 'taxon'], default='species',
-                   help='species: subspecies merged into species; exact: species-level records only; taxon: subspecies kept apart')
+    p.add_argument(
+        '--outside_grid',
+        choices=['drop', 'keep'],
+        default='drop',
+        help='Cells with records outside the grid: drop, or keep with null env',
+    )
+    p.add_argument(
+        '--taxonomy',
+        default=None,
+        help='Taxonomy CSV mapping scientific names to species codes (default: GBIF keys as codes)',
+    )
+    p.add_argument(
+        '--drop_unmatched', action='store_true', help='Drop species the taxonomy lacks (default: keep their GBIF key)'
+    )
+    p.add_argument(
+        '--rank',
+        choices=['species', 'exact', 'taxon'],
+        default='species',
+        help='species: subspecies merged into species; exact: species-level records only; taxon: subspecies kept apart',
+    )
     p.add_argument('--classes', nargs='*', default=[], help='Keep these classes only, e.g. aves (default: all)')
-    p.add_argument('--basis', nargs='+', default=None, help='basisOfRecord values to keep (default: observations and specimens)')
-    p.add_argument('--max_uncertainty', type=float, default=10_000, help='Maximum coordinate uncertainty in metres, 0 = no cap (default 10000)')
+    p.add_argument(
+        '--basis', nargs='+', default=None, help='basisOfRecord values to keep (default: observations and specimens)'
+    )
+    p.add_argument(
+        '--max_uncertainty',
+        type=float,
+        default=10_000,
+        help='Maximum coordinate uncertainty in metres, 0 = no cap (default 10000)',
+    )
     p.add_argument('--min_year', type=int, default=1970, help='Earliest year kept, 0 = none (default 1970)')
     p.add_argument('--max_year', type=int, default=0, help='Latest year kept, 0 = none')
-    p.add_argument('--dedup', choices=['event', 'observer', 'none'], default='event',
-                   help='Count records of one taxon, cell and week with the same eventID (or recordedBy) once')
-    p.add_argument('--geometry', action='store_true', help='Add cell polygons and GeoParquet metadata (for geopandas readers)')
+    p.add_argument(
+        '--dedup',
+        choices=['event', 'observer', 'none'],
+        default='event',
+        help='Count records of one taxon, cell and week with the same eventID (or recordedBy) once',
+    )
+    p.add_argument(
+        '--geometry', action='store_true', help='Add cell polygons and GeoParquet metadata (for geopandas readers)'
+    )
     p.add_argument('--max_rows', type=int, default=0, help='Read only the first N records (0 = all)')
     p.add_argument('--work_dir', default=None, help='Folder for temporary files (default: the system temp folder)')
     return p
@@ -260,22 +394,33 @@ def _ingest_parser() -> argparse.ArgumentParser:
 # %% ../nbs/23_cli.ipynb #aa7a437a
 def _check_ingest(p, a):
     "Argument errors before anything heavy is loaded (exit 2 via argparse)."
-    if '*' not in a.input and not Path(a.input).exists(): p.error(f'{a.input}: no such file or folder')
+    if '*' not in a.input and not Path(a.input).exists():
+        p.error(f'{a.input}: no such file or folder')
     for flag, v in (('--grid', a.grid), ('--taxonomy', a.taxonomy)):
-        if v and not Path(v).is_file(): p.error(f'{flag} {v}: no such file')
-    if a.resolution is None and not a.grid: p.error('give --resolution or --grid (whose resolution is then used)')
-    if a.resolution is not None and not 0 <= a.resolution <= 15: p.error(f'--resolution {a.resolution}: must be 0..15')
-    if not a.output.endswith('.parquet'): p.error(f'--output {a.output}: must end in .parquet')
-    if a.max_uncertainty < 0 or a.max_rows < 0: p.error('--max_uncertainty and --max_rows must be >= 0')
+        if v and not Path(v).is_file():
+            p.error(f'{flag} {v}: no such file')
+    if a.resolution is None and not a.grid:
+        p.error('give --resolution or --grid (whose resolution is then used)')
+    if a.resolution is not None and not 0 <= a.resolution <= 15:
+        p.error(f'--resolution {a.resolution}: must be 0..15')
+    if not a.output.endswith('.parquet'):
+        p.error(f'--output {a.output}: must end in .parquet')
+    if a.max_uncertainty < 0 or a.max_rows < 0:
+        p.error('--max_uncertainty and --max_rows must be >= 0')
 
 # %% ../nbs/23_cli.ipynb #aab4266b
 def _print_ingest(r: dict):
-    print(f"Read {r['rows_read']:,} records ({r['kind']}) in {r['seconds']['total']:.1f} s "
-          f"({r['rows_per_second']:,} records/s), peak memory {r['peak_rss_mb']:,.0f} MiB.")
-    for s in r['filters']: print(f"  {s['filter']:<13} dropped {s['dropped']:>13,}   left {s['remaining']:>13,}")
-    print(f"Kept {r['rows_kept']:,} records: {r['cells']:,} cells ({r['cells_with_records']:,} with records, "
-          f"{r['cells_outside_grid']:,} outside the grid), {r['cell_weeks_with_records']:,} cell-weeks with records, "
-          f"{r['species']:,} species ({r['taxa_merged']:,} taxa merged, {r['taxa_dropped']:,} dropped).")
+    print(
+        f"Read {r['rows_read']:,} records ({r['kind']}) in {r['seconds']['total']:.1f} s "
+        f"({r['rows_per_second']:,} records/s), peak memory {r['peak_rss_mb']:,.0f} MiB."
+    )
+    for s in r['filters']:
+        print(f"  {s['filter']:<13} dropped {s['dropped']:>13,}   left {s['remaining']:>13,}")
+    print(
+        f"Kept {r['rows_kept']:,} records: {r['cells']:,} cells ({r['cells_with_records']:,} with records, "
+        f"{r['cells_outside_grid']:,} outside the grid), {r['cell_weeks_with_records']:,} cell-weeks with records, "
+        f"{r['species']:,} species ({r['taxa_merged']:,} taxa merged, {r['taxa_dropped']:,} dropped)."
+    )
     print('Wrote ' + ', '.join(r['output'].values()))
 
 # %% ../nbs/23_cli.ipynb #f745f63a
@@ -284,11 +429,33 @@ def ingest_main(argv: list[str] | None = None) -> int:
     p = _ingest_parser()
     a = p.parse_args(argv)
     _check_ingest(p, a)
+
     def body():
-        from geosdm.ingest import Filters, BASIS, ingest          # after the arguments are checked
-        f = Filters(rank=a.rank, classes=tuple(a.classes), basis=tuple(a.basis or BASIS), max_uncertainty_m=a.max_uncertainty,
-                    min_year=a.min_year, max_year=a.max_year, dedup=a.dedup)
-        _print_ingest(ingest(a.input, a.output, resolution=a.resolution, grid=a.grid, outside_grid=a.outside_grid,
-                             taxonomy=a.taxonomy, drop_unmatched=a.drop_unmatched, filters=f, geometry=a.geometry,
-                             max_rows=a.max_rows, workdir=a.work_dir))
+        from geosdm.ingest import BASIS, Filters, ingest  # after the arguments are checked
+
+        f = Filters(
+            rank=a.rank,
+            classes=tuple(a.classes),
+            basis=tuple(a.basis or BASIS),
+            max_uncertainty_m=a.max_uncertainty,
+            min_year=a.min_year,
+            max_year=a.max_year,
+            dedup=a.dedup,
+        )
+        _print_ingest(
+            ingest(
+                a.input,
+                a.output,
+                resolution=a.resolution,
+                grid=a.grid,
+                outside_grid=a.outside_grid,
+                taxonomy=a.taxonomy,
+                drop_unmatched=a.drop_unmatched,
+                filters=f,
+                geometry=a.geometry,
+                max_rows=a.max_rows,
+                workdir=a.work_dir,
+            )
+        )
+
     return run('geosdm_ingest', body)

@@ -4,8 +4,11 @@
 
 # %% ../nbs/11_config.ipynb #57cecb64
 from __future__ import annotations
-import argparse, math, re
-from dataclasses import dataclass, field, asdict, fields, make_dataclass
+
+import argparse
+import math
+import re
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,26 +17,31 @@ from .geo import HOLDOUT_REGIONS
 from .propagation import PropagationParams
 
 # %% auto #0
-__all__ = ['O', 'OPTIONS', 'TrainConfig', 'DEMO_DEFAULTS', 'SEARCH_SPACE', 'EXTRA_SPACE', 'in_range', 'Param', 'Option',
-           'config_from', 'propagation_params', 'check_config', 'build_parser', 'parse_config', 'option_words',
-           'config_argv']
+__all__ = ['OPTIONS', 'TrainConfig', 'DEMO_DEFAULTS', 'SEARCH_SPACE', 'EXTRA_SPACE', 'in_range', 'Param', 'Option', 'config_from',
+           'propagation_params', 'check_config', 'build_parser', 'parse_config', 'option_words', 'config_argv']
 
 # %% ../nbs/11_config.ipynb #93b5c506
 _RANGE = re.compile(r'^\s*(?:([\[(])\s*(\S+)\s*,\s*(\S+)\s*([\])])|(>=|>)\s*(\S+))\s*$')
 
+
 def in_range(v: float, spec: str) -> bool:
     "Whether `v` lies in the range `spec` ('[a, b)', '(a, b]', '> a', '>= a', ...)."
     m = _RANGE.match(spec)
-    if not m: raise ValueError(f'bad range {spec!r}')
-    if m[5]: lo, lo_in, hi, hi_in = float(m[6]), m[5] == '>=', math.inf, False
-    else: lo, lo_in, hi, hi_in = float(m[2]), m[1] == '[', float(m[3]), m[4] == ']'
-    if not (v == v): return False                       # NaN is in no range
+    if not m:
+        raise ValueError(f'bad range {spec!r}')
+    if m[5]:
+        lo, lo_in, hi, hi_in = float(m[6]), m[5] == '>=', math.inf, False
+    else:
+        lo, lo_in, hi, hi_in = float(m[2]), m[1] == '[', float(m[3]), m[4] == ']'
+    if not (v == v):
+        return False  # NaN is in no range
     return (v >= lo if lo_in else v > lo) and (v <= hi if hi_in else v < hi)
 
 # %% ../nbs/11_config.ipynb #76a2625a
 @dataclass(frozen=True)
 class Param:
     "One dimension of the search space: `kind` is 'float', 'int' or 'cat'."
+
     kind: str
     low: float | None = None
     high: float | None = None
@@ -42,18 +50,24 @@ class Param:
 
     def suggest(self, trial, name: str):
         "A value for `name` from an Optuna trial."
-        if self.kind == 'float': return trial.suggest_float(name, self.low, self.high, log=self.log)
-        if self.kind == 'int': return trial.suggest_int(name, int(self.low), int(self.high), log=self.log)
+        if self.kind == 'float':
+            return trial.suggest_float(name, self.low, self.high, log=self.log)
+        if self.kind == 'int':
+            return trial.suggest_int(name, int(self.low), int(self.high), log=self.log)
         return trial.suggest_categorical(name, list(self.choices))
 
     def __str__(self):
-        if self.kind == 'cat': return '{' + ', '.join(map(str, self.choices)) + '}'
-        return f"{self.low:g} → {self.high:g}" + (' (log)' if self.log else '') + (' (int)' if self.kind == 'int' else '')
+        if self.kind == 'cat':
+            return '{' + ', '.join(map(str, self.choices)) + '}'
+        return (
+            f"{self.low:g} → {self.high:g}" + (' (log)' if self.log else '') + (' (int)' if self.kind == 'int' else '')
+        )
 
 # %% ../nbs/11_config.ipynb #9393c35f
 @dataclass(frozen=True, eq=False)
 class Option:
     "One training option: flag name, default, help text, group, type, accepted values, autotune range."
+
     name: str
     default: Any
     help: str
@@ -61,11 +75,11 @@ class Option:
     type: type | None = None
     choices: tuple | None = None
     range: str | None = None
-    file: str | None = None          # 'file', 'checkpoint', …: a path that must exist
+    file: str | None = None  # 'file', 'checkpoint', …: a path that must exist
     cli: dict = field(default_factory=dict)
     tune: Param | None = None
     tune_all: bool = False
-    words: tuple = ()                # accepted instead of a value of the type, e.g. ('auto',)
+    words: tuple = ()  # accepted instead of a value of the type, e.g. ('auto',)
 
     @property
     def kind(self) -> type:
@@ -80,28 +94,40 @@ class Option:
 def _typed(o: Option, v):
     "`v` as the option's type, or raise ConfigError."
     k = o.kind
-    if v is None and o.default is None: return None
-    if isinstance(v, str) and v in o.words: return v
-    if k is bool and isinstance(v, bool): return v
-    if k is int and isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer(): return int(v)
-    if k is float and isinstance(v, (int, float)) and not isinstance(v, bool): return float(v)
-    if k is str and isinstance(v, str): return v
-    if k is list and isinstance(v, (list, tuple)): return list(v)
+    if v is None and o.default is None:
+        return None
+    if isinstance(v, str) and v in o.words:
+        return v
+    if k is bool and isinstance(v, bool):
+        return v
+    if k is int and isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer():
+        return int(v)
+    if k is float and isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    if k is str and isinstance(v, str):
+        return v
+    if k is list and isinstance(v, (list, tuple)):
+        return list(v)
     raise ConfigError(f'{o.flag}: expected {k.__name__}, got {v!r}')
 
 # %% ../nbs/11_config.ipynb #f8146d80
 def _check(self: Option, v):
     "`v` converted to the option's type; a `ConfigError` naming the flag if it is not accepted."
     v = _typed(self, v)
-    if v is None or (isinstance(v, str) and v in self.words): return v
+    if v is None or (isinstance(v, str) and v in self.words):
+        return v
     if self.choices is not None and v not in self.choices:
         raise ConfigError(f'{self.flag}: must be one of {", ".join(map(str, self.choices))}; got {v!r}')
     if self.range is not None and not in_range(v, self.range):
-        raise ConfigError(f'{self.flag}: must be in {self.range}, got {v!r}' if self.range[0] in '[(' else
-                          f'{self.flag}: must be {self.range.replace(">=", "≥")}, got {v!r}')
+        raise ConfigError(
+            f'{self.flag}: must be in {self.range}, got {v!r}'
+            if self.range[0] in '[('
+            else f'{self.flag}: must be {self.range.replace(">=", "≥")}, got {v!r}'
+        )
     if self.file and not Path(v).is_file():
         raise ConfigError(f'{self.flag}: no such {self.file}: {v}')
     return v
+
 
 Option.check = _check
 
@@ -109,228 +135,477 @@ Option.check = _check
 def _group(name: str, *opts: Option) -> list[Option]:
     return [Option(**{**o.__dict__, 'group': name}) for o in opts]
 
-O = Option
-_PP = PropagationParams()          # propagation's defaults and checks live with propagation
+
+_PP = PropagationParams()  # propagation's defaults and checks live with propagation
 
 # %% ../nbs/11_config.ipynb #7ad167ba
-_DATA = _group('Data',
-    O('data_path', None, 'Combined parquet file (default: the bundled demo world)', type=str, file='file'),
-    O('taxonomy', None, 'Taxonomy CSV for species name labels (default: auto-detected next to the parquet)', type=str, file='file'))
+_DATA = _group(
+    'Data',
+    Option('data_path', None, 'Combined parquet file (default: the bundled demo world)', type=str, file='file'),
+    Option(
+        'taxonomy',
+        None,
+        'Taxonomy CSV for species name labels (default: auto-detected next to the parquet)',
+        type=str,
+        file='file',
+    ),
+)
 
-_MODEL = _group('Model',
-    O('model_scale', 0.75, 'Continuous scaling factor (0.5 ≈ 1.4M, 0.75 ≈ 3.6M, 1.0 ≈ 7M, 2.0 ≈ 47M params at 10k species)',
-      range='> 0', tune=Param('float', 0.25, 3.0, log=True), tune_all=True),
-    O('coord_harmonics', 8, 'Harmonics for lat/lon encoding', range='>= 1', tune=Param('int', 2, 8), tune_all=True),
-    O('week_harmonics', 8, 'Harmonics for week encoding', range='>= 1', tune=Param('int', 2, 8), tune_all=True),
-    O('habitat_head', False, 'Enable habitat-species association head (env → species pathway with learned gate)'),
-    O('habitat_weight', 0.1, 'Weight for auxiliary habitat-species loss (only used with --habitat_head)', range='>= 0'))
+_MODEL = _group(
+    'Model',
+    Option(
+        'model_scale',
+        0.75,
+        'Continuous scaling factor (0.5 ≈ 1.4M, 0.75 ≈ 3.6M, 1.0 ≈ 7M, 2.0 ≈ 47M params at 10k species)',
+        range='> 0',
+        tune=Param('float', 0.25, 3.0, log=True),
+        tune_all=True,
+    ),
+    Option(
+        'coord_harmonics', 8, 'Harmonics for lat/lon encoding', range='>= 1', tune=Param('int', 2, 8), tune_all=True
+    ),
+    Option('week_harmonics', 8, 'Harmonics for week encoding', range='>= 1', tune=Param('int', 2, 8), tune_all=True),
+    Option('habitat_head', False, 'Enable habitat-species association head (env → species pathway with learned gate)'),
+    Option(
+        'habitat_weight', 0.1, 'Weight for auxiliary habitat-species loss (only used with --habitat_head)', range='>= 0'
+    ),
+)
 
 # %% ../nbs/11_config.ipynb #9a340ad6
 _LOSS = [
-    O('species_weight', 1.0, 'Species loss multiplier', range='>= 0'),
-    O('env_weight', 0.1, 'Environmental loss multiplier', range='>= 0', tune=Param('float', 0.01, 1.0, log=True), tune_all=True),
-    O('species_loss', 'bce', 'Loss function: bce (default), asl (asymmetric), focal, or an (assume negative)',
-      choices=('bce', 'asl', 'focal', 'an'), tune=Param('cat', choices=('asl', 'an', 'bce', 'focal')), tune_all=True),
-    O('asl_gamma_pos', 0.0, 'ASL positive focusing parameter (0 = no down-weighting)', range='>= 0'),
-    O('asl_gamma_neg', 2.0, 'ASL negative focusing parameter (higher = more aggressive)', range='>= 0',
-      tune=Param('float', 1.0, 8.0), tune_all=True),
-    O('asl_clip', 0.05, 'ASL probability margin for negatives (0 = disable)', range='[0, 1)', tune=Param('float', 0.0, 0.2), tune_all=True),
-    O('focal_alpha', 0.5, 'Focal loss alpha (weight for positive class; only with --species_loss focal)', range='[0, 1]',
-      tune=Param('float', 0.1, 0.9), tune_all=True),
-    O('focal_gamma', 2.0, 'Focal loss gamma', range='>= 0', tune=Param('float', 0.5, 5.0), tune_all=True),
-    O('pos_lambda', 4.0, 'Positive up-weighting λ for AN loss', range='> 0', tune=Param('float', 1.0, 64.0, log=True), tune_all=True),
-    O('neg_samples', 1024, 'Negative species to sample per example for AN loss (0 = all)', range='>= 0',
-      tune=Param('cat', choices=(128, 256, 512, 1024, 2048, 4096)), tune_all=True),
-    O('label_smoothing', 0.05, 'Smooth binary targets to prevent overconfidence, for every loss (0 = off)', range='[0, 0.5)',
-      tune=Param('float', 0.0, 0.1), tune_all=True)]
+    Option('species_weight', 1.0, 'Species loss multiplier', range='>= 0'),
+    Option(
+        'env_weight',
+        0.1,
+        'Environmental loss multiplier',
+        range='>= 0',
+        tune=Param('float', 0.01, 1.0, log=True),
+        tune_all=True,
+    ),
+    Option(
+        'species_loss',
+        'bce',
+        'Loss function: bce (default), asl (asymmetric), focal, or an (assume negative)',
+        choices=('bce', 'asl', 'focal', 'an'),
+        tune=Param('cat', choices=('asl', 'an', 'bce', 'focal')),
+        tune_all=True,
+    ),
+    Option('asl_gamma_pos', 0.0, 'ASL positive focusing parameter (0 = no down-weighting)', range='>= 0'),
+    Option(
+        'asl_gamma_neg',
+        2.0,
+        'ASL negative focusing parameter (higher = more aggressive)',
+        range='>= 0',
+        tune=Param('float', 1.0, 8.0),
+        tune_all=True,
+    ),
+    Option(
+        'asl_clip',
+        0.05,
+        'ASL probability margin for negatives (0 = disable)',
+        range='[0, 1)',
+        tune=Param('float', 0.0, 0.2),
+        tune_all=True,
+    ),
+    Option(
+        'focal_alpha',
+        0.5,
+        'Focal loss alpha (weight for positive class; only with --species_loss focal)',
+        range='[0, 1]',
+        tune=Param('float', 0.1, 0.9),
+        tune_all=True,
+    ),
+    Option('focal_gamma', 2.0, 'Focal loss gamma', range='>= 0', tune=Param('float', 0.5, 5.0), tune_all=True),
+    Option(
+        'pos_lambda',
+        4.0,
+        'Positive up-weighting λ for AN loss',
+        range='> 0',
+        tune=Param('float', 1.0, 64.0, log=True),
+        tune_all=True,
+    ),
+    Option(
+        'neg_samples',
+        1024,
+        'Negative species to sample per example for AN loss (0 = all)',
+        range='>= 0',
+        tune=Param('cat', choices=(128, 256, 512, 1024, 2048, 4096)),
+        tune_all=True,
+    ),
+    Option(
+        'label_smoothing',
+        0.05,
+        'Smooth binary targets to prevent overconfidence, for every loss (0 = off)',
+        range='[0, 0.5)',
+        tune=Param('float', 0.0, 0.1),
+        tune_all=True,
+    ),
+]
 
 # %% ../nbs/11_config.ipynb #ce7428c9
 _SAMPLES = [
-    O('max_obs_per_species', 0, 'Cap training observations per species (0 = no cap)', range='>= 0'),
-    O('min_obs_per_species', 50, 'Exclude species with fewer than N observations (0 = keep all)', range='>= 0'),
-    O('max_species', 0, 'Keep a random subset of N species (random seed 42; 0 = all)', range='>= 0'),
-    O('ocean_sample_rate', 1.0, 'Fraction of ocean cells (water > 90%) to keep (1.0 = keep all)', range='[0, 1]'),
-    O('no_yearly', False, 'Exclude week-0 (yearly) samples from training'),
-    O('no_cache', False, 'Disable data preprocessing cache (force reprocessing)'),
-    O('data_cache_dir', None, 'Directory of the preprocessing cache (default: <checkpoint_dir>/.data_cache)', type=str),
-    O('jitter', False, 'Jitter training coordinates within H3 cells each epoch', tune=Param('cat', choices=(True, False)), tune_all=True),
-    O('empty_samples', 'env_only', 'Training samples with no observation (no checklist that cell-week): env_only (default) = '
-      'they train only the env head (no record is not absence) and species batches cycle through the samples with '
-      'observations (same steps per epoch); negative = every species absent, as the BirdNET geomodel training script does',
-      choices=('env_only', 'negative'))]
+    Option('max_obs_per_species', 0, 'Cap training observations per species (0 = no cap)', range='>= 0'),
+    Option('min_obs_per_species', 50, 'Exclude species with fewer than N observations (0 = keep all)', range='>= 0'),
+    Option('max_species', 0, 'Keep a random subset of N species (random seed 42; 0 = all)', range='>= 0'),
+    Option('ocean_sample_rate', 1.0, 'Fraction of ocean cells (water > 90%) to keep (1.0 = keep all)', range='[0, 1]'),
+    Option('no_yearly', False, 'Exclude week-0 (yearly) samples from training'),
+    Option('no_cache', False, 'Disable data preprocessing cache (force reprocessing)'),
+    Option(
+        'data_cache_dir', None, 'Directory of the preprocessing cache (default: <checkpoint_dir>/.data_cache)', type=str
+    ),
+    Option(
+        'jitter',
+        False,
+        'Jitter training coordinates within H3 cells each epoch',
+        tune=Param('cat', choices=(True, False)),
+        tune_all=True,
+    ),
+    Option(
+        'empty_samples',
+        'env_only',
+        'Training samples with no observation (no checklist that cell-week): env_only (default) = '
+        'they train only the env head (no record is not absence) and species batches cycle through the samples with '
+        'observations (same steps per epoch); negative = every species absent, as the BirdNET geomodel '
+        'training script does',
+        choices=('env_only', 'negative'),
+    ),
+]
 
 # %% ../nbs/11_config.ipynb #f84e7861
 _WEIGHTS = [
-    O('label_freq_weight', False, 'Weight positive labels by region-normalized species frequency',
-      tune=Param('cat', choices=(True, False)), tune_all=True),
-    O('label_freq_weight_min', 0.01, 'Minimum label weight for rare species', range='(0, 1]',
-      tune=Param('float', 0.01, 0.5, log=True), tune_all=True),
-    O('label_freq_weight_pct_lo', 10.0, 'Lower percentile threshold (species at or below get min weight)', range='[0, 100]',
-      tune=Param('float', 1.0, 25.0), tune_all=True),
-    O('label_freq_weight_pct_hi', 95.0, 'Upper percentile threshold (species at or above get weight 1.0)', range='[0, 100]',
-      tune=Param('float', 75.0, 99.0), tune_all=True)]
+    Option(
+        'label_freq_weight',
+        False,
+        'Weight positive labels by region-normalized species frequency',
+        tune=Param('cat', choices=(True, False)),
+        tune_all=True,
+    ),
+    Option(
+        'label_freq_weight_min',
+        0.01,
+        'Minimum label weight for rare species',
+        range='(0, 1]',
+        tune=Param('float', 0.01, 0.5, log=True),
+        tune_all=True,
+    ),
+    Option(
+        'label_freq_weight_pct_lo',
+        10.0,
+        'Lower percentile threshold (species at or below get min weight)',
+        range='[0, 100]',
+        tune=Param('float', 1.0, 25.0),
+        tune_all=True,
+    ),
+    Option(
+        'label_freq_weight_pct_hi',
+        95.0,
+        'Upper percentile threshold (species at or above get weight 1.0)',
+        range='[0, 100]',
+        tune=Param('float', 75.0, 99.0),
+        tune_all=True,
+    ),
+]
 
 _PROPAGATE = [
-    O('propagate_labels', False, 'Propagate species labels from observed to sparse cells via env similarity'),
-    O('propagate_k', _PP.k, 'Number of nearest env-space neighbors for propagation'),
-    O('propagate_max_radius', _PP.max_radius_km, 'Geographic radius cap in km for propagation'),
-    O('propagate_max_spread', _PP.max_spread, 'Species range expansion multiplier (0 = disable range check)'),
-    O('propagate_min_obs', _PP.min_obs, 'Samples with fewer species than this receive propagated labels'),
-    O('propagate_env_dist_max', _PP.env_dist_max,
-      'Max env-space Euclidean distance (after standardising) for a neighbor to contribute labels (0 = disabled)'),
-    O('propagate_range_cap', _PP.range_cap_km, 'Hard cap in km on per-species propagation distance from nearest observation (0 = disabled)')]
+    Option('propagate_labels', False, 'Propagate species labels from observed to sparse cells via env similarity'),
+    Option('propagate_k', _PP.k, 'Number of nearest env-space neighbors for propagation'),
+    Option('propagate_max_radius', _PP.max_radius_km, 'Geographic radius cap in km for propagation'),
+    Option('propagate_max_spread', _PP.max_spread, 'Species range expansion multiplier (0 = disable range check)'),
+    Option('propagate_min_obs', _PP.min_obs, 'Samples with fewer species than this receive propagated labels'),
+    Option(
+        'propagate_env_dist_max',
+        _PP.env_dist_max,
+        'Max env-space Euclidean distance (after standardising) for a neighbor to contribute labels (0 = disabled)',
+    ),
+    Option(
+        'propagate_range_cap',
+        _PP.range_cap_km,
+        'Hard cap in km on per-species propagation distance from nearest observation (0 = disabled)',
+    ),
+]
 
 # %% ../nbs/11_config.ipynb #f0c4a267
-_TRAINING = _group('Training',
-    O('batch_size', 'auto', 'Batch size: a number, or auto (CPU: 1024; CUDA: 8192, less where an epoch would have fewer '
-      'than 16 batches)', type=int, range='>= 1', words=('auto',)),
-    O('num_epochs', 50, 'Maximum epochs (total, also when resuming)', range='>= 1'),
-    O('lr', 1e-3, 'Peak learning rate for batches up to 1024 (larger batches scale it, see --lr_scaling)', range='> 0',
-      tune=Param('float', 1e-4, 1e-2, log=True)),
-    O('weight_decay', 1e-3, 'AdamW (Loshchilov & Hutter, 2019) weight decay', range='>= 0',
-      tune=Param('float', 1e-5, 1e-1, log=True)),
-    *_LOSS, *_SAMPLES, *_WEIGHTS, *_PROPAGATE)
+_TRAINING = _group(
+    'Training',
+    Option(
+        'batch_size',
+        'auto',
+        'Batch size: a number, or auto (CPU: 1024; CUDA: 8192, less where an epoch would have fewer than 16 batches)',
+        type=int,
+        range='>= 1',
+        words=('auto',),
+    ),
+    Option('num_epochs', 50, 'Maximum epochs (total, also when resuming)', range='>= 1'),
+    Option(
+        'lr',
+        1e-3,
+        'Peak learning rate for batches up to 1024 (larger batches scale it, see --lr_scaling)',
+        range='> 0',
+        tune=Param('float', 1e-4, 1e-2, log=True),
+    ),
+    Option(
+        'weight_decay',
+        1e-3,
+        'AdamW (Loshchilov & Hutter, 2019) weight decay',
+        range='>= 0',
+        tune=Param('float', 1e-5, 1e-1, log=True),
+    ),
+    *_LOSS,
+    *_SAMPLES,
+    *_WEIGHTS,
+    *_PROPAGATE,
+)
 
 # %% ../nbs/11_config.ipynb #10e1d4b8
-_SCHEDULE = _group('Learning Rate Schedule',
-    O('lr_schedule', 'cosine', 'cosine (single decay to lr_min) or none', choices=('cosine', 'none')),
-    O('lr_min', 1e-6, 'Minimum learning rate', range='>= 0'),
-    O('lr_warmup', 3.0, 'Linear warmup epochs before cosine schedule (0 = off; stepped per batch)', range='>= 0'),
-    O('lr_scaling', 'auto', 'How AdamW follows a batch k = batch/1024 times 1024: auto = peak --lr × k × min(k, 8)^(1/3) '
-      '(measured, see the steps notebook), linear = × k, sqrt = × √k, each with 1 − β2 × k; none = --lr and betas as given',
-      choices=('auto', 'linear', 'sqrt', 'none')))
+_SCHEDULE = _group(
+    'Learning Rate Schedule',
+    Option('lr_schedule', 'cosine', 'cosine (single decay to lr_min) or none', choices=('cosine', 'none')),
+    Option('lr_min', 1e-6, 'Minimum learning rate', range='>= 0'),
+    Option('lr_warmup', 3.0, 'Linear warmup epochs before cosine schedule (0 = off; stepped per batch)', range='>= 0'),
+    Option(
+        'lr_scaling',
+        'auto',
+        'How AdamW follows a batch k = batch/1024 times 1024: auto = peak --lr × k × min(k, 8)^(1/3) '
+        '(measured, see the steps notebook), linear = × k, sqrt = × √k, each with 1 − β2 × k; '
+        'none = --lr and betas as given',
+        choices=('auto', 'linear', 'sqrt', 'none'),
+    ),
+)
 
-_STOPPING = _group('Early Stopping',
-    O('patience', 10, 'Stop after N epochs without GeoScore improvement (0 = disabled)', range='>= 0'))
+_STOPPING = _group(
+    'Early Stopping',
+    Option('patience', 10, 'Stop after N epochs without GeoScore improvement (0 = disabled)', range='>= 0'),
+)
 
-_SPLIT = _group('Data Split',
-    O('val_size', 0.1, 'Validation set fraction', range='(0, 1)'),
-    O('sample_fraction', 1.0, 'Fraction of locations to keep (0–1)', range='(0, 1]'))
+_SPLIT = _group(
+    'Data Split',
+    Option('val_size', 0.1, 'Validation set fraction', range='(0, 1)'),
+    Option('sample_fraction', 1.0, 'Fraction of locations to keep (0–1)', range='(0, 1]'),
+)
 
-_HOLDOUT = _group('Region Hold-Out',
-    O('holdout_regions', [], f'Space-separated region names to mask from training and evaluate separately '
-      f'({", ".join(HOLDOUT_REGIONS)})', cli=dict(nargs='+', metavar='NAME')),
-    O('holdout_boxes', [], 'Extra hold-out box LON_MIN LAT_MIN LON_MAX LAT_MAX (repeatable)',
-      cli=dict(flag='--holdout_box', nargs=4, type=float, action='append', metavar=('LON_MIN', 'LAT_MIN', 'LON_MAX', 'LAT_MAX'))))
+_HOLDOUT = _group(
+    'Region Hold-Out',
+    Option(
+        'holdout_regions',
+        [],
+        f'Space-separated region names to mask from training and evaluate separately ({", ".join(HOLDOUT_REGIONS)})',
+        cli=dict(nargs='+', metavar='NAME'),
+    ),
+    Option(
+        'holdout_boxes',
+        [],
+        'Extra hold-out box LON_MIN LAT_MIN LON_MAX LAT_MAX (repeatable)',
+        cli=dict(
+            flag='--holdout_box',
+            nargs=4,
+            type=float,
+            action='append',
+            metavar=('LON_MIN', 'LAT_MIN', 'LON_MAX', 'LAT_MAX'),
+        ),
+    ),
+)
 
 # %% ../nbs/11_config.ipynb #48c45490
-_RUNTIME = _group('Checkpoints',
-    O('checkpoint_dir', './checkpoints', 'Directory for checkpoint files'),
-    O('resume', None, 'Path to checkpoint to resume training from', type=str, file='checkpoint'),
-    O('overwrite', False, 'Start a new run in a --checkpoint_dir that holds one (its checkpoints and history are '
-      'deleted first); without it such a folder is only resumed'),
-    O('finetune', None, "Start from this checkpoint's weights with a new schedule (the data may differ: species and "
-      'env targets are matched by name)', type=str, file='checkpoint'),
-    O('save_every', 5, 'Save checkpoint every N epochs', range='>= 1'),
-    O('device', 'auto', 'auto, cuda, or cpu', choices=('auto', 'cuda', 'cpu')),
-    O('cpu_threads', 'auto', 'Threads when training on the CPU: a number, or auto = the cores other processes leave free, '
-      'measured again each epoch (at most one per core; OMP_NUM_THREADS, when set, decides). Results depend on the '
-      'thread count in their last digits: give a number for bit-for-bit repeatable runs', type=int, range='>= 1',
-      words=('auto',)),
-    O('num_workers', None, 'Accepted for compatibility; geosdm builds batches on the device and needs no DataLoader workers',
-      type=int),
-    O('seed', 0, 'Random seed for weights, shuffling, dropout, jitter and negative sampling'),
-    O('amp', 'auto', 'Mixed precision: auto (CUDA: bf16 where supported, else fp16; CPU: off), bf16 (also on CPU), fp16, or off',
-      choices=('auto', 'bf16', 'fp16', 'off')),
-    O('compile', 'auto', 'torch.compile the training step: off, default, reduce-overhead (CUDA: also captures CUDA graphs) '
-      'or max-autotune; auto = off (see the trainer notebook for the measurements)',
-      choices=('auto', 'off', 'default', 'reduce-overhead', 'max-autotune')),
-    O('eval_batch_size', 4096, 'Batch size for validation and prediction', range='>= 1'))
+_RUNTIME = _group(
+    'Checkpoints',
+    Option('checkpoint_dir', './checkpoints', 'Directory for checkpoint files'),
+    Option('resume', None, 'Path to checkpoint to resume training from', type=str, file='checkpoint'),
+    Option(
+        'overwrite',
+        False,
+        'Start a new run in a --checkpoint_dir that holds one (its checkpoints and history are '
+        'deleted first); without it such a folder is only resumed',
+    ),
+    Option(
+        'finetune',
+        None,
+        "Start from this checkpoint's weights with a new schedule (the data may differ: species and "
+        'env targets are matched by name)',
+        type=str,
+        file='checkpoint',
+    ),
+    Option('save_every', 5, 'Save checkpoint every N epochs', range='>= 1'),
+    Option('device', 'auto', 'auto, cuda, or cpu', choices=('auto', 'cuda', 'cpu')),
+    Option(
+        'cpu_threads',
+        'auto',
+        'Threads when training on the CPU: a number, or auto = the cores other processes leave free, '
+        'measured again each epoch (at most one per core; OMP_NUM_THREADS, when set, decides). Results depend on the '
+        'thread count in their last digits: give a number for bit-for-bit repeatable runs',
+        type=int,
+        range='>= 1',
+        words=('auto',),
+    ),
+    Option(
+        'num_workers',
+        None,
+        'Accepted for compatibility; geosdm builds batches on the device and needs no DataLoader workers',
+        type=int,
+    ),
+    Option('seed', 0, 'Random seed for weights, shuffling, dropout, jitter and negative sampling'),
+    Option(
+        'amp',
+        'auto',
+        'Mixed precision: auto (CUDA: bf16 where supported, else fp16; CPU: off), bf16 (also on CPU), fp16, or off',
+        choices=('auto', 'bf16', 'fp16', 'off'),
+    ),
+    Option(
+        'compile',
+        'auto',
+        'torch.compile the training step: off, default, reduce-overhead (CUDA: also captures CUDA graphs) '
+        'or max-autotune; auto = off (see the trainer notebook for the measurements)',
+        choices=('auto', 'off', 'default', 'reduce-overhead', 'max-autotune'),
+    ),
+    Option('eval_batch_size', 4096, 'Batch size for validation and prediction', range='>= 1'),
+)
 
-_AUTOTUNE = _group('Autotune',
-    O('autotune', None, 'Enable autotune (Optuna TPE + median pruning, optimises val GeoScore). Without args: tune all '
-      'parameters of the standard search space; with args: tune only the listed ones (an unknown name lists the valid ones)',
-      type=list, cli=dict(nargs='*', metavar='PARAM')),
-    O('autotune_trials', 30, "Number of Optuna trials (the study's total: a resumed or shared study runs only the missing ones)",
-      range='>= 1'),
-    O('autotune_epochs', 15, 'Epochs per trial', range='>= 1'),
-    O('autotune_storage', None, 'Optuna storage that makes a study resumable and shareable by several processes/machines: '
-      'a journal file path, or an SQLAlchemy URL (sqlite:///x.db, postgresql://...); default: in memory', type=str),
-    O('autotune_study', 'geosdm_autotune', 'Optuna study name within --autotune_storage'))
+_AUTOTUNE = _group(
+    'Autotune',
+    Option(
+        'autotune',
+        None,
+        'Enable autotune (Optuna TPE + median pruning, optimises val GeoScore). Without args: tune all '
+        'parameters of the standard search space; with args: tune only the listed ones '
+        '(an unknown name lists the valid ones)',
+        type=list,
+        cli=dict(nargs='*', metavar='PARAM'),
+    ),
+    Option(
+        'autotune_trials',
+        30,
+        "Number of Optuna trials (the study's total: a resumed or shared study runs only the missing ones)",
+        range='>= 1',
+    ),
+    Option('autotune_epochs', 15, 'Epochs per trial', range='>= 1'),
+    Option(
+        'autotune_storage',
+        None,
+        'Optuna storage that makes a study resumable and shareable by several processes/machines: '
+        'a journal file path, or an SQLAlchemy URL (sqlite:///x.db, postgresql://...); default: in memory',
+        type=str,
+    ),
+    Option('autotune_study', 'geosdm_autotune', 'Optuna study name within --autotune_storage'),
+)
 
 # %% ../nbs/11_config.ipynb #273737b3
-OPTIONS: dict[str, Option] = {o.name: o for o in _DATA + _MODEL + _TRAINING + _SCHEDULE + _STOPPING + _SPLIT
-                              + _HOLDOUT + _RUNTIME + _AUTOTUNE}
+OPTIONS: dict[str, Option] = {
+    o.name: o for o in _DATA + _MODEL + _TRAINING + _SCHEDULE + _STOPPING + _SPLIT + _HOLDOUT + _RUNTIME + _AUTOTUNE
+}
 
 # %% ../nbs/11_config.ipynb #f6397d7c
 def _field(o: Option):
-    if isinstance(o.default, list): return (o.name, list, field(default_factory=list))
+    if isinstance(o.default, list):
+        return (o.name, list, field(default_factory=list))
     kind = o.kind | str if o.words else o.kind
     return (o.name, kind if o.default is not None else kind | None, field(default=o.default))
 
-TrainConfig = make_dataclass('TrainConfig', [_field(o) for o in OPTIONS.values()],
-                             namespace={'__doc__': 'Every option of a training run; field names are the CLI flags '
-                                                   '(see `geosdm.config.OPTIONS`).'})
+
+TrainConfig = make_dataclass(
+    'TrainConfig',
+    [_field(o) for o in OPTIONS.values()],
+    namespace={
+        '__doc__': 'Every option of a training run; field names are the CLI flags (see `geosdm.config.OPTIONS`).'
+    },
+)
 TrainConfig.__module__ = __name__
 
 # %% ../nbs/11_config.ipynb #44f7e5c3
 def config_from(d: dict | None = None, strict: bool = True, **overrides) -> TrainConfig:
-    "A `TrainConfig` from a dict plus keyword overrides; unknown names raise `ConfigError` (or are dropped if not `strict`)."
+    """A `TrainConfig` from a dict plus keyword overrides; unknown names raise `ConfigError` (or are dropped if not
+    `strict`)."""
     d = {**(d or {}), **overrides}
     unknown = sorted(k for k in d if k not in OPTIONS)
-    if unknown and strict: raise ConfigError(f'unknown option(s) {", ".join(unknown)}')
+    if unknown and strict:
+        raise ConfigError(f'unknown option(s) {", ".join(unknown)}')
     return TrainConfig(**{k: v for k, v in d.items() if k in OPTIONS})
 
 # %% ../nbs/11_config.ipynb #a14a2ea5
-_PROPAGATE_FLAGS = {'k': 'propagate_k', 'max_radius_km': 'propagate_max_radius', 'max_spread': 'propagate_max_spread',
-                    'min_obs': 'propagate_min_obs', 'env_dist_max': 'propagate_env_dist_max',
-                    'range_cap_km': 'propagate_range_cap'}   # PropagationParams field → option
+_PROPAGATE_FLAGS = {
+    'k': 'propagate_k',
+    'max_radius_km': 'propagate_max_radius',
+    'max_spread': 'propagate_max_spread',
+    'min_obs': 'propagate_min_obs',
+    'env_dist_max': 'propagate_env_dist_max',
+    'range_cap_km': 'propagate_range_cap',
+}  # PropagationParams field → option
+
 
 def propagation_params(cfg) -> PropagationParams | None:
     "The `PropagationParams` of the `propagate_*` options (None without `propagate_labels`)."
-    if not cfg.propagate_labels: return None
+    if not cfg.propagate_labels:
+        return None
     return PropagationParams(**{f: getattr(cfg, flag) for f, flag in _PROPAGATE_FLAGS.items()})
 
 # %% ../nbs/11_config.ipynb #d583922b
 def _check_rules(cfg):
     "The rules that tie options together."
-    def bad(flag, msg): raise ConfigError(f'--{flag}: {msg}')
-    if cfg.lr_min > cfg.lr: bad('lr_min', f'must be in [0, lr={cfg.lr}], got {cfg.lr_min}')
-    if cfg.resume and cfg.finetune: bad('finetune', 'cannot be combined with --resume (resume continues a run, '
-                                        'finetune starts a new one from its weights)')
+
+    def bad(flag, msg):
+        raise ConfigError(f'--{flag}: {msg}')
+
+    if cfg.lr_min > cfg.lr:
+        bad('lr_min', f'must be in [0, lr={cfg.lr}], got {cfg.lr_min}')
+    if cfg.resume and cfg.finetune:
+        bad(
+            'finetune',
+            'cannot be combined with --resume (resume continues a run, finetune starts a new one from its weights)',
+        )
     if cfg.label_freq_weight and not cfg.label_freq_weight_pct_lo < cfg.label_freq_weight_pct_hi:
         bad('label_freq_weight_pct_lo', f'must be below --label_freq_weight_pct_hi ({cfg.label_freq_weight_pct_hi})')
     unknown = [r for r in cfg.holdout_regions if str(r).lower() not in HOLDOUT_REGIONS]
-    if unknown: bad('holdout_regions', f'unknown region(s) {unknown}; valid: {sorted(HOLDOUT_REGIONS)}')
+    if unknown:
+        bad('holdout_regions', f'unknown region(s) {unknown}; valid: {sorted(HOLDOUT_REGIONS)}')
     for b in cfg.holdout_boxes:
         if len(b) != 4 or not (b[0] < b[2] and b[1] < b[3]):
             bad('holdout_box', f'expected LON_MIN LAT_MIN LON_MAX LAT_MAX with min < max, got {b}')
     if cfg.propagate_labels:
-        try: propagation_params(cfg).checked()
-        except ValueError as e: bad(_PROPAGATE_FLAGS[e.param], str(e).split(': ', 1)[-1])
+        try:
+            propagation_params(cfg).checked()
+        except ValueError as e:
+            bad(_PROPAGATE_FLAGS[e.param], str(e).split(': ', 1)[-1])
 
 # %% ../nbs/11_config.ipynb #ce550a49
 def check_config(cfg):
-    "Check (and type-convert in place) every option of `cfg`, then the rules between them; raise `ConfigError` naming the flag."
-    for o in OPTIONS.values(): setattr(cfg, o.name, o.check(getattr(cfg, o.name)))
+    """Check (and type-convert in place) every option of `cfg`, then the rules between them; raise `ConfigError`
+    naming the flag."""
+    for o in OPTIONS.values():
+        setattr(cfg, o.name, o.check(getattr(cfg, o.name)))
     _check_rules(cfg)
     return cfg
 
 # %% ../nbs/11_config.ipynb #ace533ba
 def build_parser() -> argparse.ArgumentParser:
     "The `geosdm_train` argument parser, grouped like the BirdNET geomodel training script's CLI reference."
-    p = argparse.ArgumentParser(prog='geosdm_train', description='Train a geosdm species distribution model.',
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog='geosdm_train',
+        description='Train a geosdm species distribution model.',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     groups = {}
     for o in OPTIONS.values():
         g = groups.get(o.group) or groups.setdefault(o.group, p.add_argument_group(o.group))
-        h = o.help.replace('%', '%%')                      # argparse formats help texts with %
+        h = o.help.replace('%', '%%')  # argparse formats help texts with %
         kw = {k: v for k, v in o.cli.items() if k != 'flag'}
-        if o.kind is bool: g.add_argument(o.flag, dest=o.name, action='store_true', help=h)
-        elif o.kind is list: g.add_argument(o.flag, dest=o.name, default=o.default, help=h, **kw)
-        else: g.add_argument(o.flag, dest=o.name, type=_arg_type(o), default=o.default, choices=o.choices, help=h, **kw)
+        if o.kind is bool:
+            g.add_argument(o.flag, dest=o.name, action='store_true', help=h)
+        elif o.kind is list:
+            g.add_argument(o.flag, dest=o.name, default=o.default, help=h, **kw)
+        else:
+            g.add_argument(o.flag, dest=o.name, type=_arg_type(o), default=o.default, choices=o.choices, help=h, **kw)
     return p
 
 # %% ../nbs/11_config.ipynb #d418b7c8
 def _arg_type(o: Option):
     "The argparse converter of `o`: its type, or one of its words."
-    if not o.words: return o.kind
+    if not o.words:
+        return o.kind
     conv = lambda s: s if s in o.words else o.kind(s)
-    conv.__name__ = o.kind.__name__                     # argparse names it in "invalid int value"
+    conv.__name__ = o.kind.__name__  # argparse names it in "invalid int value"
     return conv
 
 # %% ../nbs/11_config.ipynb #2a4f63b8
 DEMO_DEFAULTS = dict(model_scale=0.5, num_epochs=12, lr_warmup=1.0, min_obs_per_species=20)
+
 
 def parse_config(argv: list[str]) -> tuple[TrainConfig, bool]:
     "The `TrainConfig` of a `geosdm_train` command line, and whether the demo world's defaults were applied."
@@ -342,25 +617,34 @@ def parse_config(argv: list[str]) -> tuple[TrainConfig, bool]:
     demo = cfg.data_path is None
     if demo:
         for k, v in DEMO_DEFAULTS.items():
-            if k not in given: setattr(cfg, k, v)
+            if k not in given:
+                setattr(cfg, k, v)
     return cfg, demo
 
 # %% ../nbs/11_config.ipynb #d21f5ca3
 def option_words(name: str, v) -> list[str]:
     "Command-line words that set option `name` to `v`."
     o = OPTIONS[name]
-    if o.kind is bool: return [o.flag] if v else []
-    if name == 'holdout_boxes': return [w for b in v for w in [o.flag, *(f'{x:g}' for x in b)]]
-    if isinstance(v, (list, tuple)): return [o.flag, *map(str, v)] if v else []
-    if isinstance(v, float): return [o.flag, f'{v:.6g}']
+    if o.kind is bool:
+        return [o.flag] if v else []
+    if name == 'holdout_boxes':
+        return [w for b in v for w in [o.flag, *(f'{x:g}' for x in b)]]
+    if isinstance(v, (list, tuple)):
+        return [o.flag, *map(str, v)] if v else []
+    if isinstance(v, float):
+        return [o.flag, f'{v:.6g}']
     return [o.flag, str(v)]
 
 # %% ../nbs/11_config.ipynb #462e87a6
 def config_argv(cfg, keep=()) -> list[str]:
     "Words for every option of `cfg` that differs from its default, plus those in `keep`."
     default = TrainConfig()
-    return [w for n in OPTIONS if n in keep or getattr(cfg, n) != getattr(default, n)
-            for w in option_words(n, getattr(cfg, n))]
+    return [
+        w
+        for n in OPTIONS
+        if n in keep or getattr(cfg, n) != getattr(default, n)
+        for w in option_words(n, getattr(cfg, n))
+    ]
 
 # %% ../nbs/11_config.ipynb #4d1a20c0
 SEARCH_SPACE: dict[str, Param] = {n: o.tune for n, o in OPTIONS.items() if o.tune is not None and o.tune_all}

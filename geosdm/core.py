@@ -4,10 +4,20 @@
 
 # %% ../nbs/00_core.ipynb #ee6dc326
 from __future__ import annotations
-import hashlib, json, math, os, re, resource, socket, sys, tempfile, time
+
+import hashlib
+import json
+import math
+import os
+import re
+import resource
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -34,15 +44,23 @@ class CheckpointError(GeoSDMError, ValueError):
     "A checkpoint that cannot be read or does not fit: the message names the file."
 
 # %% ../nbs/00_core.ipynb #0a0f7afe
-_UMASK = os.umask(0); os.umask(_UMASK)
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def _fsync_dir(folder: Path):
     "Make a rename in `folder` durable (no-op where directories cannot be opened)."
-    try: fd = os.open(folder, os.O_RDONLY)
-    except OSError: return
-    try: os.fsync(fd)
-    except OSError: pass
-    finally: os.close(fd)
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
 
 _HOST = re.sub(r'[^A-Za-z0-9-]', '-', socket.gethostname())[:40] or 'host'
 
@@ -60,28 +78,35 @@ def atomic_path(path) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.{_writer_tag()}.', suffix='.tmp', dir=path.parent)
-        os.close(fd); tmp = Path(tmp)
+        os.close(fd)
+        tmp = Path(tmp)
         yield tmp
         os.chmod(tmp, 0o666 & ~_UMASK)
-        with open(tmp, 'rb+') as f: os.fsync(f.fileno())
+        with open(tmp, 'rb+') as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except OSError as e:
-        if e.errno is not None and e.filename is None: e.filename = str(path)   # name the file we could not write
+        if e.errno is not None and e.filename is None:
+            e.filename = str(path)  # name the file we could not write
         raise
     finally:
-        if tmp is not None: tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 # %% ../nbs/00_core.ipynb #c1d86a9f
 def atomic_write(path, data: bytes | str | Callable) -> Path:
     "Write `data` (bytes, str, or a function called with the open binary file) to `path` atomically."
     with atomic_path(path) as tmp, open(tmp, 'wb') as f:
-        if callable(data): data(f)
-        else: f.write(data.encode() if isinstance(data, str) else data)
+        if callable(data):
+            data(f)
+        else:
+            f.write(data.encode() if isinstance(data, str) else data)
     return Path(path)
 
 # %% ../nbs/00_core.ipynb #81727a47
 _TMP_RE = re.compile(r'^\..+\.[A-Za-z0-9_]{8}\.tmp$')
+
 
 def is_temp_file(name) -> bool:
     "Whether `name` has the pattern of `atomic_path`'s temporary files."
@@ -91,32 +116,41 @@ def is_temp_file(name) -> bool:
 def stale_temp_files(folder) -> list[Path]:
     "Temporary files of interrupted atomic writes in `folder` (not recursive)."
     folder = Path(folder)
-    if not folder.is_dir(): return []
+    if not folder.is_dir():
+        return []
     return sorted(p for p in folder.iterdir() if p.is_file() and is_temp_file(p.name))
+
 
 _TAG_RE = re.compile(r'\.(\d+)@([A-Za-z0-9-]+)\.[A-Za-z0-9_]{8}\.tmp$')
 
 # %% ../nbs/00_core.ipynb #a7b78b29
 def pid_alive(pid: int) -> bool:
     "Whether process `pid` of this machine is running."
-    try: os.kill(pid, 0)
-    except ProcessLookupError: return False
-    except OSError: return True             # exists, owned by someone else
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
     return True
 
 # %% ../nbs/00_core.ipynb #c121c6ca
 def _writer_gone(p: Path, max_age_s: float = 3600.0) -> bool:
     "Whether the process that wrote temporary file `p` is gone (see above)."
     m = _TAG_RE.search(p.name)
-    if m and m[2] == _HOST: return int(m[1]) != os.getpid() and not pid_alive(int(m[1]))
-    try: return time.time() - p.stat().st_mtime > max_age_s
-    except OSError: return False
+    if m and m[2] == _HOST:
+        return int(m[1]) != os.getpid() and not pid_alive(int(m[1]))
+    try:
+        return time.time() - p.stat().st_mtime > max_age_s
+    except OSError:
+        return False
 
 # %% ../nbs/00_core.ipynb #ed975642
 def clean_temp_files(folder) -> list[Path]:
     "Remove the temporary files of interrupted writes in `folder` whose writer is gone; returns them."
     gone = [p for p in stale_temp_files(folder) if _writer_gone(p)]
-    for p in gone: p.unlink(missing_ok=True)
+    for p in gone:
+        p.unlink(missing_ok=True)
     return gone
 
 # %% ../nbs/00_core.ipynb #2fe42d2f
@@ -125,18 +159,22 @@ def file_digest(path, block: int = 1 << 22) -> str:
     h, buf = hashlib.sha256(), bytearray(block)
     view = memoryview(buf)
     with open(path, 'rb', buffering=0) as f:
-        while n := f.readinto(buf): h.update(view[:n])
+        while n := f.readinto(buf):
+            h.update(view[:n])
     return h.hexdigest()
 
 # %% ../nbs/00_core.ipynb #8861f7a7
 def jsonable(o, digits: int | None = None):
     "Plain, strict-JSON-safe copy of `o`: numpy/torch values → Python, NaN/inf → None, floats rounded to `digits`."
-    if isinstance(o, dict): return {str(k): jsonable(v, digits) for k, v in o.items()}
-    if isinstance(o, (list, tuple)): return [jsonable(v, digits) for v in o]
+    if isinstance(o, dict):
+        return {str(k): jsonable(v, digits) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [jsonable(v, digits) for v in o]
     if isinstance(o, (np.generic, np.ndarray)) or (hasattr(o, 'tolist') and hasattr(o, 'dtype')):
         return jsonable(o.tolist(), digits)
     if isinstance(o, float):
-        if not math.isfinite(o): return None
+        if not math.isfinite(o):
+            return None
         return round(o, digits) if digits is not None else o
     return o
 
@@ -147,7 +185,8 @@ def write_json(path, obj, indent: int | None = 1) -> Path:
 
 # %% ../nbs/00_core.ipynb #b5a2ff8c
 def csr_gather(offsets: np.ndarray, values: np.ndarray, rows) -> tuple[np.ndarray, np.ndarray]:
-    "Rows `rows` (any order, repeats allowed) of the CSR (`offsets`, `values`): returns (new offsets int64, new values)."
+    """Rows `rows` (any order, repeats allowed) of the CSR (`offsets`, `values`): returns (new offsets int64, new
+    values)."""
     rows = np.asarray(rows, dtype=np.int64)
     starts = offsets[rows]
     lens = offsets[rows + 1] - starts
@@ -160,15 +199,18 @@ def csr_gather(offsets: np.ndarray, values: np.ndarray, rows) -> tuple[np.ndarra
 def sorted_unique(keys: np.ndarray, kind: str | None = None) -> np.ndarray:
     "The distinct values of `keys`, sorted (like `np.unique`, without its extra work)."
     k = np.sort(keys, kind=kind)
-    if len(k) < 2: return k
-    keep = np.empty(len(k), bool); keep[0] = True
+    if len(k) < 2:
+        return k
+    keep = np.empty(len(k), bool)
+    keep[0] = True
     np.not_equal(k[1:], k[:-1], out=keep[1:])
     return k[keep]
 
 # %% ../nbs/00_core.ipynb #dfe56d94
 N_WEEKS = 48
-YEAR = 0                                                   # week 0: the whole year
-WEEK_COLS = [f'week_{w}' for w in range(1, N_WEEKS + 1)]   # the combined parquet's list columns
+YEAR = 0  # week 0: the whole year
+WEEK_COLS = [f'week_{w}' for w in range(1, N_WEEKS + 1)]  # the combined parquet's list columns
+
 
 def week_of(month, day) -> np.ndarray:
     "Week 1..48 of dates given as month (1..12) and day of month (1..31), vectorised."
@@ -179,13 +221,14 @@ def week_of(month, day) -> np.ndarray:
 def week_label(week: int) -> str:
     "'the whole year' for week 0, else e.g. 'week 20 (May 22–end)'."
     w = int(week)
-    if w == YEAR: return 'the whole year'
+    if w == YEAR:
+        return 'the whole year'
     month = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'][(w - 1) // 4]
     days = ['1–7', '8–14', '15–21', '22–end'][(w - 1) % 4]
     return f'week {w} ({month} {days})'
 
 # %% ../nbs/00_core.ipynb #ff813367
-WATCHLIST: dict[str, tuple[str, str]] = {   # eBird code → (scientific name, common name)
+WATCHLIST: dict[str, tuple[str, str]] = {  # eBird code → (scientific name, common name)
     'hawgoo': ('Branta sandvicensis', 'Hawaiian Goose'),
     'hawhaw': ('Buteo solitarius', 'Hawaiian Hawk'),
     'elepai': ('Chasiempis sandwichensis', 'Hawaii Elepaio'),
@@ -209,19 +252,24 @@ WATCHLIST: dict[str, tuple[str, str]] = {   # eBird code → (scientific name, c
 # %% ../nbs/00_core.ipynb #365d05d2
 def cache_dir() -> Path:
     "geosdm's user cache directory ($GEOSDM_CACHE, else $XDG_CACHE_HOME/geosdm, else ~/.cache/geosdm)."
-    if os.environ.get('GEOSDM_CACHE'): return Path(os.environ['GEOSDM_CACHE'])
+    if os.environ.get('GEOSDM_CACHE'):
+        return Path(os.environ['GEOSDM_CACHE'])
     return Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'geosdm'
 
 # %% ../nbs/00_core.ipynb #1660c192
 def demo_data_dir() -> Path:
     "Folder of the bundled demo world (the source checkout first, then the installed data files)."
-    here = globals().get('__file__')                     # undefined when this runs inside the notebook
+    here = globals().get('__file__')  # undefined when this runs inside the notebook
     roots = [Path(here).resolve().parent.parent] if here else [Path.cwd(), Path.cwd().parent]
     cands = [r / 'data' / 'demo' for r in roots] + [Path(sys.prefix) / 'share' / 'geosdm' / 'data' / 'demo']
     for c in cands:
-        if (c / 'combined.parquet').is_file(): return c
-    raise FileNotFoundError('the geosdm demo world is not installed; looked in ' + ', '.join(map(str, cands)) +
-                            '. Regenerate it with geosdm.simulate.make_demo(<repo>/data/demo).')
+        if (c / 'combined.parquet').is_file():
+            return c
+    raise FileNotFoundError(
+        'the geosdm demo world is not installed; looked in '
+        + ', '.join(map(str, cands))
+        + '. Regenerate it with geosdm.simulate.make_demo(<repo>/data/demo).'
+    )
 
 # %% ../nbs/00_core.ipynb #3b4cba77
 def demo_parquet() -> Path:
@@ -237,10 +285,12 @@ def peak_rss_mb() -> float:
 def _machine_cpu() -> tuple[float, int] | None:
     "(busy CPU seconds of the whole machine since boot, its number of CPUs), from /proc/stat; None without it."
     try:
-        with open('/proc/stat') as f: lines = f.read().splitlines()
-        v = [int(x) for x in lines[0].split()[1:9]]        # user nice system idle iowait irq softirq steal
-    except (OSError, ValueError, IndexError): return None
-    n = sum(1 for l in lines if l.startswith('cpu') and l[3:4].isdigit())
+        with open('/proc/stat') as f:
+            lines = f.read().splitlines()
+        v = [int(x) for x in lines[0].split()[1:9]]  # user nice system idle iowait irq softirq steal
+    except (OSError, ValueError, IndexError):
+        return None
+    n = sum(1 for ln in lines if ln.startswith('cpu') and ln[3:4].isdigit())
     return (sum(v) - v[3] - v[4]) / os.sysconf('SC_CLK_TCK'), n
 
 # %% ../nbs/00_core.ipynb #79d1d87f
@@ -251,6 +301,7 @@ def usable_cpus() -> int:
 # %% ../nbs/00_core.ipynb #9898c19b
 class CpuShare:
     "How many cores other processes leave free, measured between calls of `free_cores`."
+
     def __init__(self):
         self.cores = usable_cpus()
         self._mark = self._read()
@@ -261,11 +312,13 @@ class CpuShare:
 
     def free_cores(self, min_s: float = 0.2) -> int | None:
         "Cores not used by other processes since the last call (measured over at least `min_s` s); None if unknown."
-        if self._mark is None: return None
+        if self._mark is None:
+            return None
         time.sleep(max(0.0, min_s - (time.monotonic() - self._mark[2])))
         now = self._read()
-        if now is None: return None
+        if now is None:
+            return None
         busy, own, dt = (b - a for a, b in zip(self._mark, now))
         self._mark = now
-        others = max(0.0, busy - own) / max(dt, 1e-9)      # cores kept busy by other processes
+        others = max(0.0, busy - own) / max(dt, 1e-9)  # cores kept busy by other processes
         return max(1, min(self.cores, int(self.cores - others + 0.5)))

@@ -12,17 +12,27 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import h3
 import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
-from .core import GeoSDMDataError, WATCHLIST, WEEK_COLS, N_WEEKS, atomic_write, clean_temp_files, csr_gather, file_digest, sorted_unique
-from .geo import resolve_boxes, in_boxes, cell_centres
+from geosdm.core import (
+    N_WEEKS,
+    WATCHLIST,
+    WEEK_COLS,
+    GeoSDMDataError,
+    atomic_write,
+    clean_temp_files,
+    csr_gather,
+    file_digest,
+    sorted_unique,
+)
+from .geo import cell_centres, in_boxes, resolve_boxes
 from .inputs import encode_env, find_taxonomy, load_combined, read_taxonomy
 from .propagation import PropagationParams, env_space, key_region_counts, propagate_keys
 
@@ -40,83 +50,109 @@ log = logging.getLogger(__name__)
 @dataclass
 class Samples:
     "Flattened (cell, week) samples with CSR species lists (vocab indices, sorted within a row)."
-    lat: np.ndarray          # float32[n] cell-centre latitude (degrees)
-    lon: np.ndarray          # float32[n] cell-centre longitude (degrees)
-    week: np.ndarray         # int64[n], 0 = yearly union, 1..N_WEEKS
-    cell: np.ndarray         # int32[n], row into Prepared.cells / Prepared.env
-    offsets: np.ndarray      # int64[n+1]
-    species: np.ndarray      # int32[nnz]
-    obs_density: np.ndarray  # float32[n], total raw detections of the sample's cell
-    n_species: int = 0       # width of the multi-hot targets (vocabulary size)
 
-    def __len__(self) -> int: return len(self.week)
+    lat: np.ndarray  # float32[n] cell-centre latitude (degrees)
+    lon: np.ndarray  # float32[n] cell-centre longitude (degrees)
+    week: np.ndarray  # int64[n], 0 = yearly union, 1..N_WEEKS
+    cell: np.ndarray  # int32[n], row into Prepared.cells / Prepared.env
+    offsets: np.ndarray  # int64[n+1]
+    species: np.ndarray  # int32[nnz]
+    obs_density: np.ndarray  # float32[n], total raw detections of the sample's cell
+    n_species: int = 0  # width of the multi-hot targets (vocabulary size)
+
+    def __len__(self) -> int:
+        return len(self.week)
+
     @property
-    def nnz(self) -> int: return int(self.offsets[-1])
+    def nnz(self) -> int:
+        return int(self.offsets[-1])
+
     def n_pos(self) -> np.ndarray:
         "Number of positive labels per sample (int64[n])."
         return np.diff(self.offsets)
+
     def subset(self, idx) -> Samples:
         "Rows `idx` (int array or bool mask) as a new `Samples` (vectorised CSR gather)."
         idx = np.asarray(idx)
-        if idx.dtype == bool: idx = np.flatnonzero(idx)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
         off, sp = csr_gather(self.offsets, self.species, idx)
-        return Samples(self.lat[idx], self.lon[idx], self.week[idx], self.cell[idx], off, sp,
-                       self.obs_density[idx], self.n_species)
+        return Samples(
+            self.lat[idx], self.lon[idx], self.week[idx], self.cell[idx], off, sp, self.obs_density[idx], self.n_species
+        )
+
     def rows(self) -> np.ndarray:
         "Row index of every stored label (int64[nnz])."
         return np.repeat(np.arange(len(self), dtype=np.int64), self.n_pos())
+
     def __repr__(self) -> str:
         return f'Samples(n={len(self)}, nnz={self.nnz}, cells={len(np.unique(self.cell))}, n_species={self.n_species})'
 
     @classmethod
     def empty(cls, n_species: int = 0) -> Samples:
         f, i = np.zeros(0, np.float32), np.zeros(0, np.int64)
-        return cls(f, f.copy(), i, np.zeros(0, np.int32), np.zeros(1, np.int64), np.zeros(0, np.int32), f.copy(), n_species)
+        return cls(
+            f, f.copy(), i, np.zeros(0, np.int32), np.zeros(1, np.int64), np.zeros(0, np.int32), f.copy(), n_species
+        )
 
 # %% ../nbs/04_data.ipynb #ee52cf0d
 @dataclass
 class Prepared:
     "Result of `prepare_data`: the splits, the per-cell env targets, the vocabulary and bookkeeping."
+
     train: Samples
     val: Samples
     holdout: Samples | None
-    cells: list[str]            # H3 ids, row i = cell index i
-    cell_lat: np.ndarray        # float32[n_cells]
-    cell_lon: np.ndarray        # float32[n_cells]
-    env: np.ndarray             # float32[n_cells, F]: standardised env targets, NaN = missing
+    cells: list[str]  # H3 ids, row i = cell index i
+    cell_lat: np.ndarray  # float32[n_cells]
+    cell_lon: np.ndarray  # float32[n_cells]
+    env: np.ndarray  # float32[n_cells, F]: standardised env targets, NaN = missing
     env_names: list[str]
-    env_stats: dict             # how to de-normalise (see `encode_env`)
-    vocab: list[str]            # species codes sorted as strings; index = model output
+    env_stats: dict  # how to de-normalise (see `encode_env`)
+    vocab: list[str]  # species codes sorted as strings; index = model output
     sci_names: list[str]
     common_names: list[str]
-    jitter_std: float           # degrees: 0.4 × average edge length / 111
+    jitter_std: float  # degrees: 0.4 × average edge length / 111
     h3_res: int
     options: dict
-    fingerprint: str            # the cache key
+    fingerprint: str  # the cache key
     stats: dict
-    region_counts: np.ndarray | None = None  # int32[36, S]: training samples per species per 30°×60° bin, before propagation
-    content: dict | None = None  # SHA-256 of the bytes of the data and taxonomy files: {'data': …, 'taxonomy': … or None}
+    region_counts: np.ndarray | None = (
+        None  # int32[36, S]: training samples per species per 30°×60° bin, before propagation
+    )
+    content: dict | None = (
+        None  # SHA-256 of the bytes of the data and taxonomy files: {'data': …, 'taxonomy': … or None}
+    )
 
     @property
-    def n_species(self) -> int: return len(self.vocab)
+    def n_species(self) -> int:
+        return len(self.vocab)
+
     @property
-    def n_env(self) -> int: return len(self.env_names)
+    def n_env(self) -> int:
+        return len(self.env_names)
+
     def __repr__(self) -> str:
         ho = len(self.holdout) if self.holdout is not None else None
-        return (f'Prepared(cells={len(self.cells)}, train={len(self.train)}, val={len(self.val)}, holdout={ho}, '
-                f'n_species={self.n_species}, n_env={self.n_env}, h3_res={self.h3_res}, fingerprint={self.fingerprint[:12]}…)')
+        return (
+            f'Prepared(cells={len(self.cells)}, train={len(self.train)}, val={len(self.val)}, holdout={ho}, '
+            f'n_species={self.n_species}, n_env={self.n_env}, h3_res={self.h3_res}, '
+            f'fingerprint={self.fingerprint[:12]}…)'
+        )
 
 # %% ../nbs/04_data.ipynb #4d5c6b3a
 @dataclass
 class _Flat:
     "Flattened, de-duplicated (sample, code) labels before the vocabulary is applied."
-    codes: list[str]           # sorted unique codes (code id = index)
-    w_key: np.ndarray          # int64 sorted unique keys (cell*N_WEEKS + week-1)*n_codes + code of weekly labels
-    y_key: np.ndarray          # int64 sorted unique keys cell*n_codes + code (yearly union)
-    raw_len: np.ndarray        # int64[n_cells] total raw weekly list length per cell
+
+    codes: list[str]  # sorted unique codes (code id = index)
+    w_key: np.ndarray  # int64 sorted unique keys (cell*N_WEEKS + week-1)*n_codes + code of weekly labels
+    y_key: np.ndarray  # int64 sorted unique keys cell*n_codes + code (yearly union)
+    raw_len: np.ndarray  # int64[n_cells] total raw weekly list length per cell
 
     @property
-    def n_codes(self) -> int: return max(len(self.codes), 1)   # the key's base (1 when there is no code)
+    def n_codes(self) -> int:
+        return max(len(self.codes), 1)  # the key's base (1 when there is no code)
 
 # %% ../nbs/04_data.ipynb #b17d3db1
 def flatten_lists(df: pl.DataFrame) -> _Flat:
@@ -126,17 +162,22 @@ def flatten_lists(df: pl.DataFrame) -> _Flat:
     codes = pl.concat([uniq[c].explode() for c in WEEK_COLS]).drop_nulls().unique().sort()
     nc = max(len(codes), 1)
     # one parallel cast of every list to its integer code ids (Enum over the sorted codes: id order = string order)
-    ids = df.select(pl.col(WEEK_COLS).cast(pl.List(pl.Enum(codes))).list.eval(pl.element().to_physical().cast(pl.Int64)))
-    lens = ids.select(pl.col(WEEK_COLS).list.len()).to_numpy().astype(np.int64)   # (n, N_WEEKS)
-    key = np.empty(int(lens.sum()), np.int64); pos = 0
+    ids = df.select(
+        pl.col(WEEK_COLS).cast(pl.List(pl.Enum(codes))).list.eval(pl.element().to_physical().cast(pl.Int64))
+    )
+    lens = ids.select(pl.col(WEEK_COLS).list.len()).to_numpy().astype(np.int64)  # (n, N_WEEKS)
+    key = np.empty(int(lens.sum()), np.int64)
+    pos = 0
     base = np.arange(n, dtype=np.int64) * N_WEEKS
-    for k, c in enumerate(WEEK_COLS):                      # column-wise vector ops, not per sample
+    for k, c in enumerate(WEEK_COLS):  # column-wise vector ops, not per sample
         cid = ids[c].explode().drop_nulls().to_numpy()
-        seg = key[pos:pos + len(cid)]
-        np.multiply(np.repeat(base + k, lens[:, k]), nc, out=seg); seg += cid
+        seg = key[pos : pos + len(cid)]
+        np.multiply(np.repeat(base + k, lens[:, k]), nc, out=seg)
+        seg += cid
         pos += len(cid)
     del ids
-    w_key = sorted_unique(key, 'stable'); del key          # timsort: one nearly sorted run per week
+    w_key = sorted_unique(key, 'stable')
+    del key  # timsort: one nearly sorted run per week
     y_key = sorted_unique(w_key // (N_WEEKS * nc) * nc + w_key % nc)
     return _Flat(codes.to_list(), w_key, y_key, lens.sum(1))
 
@@ -158,32 +199,43 @@ def split_cells(n_cells: int, val_size: float = 0.1, sample_fraction: float = 1.
 def _split_holdout(cell_lat, cell_lon, opts: dict, boxes, data_path: Path):
     "Cell indices of train, val and hold-out (None when there is no hold-out cell)."
     tr_c, va_c = split_cells(len(cell_lat), opts['val_size'], opts['sample_fraction'])
-    if not boxes: return tr_c, va_c, None
+    if not boxes:
+        return tr_c, va_c, None
     inside = in_boxes(cell_lat[tr_c], cell_lon[tr_c], boxes)
     if inside.all():
-        raise GeoSDMDataError(f'{data_path}: the hold-out regions {opts["holdout_regions"]} / boxes {opts["holdout_boxes"]} '
-                              f'cover every one of the {len(tr_c)} training cells')
+        raise GeoSDMDataError(
+            f'{data_path}: the hold-out regions {opts["holdout_regions"]} / boxes {opts["holdout_boxes"]} '
+            f'cover every one of the {len(tr_c)} training cells'
+        )
     if not inside.any():
-        warnings.warn(f'{data_path.name}: no training cell lies inside the hold-out regions/boxes; no hold-out set')
+        warnings.warn(
+            f'{data_path.name}: no training cell lies inside the hold-out regions/boxes; no hold-out set', stacklevel=2
+        )
         return tr_c, va_c, None
     return tr_c[~inside], va_c, tr_c[inside]
 
 # %% ../nbs/04_data.ipynb #552a22c9
 def watchlist_check(fl: _Flat, tr_c, va_c, sample_fraction: float, data_path: Path) -> dict[str, list[str]]:
     "Watchlist species of the file without a record in the sampled training / validation cells (warned)."
-    if sample_fraction >= 1.0: return {}
+    if sample_fraction >= 1.0:
+        return {}
     ids = {c: i for i, c in enumerate(fl.codes) if c in WATCHLIST}
-    if not ids: return {}
+    if not ids:
+        return {}
     m = np.isin(fl.w_key % fl.n_codes, list(ids.values()))
     cell, code = fl.w_key[m] // fl.n_codes // N_WEEKS, fl.w_key[m] % fl.n_codes
     lost = {}
     for split, cells in (('training', tr_c), ('validation', va_c)):
         have = set(code[np.isin(cell, cells)].tolist())
         for c, i in ids.items():
-            if i not in have: lost.setdefault(c, []).append(split)
+            if i not in have:
+                lost.setdefault(c, []).append(split)
     if lost:
-        warnings.warn(f'{data_path.name}: after --sample_fraction {sample_fraction:g}, watchlist species without records: '
-                      + '; '.join(f'{WATCHLIST[c][1]} ({c}) in {" and ".join(s)}' for c, s in lost.items()))
+        warnings.warn(
+            f'{data_path.name}: after --sample_fraction {sample_fraction:g}, watchlist species without records: '
+            + '; '.join(f'{WATCHLIST[c][1]} ({c}) in {" and ".join(s)}' for c, s in lost.items()),
+            stacklevel=2,
+        )
     return lost
 
 # %% ../nbs/04_data.ipynb #28a49009
@@ -195,28 +247,51 @@ def content_ids(options: dict) -> dict:
 # %% ../nbs/04_data.ipynb #1a1876ac
 def cache_key(options: dict, content: dict | None = None) -> str:
     "SHA-256 hex digest of the cache version, the content of the data/taxonomy files and the options."
-    doc = {'cache_version': CACHE_VERSION, 'content': content or content_ids(options),
-           'options': {k: v for k, v in options.items() if k not in ('data_path', 'taxonomy')}}
+    doc = {
+        'cache_version': CACHE_VERSION,
+        'content': content or content_ids(options),
+        'options': {k: v for k, v in options.items() if k not in ('data_path', 'taxonomy')},
+    }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=list).encode()).hexdigest()
 
 # %% ../nbs/04_data.ipynb #80cfa446
 _SAMPLE_FIELDS = ('lat', 'lon', 'week', 'cell', 'offsets', 'species', 'obs_density')
 
+
 def save_prepared(prep: Prepared, path) -> None:
     "Write `prep` atomically to `path` (.npz)."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    arrs = {'cell_lat': prep.cell_lat, 'cell_lon': prep.cell_lon, 'env': prep.env,
-            'cells': np.array(prep.cells, dtype=str), 'vocab': np.array(prep.vocab, dtype=str),
-            'sci_names': np.array(prep.sci_names, dtype=str), 'common_names': np.array(prep.common_names, dtype=str)}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrs = {
+        'cell_lat': prep.cell_lat,
+        'cell_lon': prep.cell_lon,
+        'env': prep.env,
+        'cells': np.array(prep.cells, dtype=str),
+        'vocab': np.array(prep.vocab, dtype=str),
+        'sci_names': np.array(prep.sci_names, dtype=str),
+        'common_names': np.array(prep.common_names, dtype=str),
+    }
     for nm in ('train', 'val', 'holdout'):
         s = getattr(prep, nm)
-        if s is None: continue
-        for f in _SAMPLE_FIELDS: arrs[f'{nm}.{f}'] = getattr(s, f)
-    meta = {'env_names': prep.env_names, 'env_stats': prep.env_stats, 'jitter_std': prep.jitter_std,
-            'h3_res': prep.h3_res, 'options': prep.options, 'fingerprint': prep.fingerprint, 'stats': prep.stats,
-            'has_holdout': prep.holdout is not None, 'cache_version': CACHE_VERSION, 'content': prep.content}
+        if s is None:
+            continue
+        for f in _SAMPLE_FIELDS:
+            arrs[f'{nm}.{f}'] = getattr(s, f)
+    meta = {
+        'env_names': prep.env_names,
+        'env_stats': prep.env_stats,
+        'jitter_std': prep.jitter_std,
+        'h3_res': prep.h3_res,
+        'options': prep.options,
+        'fingerprint': prep.fingerprint,
+        'stats': prep.stats,
+        'has_holdout': prep.holdout is not None,
+        'cache_version': CACHE_VERSION,
+        'content': prep.content,
+    }
     arrs['meta'] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    if prep.region_counts is not None: arrs['region_counts'] = prep.region_counts
+    if prep.region_counts is not None:
+        arrs['region_counts'] = prep.region_counts
     atomic_write(path, lambda f: np.savez(f, **arrs))
 
 # %% ../nbs/04_data.ipynb #fd1377e6
@@ -225,43 +300,78 @@ def load_prepared(path) -> Prepared:
     with np.load(path, allow_pickle=False) as z:
         a = {k: z[k] for k in z.files}
     meta = json.loads(a['meta'].tobytes().decode())
-    if meta.get('cache_version') != CACHE_VERSION: raise ValueError(f'cache version {meta.get("cache_version")} != {CACHE_VERSION}')
+    if meta.get('cache_version') != CACHE_VERSION:
+        raise ValueError(f'cache version {meta.get("cache_version")} != {CACHE_VERSION}')
     S = len(a['vocab'])
-    def samples(nm): return Samples(*(a[f'{nm}.{f}'] for f in _SAMPLE_FIELDS), n_species=S)
-    return Prepared(train=samples('train'), val=samples('val'), holdout=samples('holdout') if meta['has_holdout'] else None,
-                    cells=a['cells'].tolist(), cell_lat=a['cell_lat'], cell_lon=a['cell_lon'], env=a['env'],
-                    env_names=meta['env_names'], env_stats=meta['env_stats'], vocab=a['vocab'].tolist(),
-                    sci_names=a['sci_names'].tolist(), common_names=a['common_names'].tolist(),
-                    jitter_std=meta['jitter_std'], h3_res=meta['h3_res'], options=meta['options'],
-                    fingerprint=meta['fingerprint'], stats=meta['stats'], region_counts=a.get('region_counts'),
-                    content=meta.get('content'))
+
+    def samples(nm):
+        return Samples(*(a[f'{nm}.{f}'] for f in _SAMPLE_FIELDS), n_species=S)
+
+    return Prepared(
+        train=samples('train'),
+        val=samples('val'),
+        holdout=samples('holdout') if meta['has_holdout'] else None,
+        cells=a['cells'].tolist(),
+        cell_lat=a['cell_lat'],
+        cell_lon=a['cell_lon'],
+        env=a['env'],
+        env_names=meta['env_names'],
+        env_stats=meta['env_stats'],
+        vocab=a['vocab'].tolist(),
+        sci_names=a['sci_names'].tolist(),
+        common_names=a['common_names'].tolist(),
+        jitter_std=meta['jitter_std'],
+        h3_res=meta['h3_res'],
+        options=meta['options'],
+        fingerprint=meta['fingerprint'],
+        stats=meta['stats'],
+        region_counts=a.get('region_counts'),
+        content=meta.get('content'),
+    )
 
 # %% ../nbs/04_data.ipynb #457462b5
 class _Stages:
     "Times named stages; shows a tqdm bar or phase lines."
+
     def __init__(self, names: Sequence[str], progress: bool):
         self.seconds, self.t = {}, time.perf_counter()
         self.lines = progress and os.environ.get('TQDM_DISABLE', '').strip().lower() in ('1', 'true', 'yes')
-        self.bar = tqdm(total=len(names), desc='data', unit='stage', leave=False) if progress and not self.lines else None
+        self.bar = (
+            tqdm(total=len(names), desc='data', unit='stage', leave=False) if progress and not self.lines else None
+        )
+
     def done(self, name: str):
-        now = time.perf_counter(); self.seconds[name] = round(now - self.t, 4); self.t = now
-        if self.bar is not None: self.bar.set_postfix_str(name); self.bar.update(1)
-        elif self.lines: print(f'data: {name} {self.seconds[name]:.2f}s', flush=True)
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self.t, 4)
+        self.t = now
+        if self.bar is not None:
+            self.bar.set_postfix_str(name)
+            self.bar.update(1)
+        elif self.lines:
+            print(f'data: {name} {self.seconds[name]:.2f}s', flush=True)
+
     def note(self, msg: str):
         "Say `msg` once: above the bar, as a phase line, or (without progress) to the log."
-        if self.bar is not None: self.bar.write(f'data: {msg}')
-        elif self.lines: print(f'data: {msg}', flush=True)
-        else: log.info(msg)
+        if self.bar is not None:
+            self.bar.write(f'data: {msg}')
+        elif self.lines:
+            print(f'data: {msg}', flush=True)
+        else:
+            log.info(msg)
+
     def close(self):
-        if self.bar is not None: self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 # %% ../nbs/04_data.ipynb #95681ef4
 def _drop_ocean(df: pl.DataFrame, rate: float) -> tuple[pl.DataFrame, int, int]:
     "`df` with ocean cells kept at `rate` (random state 42); also the number of ocean cells and of dropped cells."
-    if 'water_fraction' not in df.columns: return df, 0, 0
+    if 'water_fraction' not in df.columns:
+        return df, 0, 0
     wf = df['water_fraction'].cast(pl.Float64).fill_nan(None).fill_null(0.0).to_numpy()
     ocean = wf > 0.9
-    if rate >= 1.0: return df, int(ocean.sum()), 0
+    if rate >= 1.0:
+        return df, int(ocean.sum()), 0
     keep = ~ocean | (np.random.default_rng(SEED).random(len(wf)) < rate)
     n_dropped = int((~keep).sum())
     return (df.filter(pl.Series(keep)) if n_dropped else df), int(ocean.sum()), n_dropped
@@ -270,26 +380,32 @@ def _drop_ocean(df: pl.DataFrame, rate: float) -> tuple[pl.DataFrame, int, int]:
 def _check_taxonomy(fl: _Flat, tax: dict, data_path: Path, tax_path: Path) -> None:
     "Raise `GeoSDMDataError` listing the codes of `fl` absent from `tax`."
     missing = [c for c in fl.codes if c not in tax]
-    if not missing: return
+    if not missing:
+        return
     nc = fl.n_codes
     cnt = np.bincount(fl.w_key % nc, minlength=nc)
     idx = {c: i for i, c in enumerate(fl.codes)}
     rep = sorted(((c, int(cnt[idx[c]])) for c in missing), key=lambda t: (-t[1], t[0]))
-    raise GeoSDMDataError(f'{data_path}: {len(missing)} species code(s) absent from the taxonomy {tax_path}: '
-                          + ', '.join(f'{c} ({k} cell-weeks)' for c, k in rep))
+    raise GeoSDMDataError(
+        f'{data_path}: {len(missing)} species code(s) absent from the taxonomy {tax_path}: '
+        + ', '.join(f'{c} ({k} cell-weeks)' for c, k in rep)
+    )
 
 # %% ../nbs/04_data.ipynb #43716be1
 def _vocabulary(w_code, y_code, fl: _Flat, opts: dict, yearly: bool, data_path: Path) -> np.ndarray:
     "Code ids (sorted) of the species kept: ≥ `min_obs_per_species` samples, at most `max_species` of them."
     nc = fl.n_codes
     counts = np.bincount(w_code, minlength=nc) + (np.bincount(y_code, minlength=nc) if yearly else 0)
-    if not fl.codes: counts = np.zeros(0, np.int64)
+    if not fl.codes:
+        counts = np.zeros(0, np.int64)
     kept = np.flatnonzero(counts >= opts['min_obs_per_species'])
     if opts['max_species'] > 0 and len(kept) > opts['max_species']:
         kept = np.sort(np.random.RandomState(SEED).choice(kept, opts['max_species'], replace=False))
     if len(kept) == 0:
-        raise GeoSDMDataError(f'{data_path}: no species left after filtering: none of {len(fl.codes)} codes has '
-                              f'≥ {opts["min_obs_per_species"]} samples (min_obs_per_species)')
+        raise GeoSDMDataError(
+            f'{data_path}: no species left after filtering: none of {len(fl.codes)} codes has '
+            f'≥ {opts["min_obs_per_species"]} samples (min_obs_per_species)'
+        )
     return kept
 
 # %% ../nbs/04_data.ipynb #02845135
@@ -299,18 +415,25 @@ def _label_csr(w_key, y_key, fl: _Flat, opts: dict, yearly: bool, data_path: Pat
     w_code, y_code = w_key % nc, y_key % nc
     kept = _vocabulary(w_code, y_code, fl, opts, yearly, data_path)
     S = len(kept)
-    lut = np.full(nc, -1, np.int32); lut[kept] = np.arange(S)
-    wv = lut[w_code]; del w_code
+    lut = np.full(nc, -1, np.int32)
+    lut[kept] = np.arange(S)
+    wv = lut[w_code]
+    del w_code
     wm = wv >= 0
-    ws = w_key[wm] // nc                             # cell·N_WEEKS + week − 1
-    if yearly: ws += ws // N_WEEKS                   # → cell·W + week − 1
-    ws *= S; ws += wv[wm]; del wv, wm
+    ws = w_key[wm] // nc  # cell·N_WEEKS + week − 1
+    if yearly:
+        ws += ws // N_WEEKS  # → cell·W + week − 1
+    ws *= S
+    ws += wv[wm]
+    del wv, wm
     keys = [ws]
     if yearly:
-        yv = lut[y_code]; ym = yv >= 0
+        yv = lut[y_code]
+        ym = yv >= 0
         keys.append(((y_key[ym] // nc) * W + N_WEEKS) * S + yv[ym])
-    key = np.concatenate(keys); del keys, ws
-    key.sort(kind='stable')                          # two sorted runs: a linear merge
+    key = np.concatenate(keys)
+    del keys, ws
+    key.sort(kind='stable')  # two sorted runs: a linear merge
     offsets = np.zeros(n_cells * W + 1, np.int64)
     np.cumsum(np.bincount(key // S, minlength=n_cells * W), out=offsets[1:])
     return kept, offsets, (key % S).astype(np.int32)
@@ -320,16 +443,25 @@ def _all_samples(fl: _Flat, cell_lat, cell_lon, offsets, species, n_species: int
     "Every cell's samples in CSR row order: weeks 1 … N_WEEKS, then the yearly sample (week 0)."
     n_cells, W = len(cell_lat), N_WEEKS + yearly
     density = fl.raw_len + (np.diff(np.searchsorted(fl.y_key // fl.n_codes, np.arange(n_cells + 1))) if yearly else 0)
-    return Samples(lat=np.repeat(cell_lat, W), lon=np.repeat(cell_lon, W),
-                   week=np.tile(np.r_[np.arange(1, N_WEEKS + 1), [0] * yearly].astype(np.int64), n_cells),
-                   cell=np.repeat(np.arange(n_cells, dtype=np.int32), W), offsets=offsets, species=species,
-                   obs_density=np.repeat(density.astype(np.float32), W), n_species=n_species)
+    return Samples(
+        lat=np.repeat(cell_lat, W),
+        lon=np.repeat(cell_lon, W),
+        week=np.tile(np.r_[np.arange(1, N_WEEKS + 1), [0] * yearly].astype(np.int64), n_cells),
+        cell=np.repeat(np.arange(n_cells, dtype=np.int32), W),
+        offsets=offsets,
+        species=species,
+        obs_density=np.repeat(density.astype(np.float32), W),
+        n_species=n_species,
+    )
 
 # %% ../nbs/04_data.ipynb #d59d9df5
 def _split_samples(all_s: Samples, tr_c, va_c, ho_c, yearly: bool) -> tuple[Samples, Samples, Samples | None]:
     "Train, val and hold-out samples: all samples of their cells."
     W = N_WEEKS + yearly
-    def rows_of(c): return (np.asarray(c, np.int64)[:, None] * W + np.arange(W)).ravel()
+
+    def rows_of(c):
+        return (np.asarray(c, np.int64)[:, None] * W + np.arange(W)).ravel()
+
     val = all_s.subset(rows_of(va_c)) if len(va_c) else Samples.empty(all_s.n_species)
     holdout = all_s.subset(rows_of(ho_c)) if ho_c is not None else None
     return all_s.subset(rows_of(tr_c)), val, holdout
@@ -337,33 +469,64 @@ def _split_samples(all_s: Samples, tr_c, va_c, ho_c, yearly: bool) -> tuple[Samp
 # %% ../nbs/04_data.ipynb #ac34b867
 def _cap_labels(s: Samples, cap: int) -> tuple[Samples, int]:
     "Keep at most `cap` random labels per species (random state 42); samples are never dropped."
-    if cap <= 0 or s.nnz == 0: return s, 0
+    if cap <= 0 or s.nnz == 0:
+        return s, 0
     counts = np.bincount(s.species, minlength=s.n_species)
-    if counts.max() <= cap: return s, 0
+    if counts.max() <= cap:
+        return s, 0
     r = np.random.default_rng(SEED).random(s.nnz)
-    order = np.lexsort((r, s.species))                   # by species, random within species
+    order = np.lexsort((r, s.species))  # by species, random within species
     sp_sorted = s.species[order]
     first = np.searchsorted(sp_sorted, sp_sorted, side='left')
-    rank = np.empty(s.nnz, np.int64); rank[order] = np.arange(s.nnz) - first
+    rank = np.empty(s.nnz, np.int64)
+    rank[order] = np.arange(s.nnz) - first
     keep = rank < cap
     rows = s.rows()[keep]
-    off = np.zeros(len(s) + 1, np.int64); np.cumsum(np.bincount(rows, minlength=len(s)), out=off[1:])
+    off = np.zeros(len(s) + 1, np.int64)
+    np.cumsum(np.bincount(rows, minlength=len(s)), out=off[1:])
     return Samples(s.lat, s.lon, s.week, s.cell, off, s.species[keep], s.obs_density, s.n_species), int((~keep).sum())
 
 # %% ../nbs/04_data.ipynb #4c1f1f28
-def _stats(n_file: int, ocean: tuple, fl: _Flat, cell_split: tuple, parts: tuple, n_capped: int, yearly: bool,
-           tax_path, report, seconds) -> dict:
+def _stats(
+    n_file: int,
+    ocean: tuple,
+    fl: _Flat,
+    cell_split: tuple,
+    parts: tuple,
+    n_capped: int,
+    yearly: bool,
+    tax_path,
+    report,
+    seconds,
+) -> dict:
     "The counts of `Prepared.stats`."
     (tr_c, va_c, ho_c), (train, val, holdout) = cell_split, parts
     n_cells, W = len(fl.raw_len), N_WEEKS + yearly
-    return {'cells_in_file': n_file, 'cells': n_cells, 'ocean_cells': ocean[0], 'ocean_cells_dropped': ocean[1],
-            'samples_per_cell': W, 'samples_total': n_cells * W,
-            'cells_train': len(tr_c), 'cells_val': len(va_c), 'cells_holdout': 0 if ho_c is None else len(ho_c),
-            'samples_train': len(train), 'samples_val': len(val), 'samples_holdout': 0 if holdout is None else len(holdout),
-            'species_before_filter': len(fl.codes), 'species_after_filter': train.n_species, 'labels_capped': n_capped,
-            'nnz_train': train.nnz, 'nnz_val': val.nnz, 'nnz_holdout': 0 if holdout is None else holdout.nnz,
-            'detections_raw': int(fl.raw_len.sum()), 'taxonomy': str(tax_path) if tax_path else None,
-            'propagation': report, 'from_cache': False, 'seconds': seconds}
+    return {
+        'cells_in_file': n_file,
+        'cells': n_cells,
+        'ocean_cells': ocean[0],
+        'ocean_cells_dropped': ocean[1],
+        'samples_per_cell': W,
+        'samples_total': n_cells * W,
+        'cells_train': len(tr_c),
+        'cells_val': len(va_c),
+        'cells_holdout': 0 if ho_c is None else len(ho_c),
+        'samples_train': len(train),
+        'samples_val': len(val),
+        'samples_holdout': 0 if holdout is None else len(holdout),
+        'species_before_filter': len(fl.codes),
+        'species_after_filter': train.n_species,
+        'labels_capped': n_capped,
+        'nnz_train': train.nnz,
+        'nnz_val': val.nnz,
+        'nnz_holdout': 0 if holdout is None else holdout.nnz,
+        'detections_raw': int(fl.raw_len.sum()),
+        'taxonomy': str(tax_path) if tax_path else None,
+        'propagation': report,
+        'from_cache': False,
+        'seconds': seconds,
+    }
 
 # %% ../nbs/04_data.ipynb #88f286ee
 def jitter_std_for_res(res: int) -> float:
@@ -375,17 +538,22 @@ def _build(data_path: Path, tax_path: Path | None, opts: dict, boxes, fp: str, p
     "Run the pipeline on `data_path` (steps 1–8 above), one timed stage at a time."
     prop = PropagationParams(**opts['propagate']) if opts.get('propagate') else None
     yearly, rate = not opts['no_yearly'], opts['ocean_sample_rate']
-    st = _Stages(['load', 'flatten', 'env', 'split'] + ['propagate'] * (prop is not None) + ['vocabulary', 'samples'], progress)
+    st = _Stages(
+        ['load', 'flatten', 'env', 'split'] + ['propagate'] * (prop is not None) + ['vocabulary', 'samples'], progress
+    )
     try:
         df, env_cols, res = load_combined(data_path)  # 1. load
         tax = read_taxonomy(tax_path) if tax_path is not None else None
-        if tax is None: st.note(f'no taxonomy CSV found beside {data_path.name}: species names = codes')
+        if tax is None:
+            st.note(f'no taxonomy CSV found beside {data_path.name}: species names = codes')
         n_file = df.height
         df, *ocean = _drop_ocean(df, rate)
-        if df.height == 0: raise GeoSDMDataError(f'{data_path}: no cells left after ocean down-sampling (rate {rate})')
+        if df.height == 0:
+            raise GeoSDMDataError(f'{data_path}: no cells left after ocean down-sampling (rate {rate})')
         st.done('load')
         fl = flatten_lists(df)  # 2. flatten
-        if tax is not None: _check_taxonomy(fl, tax, data_path, tax_path)
+        if tax is not None:
+            _check_taxonomy(fl, tax, data_path, tax_path)
         st.done('flatten')
         env, env_names, env_stats = encode_env(df, env_cols)  # 3. env, centres
         cells = df['h3_index'].to_list()
@@ -393,15 +561,29 @@ def _build(data_path: Path, tax_path: Path | None, opts: dict, boxes, fp: str, p
         st.done('env')
         tr_c, va_c, ho_c = _split_holdout(cell_lat, cell_lon, opts, boxes, data_path)  # 4. split, hold-out
         watchlist_check(fl, tr_c, va_c, opts['sample_fraction'], data_path)
-        is_train = np.zeros(len(cells), bool); is_train[tr_c] = True
+        is_train = np.zeros(len(cells), bool)
+        is_train[tr_c] = True
         st.done('split')
-        reg_raw = key_region_counts(fl.w_key, fl.y_key, fl.n_codes, cell_lat, cell_lon, is_train, yearly)  # 5. propagation
+        reg_raw = key_region_counts(
+            fl.w_key, fl.y_key, fl.n_codes, cell_lat, cell_lon, is_train, yearly
+        )  # 5. propagation
         w_key, y_key, report = fl.w_key, fl.y_key, None
         if prop is not None:
-            w_key, y_key, report = propagate_keys(fl.w_key, fl.y_key, fl.n_codes, is_train, env_space(env, env_names),
-                                                  cell_lat, cell_lon, prop, yearly=yearly)
-            st.note(f'propagation added {report["labels_added"]:,} labels to {report["samples_changed"]:,} of '
-                    f'{report["sparse_samples"]:,} sparse training samples ({report["seconds"]:.1f}s)')
+            w_key, y_key, report = propagate_keys(
+                fl.w_key,
+                fl.y_key,
+                fl.n_codes,
+                is_train,
+                env_space(env, env_names),
+                cell_lat,
+                cell_lon,
+                prop,
+                yearly=yearly,
+            )
+            st.note(
+                f'propagation added {report["labels_added"]:,} labels to {report["samples_changed"]:,} of '
+                f'{report["sparse_samples"]:,} sparse training samples ({report["seconds"]:.1f}s)'
+            )
             st.done('propagate')
         kept, offsets, species = _label_csr(w_key, y_key, fl, opts, yearly, data_path)  # 6. vocabulary, CSR
         st.done('vocabulary')
@@ -411,12 +593,38 @@ def _build(data_path: Path, tax_path: Path | None, opts: dict, boxes, fp: str, p
         vocab = [fl.codes[i] for i in kept]
         names = [tax.get(c, (c, c)) if tax is not None else (c, c) for c in vocab]
         st.done('samples')
-        stats = _stats(n_file, ocean, fl, (tr_c, va_c, ho_c), (train, val, holdout), n_capped, yearly,  # 8. stats
-                       tax_path, report, st.seconds)
-        return Prepared(train=train, val=val, holdout=holdout, cells=cells, cell_lat=cell_lat, cell_lon=cell_lon, env=env,
-                        env_names=env_names, env_stats=env_stats, vocab=vocab, sci_names=[n[0] for n in names],
-                        common_names=[n[1] for n in names], jitter_std=jitter_std_for_res(res), h3_res=res,
-                        options=opts, fingerprint=fp, stats=stats, region_counts=reg_raw[:, kept].astype(np.int32))
+        stats = _stats(
+            n_file,
+            ocean,
+            fl,
+            (tr_c, va_c, ho_c),
+            (train, val, holdout),
+            n_capped,
+            yearly,  # 8. stats
+            tax_path,
+            report,
+            st.seconds,
+        )
+        return Prepared(
+            train=train,
+            val=val,
+            holdout=holdout,
+            cells=cells,
+            cell_lat=cell_lat,
+            cell_lon=cell_lon,
+            env=env,
+            env_names=env_names,
+            env_stats=env_stats,
+            vocab=vocab,
+            sci_names=[n[0] for n in names],
+            common_names=[n[1] for n in names],
+            jitter_std=jitter_std_for_res(res),
+            h3_res=res,
+            options=opts,
+            fingerprint=fp,
+            stats=stats,
+            region_counts=reg_raw[:, kept].astype(np.int32),
+        )
     finally:
         st.close()
 
@@ -424,7 +632,8 @@ def _build(data_path: Path, tax_path: Path | None, opts: dict, boxes, fp: str, p
 def _options(data_path, taxonomy, **kw) -> dict:
     "The options that shape the prepared arrays, checked and normalised (the cache key is made from them)."
     o = {'data_path': str(Path(data_path).resolve()), 'taxonomy': str(Path(taxonomy).resolve()) if taxonomy else None}
-    for k in ('min_obs_per_species', 'max_obs_per_species', 'max_species'): o[k] = int(kw[k])
+    for k in ('min_obs_per_species', 'max_obs_per_species', 'max_species'):
+        o[k] = int(kw[k])
     o['ocean_sample_rate'], o['no_yearly'] = float(kw['ocean_sample_rate']), bool(kw['no_yearly'])
     o['val_size'], o['sample_fraction'] = float(kw['val_size']), float(kw['sample_fraction'])
     hr = kw['holdout_regions'] or ()
@@ -432,12 +641,16 @@ def _options(data_path, taxonomy, **kw) -> dict:
     o['holdout_boxes'] = [[float(x) for x in b] for b in (kw['holdout_boxes'] or ())]
     pr = kw.get('propagate')
     pr = PropagationParams() if pr is True else PropagationParams(**pr) if isinstance(pr, dict) else pr
-    o['propagate'] = pr.checked().as_dict() if pr else None   # off: its parameters do not enter the cache key
+    o['propagate'] = pr.checked().as_dict() if pr else None  # off: its parameters do not enter the cache key
     for k in ('min_obs_per_species', 'max_obs_per_species', 'max_species'):
-        if o[k] < 0: raise ValueError(f'{k} must be ≥ 0, got {o[k]}')
-    if not 0.0 <= o['ocean_sample_rate'] <= 1.0: raise ValueError(f'ocean_sample_rate must be in [0, 1], got {o["ocean_sample_rate"]}')
-    if not 0.0 <= o['val_size'] < 1.0: raise ValueError(f'val_size must be in [0, 1), got {o["val_size"]}')
-    if not 0.0 < o['sample_fraction'] <= 1.0: raise ValueError(f'sample_fraction must be in (0, 1], got {o["sample_fraction"]}')
+        if o[k] < 0:
+            raise ValueError(f'{k} must be ≥ 0, got {o[k]}')
+    if not 0.0 <= o['ocean_sample_rate'] <= 1.0:
+        raise ValueError(f'ocean_sample_rate must be in [0, 1], got {o["ocean_sample_rate"]}')
+    if not 0.0 <= o['val_size'] < 1.0:
+        raise ValueError(f'val_size must be in [0, 1), got {o["val_size"]}')
+    if not 0.0 < o['sample_fraction'] <= 1.0:
+        raise ValueError(f'sample_fraction must be in (0, 1], got {o["sample_fraction"]}')
     return o
 
 # %% ../nbs/04_data.ipynb #6039a6b7
@@ -446,45 +659,79 @@ def _from_cache(cache_file: Path, fp: str, progress: bool) -> Prepared | None:
     t0 = time.perf_counter()
     try:
         prep = load_prepared(cache_file)
-        if prep.fingerprint != fp: raise ValueError('fingerprint mismatch')
+        if prep.fingerprint != fp:
+            raise ValueError('fingerprint mismatch')
     except Exception as e:
-        warnings.warn(f'data cache {cache_file} is unreadable ({type(e).__name__}: {e}); rebuilding it')
-        try: cache_file.unlink()
-        except OSError: pass
+        warnings.warn(f'data cache {cache_file} is unreadable ({type(e).__name__}: {e}); rebuilding it', stacklevel=2)
+        try:
+            cache_file.unlink()
+        except OSError:
+            pass
         return None
-    prep.stats['from_cache'] = True; prep.stats['cache_load_seconds'] = round(time.perf_counter() - t0, 4)
+    prep.stats['from_cache'] = True
+    prep.stats['cache_load_seconds'] = round(time.perf_counter() - t0, 4)
     log.info('loaded cached data %s', cache_file)
-    if progress: print(f'data: loaded from cache {cache_file.name} in {prep.stats["cache_load_seconds"]:.2f}s', flush=True)
+    if progress:
+        print(f'data: loaded from cache {cache_file.name} in {prep.stats["cache_load_seconds"]:.2f}s', flush=True)
     return prep
 
 # %% ../nbs/04_data.ipynb #b4cabaee
-def prepare_data(data_path, taxonomy=None, *, min_obs_per_species: int = 50, max_obs_per_species: int = 0,
-                 max_species: int = 0, ocean_sample_rate: float = 1.0, no_yearly: bool = False, val_size: float = 0.1,
-                 sample_fraction: float = 1.0, holdout_regions: Sequence[str] = (), holdout_boxes: Sequence = (),
-                 propagate: PropagationParams | dict | bool | None = None,
-                 cache_dir=None, no_cache: bool = False, progress: bool = True) -> Prepared:
+def prepare_data(
+    data_path,
+    taxonomy=None,
+    *,
+    min_obs_per_species: int = 50,
+    max_obs_per_species: int = 0,
+    max_species: int = 0,
+    ocean_sample_rate: float = 1.0,
+    no_yearly: bool = False,
+    val_size: float = 0.1,
+    sample_fraction: float = 1.0,
+    holdout_regions: Sequence[str] = (),
+    holdout_boxes: Sequence = (),
+    propagate: PropagationParams | dict | bool | None = None,
+    cache_dir=None,
+    no_cache: bool = False,
+    progress: bool = True,
+) -> Prepared:
     "Load a combined parquet and prepare train/val(/hold-out) samples, vocabulary and env targets (cached)."
     data_path = Path(data_path)
-    if not data_path.is_file(): raise GeoSDMDataError(f'{data_path}: data file not found')
+    if not data_path.is_file():
+        raise GeoSDMDataError(f'{data_path}: data file not found')
     tax_path = Path(taxonomy) if taxonomy else find_taxonomy(data_path)
-    if tax_path is not None and not tax_path.is_file(): raise GeoSDMDataError(f'{tax_path}: taxonomy file not found')
-    opts = _options(data_path, tax_path, min_obs_per_species=min_obs_per_species, max_obs_per_species=max_obs_per_species,
-                    max_species=max_species, ocean_sample_rate=ocean_sample_rate, no_yearly=no_yearly, val_size=val_size,
-                    sample_fraction=sample_fraction, holdout_regions=holdout_regions, holdout_boxes=holdout_boxes,
-                    propagate=propagate)
-    boxes = resolve_boxes(holdout_regions, holdout_boxes)   # unknown names fail before any work
-    t0 = time.perf_counter(); content = content_ids(opts); t_hash = round(time.perf_counter() - t0, 4)
+    if tax_path is not None and not tax_path.is_file():
+        raise GeoSDMDataError(f'{tax_path}: taxonomy file not found')
+    opts = _options(
+        data_path,
+        tax_path,
+        min_obs_per_species=min_obs_per_species,
+        max_obs_per_species=max_obs_per_species,
+        max_species=max_species,
+        ocean_sample_rate=ocean_sample_rate,
+        no_yearly=no_yearly,
+        val_size=val_size,
+        sample_fraction=sample_fraction,
+        holdout_regions=holdout_regions,
+        holdout_boxes=holdout_boxes,
+        propagate=propagate,
+    )
+    boxes = resolve_boxes(holdout_regions, holdout_boxes)  # unknown names fail before any work
+    t0 = time.perf_counter()
+    content = content_ids(opts)
+    t_hash = round(time.perf_counter() - t0, 4)
     fp = cache_key(opts, content)
     cache_file = Path(cache_dir) / f'prepared_{fp}.npz' if cache_dir is not None and not no_cache else None
-    if cache_file is not None: clean_temp_files(cache_file.parent)       # leftovers of killed writes
+    if cache_file is not None:
+        clean_temp_files(cache_file.parent)  # leftovers of killed writes
     if cache_file is not None and cache_file.exists():
         prep = _from_cache(cache_file, fp, progress)
         if prep is not None:
-            prep.options, prep.stats['hash_seconds'] = opts, t_hash       # this call's paths (same bytes)
+            prep.options, prep.stats['hash_seconds'] = opts, t_hash  # this call's paths (same bytes)
             return prep
     prep = _build(data_path, tax_path, opts, boxes, fp, progress)
     prep.content, prep.stats['hash_seconds'] = content, t_hash
     if cache_file is not None:
-        t0 = time.perf_counter(); save_prepared(prep, cache_file)
+        t0 = time.perf_counter()
+        save_prepared(prep, cache_file)
         prep.stats['seconds']['cache_write'] = round(time.perf_counter() - t0, 4)
     return prep

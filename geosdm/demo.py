@@ -4,41 +4,61 @@
 
 # %% ../nbs/22_demo.ipynb #8995e187
 from __future__ import annotations
-import dataclasses, logging, os, shutil, tempfile
+
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
-from .core import cache_dir
 from .config import config_from
+from .core import cache_dir
 from .data import Prepared
-from .trainer import train, prepare, log
+from .trainer import log, prepare, train
 
 # %% auto #0
 __all__ = ['DEMO_MODEL', 'demo_checkpoint', 'resolve_checkpoint', 'checkpoint_picker', 'species_picker', 'checkpoint_data']
 
 # %% ../nbs/22_demo.ipynb #2ebeed02
-DEMO_MODEL = dict(model_scale=0.25, num_epochs=4, lr_warmup=0.0, min_obs_per_species=20,
-                  holdout_regions=['us_northwest', 'california'], save_every=100, patience=0)
+DEMO_MODEL = dict(
+    model_scale=0.25,
+    num_epochs=4,
+    lr_warmup=0.0,
+    min_obs_per_species=20,
+    holdout_regions=['us_northwest', 'california'],
+    save_every=100,
+    patience=0,
+)
+
 
 def demo_checkpoint(cache: str | Path | None = None, progress: bool = False, **overrides) -> Path:
     "Path of the demo model's checkpoint; trains it (≈ 30–60 s on CPU) into the cache on first use."
     root = Path(cache) if cache is not None else cache_dir()
     final = root / 'demo_model'
     ck = final / 'checkpoint_latest.pt'
-    if ck.is_file(): return ck
+    if ck.is_file():
+        return ck
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix='.demo_model.'))
     try:
-        cfg = config_from(DEMO_MODEL, checkpoint_dir=str(tmp), device='cpu', data_cache_dir=str(root / 'data_cache'),
-                          **overrides)
+        cfg = config_from(
+            DEMO_MODEL, checkpoint_dir=str(tmp), device='cpu', data_cache_dir=str(root / 'data_cache'), **overrides
+        )
         level = log.level
-        log.setLevel(logging.WARNING)        # its log would name the temporary folder, which is renamed away
-        try: train(cfg, progress=progress)
-        finally: log.setLevel(level)
-        try: os.replace(tmp, final)
-        except OSError:                      # another process finished first: keep theirs
-            if not ck.is_file(): raise
+        log.setLevel(logging.WARNING)  # its log would name the temporary folder, which is renamed away
+        try:
+            train(cfg, progress=progress)
+        finally:
+            log.setLevel(level)
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another process finished first: keep theirs
+            if not ck.is_file():
+                raise
     finally:
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     log.info(f'Demo model ready: {ck}')
     return ck
 
@@ -48,32 +68,51 @@ def resolve_checkpoint(path=None, progress: bool = False) -> Path:
     p = path or os.environ.get('GEOSDM_CHECKPOINT')
     if p:
         p = Path(p).expanduser()
-        if p.is_dir(): p = p / 'checkpoint_best.pt'
-        if not p.is_file(): raise FileNotFoundError(f'no such checkpoint: {p}')
+        if p.is_dir():
+            p = p / 'checkpoint_best.pt'
+        if not p.is_file():
+            raise FileNotFoundError(f'no such checkpoint: {p}')
         return p
     return demo_checkpoint(progress=progress)
 
 # %% ../nbs/22_demo.ipynb #5bcf7eb0
 def checkpoint_picker(mo):
-    "The apps' checkpoint box: `marimo run app.py -- --checkpoint PATH`, else $GEOSDM_CHECKPOINT, else empty (= demo model)."
+    """The apps' checkpoint box: `marimo run app.py -- --checkpoint PATH`, else $GEOSDM_CHECKPOINT, else empty (= demo
+    model)."""
     default = str(mo.cli_args().get('checkpoint') or os.environ.get('GEOSDM_CHECKPOINT') or '')
-    return mo.ui.text(value=default, placeholder='empty = the demo model (trained on first use, about a minute)',
-                      label='Checkpoint', full_width=True)
+    return mo.ui.text(
+        value=default,
+        placeholder='empty = the demo model (trained on first use, about a minute)',
+        label='Checkpoint',
+        full_width=True,
+    )
 
 # %% ../nbs/22_demo.ipynb #29b6a96b
 def species_picker(mo, pred, value: str, label: str = 'Species (type a common or scientific name)', on_change=None):
     "A searchable dropdown of `pred`'s species ('Common — Scientific (code)' → code), set to the code `value`."
-    opts = {f'{c} — {s} ({k})': k for k, s, c in sorted(zip(pred.vocab, pred.sci_names, pred.common_names), key=lambda t: t[2])}
-    return mo.ui.dropdown(options=opts, value=next(k for k, v in opts.items() if v == value), searchable=True,
-                          label=label, on_change=on_change, full_width=True)
+    opts = {
+        f'{c} — {s} ({k})': k
+        for k, s, c in sorted(zip(pred.vocab, pred.sci_names, pred.common_names), key=lambda t: t[2])
+    }
+    return mo.ui.dropdown(
+        options=opts,
+        value=next(k for k, v in opts.items() if v == value),
+        searchable=True,
+        label=label,
+        on_change=on_change,
+        full_width=True,
+    )
 
 # %% ../nbs/22_demo.ipynb #e679179a
 def checkpoint_data(pred, progress: bool = False) -> Prepared:
     "The `Prepared` data a `Predictor`'s checkpoint was trained on (same options, cached)."
     cfg = dataclasses.replace(pred.config)
-    if not cfg.data_cache_dir: cfg.data_cache_dir = str(Path(pred.path).parent / '.data_cache')
+    if not cfg.data_cache_dir:
+        cfg.data_cache_dir = str(Path(pred.path).parent / '.data_cache')
     prep = prepare(cfg, progress=progress)
     if list(prep.vocab) != list(pred.vocab):
-        raise ValueError(f'{pred.path}: the data at {cfg.data_path or "the demo world"} give {prep.n_species} species, '
-                         f'the checkpoint has {pred.n_species}: not the data this model was trained on')
+        raise ValueError(
+            f'{pred.path}: the data at {cfg.data_path or "the demo world"} give {prep.n_species} species, '
+            f'the checkpoint has {pred.n_species}: not the data this model was trained on'
+        )
     return prep

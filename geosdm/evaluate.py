@@ -4,12 +4,13 @@
 
 # %% ../nbs/14_evaluate.ipynb #0dc59e2c
 from __future__ import annotations
+
 import numpy as np
 import polars as pl
 import torch
 
-from .geo import HOLDOUT_REGIONS, in_boxes, region_of, region_name
 from .data import Prepared, Samples
+from .geo import HOLDOUT_REGIONS, in_boxes, region_name, region_of
 from .metrics import per_sample_ap
 
 # %% auto #0
@@ -37,19 +38,31 @@ def sample_ap(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
 def sample_scores(probs: np.ndarray, y: np.ndarray, thresholds=(0.05, 0.10, 0.25)) -> dict:
     "Per-sample AP, true list length and, per threshold, predicted list length and true positives."
     t = np.asarray(thresholds, np.float32)
-    above = probs[:, None, :] > t[None, :, None]                        # (n, T, S)
-    return {'ap': sample_ap(probs, y), 'n_true': y.sum(1), 'thresholds': tuple(float(x) for x in thresholds),
-            'n_pred': above.sum(2), 'tp': (above & y[:, None, :]).sum(2)}
+    above = probs[:, None, :] > t[None, :, None]  # (n, T, S)
+    return {
+        'ap': sample_ap(probs, y),
+        'n_true': y.sum(1),
+        'thresholds': tuple(float(x) for x in thresholds),
+        'n_pred': above.sum(2),
+        'tp': (above & y[:, None, :]).sum(2),
+    }
 
 # %% ../nbs/14_evaluate.ipynb #26e223f5
 def evaluate_split(pred, prep: Prepared, split: str = 'val', thresholds=(0.05, 0.10, 0.25)) -> dict | None:
     "Probabilities, labels and per-sample scores of `split` ('train', 'val' or 'holdout'); None if it is empty."
     s = getattr(prep, split)
-    if s is None or not len(s): return None
+    if s is None or not len(s):
+        return None
     probs = sample_probs(pred, s)
     y = dense_targets(s, prep.n_species)
-    return {'split': split, 'samples': s, 'probs': probs, 'y': y, **sample_scores(probs, y, thresholds),
-            'cells': np.asarray(prep.cells)}
+    return {
+        'split': split,
+        'samples': s,
+        'probs': probs,
+        'y': y,
+        **sample_scores(probs, y, thresholds),
+        'cells': np.asarray(prep.cells),
+    }
 
 # %% ../nbs/14_evaluate.ipynb #f2afe04e
 def _ratio(a, b):
@@ -58,27 +71,50 @@ def _ratio(a, b):
 
 # %% ../nbs/14_evaluate.ipynb #87070e36
 def _group_stats(keys, ev: dict, ti: int) -> pl.DataFrame:
-    "Per key: samples, samples with positives, mAP, mean list lengths, list ratio, precision, recall at threshold index ti."
+    """Per key: samples, samples with positives, mAP, mean list lengths, list ratio, precision, recall at threshold
+    index ti."""
     P = ev['n_true'] > 0
-    df = pl.DataFrame({'key': keys, 'pos': P, 'ap': np.where(P, ev['ap'], 0.0),
-                       'n_true': ev['n_true'].astype(np.int64), 'n_pred': ev['n_pred'][:, ti].astype(np.int64),
-                       'n_pred_p': np.where(P, ev['n_pred'][:, ti], 0).astype(np.int64),
-                       'tp': ev['tp'][:, ti].astype(np.int64)})
+    df = pl.DataFrame(
+        {
+            'key': keys,
+            'pos': P,
+            'ap': np.where(P, ev['ap'], 0.0),
+            'n_true': ev['n_true'].astype(np.int64),
+            'n_pred': ev['n_pred'][:, ti].astype(np.int64),
+            'n_pred_p': np.where(P, ev['n_pred'][:, ti], 0).astype(np.int64),
+            'tp': ev['tp'][:, ti].astype(np.int64),
+        }
+    )
     g = df.group_by('key', maintain_order=True).agg(
-        n_samples=pl.len(), n_pos=pl.col('pos').sum(), ap_sum=pl.col('ap').sum(),
-        true_sum=pl.col('n_true').sum(), pred_sum=pl.col('n_pred').sum(),
-        pred_p_sum=pl.col('n_pred_p').sum(), tp=pl.col('tp').sum())
+        n_samples=pl.len(),
+        n_pos=pl.col('pos').sum(),
+        ap_sum=pl.col('ap').sum(),
+        true_sum=pl.col('n_true').sum(),
+        pred_sum=pl.col('n_pred').sum(),
+        pred_p_sum=pl.col('n_pred_p').sum(),
+        tp=pl.col('tp').sum(),
+    )
     n, npos = g['n_samples'].to_numpy(), g['n_pos'].to_numpy()
     true, pred, predp, tp = (g[c].to_numpy().astype(float) for c in ('true_sum', 'pred_sum', 'pred_p_sum', 'tp'))
-    return pl.DataFrame({'key': g['key'], 'n_samples': n, 'map': _ratio(g['ap_sum'].to_numpy(), npos.astype(float)),
-                         'mean_true': true / n, 'mean_pred': pred / n, 'list_ratio': _ratio(predp, true),
-                         'precision': _ratio(tp, pred), 'recall': _ratio(tp, true)})
+    return pl.DataFrame(
+        {
+            'key': g['key'],
+            'n_samples': n,
+            'map': _ratio(g['ap_sum'].to_numpy(), npos.astype(float)),
+            'mean_true': true / n,
+            'mean_pred': pred / n,
+            'list_ratio': _ratio(predp, true),
+            'precision': _ratio(tp, pred),
+            'recall': _ratio(tp, true),
+        }
+    )
 
 # %% ../nbs/14_evaluate.ipynb #f5b36592
 def _thr_index(ev: dict, threshold: float) -> int:
     th = np.asarray(ev['thresholds'])
     i = int(np.argmin(np.abs(th - threshold)))
-    if abs(th[i] - threshold) > 1e-9: raise ValueError(f'threshold {threshold} not scored; have {ev["thresholds"]}')
+    if abs(th[i] - threshold) > 1e-9:
+        raise ValueError(f'threshold {threshold} not scored; have {ev["thresholds"]}')
     return i
 
 # %% ../nbs/14_evaluate.ipynb #b9d814be
@@ -90,28 +126,38 @@ def cell_table(ev: dict, threshold: float = 0.10) -> pl.DataFrame:
 
 # %% ../nbs/14_evaluate.ipynb #1d0199f7
 def region_labels(lat, lon, regions: dict | None = None) -> np.ndarray:
-    "Region of each point: the first hold-out box containing it, else its 30° × 60° bin, e.g. 'lat 30..60, lon -120..-60'."
+    """Region of each point: the first hold-out box containing it, else its 30° × 60° bin, e.g. 'lat 30..60, lon
+    -120..-60'."""
     regions = HOLDOUT_REGIONS if regions is None else regions
     lat, lon = np.asarray(lat, float), np.asarray(lon, float)
     out = region_name(region_of(lat, lon)).astype(object)
     done = np.zeros(len(lat), bool)
     for k, b in regions.items():
         m = in_boxes(lat, lon, [b]) & ~done
-        out[m] = k; done |= m
+        out[m] = k
+        done |= m
     return out.astype(str)
 
 # %% ../nbs/14_evaluate.ipynb #73cbcf3c
 def region_table(ev: dict, regions: dict | None = None) -> pl.DataFrame:
-    "Per region: samples, mAP, and for every scored threshold mean observed / predicted list length, list ratio, precision, recall."
+    """Per region: samples, mAP, and for every scored threshold mean observed / predicted list length, list ratio,
+    precision, recall."""
     s = ev['samples']
     keys = region_labels(s.lat, s.lon, regions)
     out = None
     for i, t in enumerate(ev['thresholds']):
         g = _group_stats(keys, ev, i)
         tag = f'{round(t * 100):d}'
-        cols = g.select(pl.col('key').alias('region'), 'n_samples', 'map', 'mean_true',
-                        pl.col('mean_pred').alias(f'mean_pred_{tag}'), pl.col('list_ratio').alias(f'list_ratio_{tag}'),
-                        pl.col('precision').alias(f'precision_{tag}'), pl.col('recall').alias(f'recall_{tag}'))
+        cols = g.select(
+            pl.col('key').alias('region'),
+            'n_samples',
+            'map',
+            'mean_true',
+            pl.col('mean_pred').alias(f'mean_pred_{tag}'),
+            pl.col('list_ratio').alias(f'list_ratio_{tag}'),
+            pl.col('precision').alias(f'precision_{tag}'),
+            pl.col('recall').alias(f'recall_{tag}'),
+        )
         out = cols if out is None else out.join(cols.drop('n_samples', 'map', 'mean_true'), on='region')
     return out.sort('n_samples', descending=True)
 
@@ -119,11 +165,18 @@ def region_table(ev: dict, regions: dict | None = None) -> pl.DataFrame:
 def reliability(ev: dict, bins: int = 10, mask=None) -> pl.DataFrame:
     "Reliability curve: per probability bin, mean predicted probability, observed frequency and count."
     p, y = ev['probs'], ev['y']
-    if mask is not None: p, y = p[mask], y[mask]
+    if mask is not None:
+        p, y = p[mask], y[mask]
     b = np.minimum((p.ravel() * bins).astype(np.int64), bins - 1)
     n = np.bincount(b, minlength=bins)
     sp = np.bincount(b, weights=p.ravel().astype(np.float64), minlength=bins)
     sy = np.bincount(b, weights=y.ravel().astype(np.float64), minlength=bins)
     keep = n > 0
-    return pl.DataFrame({'bin_lo': np.arange(bins)[keep] / bins, 'mean_p': sp[keep] / n[keep],
-                         'observed': sy[keep] / n[keep], 'n': n[keep]})
+    return pl.DataFrame(
+        {
+            'bin_lo': np.arange(bins)[keep] / bins,
+            'mean_p': sp[keep] / n[keep],
+            'observed': sy[keep] / n[keep],
+            'n': n[keep],
+        }
+    )

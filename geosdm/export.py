@@ -4,26 +4,32 @@
 
 # %% ../nbs/18_export.ipynb #9639e4d0
 from __future__ import annotations
-import datetime, hashlib, tempfile, warnings
+
+import datetime
+import hashlib
+import tempfile
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 import torch.nn as nn
-import onnx
 from onnxruntime.transformers.float16 import convert_float_to_float16
-try:                                                # the optional `tflite` extra (litert-torch; no TensorFlow)
+
+try:  # the optional `tflite` extra (litert-torch; no TensorFlow)
     import litert_torch
     from ai_edge_litert.interpreter import Interpreter
-except ImportError: litert_torch = Interpreter = None
+except ImportError:
+    litert_torch = Interpreter = None
 
 from . import __version__
-from .core import GeoSDMError, N_WEEKS, atomic_path, atomic_write, demo_parquet, write_json
-from .inputs import load_combined
+from .core import N_WEEKS, GeoSDMError, atomic_path, atomic_write, demo_parquet, write_json
 from .data import flatten_lists
+from .inputs import load_combined
 from .model import GeoModel, create_model
-from .predict import Predictor, metadata_path, onnx_session
+from .predict import Predictor, metadata_path
 
 # %% auto #0
 __all__ = ['WEEK_CONVENTION', 'FORMATS', 'ProbabilityModel', 'cut_species', 'species_counts', 'choose_species', 'write_onnx',
@@ -33,10 +39,12 @@ __all__ = ['WEEK_CONVENTION', 'FORMATS', 'ProbabilityModel', 'cut_species', 'spe
 # %% ../nbs/18_export.ipynb #2d7c6187
 class ProbabilityModel(nn.Module):
     "`(lat, lon, week)` float vectors → (n, S) species probabilities; the module that is exported."
+
     def __init__(self, model: GeoModel):
         super().__init__()
         self.model = model
         self.eval()
+
     def forward(self, lat: torch.Tensor, lon: torch.Tensor, week: torch.Tensor) -> torch.Tensor:
         out = self.model(lat.float(), lon.float(), torch.round(week.float()))
         return torch.sigmoid(out['species_logits'].float())
@@ -44,13 +52,17 @@ class ProbabilityModel(nn.Module):
 # %% ../nbs/18_export.ipynb #c071e16d
 _SPECIES_ROWS = ('species_head.out.3.', 'habitat_head.out.3.', 'gate.')
 
+
 def cut_species(model: GeoModel, idx) -> GeoModel:
     "A copy of `model` whose outputs are the species `idx` (in that order)."
     idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
-    if idx.numel() == 0: raise GeoSDMError('no species to export')
+    if idx.numel() == 0:
+        raise GeoSDMError('no species to export')
     small = create_model(**{**model.config, 'n_species': int(idx.numel())})
-    sd = {k: (v.index_select(0, idx.to(v.device)) if k.startswith(_SPECIES_ROWS) else v)
-          for k, v in model.state_dict().items()}
+    sd = {
+        k: (v.index_select(0, idx.to(v.device)) if k.startswith(_SPECIES_ROWS) else v)
+        for k, v in model.state_dict().items()
+    }
     small.load_state_dict(sd)
     return small.eval()
 
@@ -59,8 +71,10 @@ def species_counts(pred: Predictor) -> np.ndarray:
     "Observations (cell-weeks with a record) of each vocabulary species in the model's training data file."
     path = Path(pred.config.data_path) if pred.config.data_path else demo_parquet()
     if not path.is_file():
-        raise GeoSDMError(f'--common_species counts observations in the training data, and {path} is not there '
-                          '(name the species with --species instead)')
+        raise GeoSDMError(
+            f'--common_species counts observations in the training data, and {path} is not there '
+            '(name the species with --species instead)'
+        )
     fl = flatten_lists(load_combined(path)[0])
     counts = np.bincount(fl.w_key % max(fl.n_codes, 1), minlength=fl.n_codes)
     by_code = dict(zip(fl.codes, counts.tolist()))
@@ -69,13 +83,17 @@ def species_counts(pred: Predictor) -> np.ndarray:
 # %% ../nbs/18_export.ipynb #077bcc8a
 def choose_species(pred: Predictor, species=None, common_species: int = 0) -> np.ndarray | None:
     "Vocabulary indices to export: named `species` (codes or names), the `common_species` most observed, or None = all."
-    if species and common_species: raise GeoSDMError('give --species or --common_species, not both')
+    if species and common_species:
+        raise GeoSDMError('give --species or --common_species, not both')
     if species:
-        try: idx = [pred.index(s) for s in species]
-        except KeyError as e: raise GeoSDMError(str(e).strip('"')) from None
+        try:
+            idx = [pred.index(s) for s in species]
+        except KeyError as e:
+            raise GeoSDMError(str(e).strip('"')) from None
         return np.array(list(dict.fromkeys(idx)), np.int64)
     if common_species:
-        if common_species < 1: raise GeoSDMError(f'--common_species {common_species}: must be >= 1')
+        if common_species < 1:
+            raise GeoSDMError(f'--common_species {common_species}: must be >= 1')
         return np.sort(np.argsort(-species_counts(pred), kind='stable')[:common_species])
     return None
 
@@ -91,14 +109,29 @@ def _trace(pm: ProbabilityModel, path: Path, exporter: str, opset: int):
     names = dict(input_names=['lat', 'lon', 'week'], output_names=['probabilities'], opset_version=opset)
     if exporter == 'dynamo':
         n = torch.export.Dim('n')
-        torch.onnx.export(pm, ex, str(path), dynamo=True, dynamic_shapes={k: {0: n} for k in ('lat', 'lon', 'week')},
-                          external_data=False, verbose=False, **names)
+        torch.onnx.export(
+            pm,
+            ex,
+            str(path),
+            dynamo=True,
+            dynamic_shapes={k: {0: n} for k in ('lat', 'lon', 'week')},
+            external_data=False,
+            verbose=False,
+            **names,
+        )
     elif exporter == 'torchscript':
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', DeprecationWarning)
-            torch.onnx.export(pm, ex, str(path), dynamo=False, **names,
-                              dynamic_axes={k: {0: 'n'} for k in ('lat', 'lon', 'week', 'probabilities')})
-    else: raise GeoSDMError(f"exporter must be 'torchscript' or 'dynamo', got {exporter!r}")
+            torch.onnx.export(
+                pm,
+                ex,
+                str(path),
+                dynamo=False,
+                **names,
+                dynamic_axes={k: {0: 'n'} for k in ('lat', 'lon', 'week', 'probabilities')},
+            )
+    else:
+        raise GeoSDMError(f"exporter must be 'torchscript' or 'dynamo', got {exporter!r}")
 
 # %% ../nbs/18_export.ipynb #d43b8644
 def _toposort(g: onnx.GraphProto) -> onnx.GraphProto:
@@ -106,11 +139,15 @@ def _toposort(g: onnx.GraphProto) -> onnx.GraphProto:
     have, todo, done = {i.name for i in g.input} | {t.name for t in g.initializer} | {''}, list(g.node), []
     while todo:
         ready = [n for n in todo if all(x in have for x in n.input)]
-        if not ready: raise GeoSDMError('the ONNX graph has a cycle')
-        for n in ready: have.update(n.output)
+        if not ready:
+            raise GeoSDMError('the ONNX graph has a cycle')
+        for n in ready:
+            have.update(n.output)
         ids = {id(n) for n in ready}
-        done += ready; todo = [n for n in todo if id(n) not in ids]
-    del g.node[:]; g.node.extend(done)
+        done += ready
+        todo = [n for n in todo if id(n) not in ids]
+    del g.node[:]
+    g.node.extend(done)
     return g
 
 # %% ../nbs/18_export.ipynb #daf3c17d
@@ -120,7 +157,7 @@ def write_onnx(model: GeoModel, path, fp16: bool = False, exporter: str = 'torch
     pm = _cpu_copy(model)
     with tempfile.TemporaryDirectory() as d:
         _trace(pm, Path(d) / 'model.onnx', exporter, opset)
-        g = onnx.load(str(Path(d) / 'model.onnx'))               # loads external data, if any, into the graph
+        g = onnx.load(str(Path(d) / 'model.onnx'))  # loads external data, if any, into the graph
     if fp16:
         g = convert_float_to_float16(g, keep_io_types=True, op_block_list=['LayerNormalization'])
         _toposort(g.graph)
@@ -129,15 +166,19 @@ def write_onnx(model: GeoModel, path, fp16: bool = False, exporter: str = 'torch
     return atomic_write(path, g.SerializeToString())
 
 # %% ../nbs/18_export.ipynb #681651a6
-WEEK_CONVENTION = (f'week 1..{N_WEEKS}: four weeks per month (days 1-7, 8-14, 15-21, 22-end); week 0: the model\'s '
-                   f'own yearly output, trained on each place\'s species of the whole year. geosdm_predict\'s whole-year '
-                   f'value is instead the maximum over weeks 1..{N_WEEKS}: run the 48 weeks and take the maximum. '
-                   'Weeks are rounded to integers.')
+WEEK_CONVENTION = (
+    f'week 1..{N_WEEKS}: four weeks per month (days 1-7, 8-14, 15-21, 22-end); week 0: the model\'s '
+    f'own yearly output, trained on each place\'s species of the whole year. geosdm_predict\'s whole-year '
+    f'value is instead the maximum over weeks 1..{N_WEEKS}: run the 48 weeks and take the maximum. '
+    'Weeks are rounded to integers.'
+)
+
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, 'rb') as f:
-        for b in iter(lambda: f.read(1 << 20), b''): h.update(b)
+        for b in iter(lambda: f.read(1 << 20), b''):
+            h.update(b)
     return h.hexdigest()
 
 # %% ../nbs/18_export.ipynb #c6570f59
@@ -145,95 +186,147 @@ def export_metadata(pred: Predictor, idx, dtype: str, how: str) -> dict:
     "The metadata JSON of an exported model with the species `idx` (None = all)."
     idx = np.arange(pred.n_species) if idx is None else np.asarray(idx)
     pick = lambda xs: [xs[i] for i in idx]
-    return {'format': 'geosdm-onnx', 'format_version': 1, 'geosdm_version': __version__,
-            'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-            'inputs': {'lat': 'float32 [n], degrees -90..90', 'lon': 'float32 [n], degrees -180..180',
-                       'week': f'float32 [n], 0..{N_WEEKS}'},
-            'output': f'probabilities: float32 [n, {len(idx)}], in the order of the labels file',
-            'week_convention': WEEK_CONVENTION, 'dtype': dtype, 'n_species': len(idx),
-            'species_selection': {'how': how, 'of': pred.n_species},
-            'species_vocab': {'codes': pick(pred.vocab), 'sci_names': pick(pred.sci_names),
-                              'common_names': pick(pred.common_names)},
-            'env': {'names': list(pred.env_names)}, 'model_config': {**pred.model.config, 'n_species': len(idx)},
-            'config': asdict(pred.config), 'epoch': pred.epoch, 'data': dict(pred.data_identity),
-            'source': {'checkpoint': str(Path(pred.path).resolve()), 'sha256': _sha256(Path(pred.path))}}
+    return {
+        'format': 'geosdm-onnx',
+        'format_version': 1,
+        'geosdm_version': __version__,
+        'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+        'inputs': {
+            'lat': 'float32 [n], degrees -90..90',
+            'lon': 'float32 [n], degrees -180..180',
+            'week': f'float32 [n], 0..{N_WEEKS}',
+        },
+        'output': f'probabilities: float32 [n, {len(idx)}], in the order of the labels file',
+        'week_convention': WEEK_CONVENTION,
+        'dtype': dtype,
+        'n_species': len(idx),
+        'species_selection': {'how': how, 'of': pred.n_species},
+        'species_vocab': {
+            'codes': pick(pred.vocab),
+            'sci_names': pick(pred.sci_names),
+            'common_names': pick(pred.common_names),
+        },
+        'env': {'names': list(pred.env_names)},
+        'model_config': {**pred.model.config, 'n_species': len(idx)},
+        'config': asdict(pred.config),
+        'epoch': pred.epoch,
+        'data': dict(pred.data_identity),
+        'source': {'checkpoint': str(Path(pred.path).resolve()), 'sha256': _sha256(Path(pred.path))},
+    }
 
 # %% ../nbs/18_export.ipynb #c4ee9fcb
 def write_labels_file(path, meta: dict) -> Path:
     "`<model>_labels.txt`: code, scientific name and common name of each output, tab-separated."
     v = meta['species_vocab']
-    return atomic_write(path, ''.join(f'{c}\t{s}\t{n}\n' for c, s, n in zip(v['codes'], v['sci_names'], v['common_names'])))
+    return atomic_write(
+        path, ''.join(f'{c}\t{s}\t{n}\n' for c, s, n in zip(v['codes'], v['sci_names'], v['common_names']))
+    )
 
 # %% ../nbs/18_export.ipynb #0ac692ce
 def check_inputs(n: int = 2000, seed: int = 42) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "Random (lat, lon, week) plus edges: poles, ±180° and ±179.999°, 0° and weeks 0, 1, 48; float32."
     r = np.random.default_rng(seed)
-    lat = [r.uniform(-90, 90, n)]; lon = [r.uniform(-180, 180, n)]; week = [r.integers(0, N_WEEKS + 1, n)]
+    lat = [r.uniform(-90, 90, n)]
+    lon = [r.uniform(-180, 180, n)]
+    week = [r.integers(0, N_WEEKS + 1, n)]
     g = np.array(np.meshgrid([-90, -89.999, 0, 89.999, 90], [-180, -179.999, 0, 179.999, 180], [0, 1, N_WEEKS]))
-    lat.append(g[0].ravel()); lon.append(g[1].ravel()); week.append(g[2].ravel())
+    lat.append(g[0].ravel())
+    lon.append(g[1].ravel())
+    week.append(g[2].ravel())
     return tuple(np.concatenate(a).astype(np.float32) for a in (lat, lon, week))
 
 # %% ../nbs/18_export.ipynb #2d34579d
 def max_abs_diff(model_path, pred: Predictor, idx=None, inputs=None) -> float:
     "Max |Δp| between an exported model and `pred`'s torch model on `inputs` (default `check_inputs()`)."
     lat, lon, week = check_inputs() if inputs is None else inputs
-    if Path(model_path).suffix == '.tflite': p = tflite_proba(model_path, lat, lon, np.rint(week))
-    else: p = Predictor(model_path, device='cpu').predict(lat, lon, week, yearly='model')
+    if Path(model_path).suffix == '.tflite':
+        p = tflite_proba(model_path, lat, lon, np.rint(week))
+    else:
+        p = Predictor(model_path, device='cpu').predict(lat, lon, week, yearly='model')
     torch_p = pred.predict(lat, lon, week, yearly='model')
     return float(np.abs(p - (torch_p if idx is None else torch_p[:, idx])).max())
 
 # %% ../nbs/18_export.ipynb #0fe6fe0f
 def write_tflite(model: GeoModel, path, batch: int = 1) -> Path:
     "TFLite model of `model` with a fixed batch of `batch` rows (litert-torch)."
-    if litert_torch is None: raise GeoSDMError('the tflite format needs litert-torch: pip install "geosdm[tflite]"')
+    if litert_torch is None:
+        raise GeoSDMError('the tflite format needs litert-torch: pip install "geosdm[tflite]"')
     ex = (torch.zeros(batch), torch.zeros(batch), torch.ones(batch))
     em = litert_torch.convert(_cpu_copy(model), ex)
-    with atomic_path(path) as tmp: em.export(str(tmp))
+    with atomic_path(path) as tmp:
+        em.export(str(tmp))
     return Path(path)
 
 # %% ../nbs/18_export.ipynb #339c80e7
 def tflite_proba(path, lat, lon, week) -> np.ndarray:
     "Probabilities (n, S) of a TFLite export (week 0 = the model's yearly output), in chunks of its fixed batch."
-    if Interpreter is None: raise GeoSDMError('running a TFLite model needs ai-edge-litert: pip install "geosdm[tflite]"')
+    if Interpreter is None:
+        raise GeoSDMError('running a TFLite model needs ai-edge-litert: pip install "geosdm[tflite]"')
     run = Interpreter(str(path)).get_signature_runner()
     b = int(run.get_input_details()['args_0']['shape'][0])
     x = [np.asarray(a, np.float32).reshape(-1) for a in (lat, lon, week)]
     n, out = len(x[0]), []
     for i in range(0, n, b):
-        chunk = [np.resize(a[i:i + b], b) for a in x]            # the last chunk padded by repetition
-        out.append(next(iter(run(args_0=chunk[0], args_1=chunk[1], args_2=chunk[2]).values()))[:min(b, n - i)])
+        chunk = [np.resize(a[i : i + b], b) for a in x]  # the last chunk padded by repetition
+        out.append(next(iter(run(args_0=chunk[0], args_1=chunk[1], args_2=chunk[2]).values()))[: min(b, n - i)])
     return np.concatenate(out).astype(np.float32, copy=False)
 
 # %% ../nbs/18_export.ipynb #9ae388c5
-FORMATS = {'onnx': ('.onnx', False, 1e-5), 'onnx_fp16': ('_fp16.onnx', True, 2e-3),   # name → (file ending, fp16,
-           'tflite': ('.tflite', False, 1e-5)}                                         #          tolerance)
+FORMATS = {
+    'onnx': ('.onnx', False, 1e-5),
+    'onnx_fp16': ('_fp16.onnx', True, 2e-3),  # name → (file ending, fp16,
+    'tflite': ('.tflite', False, 1e-5),
+}  #          tolerance)
+
 
 def _export_one(pred, model, idx, how, outdir, name, fmt, exporter, tflite_batch=1) -> dict:
     end, fp16, tol = FORMATS[fmt]
     path = outdir / f'{name}{end}'
-    if fmt == 'tflite': write_tflite(model, path, tflite_batch)
-    else: write_onnx(model, path, fp16=fp16, exporter=exporter)
+    if fmt == 'tflite':
+        write_tflite(model, path, tflite_batch)
+    else:
+        write_onnx(model, path, fp16=fp16, exporter=exporter)
     meta = export_metadata(pred, idx, 'float16' if fp16 else 'float32', how)
-    if fmt == 'tflite': meta['inputs'] = {k: v.replace('[n]', f'[{tflite_batch}]') for k, v in meta['inputs'].items()}
+    if fmt == 'tflite':
+        meta['inputs'] = {k: v.replace('[n]', f'[{tflite_batch}]') for k, v in meta['inputs'].items()}
     write_json(metadata_path(path), meta)
     labels = write_labels_file(outdir / f'{name}{end.rsplit(".", 1)[0]}_labels.txt', meta)
     diff = max_abs_diff(path, pred, idx)
-    return {'format': fmt, 'path': str(path), 'bytes': path.stat().st_size, 'labels': str(labels),
-            'metadata': str(metadata_path(path)), 'n_species': meta['n_species'], 'max_abs_diff': diff,
-            'tolerance': tol, 'ok': diff <= tol}
+    return {
+        'format': fmt,
+        'path': str(path),
+        'bytes': path.stat().st_size,
+        'labels': str(labels),
+        'metadata': str(metadata_path(path)),
+        'n_species': meta['n_species'],
+        'max_abs_diff': diff,
+        'tolerance': tol,
+        'ok': diff <= tol,
+    }
 
 # %% ../nbs/18_export.ipynb #150f3bee
-def export_model(checkpoint, outdir='exports', formats=('onnx', 'onnx_fp16'), species=None, common_species: int = 0,
-                 name: str = 'geomodel', exporter: str = 'torchscript', tflite_batch: int = 1) -> list[dict]:
+def export_model(
+    checkpoint,
+    outdir='exports',
+    formats=('onnx', 'onnx_fp16'),
+    species=None,
+    common_species: int = 0,
+    name: str = 'geomodel',
+    exporter: str = 'torchscript',
+    tflite_batch: int = 1,
+) -> list[dict]:
     "Export a checkpoint to ONNX `formats` in `outdir`, with labels and metadata; check each against torch."
     bad = [f for f in formats if f not in FORMATS]
-    if bad: raise GeoSDMError(f'unknown format(s) {bad}; choose from {", ".join(FORMATS)}')
+    if bad:
+        raise GeoSDMError(f'unknown format(s) {bad}; choose from {", ".join(FORMATS)}')
     pred = Predictor(checkpoint, device='cpu')
     idx = choose_species(pred, species, common_species)
     how = 'all' if idx is None else (f'{common_species} most observed' if common_species else 'named')
     model = pred.model if idx is None else cut_species(pred.model, idx)
-    outdir = Path(outdir); outdir.mkdir(parents=True, exist_ok=True)
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
     rows = [_export_one(pred, model, idx, how, outdir, name, f, exporter, tflite_batch) for f in formats]
     failed = [f"{r['format']} (max |Δp| {r['max_abs_diff']:.2e} > {r['tolerance']:g})" for r in rows if not r['ok']]
-    if failed: raise GeoSDMError(f'exported model(s) differ from the checkpoint: {", ".join(failed)}')
+    if failed:
+        raise GeoSDMError(f'exported model(s) differ from the checkpoint: {", ".join(failed)}')
     return rows

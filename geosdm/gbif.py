@@ -4,28 +4,46 @@
 
 # %% ../nbs/19_gbif.ipynb #324f3c99
 from __future__ import annotations
-import re, shutil, zipfile
+
+import re
+import shutil
 import xml.etree.ElementTree as ET
+import zipfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import h3
 import numpy as np
 import polars as pl
 
-from .core import GeoSDMDataError, N_WEEKS, WEEK_COLS, atomic_path
+from .core import N_WEEKS, WEEK_COLS, GeoSDMDataError, atomic_path
 
 # %% auto #0
 __all__ = ['TERMS', 'REQUIRED', 'BAD_KINDS', 'TableSpec', 'read_meta', 'meta_xml', 'Occurrences', 'open_occurrences',
            'write_dwca', 'positives', 'species_keys', 'hotspots', 'checklists', 'spoil', 'synthetic_records']
 
 # %% ../nbs/19_gbif.ipynb #a7c78021
-TERMS = {'decimalLatitude': pl.Float64, 'decimalLongitude': pl.Float64, 'coordinateUncertaintyInMeters': pl.Float64,
-         'year': pl.Int32, 'month': pl.Int32, 'day': pl.Int32, 'taxonKey': pl.Int64, 'speciesKey': pl.Int64,
-         'taxonRank': pl.String, 'species': pl.String, 'scientificName': pl.String, 'class': pl.String,
-         'basisOfRecord': pl.String, 'occurrenceStatus': pl.String, 'eventID': pl.String, 'recordedBy': pl.String}
+TERMS = {
+    'decimalLatitude': pl.Float64,
+    'decimalLongitude': pl.Float64,
+    'coordinateUncertaintyInMeters': pl.Float64,
+    'year': pl.Int32,
+    'month': pl.Int32,
+    'day': pl.Int32,
+    'taxonKey': pl.Int64,
+    'speciesKey': pl.Int64,
+    'taxonRank': pl.String,
+    'species': pl.String,
+    'scientificName': pl.String,
+    'class': pl.String,
+    'basisOfRecord': pl.String,
+    'occurrenceStatus': pl.String,
+    'eventID': pl.String,
+    'recordedBy': pl.String,
+}
 REQUIRED = ('decimalLatitude', 'decimalLongitude', 'year', 'month', 'day', 'speciesKey')
+
 
 def _term_name(uri: str) -> str:
     "The short name of a Darwin Core term URI: 'http://rs.tdwg.org/dwc/terms/year' → 'year'."
@@ -35,12 +53,13 @@ def _term_name(uri: str) -> str:
 @dataclass
 class TableSpec:
     "One data file of a Darwin Core Archive, as `meta.xml` describes it."
+
     location: str
     row_type: str
-    columns: dict          # column index → term name
+    columns: dict  # column index → term name
     separator: str = '\t'
     quote: str | None = None
-    skip: int = 0          # header lines
+    skip: int = 0  # header lines
     id_index: int | None = None
 
 # %% ../nbs/19_gbif.ipynb #2965d2af
@@ -50,71 +69,117 @@ def _unescape(s: str | None, default: str) -> str:
 # %% ../nbs/19_gbif.ipynb #57456cc0
 def _table_spec(el, ns: str, id_tag: str) -> TableSpec:
     loc = el.find(f'{ns}files/{ns}location')
-    if loc is None or not (loc.text or '').strip(): raise GeoSDMDataError(f'meta.xml: <{el.tag.split("}")[-1]}> has no <files><location>')
-    cols = {int(f.get('index')): _term_name(f.get('term', '')) for f in el.findall(f'{ns}field') if f.get('index') is not None}
+    if loc is None or not (loc.text or '').strip():
+        raise GeoSDMDataError(f'meta.xml: <{el.tag.split("}")[-1]}> has no <files><location>')
+    cols = {
+        int(f.get('index')): _term_name(f.get('term', ''))
+        for f in el.findall(f'{ns}field')
+        if f.get('index') is not None
+    }
     idx = el.find(f'{ns}{id_tag}')
-    return TableSpec(location=loc.text.strip(), row_type=_term_name(el.get('rowType', '')), columns=cols,
-                     separator=_unescape(el.get('fieldsTerminatedBy'), ','), quote=_unescape(el.get('fieldsEnclosedBy'), '"') or None,
-                     skip=int(el.get('ignoreHeaderLines') or 0), id_index=None if idx is None else int(idx.get('index')))
+    return TableSpec(
+        location=loc.text.strip(),
+        row_type=_term_name(el.get('rowType', '')),
+        columns=cols,
+        separator=_unescape(el.get('fieldsTerminatedBy'), ','),
+        quote=_unescape(el.get('fieldsEnclosedBy'), '"') or None,
+        skip=int(el.get('ignoreHeaderLines') or 0),
+        id_index=None if idx is None else int(idx.get('index')),
+    )
 
 # %% ../nbs/19_gbif.ipynb #a29e7649
 def read_meta(text: str | bytes) -> tuple[TableSpec, list[TableSpec]]:
     "The core and the extensions of a Darwin Core Archive from the text of its `meta.xml`."
-    try: root = ET.fromstring(text)
-    except ET.ParseError as e: raise GeoSDMDataError(f'meta.xml: not valid XML ({e})') from e
-    ns = root.tag[:root.tag.index('}') + 1] if root.tag.startswith('{') else ''
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as e:
+        raise GeoSDMDataError(f'meta.xml: not valid XML ({e})') from e
+    ns = root.tag[: root.tag.index('}') + 1] if root.tag.startswith('{') else ''
     core = root.find(f'{ns}core')
-    if core is None: raise GeoSDMDataError('meta.xml: no <core> element; is this a Darwin Core Archive?')
+    if core is None:
+        raise GeoSDMDataError('meta.xml: no <core> element; is this a Darwin Core Archive?')
     return _table_spec(core, ns, 'id'), [_table_spec(e, ns, 'coreid') for e in root.findall(f'{ns}extension')]
 
 # %% ../nbs/19_gbif.ipynb #4a46b0b8
-def meta_xml(core_terms: Sequence[str], ext: dict | None = None, core_file='occurrence.txt', header: bool = True) -> str:
-    "A `meta.xml` for a core file whose columns are `core_terms` in that order (id: gbifID), and optionally one extension."
-    def fields(terms): return ''.join(f'<field index="{i}" term="http://rs.tdwg.org/dwc/terms/{t}"/>' for i, t in enumerate(terms))
+def meta_xml(
+    core_terms: Sequence[str], ext: dict | None = None, core_file='occurrence.txt', header: bool = True
+) -> str:
+    """A `meta.xml` for a core file whose columns are `core_terms` in that order (id: gbifID), and optionally one
+    extension."""
+
+    def fields(terms):
+        return ''.join(f'<field index="{i}" term="http://rs.tdwg.org/dwc/terms/{t}"/>' for i, t in enumerate(terms))
+
     skip = 1 if header else 0
     idx = next((i for n in ('gbifID', 'occurrenceID') for i, t in enumerate(core_terms) if t == n), 0)
-    xml = ('<archive xmlns="http://rs.tdwg.org/dwc/text/"><core encoding="UTF-8" fieldsTerminatedBy="\\t" '
-           f'linesTerminatedBy="\\n" fieldsEnclosedBy="" ignoreHeaderLines="{skip}" rowType="http://rs.tdwg.org/dwc/terms/Occurrence">'
-           f'<files><location>{core_file}</location></files><id index="{idx}"/>{fields(core_terms)}</core>')
+    xml = (
+        '<archive xmlns="http://rs.tdwg.org/dwc/text/"><core encoding="UTF-8" fieldsTerminatedBy="\\t" '
+        f'linesTerminatedBy="\\n" fieldsEnclosedBy="" ignoreHeaderLines="{skip}" '
+        'rowType="http://rs.tdwg.org/dwc/terms/Occurrence">'
+        f'<files><location>{core_file}</location></files><id index="{idx}"/>{fields(core_terms)}</core>'
+    )
     if ext:
-        xml += (f'<extension encoding="UTF-8" fieldsTerminatedBy="\\t" fieldsEnclosedBy="" ignoreHeaderLines="{skip}" rowType="{ext["row_type"]}">'
-                f'<files><location>{ext["file"]}</location></files><coreid index="0"/>{fields(ext["terms"])}</extension>')
+        xml += (
+            f'<extension encoding="UTF-8" fieldsTerminatedBy="\\t" fieldsEnclosedBy="" ignoreHeaderLines="{skip}" '
+            f'rowType="{ext["row_type"]}">'
+            f'<files><location>{ext["file"]}</location></files><coreid index="0"/>{fields(ext["terms"])}</extension>'
+        )
     return xml + '</archive>'
 
 # %% ../nbs/19_gbif.ipynb #316c6fea
 def _scan_text(path, names: Sequence[str], skip: int, sep: str, quote: str | None) -> pl.LazyFrame:
     "Lazy scan of a delimited file whose columns are `names`; the terms ingest reads are typed, the rest are text."
     seen, cols = {}, []
-    for n in names:                                     # duplicate or empty names get a suffix
+    for n in names:  # duplicate or empty names get a suffix
         n = n or '_'
-        cols.append(n if n not in seen else f'{n}_{seen[n]}'); seen[n] = seen.get(n, 0) + 1
-    return pl.scan_csv(path, has_header=False, skip_rows=skip, separator=sep, quote_char=quote, ignore_errors=True,
-                       schema={n: TERMS.get(n, pl.String) for n in cols}, truncate_ragged_lines=True)
+        cols.append(n if n not in seen else f'{n}_{seen[n]}')
+        seen[n] = seen.get(n, 0) + 1
+    return pl.scan_csv(
+        path,
+        has_header=False,
+        skip_rows=skip,
+        separator=sep,
+        quote_char=quote,
+        ignore_errors=True,
+        schema={n: TERMS.get(n, pl.String) for n in cols},
+        truncate_ragged_lines=True,
+    )
 
 # %% ../nbs/19_gbif.ipynb #ade6f4ec
 def _first_line(path) -> str:
-    with open(path, encoding='utf-8', errors='replace', newline='') as f: return f.readline().rstrip('\r\n')
+    with open(path, encoding='utf-8', errors='replace', newline='') as f:
+        return f.readline().rstrip('\r\n')
 
 # %% ../nbs/19_gbif.ipynb #71e08535
 def _canonical(lf: pl.LazyFrame, source: str, id_col: str | None = None) -> pl.LazyFrame:
-    "Select the terms ingest reads under their Darwin Core names (case-insensitive match); absent optional terms are null."
+    """Select the terms ingest reads under their Darwin Core names (case-insensitive match); absent optional terms are
+    null."""
     schema = lf.collect_schema()
     lower = {c.lower(): c for c in schema}
     missing = [t for t in REQUIRED if t.lower() not in lower]
-    if missing: raise GeoSDMDataError(f'{source}: missing column(s) {missing}; found {list(schema)[:12]}{" …" if len(schema) > 12 else ""}')
+    if missing:
+        raise GeoSDMDataError(
+            f'{source}: missing column(s) {missing}; found {list(schema)[:12]}{" …" if len(schema) > 12 else ""}'
+        )
     out = []
     for t, dt in TERMS.items():
         c = lower.get(t.lower())
-        if c is None: out.append(pl.lit(None, dt).alias(t))
-        elif isinstance(schema[c], pl.List): out.append(pl.col(c).cast(pl.List(pl.String)).list.join('|').alias(t))
-        else: out.append(pl.col(c).cast(dt, strict=False).alias(t))
-    if id_col: out.append(pl.col(id_col).cast(pl.String).alias('_id'))
+        if c is None:
+            out.append(pl.lit(None, dt).alias(t))
+        elif isinstance(schema[c], pl.List):
+            out.append(pl.col(c).cast(pl.List(pl.String)).list.join('|').alias(t))
+        else:
+            out.append(pl.col(c).cast(dt, strict=False).alias(t))
+    if id_col:
+        out.append(pl.col(id_col).cast(pl.String).alias('_id'))
     return lf.select(out)
 
 # %% ../nbs/19_gbif.ipynb #6ae4fdb2
 @dataclass
 class Occurrences:
-    "An input as a lazy frame of the terms ingest reads; `vernacular` (`_id`, `vernacularName`, `language`) when present."
+    """An input as a lazy frame of the terms ingest reads; `vernacular` (`_id`, `vernacularName`, `language`) when
+    present."""
+
     frame: pl.LazyFrame
     kind: str
     files: list
@@ -124,7 +189,8 @@ class Occurrences:
 def _extract(zf: zipfile.ZipFile, member: str, folder: Path) -> Path:
     "Copy one member of a zip to `folder`, streaming (no whole-file read)."
     out = folder / Path(member).name
-    with zf.open(member) as src, open(out, 'wb') as dst: shutil.copyfileobj(src, dst, 1 << 22)
+    with zf.open(member) as src, open(out, 'wb') as dst:
+        shutil.copyfileobj(src, dst, 1 << 22)
     return out
 
 # %% ../nbs/19_gbif.ipynb #6862620b
@@ -132,21 +198,28 @@ def _read_dwca(folder: Path, meta: str, source: str) -> Occurrences:
     "A Darwin Core Archive whose files (or the ones we need) lie in `folder`."
     core, exts = read_meta(meta)
     path = folder / core.location
-    if not path.is_file(): raise GeoSDMDataError(f'{source}: meta.xml names {core.location}, which the archive lacks')
+    if not path.is_file():
+        raise GeoSDMDataError(f'{source}: meta.xml names {core.location}, which the archive lacks')
     n = len(_first_line(path).split(core.separator))
     names = [core.columns.get(i, f'_c{i}') for i in range(max(n, max(core.columns) + 1))]
     id_col = names[core.id_index] if core.id_index is not None else None
     vern = next((e for e in exts if e.row_type == 'VernacularName' and (folder / e.location).is_file()), None)
-    occ = Occurrences(_canonical(_scan_text(path, names, core.skip, core.separator, core.quote), source,
-                                 id_col if vern else None), 'dwca', [str(path)])
+    occ = Occurrences(
+        _canonical(_scan_text(path, names, core.skip, core.separator, core.quote), source, id_col if vern else None),
+        'dwca',
+        [str(path)],
+    )
     if vern:
         m = max(vern.columns) + 1
         vn = [vern.columns.get(i, f'_c{i}') for i in range(m)]
         vn[vern.id_index or 0] = '_id'
         v = _scan_text(folder / vern.location, vn, vern.skip, vern.separator, vern.quote)
         have = v.collect_schema()
-        occ.vernacular = v.select(pl.col('_id').cast(pl.String), pl.col('vernacularName') if 'vernacularName' in have else pl.lit(None, pl.String).alias('vernacularName'),
-                                  (pl.col('language') if 'language' in have else pl.lit(None, pl.String)).alias('language'))
+        occ.vernacular = v.select(
+            pl.col('_id').cast(pl.String),
+            pl.col('vernacularName') if 'vernacularName' in have else pl.lit(None, pl.String).alias('vernacularName'),
+            (pl.col('language') if 'language' in have else pl.lit(None, pl.String)).alias('language'),
+        )
         occ.files.append(str(folder / vern.location))
     return occ
 
@@ -164,25 +237,35 @@ def _read_zip(path: Path, workdir: Path) -> Occurrences:
             meta = zf.read('meta.xml').decode('utf-8')
             core, exts = read_meta(meta)
             for loc in [core.location] + [e.location for e in exts if e.row_type == 'VernacularName']:
-                if loc in members: _extract(zf, loc, workdir)
+                if loc in members:
+                    _extract(zf, loc, workdir)
             return _read_dwca(workdir, meta, str(path))
         data = [m for m in members if m.lower().endswith(('.csv', '.txt', '.tsv'))]
         if len(data) != 1:
-            raise GeoSDMDataError(f'{path}: neither a Darwin Core Archive (no meta.xml) nor a simple download (one .csv); found {members[:8]}')
+            raise GeoSDMDataError(
+                f'{path}: neither a Darwin Core Archive (no meta.xml) nor a simple download (one .csv); '
+                f'found {members[:8]}'
+            )
         return _read_simple(_extract(zf, data[0], workdir), str(path))
 
 # %% ../nbs/19_gbif.ipynb #b3cc5418
 def open_occurrences(path, workdir) -> Occurrences:
     "Open a DwC-A (zip or folder), a simple download (zip or .csv/.txt) or parquet (file, folder or glob) lazily."
     src, p = str(path), Path(path)
-    if '*' in src: return Occurrences(_canonical(pl.scan_parquet(src), src), 'parquet', [src])
+    if '*' in src:
+        return Occurrences(_canonical(pl.scan_parquet(src), src), 'parquet', [src])
     if p.is_dir():
-        if (p / 'meta.xml').is_file(): return _read_dwca(p, (p / 'meta.xml').read_text(encoding='utf-8'), src)
-        if any(p.glob('*.parquet')): return Occurrences(_canonical(pl.scan_parquet(p / '*.parquet'), src), 'parquet', [src])
+        if (p / 'meta.xml').is_file():
+            return _read_dwca(p, (p / 'meta.xml').read_text(encoding='utf-8'), src)
+        if any(p.glob('*.parquet')):
+            return Occurrences(_canonical(pl.scan_parquet(p / '*.parquet'), src), 'parquet', [src])
         raise GeoSDMDataError(f'{src}: a folder without meta.xml or parquet files')
-    if not p.is_file(): raise GeoSDMDataError(f'{src}: no such file')
-    if zipfile.is_zipfile(p): return _read_zip(p, Path(workdir))
-    if p.suffix.lower() == '.parquet': return Occurrences(_canonical(pl.scan_parquet(p), src), 'parquet', [src])
+    if not p.is_file():
+        raise GeoSDMDataError(f'{src}: no such file')
+    if zipfile.is_zipfile(p):
+        return _read_zip(p, Path(workdir))
+    if p.suffix.lower() == '.parquet':
+        return Occurrences(_canonical(pl.scan_parquet(p), src), 'parquet', [src])
     return _read_simple(p, src)
 
 # %% ../nbs/19_gbif.ipynb #9942f0d9
@@ -190,29 +273,40 @@ def _tsv(df: pl.DataFrame, f, header: bool):
     df.write_csv(f, separator='\t', include_header=header, null_value='', quote_style='never')
 
 # %% ../nbs/19_gbif.ipynb #07f3c7c5
-def write_dwca(path, records, vernacular: pl.DataFrame | None = None, order: Sequence[str] | None = None,
-               level: int = 1) -> Path:
+def write_dwca(
+    path, records, vernacular: pl.DataFrame | None = None, order: Sequence[str] | None = None, level: int = 1
+) -> Path:
     "Write `records` (a frame or an iterator of frames) as a Darwin Core Archive zip at `path`, atomically."
     chunks = iter([records] if isinstance(records, pl.DataFrame) else records)
     first = next(chunks)
     cols = list(order or first.columns)
-    ext = vernacular is not None and {'row_type': 'http://rs.gbif.org/terms/1.0/VernacularName', 'file': 'vernacular.txt',
-                                      'terms': list(vernacular.columns)}
+    ext = vernacular is not None and {
+        'row_type': 'http://rs.gbif.org/terms/1.0/VernacularName',
+        'file': 'vernacular.txt',
+        'terms': list(vernacular.columns),
+    }
     with atomic_path(path) as tmp, zipfile.ZipFile(tmp, 'w', zipfile.ZIP_DEFLATED, compresslevel=level) as zf:
         zf.writestr('meta.xml', meta_xml(cols, ext or None))
         with zf.open('occurrence.txt', 'w', force_zip64=True) as f:
             _tsv(first.select(cols), f, True)
-            for c in chunks: _tsv(c.select(cols), f, False)
+            for c in chunks:
+                _tsv(c.select(cols), f, False)
         if ext:
-            with zf.open('vernacular.txt', 'w') as f: _tsv(vernacular, f, True)
+            with zf.open('vernacular.txt', 'w') as f:
+                _tsv(vernacular, f, True)
     return Path(path)
 
 # %% ../nbs/19_gbif.ipynb #e38898dc
 def positives(combined: pl.DataFrame) -> pl.DataFrame:
     "Cell-week-species rows of a combined frame: `ci` (row of the cell), `w` (week), `code`; sorted."
-    return (combined.select(pl.int_range(pl.len(), dtype=pl.Int64).alias('ci'), *WEEK_COLS)
-            .unpivot(index='ci', variable_name='w', value_name='code').explode('code').drop_nulls('code')
-            .with_columns(pl.col('w').str.slice(5).cast(pl.Int64)).sort('ci', 'w', 'code'))
+    return (
+        combined.select(pl.int_range(pl.len(), dtype=pl.Int64).alias('ci'), *WEEK_COLS)
+        .unpivot(index='ci', variable_name='w', value_name='code')
+        .explode('code')
+        .drop_nulls('code')
+        .with_columns(pl.col('w').str.slice(5).cast(pl.Int64))
+        .sort('ci', 'w', 'code')
+    )
 
 # %% ../nbs/19_gbif.ipynb #be7e7632
 def species_keys(codes) -> dict[str, int]:
@@ -233,11 +327,13 @@ def hotspots(cells: Sequence[str], k: int, rng: np.random.Generator) -> tuple[np
             d, b = r * np.sqrt(rng.random()), rng.random() * 2 * np.pi
             la = round(clat + d * np.cos(b), 5)
             lo = round((clon + d * np.sin(b) / max(np.cos(np.radians(clat)), 0.05) + 180) % 360 - 180, 5)
-            if abs(la) < 90 and h3.latlng_to_cell(la, lo, res) == c: lat[i, j], lon[i, j], j = la, lo, j + 1
+            if abs(la) < 90 and h3.latlng_to_cell(la, lo, res) == c:
+                lat[i, j], lon[i, j], j = la, lo, j + 1
     return lat, lon
 
 # %% ../nbs/19_gbif.ipynb #75560902
 _DAYS = np.array([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
+
 
 def checklists(cells: Sequence[str], n_events: np.ndarray, n_hotspots: int, rng: np.random.Generator) -> pl.DataFrame:
     "One row per checklist for `n_events[cell * 48 + week - 1]` checklists per cell-week: place, date, observer."
@@ -249,41 +345,82 @@ def checklists(cells: Sequence[str], n_events: np.ndarray, n_hotspots: int, rng:
     lo = part * 7 + 1
     hi = np.where(part < 3, lo + 6, _DAYS[month - 1])
     unc = np.where(rng.random(len(cw)) < 0.5, np.nan, np.round(rng.uniform(5, 5000, len(cw))))
-    return pl.DataFrame({'decimalLatitude': lat[cell, spot], 'decimalLongitude': lon[cell, spot],
-                         'year': rng.integers(2010, 2025, len(cw)), 'month': month, 'day': lo + (rng.random(len(cw)) * (hi - lo + 1)).astype(np.int64),
-                         'observer': cell * 50 + rng.integers(0, 50, len(cw)), 'coordinateUncertaintyInMeters': unc}).fill_nan(None)
+    return pl.DataFrame(
+        {
+            'decimalLatitude': lat[cell, spot],
+            'decimalLongitude': lon[cell, spot],
+            'year': rng.integers(2010, 2025, len(cw)),
+            'month': month,
+            'day': lo + (rng.random(len(cw)) * (hi - lo + 1)).astype(np.int64),
+            'observer': cell * 50 + rng.integers(0, 50, len(cw)),
+            'coordinateUncertaintyInMeters': unc,
+        }
+    ).fill_nan(None)
 
 # %% ../nbs/19_gbif.ipynb #4c58e393
 def _dress(df: pl.DataFrame) -> pl.DataFrame:
     "Records (checklist columns + event, speciesKey, name, gbifID) → GBIF occurrence columns."
     z2 = lambda c: pl.col(c).cast(pl.String).str.zfill(2)
     return df.select(
-        pl.col('gbifID').cast(pl.String), pl.lit('4fa7b334-ce0d-4e88-aaae-2e0c138d049e').alias('datasetKey'),
-        pl.format('URN:catalog:SYN:{}', 'gbifID').alias('occurrenceID'), pl.lit('HUMAN_OBSERVATION').alias('basisOfRecord'),
-        pl.lit('PRESENT').alias('occurrenceStatus'), pl.format('SYN{}', 'event').alias('eventID'), pl.format('obsr{}', 'observer').alias('recordedBy'),
-        pl.format('{}-{}-{}', 'year', z2('month'), z2('day')).alias('eventDate'), 'year', 'month', 'day',
-        'decimalLatitude', 'decimalLongitude', 'coordinateUncertaintyInMeters', pl.lit('Animalia').alias('kingdom'),
-        pl.lit('Aves').alias('class'), pl.lit('SPECIES').alias('taxonRank'), (pl.col('name') + ' Synth, 2024').alias('scientificName'),
-        pl.col('name').alias('species'), pl.col('speciesKey').alias('taxonKey'), 'speciesKey',
-        pl.lit(1).alias('individualCount'), pl.lit('CC_BY_4_0').alias('license'))
+        pl.col('gbifID').cast(pl.String),
+        pl.lit('4fa7b334-ce0d-4e88-aaae-2e0c138d049e').alias('datasetKey'),
+        pl.format('URN:catalog:SYN:{}', 'gbifID').alias('occurrenceID'),
+        pl.lit('HUMAN_OBSERVATION').alias('basisOfRecord'),
+        pl.lit('PRESENT').alias('occurrenceStatus'),
+        pl.format('SYN{}', 'event').alias('eventID'),
+        pl.format('obsr{}', 'observer').alias('recordedBy'),
+        pl.format('{}-{}-{}', 'year', z2('month'), z2('day')).alias('eventDate'),
+        'year',
+        'month',
+        'day',
+        'decimalLatitude',
+        'decimalLongitude',
+        'coordinateUncertaintyInMeters',
+        pl.lit('Animalia').alias('kingdom'),
+        pl.lit('Aves').alias('class'),
+        pl.lit('SPECIES').alias('taxonRank'),
+        (pl.col('name') + ' Synth, 2024').alias('scientificName'),
+        pl.col('name').alias('species'),
+        pl.col('speciesKey').alias('taxonKey'),
+        'speciesKey',
+        pl.lit(1).alias('individualCount'),
+        pl.lit('CC_BY_4_0').alias('license'),
+    )
 
 # %% ../nbs/19_gbif.ipynb #209b1e88
 BAD_KINDS = ('absent', 'fossil', 'zero_coordinates', 'uncertain', 'year_only', 'genus', 'old')
+
 
 def spoil(df: pl.DataFrame, eligible: np.ndarray, frac: float, rng: np.random.Generator) -> pl.DataFrame:
     "Spoil a share `frac` of the `eligible` records, each in one of `BAD_KINDS`."
     kind = np.where(eligible & (rng.random(df.height) < frac), rng.integers(0, len(BAD_KINDS), df.height), -1)
     k = lambda name: pl.col('_k') == BAD_KINDS.index(name)
-    def put(name, value, col): return pl.when(k(name)).then(value).otherwise(pl.col(col)).alias(col)
-    return df.with_columns(pl.Series('_k', kind)).with_columns(
-        put('absent', pl.lit('ABSENT'), 'occurrenceStatus'), put('fossil', pl.lit('FOSSIL_SPECIMEN'), 'basisOfRecord'),
-        put('zero_coordinates', 0.0, 'decimalLatitude'), put('zero_coordinates', 0.0, 'decimalLongitude'),
-        put('uncertain', 50_000.0, 'coordinateUncertaintyInMeters'), put('year_only', None, 'month'), put('year_only', None, 'day'),
-        put('year_only', pl.col('year').cast(pl.String), 'eventDate'), put('genus', None, 'speciesKey'),
-        put('genus', pl.lit('GENUS'), 'taxonRank'), put('old', 1950, 'year')).drop('_k')
+
+    def put(name, value, col):
+        return pl.when(k(name)).then(value).otherwise(pl.col(col)).alias(col)
+
+    return (
+        df.with_columns(pl.Series('_k', kind))
+        .with_columns(
+            put('absent', pl.lit('ABSENT'), 'occurrenceStatus'),
+            put('fossil', pl.lit('FOSSIL_SPECIMEN'), 'basisOfRecord'),
+            put('zero_coordinates', 0.0, 'decimalLatitude'),
+            put('zero_coordinates', 0.0, 'decimalLongitude'),
+            put('uncertain', 50_000.0, 'coordinateUncertaintyInMeters'),
+            put('year_only', None, 'month'),
+            put('year_only', None, 'day'),
+            put('year_only', pl.col('year').cast(pl.String), 'eventDate'),
+            put('genus', None, 'speciesKey'),
+            put('genus', pl.lit('GENUS'), 'taxonRank'),
+            put('old', 1950, 'year'),
+        )
+        .drop('_k')
+    )
 
 # %% ../nbs/19_gbif.ipynb #5b9eff5f
-def _records_per_triple(pos: pl.DataFrame, n_cells: int, n_rows: int, per_event: int, rng) -> tuple[np.ndarray, np.ndarray]:
+def _records_per_triple(
+    pos: pl.DataFrame, n_cells: int, n_rows: int, per_event: int, rng
+) -> tuple[np.ndarray, np.ndarray]:
     "Records per (cell, week, species) (≥ 1, about `n_rows` in all) and checklists per cell-week."
     counts = 1 + rng.poisson(max(n_rows - pos.height, 0) / max(pos.height, 1), pos.height)
     cw = pos['ci'].to_numpy() * N_WEEKS + pos['w'].to_numpy() - 1
@@ -291,9 +428,19 @@ def _records_per_triple(pos: pl.DataFrame, n_cells: int, n_rows: int, per_event:
     return counts, np.where(r > 0, np.maximum(1, np.ceil(r / per_event)), 0).astype(np.int64)
 
 # %% ../nbs/19_gbif.ipynb #15916044
-def synthetic_records(combined: pl.DataFrame, n_rows: int = 0, *, taxonomy: pl.DataFrame | None = None, seed: int = 0,
-                      per_event: int = 19, n_hotspots: int = 8, bad: float = 0.0, chunk: int = 1_000_000) -> Iterator[pl.DataFrame]:
-    "GBIF-like records (frames of about `chunk` rows, in checklist order) whose cells, weeks and species are `combined`'s."
+def synthetic_records(
+    combined: pl.DataFrame,
+    n_rows: int = 0,
+    *,
+    taxonomy: pl.DataFrame | None = None,
+    seed: int = 0,
+    per_event: int = 19,
+    n_hotspots: int = 8,
+    bad: float = 0.0,
+    chunk: int = 1_000_000,
+) -> Iterator[pl.DataFrame]:
+    """GBIF-like records (frames of about `chunk` rows, in checklist order) whose cells, weeks and species are
+    `combined`'s."""
     rng = np.random.default_rng(seed)
     pos, cells = positives(combined), combined['h3_index'].to_list()
     counts, n_ev = _records_per_triple(pos, len(cells), n_rows, per_event, rng)
@@ -305,13 +452,18 @@ def synthetic_records(combined: pl.DataFrame, n_rows: int = 0, *, taxonomy: pl.D
     ci = pos['ci'].to_numpy()
     cw = ci * N_WEEKS + pos['w'].to_numpy() - 1
     base, offset, csum = np.r_[0, np.cumsum(n_ev)], rng.integers(0, 1 << 30, pos.height), np.r_[0, np.cumsum(counts)]
-    part = np.maximum.accumulate(np.where(np.r_[True, ci[1:] != ci[:-1]], csum[:-1] // chunk, 0))   # whole cells per chunk
+    part = np.maximum.accumulate(
+        np.where(np.r_[True, ci[1:] != ci[:-1]], csum[:-1] // chunk, 0)
+    )  # whole cells per chunk
     starts = np.flatnonzero(np.r_[True, part[1:] != part[:-1]])
     for a, b in zip(starts, [*starts[1:], pos.height]):
         t = np.repeat(np.arange(a, b), counts[a:b])
-        rank = np.arange(len(t)) - (csum[t] - csum[a])                   # k-th record of its (cell, week, species)
+        rank = np.arange(len(t)) - (csum[t] - csum[a])  # k-th record of its (cell, week, species)
         e = base[cw[t]] + (offset[t] + rank) % n_ev[cw[t]]
-        o = np.argsort(e, kind='stable'); t, rank, e = t[o], rank[o], e[o]
-        df = ev[e].with_columns(pl.Series('event', e), pl.Series('speciesKey', key[t]), pl.Series('gbifID', csum[a] + 1 + np.arange(len(t))))
+        o = np.argsort(e, kind='stable')
+        t, rank, e = t[o], rank[o], e[o]
+        df = ev[e].with_columns(
+            pl.Series('event', e), pl.Series('speciesKey', key[t]), pl.Series('gbifID', csum[a] + 1 + np.arange(len(t)))
+        )
         df = _dress(df.with_columns(pl.col('speciesKey').replace_strict(names, return_dtype=pl.String).alias('name')))
         yield spoil(df, rank > 0, bad, rng) if bad else df

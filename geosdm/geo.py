@@ -4,9 +4,10 @@
 
 # %% ../nbs/02_geo.ipynb #f4d6a380
 from __future__ import annotations
+
 import math
 import struct
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import h3
 import numpy as np
@@ -21,6 +22,7 @@ __all__ = ['EARTH_RADIUS_KM', 'HOLDOUT_REGIONS', 'N_REGIONS', 'CRS_4326', 'unit_
 
 # %% ../nbs/02_geo.ipynb #a16c4d29
 EARTH_RADIUS_KM = 6371.0088
+
 
 def unit_xyz(lat, lon) -> np.ndarray:
     "Unit vectors (..., 3) of latitudes and longitudes in degrees."
@@ -64,6 +66,7 @@ HOLDOUT_REGIONS: dict[str, tuple[float, float, float, float]] = {
     'japan': (129.5, 30.0, 145.8, 45.5),
 }
 
+
 def in_boxes(lat, lon, boxes: Iterable) -> np.ndarray:
     "Mask of points inside any of `boxes` (edges included; lon_min > lon_max wraps the antimeridian)."
     lat, lon = np.asarray(lat, np.float64), np.asarray(lon, np.float64)
@@ -76,7 +79,8 @@ def in_boxes(lat, lon, boxes: Iterable) -> np.ndarray:
 # %% ../nbs/02_geo.ipynb #82514c1f
 def resolve_boxes(regions: Iterable[str] = (), boxes: Iterable = ()) -> list[tuple[float, float, float, float]]:
     "Named regions (case-insensitive) plus explicit `(lon_min, lat_min, lon_max, lat_max)` boxes."
-    if isinstance(regions, str): regions = [regions]
+    if isinstance(regions, str):
+        regions = [regions]
     unknown = [r for r in regions if str(r).strip().lower() not in HOLDOUT_REGIONS]
     if unknown:
         raise GeoSDMDataError(f'unknown hold-out region(s) {unknown}; valid names: {", ".join(HOLDOUT_REGIONS)}')
@@ -84,12 +88,15 @@ def resolve_boxes(regions: Iterable[str] = (), boxes: Iterable = ()) -> list[tup
     for b in boxes:
         b = tuple(float(x) for x in b)
         if len(b) != 4 or not (-90 <= b[1] <= b[3] <= 90):
-            raise GeoSDMDataError(f'hold-out box {b} must be (lon_min, lat_min, lon_max, lat_max) with -90 ≤ lat_min ≤ lat_max ≤ 90')
+            raise GeoSDMDataError(
+                f'hold-out box {b} must be (lon_min, lat_min, lon_max, lat_max) with -90 ≤ lat_min ≤ lat_max ≤ 90'
+            )
         out.append(b)
     return out
 
 # %% ../nbs/02_geo.ipynb #afd3778e
 N_REGIONS = 36
+
 
 def region_of(lat, lon) -> np.ndarray:
     "Region bin (0..35) of points: 30° latitude × 60° longitude."
@@ -100,8 +107,14 @@ def region_of(lat, lon) -> np.ndarray:
 # %% ../nbs/02_geo.ipynb #00cc0ebd
 def region_name(region) -> np.ndarray:
     "Readable names of region bins, e.g. 'lat +30..+60, lon -120..-60'."
-    names = np.array([f'lat {a * 30 - 90:+d}..{a * 30 - 60:+d}, lon {b * 60 - 180:+d}..{b * 60 - 120:+d}'
-                      for a in range(6) for b in range(6)], dtype=object)
+    names = np.array(
+        [
+            f'lat {a * 30 - 90:+d}..{a * 30 - 60:+d}, lon {b * 60 - 180:+d}..{b * 60 - 120:+d}'
+            for a in range(6)
+            for b in range(6)
+        ],
+        dtype=object,
+    )
     return np.asarray(names[np.asarray(region, np.int64)], dtype=str)
 
 # %% ../nbs/02_geo.ipynb #7e6bbb6a
@@ -114,8 +127,12 @@ def cell_centres(cells: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
 def cells_bbox(cells, pad: float = 0.0) -> tuple[float, float, float, float]:
     "(lon_min, lat_min, lon_max, lat_max) of the cells' centres, padded by `pad` degrees."
     lat, lon = cell_centres(cells)
-    return (max(-180.0, lon.min() - pad), max(-90.0, lat.min() - pad),
-            min(180.0, lon.max() + pad), min(90.0, lat.max() + pad))
+    return (
+        max(-180.0, lon.min() - pad),
+        max(-90.0, lat.min() - pad),
+        min(180.0, lon.max() + pad),
+        min(90.0, lat.max() + pad),
+    )
 
 # %% ../nbs/02_geo.ipynb #0e5bbb02
 def cell_boundaries(cells) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -138,8 +155,10 @@ def _close_cw(ring: np.ndarray) -> list[list[float]]:
     "Drop repeated points, close, make clockwise; 5 decimals (about 1 m) keep map specs small."
     keep = np.r_[True, np.any(np.abs(np.diff(ring, axis=0)) > 1e-12, axis=1)]
     r = ring[keep]
-    if len(r) > 1 and np.allclose(r[0], r[-1]): r = r[:-1]
-    if ring_area(r) > 0: r = r[::-1]
+    if len(r) > 1 and np.allclose(r[0], r[-1]):
+        r = r[:-1]
+    if ring_area(r) > 0:
+        r = r[::-1]
     r = np.vstack([r, r[:1]])
     return [[round(float(a), 5), round(float(b), 5)] for a, b in r]
 
@@ -150,18 +169,20 @@ def _clip(ring: np.ndarray, x: float, keep_le: bool) -> np.ndarray:
     for i in range(len(ring)):
         a, b = ring[i], ring[(i + 1) % len(ring)]
         ina, inb = (a[0] <= x, b[0] <= x) if keep_le else (a[0] >= x, b[0] >= x)
-        if ina: out.append(a)
-        if ina != inb: out.append(np.array([x, a[1] + (x - a[0]) / (b[0] - a[0]) * (b[1] - a[1])]))
+        if ina:
+            out.append(a)
+        if ina != inb:
+            out.append(np.array([x, a[1] + (x - a[0]) / (b[0] - a[0]) * (b[1] - a[1])]))
     return np.array(out).reshape(-1, 2)
 
 # %% ../nbs/02_geo.ipynb #b11ce14b
 def _unwrapped_ring(ll: np.ndarray) -> np.ndarray:
     "A (lng, lat) ring with continuous longitudes; closed along the pole if the cell holds one."
     lng = ll[:, 0]
-    d = (np.diff(np.r_[lng, lng[0]]) + 180) % 360 - 180          # shortest steps, closing edge included
+    d = (np.diff(np.r_[lng, lng[0]]) + 180) % 360 - 180  # shortest steps, closing edge included
     un = lng[0] + np.r_[0, np.cumsum(d[:-1])]
     ring = np.c_[un, ll[:, 1]]
-    if round((un[-1] + d[-1] - un[0]) / 360):                    # the ring winds once around a pole
+    if round((un[-1] + d[-1] - un[0]) / 360):  # the ring winds once around a pole
         pole = 90.0 if ll[:, 1].mean() > 0 else -90.0
         ring = np.vstack([ring, [[un[-1] + d[-1], ll[-1, 1]], [un[-1] + d[-1], pole], [un[0], pole]]])
     return ring
@@ -170,7 +191,8 @@ def _unwrapped_ring(ll: np.ndarray) -> np.ndarray:
 def cell_polygons(cell: str) -> list[list[list[float]]]:
     "Closed clockwise `[lng, lat]` rings of one H3 cell: one ring, or one per side of the antimeridian."
     ll = np.array(h3.cell_to_boundary(cell), float)[:, ::-1]
-    if np.ptp(ll[:, 0]) <= 180: return [_close_cw(ll)]
+    if np.ptp(ll[:, 0]) <= 180:
+        return [_close_cw(ll)]
     ring = _unwrapped_ring(ll)
     out, lo, hi = [], ring[:, 0].min(), ring[:, 0].max()
     for k in range(int(math.floor((lo + 180) / 360)), int(math.floor((hi + 180) / 360)) + 1):
@@ -188,14 +210,20 @@ def cells_geojson(cells, values: dict | None = None, digits: int = 6) -> dict:
     cols = {}
     for k, v in (values or {}).items():
         v = v.to_list() if hasattr(v, 'to_list') else np.asarray(v).tolist() if not isinstance(v, list) else v
-        if len(v) != len(cells): raise ValueError(f'values[{k!r}] has {len(v)} entries for {len(cells)} cells')
+        if len(v) != len(cells):
+            raise ValueError(f'values[{k!r}] has {len(v)} entries for {len(cells)} cells')
         cols[k] = jsonable(v, digits)
     feats = []
     for i, c in enumerate(cells):
         rings = cell_polygons(c)
-        geom = ({'type': 'Polygon', 'coordinates': rings} if len(rings) == 1 else
-                {'type': 'MultiPolygon', 'coordinates': [[r] for r in rings]})
-        feats.append({'type': 'Feature', 'geometry': geom, 'properties': {'h3_index': c, **{k: v[i] for k, v in cols.items()}}})
+        geom = (
+            {'type': 'Polygon', 'coordinates': rings}
+            if len(rings) == 1
+            else {'type': 'MultiPolygon', 'coordinates': [[r] for r in rings]}
+        )
+        feats.append(
+            {'type': 'Feature', 'geometry': geom, 'properties': {'h3_index': c, **{k: v[i] for k, v in cols.items()}}}
+        )
     return {'type': 'FeatureCollection', 'features': feats}
 
 # %% ../nbs/02_geo.ipynb #f0234e0f
@@ -204,10 +232,12 @@ def check_geojson(fc: dict) -> int:
     n = 0
     for f in fc['features']:
         g = f['geometry']
-        for poly in ([g['coordinates']] if g['type'] == 'Polygon' else g['coordinates']):
+        for poly in [g['coordinates']] if g['type'] == 'Polygon' else g['coordinates']:
             for ring in poly:
-                if len(ring) < 4 or ring[0] != ring[-1]: raise ValueError(f'{f["properties"]}: ring not closed')
-                if ring_area(ring) >= 0: raise ValueError(f'{f["properties"]}: ring not clockwise')
+                if len(ring) < 4 or ring[0] != ring[-1]:
+                    raise ValueError(f'{f["properties"]}: ring not closed')
+                if ring_area(ring) >= 0:
+                    raise ValueError(f'{f["properties"]}: ring not clockwise')
                 a = np.asarray(ring)
                 if np.abs(a[:, 0]).max() > 180 or np.abs(a[:, 1]).max() > 90:
                     raise ValueError(f'{f["properties"]}: coordinates out of range')
@@ -226,20 +256,35 @@ def cell_wkb(cells) -> list[bytes]:
 
 # %% ../nbs/02_geo.ipynb #27a7ef65
 CRS_4326 = {
-    "$schema": "https://proj.org/schemas/v0.7/projjson.schema.json", "type": "GeographicCRS", "name": "WGS 84",
-    "datum": {"type": "GeodeticReferenceFrame", "name": "World Geodetic System 1984",
-              "ellipsoid": {"name": "WGS 84", "semi_major_axis": 6378137, "inverse_flattening": 298.257223563}},
-    "coordinate_system": {"subtype": "ellipsoidal", "axis": [
-        {"name": "Geodetic latitude", "abbreviation": "Lat", "direction": "north", "unit": "degree"},
-        {"name": "Geodetic longitude", "abbreviation": "Lon", "direction": "east", "unit": "degree"}]},
-    "scope": "Horizontal component of 3D system.", "area": "World.",
+    "$schema": "https://proj.org/schemas/v0.7/projjson.schema.json",
+    "type": "GeographicCRS",
+    "name": "WGS 84",
+    "datum": {
+        "type": "GeodeticReferenceFrame",
+        "name": "World Geodetic System 1984",
+        "ellipsoid": {"name": "WGS 84", "semi_major_axis": 6378137, "inverse_flattening": 298.257223563},
+    },
+    "coordinate_system": {
+        "subtype": "ellipsoidal",
+        "axis": [
+            {"name": "Geodetic latitude", "abbreviation": "Lat", "direction": "north", "unit": "degree"},
+            {"name": "Geodetic longitude", "abbreviation": "Lon", "direction": "east", "unit": "degree"},
+        ],
+    },
+    "scope": "Horizontal component of 3D system.",
+    "area": "World.",
     "bbox": {"south_latitude": -90, "west_longitude": -180, "north_latitude": 90, "east_longitude": 180},
-    "id": {"authority": "EPSG", "code": 4326}}
+    "id": {"authority": "EPSG", "code": 4326},
+}
+
 
 def geoparquet_metadata(wkb: list[bytes], creator: str = 'geosdm') -> dict:
     "GeoParquet `geo` metadata of a column of WKB polygons (from `cell_wkb`), with their bounding box."
     xy = np.concatenate([np.frombuffer(b[13:]).reshape(-1, 2) for b in wkb])
     bbox = [float(xy[:, 0].min()), float(xy[:, 1].min()), float(xy[:, 0].max()), float(xy[:, 1].max())]
-    return {'primary_column': 'geometry',
-            'columns': {'geometry': {'encoding': 'WKB', 'crs': CRS_4326, 'geometry_types': ['Polygon'], 'bbox': bbox}},
-            'version': '1.1.0', 'creator': {'library': creator, 'version': '0.1.0'}}
+    return {
+        'primary_column': 'geometry',
+        'columns': {'geometry': {'encoding': 'WKB', 'crs': CRS_4326, 'geometry_types': ['Polygon'], 'bbox': bbox}},
+        'version': '1.1.0',
+        'creator': {'library': creator, 'version': '0.1.0'},
+    }

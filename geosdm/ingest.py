@@ -4,11 +4,16 @@
 
 # %% ../nbs/20_ingest.ipynb #c1175b95
 from __future__ import annotations
-import json, os, tempfile, threading, time
+
+import json
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import h3
 import numpy as np
@@ -17,10 +22,10 @@ import polars_h3 as plh3
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .core import GeoSDMDataError, N_WEEKS, WEEK_COLS, week_of, atomic_path, atomic_write, write_json, peak_rss_mb
-from .geo import cell_wkb, geoparquet_metadata
-from .inputs import TAX_COLUMNS, taxonomy_frame, read_grid
+from .core import N_WEEKS, WEEK_COLS, GeoSDMDataError, atomic_path, atomic_write, peak_rss_mb, week_of, write_json
 from .gbif import Occurrences, open_occurrences
+from .geo import cell_wkb, geoparquet_metadata
+from .inputs import TAX_COLUMNS, read_grid, taxonomy_frame
 
 # %% auto #0
 __all__ = ['DAYS_IN_MONTH', 'REASONS', 'RANKS', 'BASIS', 'DEDUP', 'PACK_MAX_RES', 'READ_AHEAD', 'MANIFEST_COLS', 'CLUSTER_SQL',
@@ -31,6 +36,7 @@ __all__ = ['DAYS_IN_MONTH', 'REASONS', 'RANKS', 'BASIS', 'DEDUP', 'PACK_MAX_RES'
 
 # %% ../nbs/20_ingest.ipynb #1b0d593c
 DAYS_IN_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
 
 def week_table() -> np.ndarray:
     "int8 week of (month, day) at index `month * 32 + day`; 0 where the date does not exist."
@@ -47,23 +53,34 @@ def week_expr(month: pl.Expr, day: pl.Expr) -> pl.Expr:
 # %% ../nbs/20_ingest.ipynb #6c3183b4
 REASONS = ('rank', 'class', 'absent', 'basis', 'coordinates', 'uncertainty', 'date', 'year')
 RANKS = ('species', 'exact', 'taxon')
-BASIS = ('HUMAN_OBSERVATION', 'MACHINE_OBSERVATION', 'OBSERVATION', 'OCCURRENCE', 'PRESERVED_SPECIMEN', 'MATERIAL_SAMPLE')
+BASIS = (
+    'HUMAN_OBSERVATION',
+    'MACHINE_OBSERVATION',
+    'OBSERVATION',
+    'OCCURRENCE',
+    'PRESERVED_SPECIMEN',
+    'MATERIAL_SAMPLE',
+)
 DEDUP = ('event', 'observer', 'none')
+
 
 @dataclass
 class Filters:
     "What ingest keeps; see the table above."
+
     rank: str = 'species'
-    classes: tuple = ()                 # lower-case class names; empty: every class
+    classes: tuple = ()  # lower-case class names; empty: every class
     basis: tuple = BASIS
-    max_uncertainty_m: float = 10_000   # 0: no cap
-    min_year: int = 1970                # 0: no lower bound
-    max_year: int = 0                   # 0: no upper bound
-    dedup: str = 'event'                # duplicates of (taxon, cell, week, eventID | recordedBy | nothing)
+    max_uncertainty_m: float = 10_000  # 0: no cap
+    min_year: int = 1970  # 0: no lower bound
+    max_year: int = 0  # 0: no upper bound
+    dedup: str = 'event'  # duplicates of (taxon, cell, week, eventID | recordedBy | nothing)
 
     def __post_init__(self):
-        if self.rank not in RANKS: raise GeoSDMDataError(f'rank {self.rank!r}: choose one of {", ".join(RANKS)}')
-        if self.dedup not in DEDUP: raise GeoSDMDataError(f'dedup {self.dedup!r}: choose one of {", ".join(DEDUP)}')
+        if self.rank not in RANKS:
+            raise GeoSDMDataError(f'rank {self.rank!r}: choose one of {", ".join(RANKS)}')
+        if self.dedup not in DEDUP:
+            raise GeoSDMDataError(f'dedup {self.dedup!r}: choose one of {", ".join(DEDUP)}')
         self.classes = tuple(c.lower() for c in self.classes)
         self.basis = tuple(b.upper() for b in self.basis)
 
@@ -73,20 +90,23 @@ def conditions(f: Filters) -> list[pl.Expr]:
     c, lat, lon, no = pl.col, pl.col('decimalLatitude'), pl.col('decimalLongitude'), pl.lit(False)
     rank = c('speciesKey').is_null() | ((c('taxonRank') != 'SPECIES') if f.rank == 'exact' else no)
     classes = sorted({v for k in f.classes for v in (k, k.capitalize(), k.upper())})
-    return [rank,
-            ~c('class').is_in(classes) if f.classes else no,
-            c('occurrenceStatus') == 'ABSENT',
-            ~c('basisOfRecord').is_in(f.basis),
-            lat.is_null() | lon.is_null() | (lat.abs() > 90) | (lon.abs() > 180) | ((lat == 0) & (lon == 0)),
-            c('coordinateUncertaintyInMeters') > f.max_uncertainty_m if f.max_uncertainty_m else no,
-            c('year').is_null() | (c('week') == 0),
-            ((c('year') < f.min_year) if f.min_year else no) | ((c('year') > f.max_year) if f.max_year else no)]
+    return [
+        rank,
+        ~c('class').is_in(classes) if f.classes else no,
+        c('occurrenceStatus') == 'ABSENT',
+        ~c('basisOfRecord').is_in(f.basis),
+        lat.is_null() | lon.is_null() | (lat.abs() > 90) | (lon.abs() > 180) | ((lat == 0) & (lon == 0)),
+        c('coordinateUncertaintyInMeters') > f.max_uncertainty_m if f.max_uncertainty_m else no,
+        c('year').is_null() | (c('week') == 0),
+        ((c('year') < f.min_year) if f.min_year else no) | ((c('year') > f.max_year) if f.max_year else no),
+    ]
 
 # %% ../nbs/20_ingest.ipynb #6f371e35
 def first_failure(conds: Sequence[pl.Expr]) -> pl.Expr:
     "Index of the first True condition (UInt8), null when all pass; a null condition counts as passing."
     out = pl.lit(None, pl.UInt8)
-    for i in reversed(range(len(conds))): out = pl.when(conds[i].fill_null(False)).then(pl.lit(i, pl.UInt8)).otherwise(out)
+    for i in reversed(range(len(conds))):
+        out = pl.when(conds[i].fill_null(False)).then(pl.lit(i, pl.UInt8)).otherwise(out)
     return out
 
 # %% ../nbs/20_ingest.ipynb #f20c30bd
@@ -94,42 +114,65 @@ def records(lf: pl.LazyFrame, f: Filters) -> pl.LazyFrame:
     "Per record: reason, week, key, taxonKey, lat, lon, dup (hash of the event or observer, or null) and names."
     c = pl.col
     key = c('taxonKey') if f.rank == 'taxon' else c('speciesKey')
-    name = (pl.when(c('taxonKey') == c('speciesKey')).then(c('species')).otherwise(c('scientificName'))
-            if f.rank == 'taxon' else c('species').fill_null(c('scientificName')))
+    name = (
+        pl.when(c('taxonKey') == c('speciesKey')).then(c('species')).otherwise(c('scientificName'))
+        if f.rank == 'taxon'
+        else c('species').fill_null(c('scientificName'))
+    )
     dup = {'event': 'eventID', 'observer': 'recordedBy'}.get(f.dedup)
     extra = ['_id'] if '_id' in lf.collect_schema() else []
-    return (lf.with_columns(week_expr(c('month'), c('day')).alias('week'))
-              .select(first_failure(conditions(f)).alias('reason'), 'week', key.alias('key'), 'taxonKey',
-                      c('decimalLatitude').alias('lat'), c('decimalLongitude').alias('lon'),
-                      (c(dup).hash() if dup else pl.lit(None, pl.UInt64)).alias('dup'),
-                      name.alias('name'), 'scientificName', 'taxonRank', 'class', *extra))
+    return lf.with_columns(week_expr(c('month'), c('day')).alias('week')).select(
+        first_failure(conditions(f)).alias('reason'),
+        'week',
+        key.alias('key'),
+        'taxonKey',
+        c('decimalLatitude').alias('lat'),
+        c('decimalLongitude').alias('lon'),
+        (c(dup).hash() if dup else pl.lit(None, pl.UInt64)).alias('dup'),
+        name.alias('name'),
+        'scientificName',
+        'taxonRank',
+        'class',
+        *extra,
+    )
 
 # %% ../nbs/20_ingest.ipynb #e1a7bf39
 class CellMapper:
     "Batch function (lat, lon) struct → H3 cell id (UInt64) at `res`; H3 is evaluated once per run of equal points."
-    def __init__(self, res: int): self.res, self.calls, self.points = int(res), 0, 0
+
+    def __init__(self, res: int):
+        self.res, self.calls, self.points = int(res), 0, 0
 
     def __call__(self, s: pl.Series) -> pl.Series:
         lat, lon = s.struct.field('lat').to_numpy(), s.struct.field('lon').to_numpy()
-        ok = (np.abs(lat) <= 90) & (np.abs(lon) <= 180)          # False for NaN (null)
+        ok = (np.abs(lat) <= 90) & (np.abs(lon) <= 180)  # False for NaN (null)
         head = ok.copy()
         head[1:] &= (lat[1:] != lat[:-1]) | (lon[1:] != lon[:-1]) | ~ok[:-1]
         idx = np.flatnonzero(head)
-        cells = (pl.DataFrame({'a': lat[idx], 'b': lon[idx]})
-                   .select(plh3.latlng_to_cell('a', 'b', self.res, return_dtype=pl.UInt64)).to_series().to_numpy())
+        cells = (
+            pl.DataFrame({'a': lat[idx], 'b': lon[idx]})
+            .select(plh3.latlng_to_cell('a', 'b', self.res, return_dtype=pl.UInt64))
+            .to_series()
+            .to_numpy()
+        )
         run = np.cumsum(head) - 1
         out = np.where(ok, cells[np.maximum(run, 0)] if len(idx) else 0, 0).astype(np.uint64)
-        self.calls += 1; self.points += len(idx)
+        self.calls += 1
+        self.points += len(idx)
         return pl.Series('cell', out, pl.UInt64)
 
 # %% ../nbs/20_ingest.ipynb #0ff1d35c
 def dup_hash(cell: pl.Expr, week: pl.Expr, key: pl.Expr, dup: pl.Expr) -> pl.Expr:
     "64-bit hash of (cell, week, key, id hash); null where the id is null."
-    return pl.when(dup.is_not_null()).then(pl.struct(cell.alias('c'), week.alias('w'), key.alias('k'), dup.alias('d')).hash())
+    return pl.when(dup.is_not_null()).then(
+        pl.struct(cell.alias('c'), week.alias('w'), key.alias('k'), dup.alias('d')).hash()
+    )
 
 # %% ../nbs/20_ingest.ipynb #0869a9c6
 class DuplicateSpill:
-    "Batch function: (h, key, cell) of kept records with an id → rows in `parts` files by `h`; `counts` tallies them at the end."
+    """Batch function: (h, key, cell) of kept records with an id → rows in `parts` files by `h`; `counts` tallies them
+    at the end."""
+
     def __init__(self, folder, parts: int = 64, buffer: int = 1 << 20):
         self.folder, self.parts, self.buffer, self.rows = Path(folder), parts, buffer, 0
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -137,68 +180,96 @@ class DuplicateSpill:
         self._buf, self._lock = [], threading.Lock()
 
     def __call__(self, s: pl.Series) -> pl.Series:
-        d = s.struct.unnest().drop_nulls('h')                     # h: null unless a kept record with an id
+        d = s.struct.unnest().drop_nulls('h')  # h: null unless a kept record with an id
         a = np.stack([d['h'].to_numpy(), d['key'].to_numpy().astype(np.int64).view(np.uint64), d['cell'].to_numpy()], 1)
         with self._lock:
-            self._buf.append(a); self.rows += len(a)
-            if sum(len(b) for b in self._buf) >= self.buffer: self._flush()
+            self._buf.append(a)
+            self.rows += len(a)
+            if sum(len(b) for b in self._buf) >= self.buffer:
+                self._flush()
         return pl.Series('n', np.ones(len(s), np.uint32))
 
     def _flush(self):
-        if not self._buf: return
-        a = np.concatenate(self._buf); self._buf = []
+        if not self._buf:
+            return
+        a = np.concatenate(self._buf)
+        self._buf = []
         part = (a[:, 0] % np.uint64(self.parts)).astype(np.uint8)
         o = np.argsort(part, kind='stable')
         bounds = np.searchsorted(part[o], np.arange(self.parts + 1))
-        for i in np.flatnonzero(np.diff(bounds)): self.files[i].write(a[o[bounds[i]:bounds[i + 1]]].tobytes())
+        for i in np.flatnonzero(np.diff(bounds)):
+            self.files[i].write(a[o[bounds[i] : bounds[i + 1]]].tobytes())
 
 # %% ../nbs/20_ingest.ipynb #4de44c9c
 def _spill_counts(self, keys: np.ndarray | None = None, cells: np.ndarray | None = None) -> pl.DataFrame:
     "Per key (among rows whose key and cell are in `keys`/`cells`, None: all): rows with an id and distinct ones."
     self._flush()
-    for f in self.files: f.close()
+    for f in self.files:
+        f.close()
     out = []
     for i in range(self.parts):
         a = np.fromfile(self.folder / f'part{i:02d}.bin', np.uint64).reshape(-1, 3)
-        if keys is not None: a = a[np.isin(a[:, 1].view(np.int64), keys)]
-        if cells is not None: a = a[np.isin(a[:, 2], cells)]
-        if len(a): out.append(pl.DataFrame({'h': a[:, 0], 'key': a[:, 1].view(np.int64)}).group_by('key').agg(
-            pl.len().alias('with_id'), pl.col('h').n_unique().alias('distinct')))
-    if not out: return pl.DataFrame(schema={'key': pl.Int64, 'with_id': pl.UInt32, 'distinct': pl.UInt32})
+        if keys is not None:
+            a = a[np.isin(a[:, 1].view(np.int64), keys)]
+        if cells is not None:
+            a = a[np.isin(a[:, 2], cells)]
+        if len(a):
+            out.append(
+                pl.DataFrame({'h': a[:, 0], 'key': a[:, 1].view(np.int64)})
+                .group_by('key')
+                .agg(pl.len().alias('with_id'), pl.col('h').n_unique().alias('distinct'))
+            )
+    if not out:
+        return pl.DataFrame(schema={'key': pl.Int64, 'with_id': pl.UInt32, 'distinct': pl.UInt32})
     return pl.concat(out).group_by('key').agg(pl.col('with_id', 'distinct').sum())
+
 
 DuplicateSpill.counts = _spill_counts
 
 # %% ../nbs/20_ingest.ipynb #e30ef465
 class TaxonBook:
-    "Batch function that counts records per (taxonKey, key, reason), and keeps the names of each taxon's first record, on the side."
+    """Batch function that counts records per (taxonKey, key, reason), and keeps the names of each taxon's first
+    record, on the side."""
+
     COLS = ('taxonKey', 'key', 'reason', 'name', 'scientificName', 'taxonRank', 'class')
-    def __init__(self): self.parts, self.names, self._known, self._lock = [], [], pl.Series([], dtype=pl.Int64), threading.Lock()
+
+    def __init__(self):
+        self.parts, self.names, self._known, self._lock = [], [], pl.Series([], dtype=pl.Int64), threading.Lock()
 
     def __call__(self, s: pl.Series) -> pl.Series:
         d = s.struct.unnest()
         counts = d.group_by('taxonKey', 'key', 'reason').agg(pl.len().alias('rows'))
         with self._lock:
-            new = d.filter(~pl.col('taxonKey').is_in(self._known.implode())).unique('taxonKey', keep='first', maintain_order=True)
+            new = d.filter(~pl.col('taxonKey').is_in(self._known.implode())).unique(
+                'taxonKey', keep='first', maintain_order=True
+            )
             if new.height:
                 self.names.append(new.select('taxonKey', 'name', 'scientificName', 'taxonRank', 'class'))
                 self._known = pl.concat([self._known, new['taxonKey']])
             self.parts.append(counts)
-            if len(self.parts) >= 1024: self.parts = [pl.concat(self.parts).group_by('taxonKey', 'key', 'reason').agg(pl.col('rows').sum())]
+            if len(self.parts) >= 1024:
+                self.parts = [pl.concat(self.parts).group_by('taxonKey', 'key', 'reason').agg(pl.col('rows').sum())]
         return pl.Series('n', np.zeros(len(s), np.uint32))
 
     def frame(self) -> pl.DataFrame:
         "taxonKey, key, reason, rows, name, scientificName, taxonRank, class."
         counts = pl.concat(self.parts).group_by('taxonKey', 'key', 'reason').agg(pl.col('rows').sum())
-        return counts.join(pl.concat(self.names).unique('taxonKey', keep='first'), on='taxonKey', how='left', nulls_equal=True)
+        return counts.join(
+            pl.concat(self.names).unique('taxonKey', keep='first'), on='taxonKey', how='left', nulls_equal=True
+        )
 
 # %% ../nbs/20_ingest.ipynb #eb40ffb1
 PACK_MAX_RES = 7
 
+
 def packed_key(cell: pl.Expr, week: pl.Expr, key: pl.Expr, res: int) -> pl.Expr:
     "(cell, week, key) as one Int64 (for `res` <= PACK_MAX_RES and keys below 2**(50 - 3 res))."
     kb = 50 - 3 * res
-    return ((cell.cast(pl.Int64) // 2 ** (45 - 3 * res)) % 2 ** (7 + 3 * res)) * 2 ** (6 + kb) + week.cast(pl.Int64) * 2 ** kb + key
+    return (
+        ((cell.cast(pl.Int64) // 2 ** (45 - 3 * res)) % 2 ** (7 + 3 * res)) * 2 ** (6 + kb)
+        + week.cast(pl.Int64) * 2**kb
+        + key
+    )
 
 # %% ../nbs/20_ingest.ipynb #d7b2c1bc
 def unpack_key(k: np.ndarray, res: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -211,31 +282,44 @@ def unpack_key(k: np.ndarray, res: int) -> tuple[np.ndarray, np.ndarray, np.ndar
 @dataclass
 class Tallies:
     "What one pass over the records gives (see `tally`)."
-    triples: pl.DataFrame                    # cell, week, key, rows (kept records)
-    taxa: pl.DataFrame                       # taxonKey, key, reason, rows, name, scientificName, taxonRank, class
-    vernacular: pl.DataFrame | None = None   # key, vernacularName, language, rows
+
+    triples: pl.DataFrame  # cell, week, key, rows (kept records)
+    taxa: pl.DataFrame  # taxonKey, key, reason, rows, name, scientificName, taxonRank, class
+    vernacular: pl.DataFrame | None = None  # key, vernacularName, language, rows
     spill: DuplicateSpill | None = None
     h3_points: int = 0
 
 # %% ../nbs/20_ingest.ipynb #e2c5ca52
 def _counts(rec: pl.LazyFrame, res: int, book: TaxonBook, spill: DuplicateSpill | None) -> pl.LazyFrame:
-    "The single aggregation of `tally`, with the side-channel batch functions in the chain (no filter: nothing is pushed past them)."
+    """The single aggregation of `tally`, with the side-channel batch functions in the chain (no filter: nothing is
+    pushed past them)."""
     c, kept = pl.col, pl.col('reason').is_null()
     side = [pl.struct(*TaxonBook.COLS).map_batches(book, return_dtype=pl.UInt32, is_elementwise=True)]
     if spill is not None:
         h = pl.when(kept & c('dup').is_not_null()).then(dup_hash(c('cell'), c('week'), c('key'), c('dup'))).alias('h')
         side.append(pl.struct(h, 'key', 'cell').map_batches(spill, return_dtype=pl.UInt32, is_elementwise=True))
-    keys = ([pl.when(kept).then(packed_key(c('cell'), c('week'), c('key'), res)).alias('k')] if res <= PACK_MAX_RES else
-            [pl.when(kept).then(c(n)).alias(n) for n in ('cell', 'week', 'key')])
-    return rec.with_columns(pl.sum_horizontal(side).alias('_side')).group_by(*keys).agg(pl.len().alias('rows'), c('_side').sum())
+    keys = (
+        [pl.when(kept).then(packed_key(c('cell'), c('week'), c('key'), res)).alias('k')]
+        if res <= PACK_MAX_RES
+        else [pl.when(kept).then(c(n)).alias(n) for n in ('cell', 'week', 'key')]
+    )
+    return (
+        rec.with_columns(pl.sum_horizontal(side).alias('_side'))
+        .group_by(*keys)
+        .agg(pl.len().alias('rows'), c('_side').sum())
+    )
 
 # %% ../nbs/20_ingest.ipynb #9da32535
 def _triples(g: pl.DataFrame, res: int, taxa: pl.DataFrame) -> pl.DataFrame:
     "The kept (cell, week, key, rows) from `_counts`' result."
-    if res > PACK_MAX_RES: return g.drop_nulls('cell').select('cell', 'week', 'key', 'rows')
+    if res > PACK_MAX_RES:
+        return g.drop_nulls('cell').select('cell', 'week', 'key', 'rows')
     keys = taxa.filter(pl.col('reason').is_null())['key']
     if len(keys) and (keys.min() < 0 or keys.max() >= 2 ** (50 - 3 * res)):
-        raise GeoSDMDataError(f'taxon keys {keys.min()}..{keys.max()} do not fit the packed key at resolution {res} (0 to 2^{50 - 3 * res})')
+        raise GeoSDMDataError(
+            f'taxon keys {keys.min()}..{keys.max()} do not fit the packed key at resolution {res} '
+            f'(0 to 2^{50 - 3 * res})'
+        )
     g = g.drop_nulls('k')
     cell, week, key = unpack_key(g['k'].to_numpy(), res)
     return pl.DataFrame({'cell': cell, 'week': week, 'key': key, 'rows': g['rows']})
@@ -243,32 +327,59 @@ def _triples(g: pl.DataFrame, res: int, taxa: pl.DataFrame) -> pl.DataFrame:
 # %% ../nbs/20_ingest.ipynb #fab94cf2
 READ_AHEAD = {'POLARS_ROW_GROUP_PREFETCH_SIZE': '1', 'POLARS_CSV_CHUNK_PREFETCH_LIMIT': '1'}
 
+
 @contextmanager
 def small_read_ahead():
     "Set `READ_AHEAD` (unless already set) for the duration of the block."
     added = [k for k in READ_AHEAD if k not in os.environ]
     os.environ.update({k: READ_AHEAD[k] for k in added})
-    try: yield
+    try:
+        yield
     finally:
-        for k in added: os.environ.pop(k, None)
+        for k in added:
+            os.environ.pop(k, None)
 
 # %% ../nbs/20_ingest.ipynb #8ea78c09
 def tally(occ: Occurrences, f: Filters, res: int, workdir, max_rows: int = 0) -> Tallies:
     "Read the records once (streaming) and count what the output, the report and the manifest need."
     lf = occ.frame.head(max_rows) if max_rows else occ.frame
     cm, book = CellMapper(res), TaxonBook()
-    rec = records(lf, f).with_columns(pl.struct('lat', 'lon').map_batches(cm, return_dtype=pl.UInt64, is_elementwise=True).alias('cell'))
+    rec = records(lf, f).with_columns(
+        pl.struct('lat', 'lon').map_batches(cm, return_dtype=pl.UInt64, is_elementwise=True).alias('cell')
+    )
     spill = DuplicateSpill(Path(workdir) / 'duplicates') if f.dedup != 'none' else None
     qs = [_counts(rec, res, book, spill)]
     if occ.vernacular is not None:
-        qs.append(rec.filter(pl.col('reason').is_null()).select('_id', 'key').join(occ.vernacular, on='_id')
-                     .group_by('key', 'vernacularName', 'language').agg(pl.len().alias('rows')))
+        qs.append(
+            rec.filter(pl.col('reason').is_null())
+            .select('_id', 'key')
+            .join(occ.vernacular, on='_id')
+            .group_by('key', 'vernacularName', 'language')
+            .agg(pl.len().alias('rows'))
+        )
     try:
-        with small_read_ahead(): out = pl.collect_all(qs, engine='streaming')
+        with small_read_ahead():
+            out = pl.collect_all(qs, engine='streaming')
     except pl.exceptions.PolarsError as e:
-        raise GeoSDMDataError(f'{", ".join(occ.files)}: cannot read the records ({type(e).__name__}: {str(e).splitlines()[0]})') from e
-    taxa = book.frame() if book.parts else pl.DataFrame(schema={'taxonKey': pl.Int64, 'key': pl.Int64, 'reason': pl.UInt8, 'rows': pl.UInt32,
-                                                               'name': pl.String, 'scientificName': pl.String, 'taxonRank': pl.String, 'class': pl.String})
+        raise GeoSDMDataError(
+            f'{", ".join(occ.files)}: cannot read the records ({type(e).__name__}: {str(e).splitlines()[0]})'
+        ) from e
+    taxa = (
+        book.frame()
+        if book.parts
+        else pl.DataFrame(
+            schema={
+                'taxonKey': pl.Int64,
+                'key': pl.Int64,
+                'reason': pl.UInt8,
+                'rows': pl.UInt32,
+                'name': pl.String,
+                'scientificName': pl.String,
+                'taxonRank': pl.String,
+                'class': pl.String,
+            }
+        )
+    )
     return Tallies(_triples(out[0], res, taxa), taxa, out[1] if len(out) > 1 else None, spill, cm.points)
 
 # %% ../nbs/20_ingest.ipynb #180419ba
@@ -276,69 +387,137 @@ def read_name_codes(path) -> pl.DataFrame:
     "A taxonomy CSV as (`_match` lower-case scientific name, `species_code`, `scientificName`, `commonName`)."
     t = taxonomy_frame(path)
     if (t['scientificName'] == '').all():
-        raise GeoSDMDataError(f'{path}: a taxonomy needs a scientific name column (one of {TAX_COLUMNS["sci"]}) to match records by name')
-    return (t.with_columns(pl.col('scientificName').str.to_lowercase().alias('_match'))
-             .filter((pl.col('_match') != '') & (pl.col('species_code') != ''))
-             .select('_match', 'species_code', 'scientificName', 'commonName').unique('_match', keep='first', maintain_order=True))
+        raise GeoSDMDataError(
+            f'{path}: a taxonomy needs a scientific name column (one of {TAX_COLUMNS["sci"]}) to match records by name'
+        )
+    return (
+        t.with_columns(pl.col('scientificName').str.to_lowercase().alias('_match'))
+        .filter((pl.col('_match') != '') & (pl.col('species_code') != ''))
+        .select('_match', 'species_code', 'scientificName', 'commonName')
+        .unique('_match', keep='first', maintain_order=True)
+    )
 
 # %% ../nbs/20_ingest.ipynb #cf9cc302
 def best_vernacular(vern: pl.DataFrame | None) -> pl.DataFrame:
     "Per key the most used vernacular name, English (or unspecified language) first: (key, vernacular)."
-    if vern is None or vern.height == 0: return pl.DataFrame(schema={'key': pl.Int64, 'vernacular': pl.String})
+    if vern is None or vern.height == 0:
+        return pl.DataFrame(schema={'key': pl.Int64, 'vernacular': pl.String})
     en = pl.col('language').fill_null('').str.to_lowercase().is_in(['', 'en', 'eng', 'english'])
-    return (vern.filter(pl.col('vernacularName').fill_null('') != '').group_by('key', 'vernacularName').agg(pl.col('rows').sum(), en.any().alias('en'))
-                .sort('en', 'rows', 'vernacularName', descending=[True, True, False]).group_by('key', maintain_order=True)
-                .agg(pl.col('vernacularName').first().alias('vernacular')))
+    return (
+        vern.filter(pl.col('vernacularName').fill_null('') != '')
+        .group_by('key', 'vernacularName')
+        .agg(pl.col('rows').sum(), en.any().alias('en'))
+        .sort('en', 'rows', 'vernacularName', descending=[True, True, False])
+        .group_by('key', maintain_order=True)
+        .agg(pl.col('vernacularName').first().alias('vernacular'))
+    )
 
 # %% ../nbs/20_ingest.ipynb #250d9651
-def species_codes(taxa: pl.DataFrame, names: pl.DataFrame | None = None, drop_unmatched: bool = False,
-                  vernacular: pl.DataFrame | None = None) -> pl.DataFrame:
+def species_codes(
+    taxa: pl.DataFrame,
+    names: pl.DataFrame | None = None,
+    drop_unmatched: bool = False,
+    vernacular: pl.DataFrame | None = None,
+) -> pl.DataFrame:
     "Per kept key: species_code (null when dropped as unmatched), scientificName, commonName, class, rows, matched."
-    per_key = (taxa.filter(pl.col('reason').is_null()).sort('rows', descending=True).group_by('key', maintain_order=True)
-                   .agg(pl.col('rows').sum(), pl.col('name', 'class').first())
-                   .with_columns(pl.col('name').str.to_lowercase().str.strip_chars().alias('_match')))
-    if names is None: names = pl.DataFrame(schema={'_match': pl.String, 'species_code': pl.String, 'scientificName': pl.String, 'commonName': pl.String})
+    per_key = (
+        taxa.filter(pl.col('reason').is_null())
+        .sort('rows', descending=True)
+        .group_by('key', maintain_order=True)
+        .agg(pl.col('rows').sum(), pl.col('name', 'class').first())
+        .with_columns(pl.col('name').str.to_lowercase().str.strip_chars().alias('_match'))
+    )
+    if names is None:
+        names = pl.DataFrame(
+            schema={
+                '_match': pl.String,
+                'species_code': pl.String,
+                'scientificName': pl.String,
+                'commonName': pl.String,
+            }
+        )
     s = per_key.join(names, on='_match', how='left').join(best_vernacular(vernacular), on='key', how='left')
     matched = pl.col('species_code').is_not_null()
-    return s.select('key', pl.when(matched | (not drop_unmatched)).then(pl.col('species_code').fill_null(pl.col('key').cast(pl.String))).alias('species_code'),
-                    pl.col('scientificName').fill_null(pl.col('name')), pl.when(pl.col('commonName').fill_null('') != '').then('commonName')
-                    .otherwise(pl.col('vernacular').fill_null('')).alias('commonName'), 'class', 'rows', matched.alias('matched')).sort('key')
+    return s.select(
+        'key',
+        pl.when(matched | (not drop_unmatched))
+        .then(pl.col('species_code').fill_null(pl.col('key').cast(pl.String)))
+        .alias('species_code'),
+        pl.col('scientificName').fill_null(pl.col('name')),
+        pl.when(pl.col('commonName').fill_null('') != '')
+        .then('commonName')
+        .otherwise(pl.col('vernacular').fill_null(''))
+        .alias('commonName'),
+        'class',
+        'rows',
+        matched.alias('matched'),
+    ).sort('key')
 
 # %% ../nbs/20_ingest.ipynb #8b50c575
 MANIFEST_COLS = ['taxonKey', 'scientificName', 'taxonRank', 'action', 'reason', 'species_code', 'records']
 
+
 def manifest(taxa: pl.DataFrame, species: pl.DataFrame, lost_codes: Sequence[str] = ()) -> pl.DataFrame:
     "Taxa dropped or merged, and why (columns `MANIFEST_COLS`)."
     reason_name = pl.col('reason').replace_strict(list(range(len(REASONS))), list(REASONS), return_dtype=pl.String)
-    t = (taxa.sort('rows', descending=True).group_by('taxonKey', maintain_order=True).agg(
-            pl.col('rows').filter(pl.col('reason').is_null()).sum().alias('kept'), pl.col('rows').sum().alias('records'),
+    t = (
+        taxa.sort('rows', descending=True)
+        .group_by('taxonKey', maintain_order=True)
+        .agg(
+            pl.col('rows').filter(pl.col('reason').is_null()).sum().alias('kept'),
+            pl.col('rows').sum().alias('records'),
             reason_name.filter(pl.col('reason').is_not_null()).first().alias('why'),
-            pl.col('key').filter(pl.col('reason').is_null()).first(), pl.col('scientificName', 'taxonRank').first())
-         .join(species.select('key', 'species_code'), on='key', how='left'))
+            pl.col('key').filter(pl.col('reason').is_null()).first(),
+            pl.col('scientificName', 'taxonRank').first(),
+        )
+        .join(species.select('key', 'species_code'), on='key', how='left')
+    )
     shared = species.filter(pl.col('species_code').is_not_null()).group_by('species_code').agg(pl.len().alias('n'))
     t = t.join(shared, on='species_code', how='left')
-    act = (pl.when(pl.col('kept') == 0).then(pl.lit('dropped|') + pl.col('why').fill_null('no records'))
-             .when(pl.col('species_code').is_null()).then(pl.lit('dropped|not in the taxonomy'))
-             .when(pl.col('species_code').is_in(list(lost_codes))).then(pl.lit('dropped|outside the grid'))
-             .when(pl.col('taxonKey') != pl.col('key')).then(pl.lit('merged|') + pl.when(pl.col('taxonRank') == 'SPECIES')
-                                                            .then(pl.lit('synonym')).otherwise(pl.lit('infraspecific')))
-             .when(pl.col('n') > 1).then(pl.lit('merged|same code in the taxonomy')))
-    return (t.with_columns(act.alias('_a')).filter(pl.col('_a').is_not_null())
-             .with_columns(pl.col('_a').str.split_exact('|', 1).struct.rename_fields(['action', 'reason']).struct.unnest())
-             .select(MANIFEST_COLS).sort('action', 'taxonKey'))
+    act = (
+        pl.when(pl.col('kept') == 0)
+        .then(pl.lit('dropped|') + pl.col('why').fill_null('no records'))
+        .when(pl.col('species_code').is_null())
+        .then(pl.lit('dropped|not in the taxonomy'))
+        .when(pl.col('species_code').is_in(list(lost_codes)))
+        .then(pl.lit('dropped|outside the grid'))
+        .when(pl.col('taxonKey') != pl.col('key'))
+        .then(
+            pl.lit('merged|')
+            + pl.when(pl.col('taxonRank') == 'SPECIES').then(pl.lit('synonym')).otherwise(pl.lit('infraspecific'))
+        )
+        .when(pl.col('n') > 1)
+        .then(pl.lit('merged|same code in the taxonomy'))
+    )
+    return (
+        t.with_columns(act.alias('_a'))
+        .filter(pl.col('_a').is_not_null())
+        .with_columns(pl.col('_a').str.split_exact('|', 1).struct.rename_fields(['action', 'reason']).struct.unnest())
+        .select(MANIFEST_COLS)
+        .sort('action', 'taxonKey')
+    )
 
 # %% ../nbs/20_ingest.ipynb #e416fddb
 def weekly_lists(triples: pl.DataFrame, species: pl.DataFrame) -> pl.DataFrame:
-    "(cell, week, key) rows and (key, species_code) → one row per cell: `cell` and `week_1` … `week_48` (sorted codes)."
+    "(cell, week, key) rows and (key, species_code) → a row per cell: `cell`, `week_1` … `week_48` (sorted codes)."
     sp = species.drop_nulls('species_code')
     codes = sorted(set(sp['species_code']))
-    rank = sp.select('key', pl.col('species_code').replace_strict(codes, list(range(len(codes))), return_dtype=pl.Int32).alias('ci'))
+    rank = sp.select(
+        'key', pl.col('species_code').replace_strict(codes, list(range(len(codes))), return_dtype=pl.Int32).alias('ci')
+    )
     t = triples.join(rank, on='key')
     cells = np.unique(t['cell'].to_numpy())
-    k = ((t['week'].to_numpy().astype(np.uint64) << np.uint64(58)) | (np.searchsorted(cells, t['cell'].to_numpy()).astype(np.uint64) << np.uint64(24))
-         | t['ci'].to_numpy().astype(np.uint64))                        # one key per (week, cell row, code rank)
+    k = (
+        (t['week'].to_numpy().astype(np.uint64) << np.uint64(58))
+        | (np.searchsorted(cells, t['cell'].to_numpy()).astype(np.uint64) << np.uint64(24))
+        | t['ci'].to_numpy().astype(np.uint64)
+    )  # one key per (week, cell row, code rank)
     u = pl.Series(k).unique().sort().to_numpy()
-    week, row, ci = (u >> np.uint64(58)).astype(np.int64), ((u >> np.uint64(24)) & np.uint64((1 << 34) - 1)).astype(np.int64), (u & np.uint64((1 << 24) - 1)).astype(np.int64)
+    week, row, ci = (
+        (u >> np.uint64(58)).astype(np.int64),
+        ((u >> np.uint64(24)) & np.uint64((1 << 34) - 1)).astype(np.int64),
+        (u & np.uint64((1 << 24) - 1)).astype(np.int64),
+    )
     cut, names = np.searchsorted(week, np.arange(1, N_WEEKS + 2)), pa.array(codes, pa.string())
     cols = {'cell': pa.array(cells, pa.uint64())}
     for w, c in enumerate(WEEK_COLS):
@@ -348,34 +527,54 @@ def weekly_lists(triples: pl.DataFrame, species: pl.DataFrame) -> pl.DataFrame:
     return pl.from_arrow(pa.table(cols))
 
 # %% ../nbs/20_ingest.ipynb #06710c51
-def attach_grid(lists: pl.DataFrame, grid: pl.DataFrame | None, outside: str = 'drop') -> tuple[pl.DataFrame, pl.DataFrame]:
-    "Join lists to the grid (all grid cells kept); returns (frame with h3_index, env, weeks; lists of cells outside the grid)."
+def attach_grid(
+    lists: pl.DataFrame, grid: pl.DataFrame | None, outside: str = 'drop'
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Join lists to the grid (all grid cells kept); returns (frame with h3_index, env, weeks; lists of cells outside
+    the grid)."""
     if grid is None:
-        out = lists.sort('cell').with_columns(pl.col('cell').map_elements(h3.int_to_str, return_dtype=pl.String).alias('h3_index'))
+        out = lists.sort('cell').with_columns(
+            pl.col('cell').map_elements(h3.int_to_str, return_dtype=pl.String).alias('h3_index')
+        )
         return out.select('h3_index', *WEEK_COLS), lists.clear()
     away = lists.join(grid.select('cell'), on='cell', how='anti')
     frame = grid.join(lists, on='cell', how='left', maintain_order='left')
     if outside == 'keep' and away.height:
-        frame = pl.concat([frame, away.with_columns(pl.col('cell').map_elements(h3.int_to_str, return_dtype=pl.String).alias('h3_index'))],
-                          how='diagonal_relaxed')
+        frame = pl.concat(
+            [
+                frame,
+                away.with_columns(pl.col('cell').map_elements(h3.int_to_str, return_dtype=pl.String).alias('h3_index')),
+            ],
+            how='diagonal_relaxed',
+        )
     empty = pl.lit([], pl.List(pl.String))
     env = [c for c in grid.columns if c not in ('cell', 'h3_index')]
     return frame.select('h3_index', *env, *[pl.col(c).fill_null(empty) for c in WEEK_COLS]), away
 
 # %% ../nbs/20_ingest.ipynb #473ad9a3
 def write_combined(frame: pl.DataFrame, path, geometry: bool = False) -> Path:
-    "Write a combined parquet atomically (string ids, list<string> weeks); with `geometry`, cell polygons as GeoParquet."
+    """Write a combined parquet atomically (string ids, list<string> weeks); with `geometry`, cell polygons as
+    GeoParquet."""
     t = frame.to_arrow()
     kinds = {pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view}
+
     def norm(ty):
-        if any(k(ty) for k in kinds): return pa.string()
-        if pa.types.is_list(ty) or pa.types.is_large_list(ty) or pa.types.is_list_view(ty): return pa.list_(pa.string())
+        if any(k(ty) for k in kinds):
+            return pa.string()
+        if pa.types.is_list(ty) or pa.types.is_large_list(ty) or pa.types.is_list_view(ty):
+            return pa.list_(pa.string())
         return ty
+
     t = t.cast(pa.schema([pa.field(f.name, norm(f.type)) for f in t.schema]))
     if geometry:
-        t = t.add_column(1, pa.field('geometry', pa.binary()), pa.array(cell_wkb(frame['h3_index'].to_list()), pa.binary()))
-        t = t.replace_schema_metadata({b'geo': json.dumps(geoparquet_metadata(t['geometry'].to_pylist(), 'geosdm.ingest')).encode()})
-    with atomic_path(path) as tmp: pq.write_table(t, tmp)
+        t = t.add_column(
+            1, pa.field('geometry', pa.binary()), pa.array(cell_wkb(frame['h3_index'].to_list()), pa.binary())
+        )
+        t = t.replace_schema_metadata(
+            {b'geo': json.dumps(geoparquet_metadata(t['geometry'].to_pylist(), 'geosdm.ingest')).encode()}
+        )
+    with atomic_path(path) as tmp:
+        pq.write_table(t, tmp)
     return Path(path)
 
 # %% ../nbs/20_ingest.ipynb #91a6f783
@@ -387,16 +586,15 @@ def funnel(rows_read: int, dropped: dict) -> list[dict]:
         out.append({'filter': name, 'dropped': int(n), 'remaining': int(left)})
     return out
 
-
-
 # %% ../nbs/20_ingest.ipynb #654d95ad
 @dataclass
 class Kept:
     "The output of the aggregation steps of `ingest` (before writing)."
-    frame: pl.DataFrame         # h3_index, env, week_1..week_48
-    species: pl.DataFrame       # the taxonomy table
+
+    frame: pl.DataFrame  # h3_index, env, week_1..week_48
+    species: pl.DataFrame  # the taxonomy table
     manifest: pl.DataFrame
-    dropped: dict               # filter name → records dropped, in order
+    dropped: dict  # filter name → records dropped, in order
     cells_outside: int
 
 # %% ../nbs/20_ingest.ipynb #adfaa70b
@@ -410,7 +608,9 @@ def _survivors(tal: Tallies, species: pl.DataFrame, away: pl.DataFrame, outside:
     return coded, {'taxonomy': int(unmatched['rows'].sum()), 'outside_grid': int(outside_rows['rows'].sum())}
 
 # %% ../nbs/20_ingest.ipynb #5cf605c2
-def _assemble(tal: Tallies, names: pl.DataFrame | None, grid: pl.DataFrame | None, outside: str, drop_unmatched: bool) -> Kept:
+def _assemble(
+    tal: Tallies, names: pl.DataFrame | None, grid: pl.DataFrame | None, outside: str, drop_unmatched: bool
+) -> Kept:
     "From the tallies to the output frame, the taxonomy table, the manifest and the counts per filter."
     species = species_codes(tal.taxa, names, drop_unmatched, tal.vernacular)
     lists = weekly_lists(tal.triples, species)
@@ -421,65 +621,131 @@ def _assemble(tal: Tallies, names: pl.DataFrame | None, grid: pl.DataFrame | Non
     if tal.spill is not None:
         keys = coded['key'].unique().to_numpy() if later['taxonomy'] else None
         d = tal.spill.counts(keys, coded['cell'].unique().to_numpy() if later['outside_grid'] else None)
-        rows = rows.join(d, on='key', how='left').with_columns(pl.col('rows') - pl.col('with_id').fill_null(0) + pl.col('distinct').fill_null(0))
+        rows = rows.join(d, on='key', how='left').with_columns(
+            pl.col('rows') - pl.col('with_id').fill_null(0) + pl.col('distinct').fill_null(0)
+        )
         dropped['duplicate'] = int(d['with_id'].sum() - d['distinct'].sum())
     lost = sorted(set(species['species_code'].drop_nulls()) - set(coded['species_code']))
-    named = pl.col('commonName') != ''                               # per code: the names of its most recorded key
-    table = (species.drop('rows').join(rows, on='key').sort('rows', descending=True).group_by('species_code', maintain_order=True).agg(
-                pl.col('scientificName').first(), pl.col('commonName').filter(named).first().fill_null(''), pl.col('class').first(),
-                pl.col('key').min().alias('gbifKey'), pl.col('rows').sum().alias('records')).sort('species_code'))
+    named = pl.col('commonName') != ''  # per code: the names of its most recorded key
+    table = (
+        species.drop('rows')
+        .join(rows, on='key')
+        .sort('rows', descending=True)
+        .group_by('species_code', maintain_order=True)
+        .agg(
+            pl.col('scientificName').first(),
+            pl.col('commonName').filter(named).first().fill_null(''),
+            pl.col('class').first(),
+            pl.col('key').min().alias('gbifKey'),
+            pl.col('rows').sum().alias('records'),
+        )
+        .sort('species_code')
+    )
     return Kept(frame, table, manifest(tal.taxa, species, lost), dropped, away.height)
 
 # %% ../nbs/20_ingest.ipynb #2767c256
 def output_paths(output) -> dict[str, Path]:
     "The files `ingest` writes for `output` (a .parquet path)."
     p = Path(output)
-    return {'parquet': p, 'taxonomy': p.with_name(f'{p.stem}_taxonomy.csv'), 'manifest': p.with_name(f'{p.stem}_manifest.csv'),
-            'report': p.with_name(f'{p.stem}_report.json')}
+    return {
+        'parquet': p,
+        'taxonomy': p.with_name(f'{p.stem}_taxonomy.csv'),
+        'manifest': p.with_name(f'{p.stem}_manifest.csv'),
+        'report': p.with_name(f'{p.stem}_report.json'),
+    }
 
 # %% ../nbs/20_ingest.ipynb #9a7276d2
 def _write_csv(df: pl.DataFrame, path) -> Path:
     return atomic_write(path, lambda f: df.write_csv(f))
 
 # %% ../nbs/20_ingest.ipynb #0fa4c356
-def ingest(source, output, *, resolution: int | None = None, grid=None, outside_grid: str = 'drop', taxonomy=None,
-           drop_unmatched: bool = False, filters: Filters | None = None, geometry: bool = False, max_rows: int = 0,
-           workdir=None) -> dict:
-    "Turn GBIF occurrences at `source` into the combined parquet `output` (+ taxonomy, manifest, report); returns the report."
+def ingest(
+    source,
+    output,
+    *,
+    resolution: int | None = None,
+    grid=None,
+    outside_grid: str = 'drop',
+    taxonomy=None,
+    drop_unmatched: bool = False,
+    filters: Filters | None = None,
+    geometry: bool = False,
+    max_rows: int = 0,
+    workdir=None,
+) -> dict:
+    """Turn GBIF occurrences at `source` into the combined parquet `output` (+ taxonomy, manifest, report); returns
+    the report."""
     t0, f = time.perf_counter(), filters or Filters()
-    if outside_grid not in ('drop', 'keep'): raise GeoSDMDataError(f'outside_grid {outside_grid!r}: choose drop or keep')
+    if outside_grid not in ('drop', 'keep'):
+        raise GeoSDMDataError(f'outside_grid {outside_grid!r}: choose drop or keep')
     g, res = read_grid(grid, resolution) if grid else (None, resolution)
-    if res is None: raise GeoSDMDataError('give an H3 resolution (--resolution) or an environment grid (--grid)')
-    if not 0 <= int(res) <= 15: raise GeoSDMDataError(f'--resolution {res}: H3 resolutions are 0 to 15')
+    if res is None:
+        raise GeoSDMDataError('give an H3 resolution (--resolution) or an environment grid (--grid)')
+    if not 0 <= int(res) <= 15:
+        raise GeoSDMDataError(f'--resolution {res}: H3 resolutions are 0 to 15')
     names = read_name_codes(taxonomy) if taxonomy else None
     secs = {}
     with tempfile.TemporaryDirectory(prefix='geosdm_ingest_', dir=workdir) as wd:
-        occ = open_occurrences(source, wd); secs['open'] = time.perf_counter() - t0
-        tal = tally(occ, f, int(res), wd, max_rows); secs['scan'] = time.perf_counter() - t0 - secs['open']
+        occ = open_occurrences(source, wd)
+        secs['open'] = time.perf_counter() - t0
+        tal = tally(occ, f, int(res), wd, max_rows)
+        secs['scan'] = time.perf_counter() - t0 - secs['open']
         k = _assemble(tal, names, g, outside_grid, drop_unmatched)
     secs['assemble'] = time.perf_counter() - t0 - secs['open'] - secs['scan']
     paths = output_paths(output)
     write_combined(k.frame, paths['parquet'], geometry)
-    _write_csv(k.species, paths['taxonomy']); _write_csv(k.manifest, paths['manifest'])
-    secs['write'] = time.perf_counter() - t0 - sum(secs.values()); secs['total'] = time.perf_counter() - t0
-    rep = _report(source, occ, tal, k, paths, int(res), f, secs, grid=grid, outside_grid=outside_grid, taxonomy=taxonomy,
-                  drop_unmatched=drop_unmatched, geometry=geometry, max_rows=max_rows)
+    _write_csv(k.species, paths['taxonomy'])
+    _write_csv(k.manifest, paths['manifest'])
+    secs['write'] = time.perf_counter() - t0 - sum(secs.values())
+    secs['total'] = time.perf_counter() - t0
+    rep = _report(
+        source,
+        occ,
+        tal,
+        k,
+        paths,
+        int(res),
+        f,
+        secs,
+        grid=grid,
+        outside_grid=outside_grid,
+        taxonomy=taxonomy,
+        drop_unmatched=drop_unmatched,
+        geometry=geometry,
+        max_rows=max_rows,
+    )
     write_json(paths['report'], rep)
     return rep
 
 # %% ../nbs/20_ingest.ipynb #8ff06739
-def _report(source, occ: Occurrences, tal: Tallies, k: Kept, paths: dict, res: int, f: Filters, secs: dict, **opts) -> dict:
+def _report(
+    source, occ: Occurrences, tal: Tallies, k: Kept, paths: dict, res: int, f: Filters, secs: dict, **opts
+) -> dict:
     n_read = int(tal.taxa['rows'].sum())
     steps = funnel(n_read, k.dropped)
     with_records = k.frame.select(pl.sum_horizontal(pl.col(WEEK_COLS).list.len() > 0).alias('n'))['n']
-    return {'input': str(source), 'kind': occ.kind, 'output': {n: str(p) for n, p in paths.items()}, 'resolution': res,
-            'rows_read': n_read, 'filters': steps, 'rows_kept': steps[-1]['remaining'] if steps else n_read,
-            'cells': k.frame.height, 'cells_with_records': int((with_records > 0).sum()),
-            'cell_weeks_with_records': int(with_records.sum()), 'cells_outside_grid': k.cells_outside,
-            'species': k.species.height, 'taxa_merged': int((k.manifest['action'] == 'merged').sum()),
-            'taxa_dropped': int((k.manifest['action'] == 'dropped').sum()), 'h3_points': tal.h3_points,
-            'seconds': {n: round(s, 3) for n, s in secs.items()}, 'rows_per_second': round(n_read / max(secs['total'], 1e-9)),
-            'peak_rss_mb': round(peak_rss_mb(), 1), 'filters_used': asdict(f), 'options': {n: v if v is None or isinstance(v, (int, float, bool)) else str(v) for n, v in opts.items()}}
+    return {
+        'input': str(source),
+        'kind': occ.kind,
+        'output': {n: str(p) for n, p in paths.items()},
+        'resolution': res,
+        'rows_read': n_read,
+        'filters': steps,
+        'rows_kept': steps[-1]['remaining'] if steps else n_read,
+        'cells': k.frame.height,
+        'cells_with_records': int((with_records > 0).sum()),
+        'cell_weeks_with_records': int(with_records.sum()),
+        'cells_outside_grid': k.cells_outside,
+        'species': k.species.height,
+        'taxa_merged': int((k.manifest['action'] == 'merged').sum()),
+        'taxa_dropped': int((k.manifest['action'] == 'dropped').sum()),
+        'h3_points': tal.h3_points,
+        'seconds': {n: round(s, 3) for n, s in secs.items()},
+        'rows_per_second': round(n_read / max(secs['total'], 1e-9)),
+        'peak_rss_mb': round(peak_rss_mb(), 1),
+        'filters_used': asdict(f),
+        'options': {n: v if v is None or isinstance(v, (int, float, bool)) else str(v) for n, v in opts.items()},
+    }
 
 # %% ../nbs/20_ingest.ipynb #f665258b
 CLUSTER_SQL = """
@@ -488,7 +754,8 @@ SELECT h3_latlng_to_cell(decimallatitude, decimallongitude, 3) AS cell, w.week A
 FROM occurrence o JOIN weeks w ON o.month = w.month AND o.day = w.day
 WHERE specieskey IS NOT NULL
   AND coalesce(occurrencestatus, '') <> 'ABSENT'
-  AND basisofrecord IN ('HUMAN_OBSERVATION', 'MACHINE_OBSERVATION', 'OBSERVATION', 'OCCURRENCE', 'PRESERVED_SPECIMEN', 'MATERIAL_SAMPLE')
+  AND basisofrecord IN ('HUMAN_OBSERVATION', 'MACHINE_OBSERVATION', 'OBSERVATION', 'OCCURRENCE',
+                        'PRESERVED_SPECIMEN', 'MATERIAL_SAMPLE')
   AND decimallatitude BETWEEN -90 AND 90 AND decimallongitude BETWEEN -180 AND 180
   AND NOT (decimallatitude = 0 AND decimallongitude = 0)
   AND coalesce(coordinateuncertaintyinmeters, 0) <= 10000

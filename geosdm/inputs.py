@@ -6,8 +6,8 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import h3
 import numpy as np
@@ -15,7 +15,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .core import GeoSDMDataError, WEEK_COLS
+from .core import WEEK_COLS, GeoSDMDataError
 
 # %% auto #0
 __all__ = ['DROP_COLS', 'NON_ENV', 'CATEGORICAL_COLS', 'FRACTION_COLS', 'TAX_COLUMNS', 'find_taxonomy', 'taxonomy_frame',
@@ -28,9 +28,12 @@ CATEGORICAL_COLS = ('landcover_class',)
 FRACTION_COLS = ('water_fraction', 'urban_fraction')
 
 # %% ../nbs/03_inputs.ipynb #6e09957c
-TAX_COLUMNS = {'code': ('species_code', 'primaryId'),   # role → accepted column names, first found wins
-               'sci': ('sci_name', 'scientificName'),
-              'com': ('com_name', 'commonName')}
+TAX_COLUMNS = {
+    'code': ('species_code', 'primaryId'),  # role → accepted column names, first found wins
+    'sci': ('sci_name', 'scientificName'),
+    'com': ('com_name', 'commonName'),
+}
+
 
 def find_taxonomy(data_path) -> Path | None:
     "The taxonomy CSV beside `data_path` (`<stem>_taxonomy.csv`, then without `_with_ee`), or None."
@@ -38,23 +41,36 @@ def find_taxonomy(data_path) -> Path | None:
     stems = [p.stem] + ([p.stem.replace('_with_ee', '')] if '_with_ee' in p.stem else [])
     for st in stems:
         c = p.with_name(f'{st}_taxonomy.csv')
-        if c.is_file(): return c
+        if c.is_file():
+            return c
     return None
 
 # %% ../nbs/03_inputs.ipynb #954d759d
 def taxonomy_frame(path) -> pl.DataFrame:
-    "A taxonomy CSV as strings `species_code`, `scientificName`, `commonName` ('' where missing); duplicate headers tolerated."
+    """A taxonomy CSV as strings `species_code`, `scientificName`, `commonName` ('' where missing); duplicate headers
+    tolerated."""
     path = Path(path)
-    try: raw = pl.read_csv(path, has_header=False, infer_schema=False, truncate_ragged_lines=True)
-    except Exception as e: raise GeoSDMDataError(f'{path}: cannot read the taxonomy CSV ({e})') from e
-    if raw.height == 0: raise GeoSDMDataError(f'{path}: the taxonomy CSV is empty')
+    try:
+        raw = pl.read_csv(path, has_header=False, infer_schema=False, truncate_ragged_lines=True)
+    except Exception as e:
+        raise GeoSDMDataError(f'{path}: cannot read the taxonomy CSV ({e})') from e
+    if raw.height == 0:
+        raise GeoSDMDataError(f'{path}: the taxonomy CSV is empty')
     header = [(h or '').strip() for h in raw.row(0)]
-    col = {role: raw.columns[header.index(nm)] for role, names in TAX_COLUMNS.items()
-           for nm in reversed(names) if nm in header}            # reversed: the first accepted name wins
+    col = {
+        role: raw.columns[header.index(nm)]
+        for role, names in TAX_COLUMNS.items()
+        for nm in reversed(names)
+        if nm in header
+    }  # reversed: the first accepted name wins
     if 'code' not in col:
-        raise GeoSDMDataError(f'{path}: no species code column (expected one of {TAX_COLUMNS["code"]}); header is {header}')
+        raise GeoSDMDataError(
+            f'{path}: no species code column (expected one of {TAX_COLUMNS["code"]}); header is {header}'
+        )
     body = raw.slice(1)
-    text = lambda role: body[col[role]].fill_null('').str.strip_chars() if role in col else pl.Series([''] * body.height)
+    text = lambda role: (
+        body[col[role]].fill_null('').str.strip_chars() if role in col else pl.Series([''] * body.height)
+    )
     return pl.DataFrame({'species_code': text('code'), 'scientificName': text('sci'), 'commonName': text('com')})
 
 # %% ../nbs/03_inputs.ipynb #dd07a1de
@@ -75,20 +91,29 @@ def _env_columns(path: Path, schema) -> list[str]:
     "Check the schema of a combined parquet; return its env column names."
     missing = [c for c in ['h3_index'] + WEEK_COLS if c not in schema]
     if missing:
-        raise GeoSDMDataError(f'{path}: missing required column(s) {missing}; a combined parquet needs h3_index and '
-                              f'{WEEK_COLS[0]} … {WEEK_COLS[-1]}')
+        raise GeoSDMDataError(
+            f'{path}: missing required column(s) {missing}; a combined parquet needs h3_index and '
+            f'{WEEK_COLS[0]} … {WEEK_COLS[-1]}'
+        )
     not_list = [c for c in WEEK_COLS if not isinstance(schema[c], pl.List)]
     if not_list:
-        raise GeoSDMDataError(f'{path}: week column(s) {_examples(not_list, 8)} are {schema[not_list[0]]}, expected list of species codes')
+        raise GeoSDMDataError(
+            f'{path}: week column(s) {_examples(not_list, 8)} are {schema[not_list[0]]}, expected list of species codes'
+        )
     bad_inner = [c for c in WEEK_COLS if not (schema[c].inner == pl.String or schema[c].inner.is_integer())]
     if bad_inner:
-        raise GeoSDMDataError(f'{path}: week column(s) {_examples(bad_inner, 8)} hold {schema[bad_inner[0]]}, expected list of string (or integer) codes')
+        raise GeoSDMDataError(
+            f'{path}: week column(s) {_examples(bad_inner, 8)} hold {schema[bad_inner[0]]}, '
+            'expected list of string (or integer) codes'
+        )
     env_cols = [c for c in schema if c not in NON_ENV and not c.startswith('week_')]
-    ok = lambda t: t.is_numeric() or t in (pl.Boolean, pl.Null)      # Null: a column with no value at all (dropped later)
+    ok = lambda t: t.is_numeric() or t in (pl.Boolean, pl.Null)  # Null: a column with no value at all (dropped later)
     non_num = [f'{c} ({schema[c]})' for c in env_cols if not ok(schema[c])]
     if non_num:
-        raise GeoSDMDataError(f'{path}: non-numeric extra column(s) {non_num}: every column besides h3_index, geometry, '
-                              f'{", ".join(DROP_COLS)} and week_* is an environmental target and must be numeric')
+        raise GeoSDMDataError(
+            f'{path}: non-numeric extra column(s) {non_num}: every column besides h3_index, geometry, '
+            f'{", ".join(DROP_COLS)} and week_* is an environmental target and must be numeric'
+        )
     return env_cols
 
 # %% ../nbs/03_inputs.ipynb #bf4a54d9
@@ -100,9 +125,13 @@ def _check_cells(path: Path, df: pl.DataFrame, schema) -> tuple[pl.DataFrame, in
         raise GeoSDMDataError(f'{path}: h3_index is {schema["h3_index"]}, expected string H3 ids')
     ids = df['h3_index'].to_list()
     bad = [c for c in ids if c is None or not h3.is_valid_cell(c)]
-    if bad: raise GeoSDMDataError(f'{path}: {len(bad)} invalid H3 id(s) in h3_index, e.g. {_examples(bad)}')
+    if bad:
+        raise GeoSDMDataError(f'{path}: {len(bad)} invalid H3 id(s) in h3_index, e.g. {_examples(bad)}')
     dup = df['h3_index'].filter(df['h3_index'].is_duplicated()).unique().to_list()
-    if dup: raise GeoSDMDataError(f'{path}: {len(dup)} duplicated H3 id(s), e.g. {_examples(dup)}; one row per cell expected')
+    if dup:
+        raise GeoSDMDataError(
+            f'{path}: {len(dup)} duplicated H3 id(s), e.g. {_examples(dup)}; one row per cell expected'
+        )
     res = sorted({h3.get_resolution(c) for c in ids})
     if len(res) > 1:
         raise GeoSDMDataError(f'{path}: mixed H3 resolutions {res}; one grid (one resolution) per file is required')
@@ -114,8 +143,12 @@ def _check_lists(path: Path, df: pl.DataFrame, schema) -> pl.DataFrame:
     nulls = df.select(pl.col(WEEK_COLS).null_count()).row(0)
     bad_null = [f'{c}: {n} cell(s)' for c, n in zip(WEEK_COLS, nulls) if n]
     if bad_null:
-        raise GeoSDMDataError(f'{path}: null species lists (use an empty list for "no record") in {_examples(bad_null, 8)}')
-    inner_nulls = df.select(pl.sum_horizontal(pl.col(WEEK_COLS).list.eval(pl.element().null_count()).list.sum().sum())).item()
+        raise GeoSDMDataError(
+            f'{path}: null species lists (use an empty list for "no record") in {_examples(bad_null, 8)}'
+        )
+    inner_nulls = df.select(
+        pl.sum_horizontal(pl.col(WEEK_COLS).list.eval(pl.element().null_count()).list.sum().sum())
+    ).item()
     if inner_nulls:
         raise GeoSDMDataError(f'{path}: {inner_nulls} null species code(s) inside the week lists')
     int_weeks = [c for c in WEEK_COLS if schema[c].inner != pl.String]
@@ -124,44 +157,61 @@ def _check_lists(path: Path, df: pl.DataFrame, schema) -> pl.DataFrame:
 # %% ../nbs/03_inputs.ipynb #98d20ead
 def parquet_schema(path) -> dict:
     "Column name → polars dtype of a parquet file (extension types as their storage type)."
-    fields = [pa.field(f.name, f.type.storage_type if isinstance(f.type, pa.ExtensionType) else f.type)
-              for f in pq.read_schema(path)]
+    fields = [
+        pa.field(f.name, f.type.storage_type if isinstance(f.type, pa.ExtensionType) else f.type)
+        for f in pq.read_schema(path)
+    ]
     return dict(pl.from_arrow(pa.schema(fields).empty_table()).schema)
 
 # %% ../nbs/03_inputs.ipynb #9f57a4a4
 def read_columns(path, columns: Sequence[str] | None = None) -> pl.DataFrame:
     "The `columns` (default: all) of a parquet file as a polars frame; extension types arrive as their storage type."
     t = pq.read_table(path, columns=None if columns is None else list(columns))
-    plain = pa.schema([pa.field(f.name, f.type.storage_type if isinstance(f.type, pa.ExtensionType) else f.type)
-                       for f in t.schema])                  # no field metadata: polars 1.x stumbles on geoarrow's
+    plain = pa.schema(
+        [pa.field(f.name, f.type.storage_type if isinstance(f.type, pa.ExtensionType) else f.type) for f in t.schema]
+    )  # no field metadata: polars 1.x stumbles on geoarrow's
     return pl.from_arrow(pa.Table.from_arrays(t.columns, schema=plain))
 
 # %% ../nbs/03_inputs.ipynb #24879a5d
 def load_combined(path) -> tuple[pl.DataFrame, list[str], int]:
     "Read and validate a combined parquet: returns (frame of h3_index + env + week columns, env column names, H3 res)."
     path = Path(path)
-    if not path.is_file(): raise GeoSDMDataError(f'{path}: data file not found')
-    try: schema = parquet_schema(path)
-    except Exception as e: raise GeoSDMDataError(f'{path}: not a readable parquet file ({type(e).__name__}: {e})') from e
+    if not path.is_file():
+        raise GeoSDMDataError(f'{path}: data file not found')
+    try:
+        schema = parquet_schema(path)
+    except Exception as e:
+        raise GeoSDMDataError(f'{path}: not a readable parquet file ({type(e).__name__}: {e})') from e
     env_cols = _env_columns(path, schema)
-    try: df = read_columns(path, ['h3_index'] + env_cols + WEEK_COLS)
-    except Exception as e: raise GeoSDMDataError(f'{path}: cannot read the parquet data ({type(e).__name__}: {e})') from e
-    if df.height == 0: raise GeoSDMDataError(f'{path}: no rows (no H3 cells)')
+    try:
+        df = read_columns(path, ['h3_index'] + env_cols + WEEK_COLS)
+    except Exception as e:
+        raise GeoSDMDataError(f'{path}: cannot read the parquet data ({type(e).__name__}: {e})') from e
+    if df.height == 0:
+        raise GeoSDMDataError(f'{path}: no rows (no H3 cells)')
     df, res = _check_cells(path, df, schema)
     return _check_lists(path, df, schema), env_cols, res
 
 # %% ../nbs/03_inputs.ipynb #0273b75d
 def read_grid(path, res: int | None = None) -> tuple[pl.DataFrame, int]:
-    "The grid's env columns with `cell` (UInt64) and `h3_index` (string), and its H3 resolution (checked against `res`)."
+    """The grid's env columns with `cell` (UInt64) and `h3_index` (string), and its H3 resolution (checked against
+    `res`)."""
     path = Path(path)
-    try: schema = parquet_schema(path)
-    except Exception as e: raise GeoSDMDataError(f'{path}: not a readable parquet grid ({type(e).__name__})') from e
-    if 'h3_index' not in schema: raise GeoSDMDataError(f'{path}: the grid has no h3_index column; found {list(schema)}')
+    try:
+        schema = parquet_schema(path)
+    except Exception as e:
+        raise GeoSDMDataError(f'{path}: not a readable parquet grid ({type(e).__name__})') from e
+    if 'h3_index' not in schema:
+        raise GeoSDMDataError(f'{path}: the grid has no h3_index column; found {list(schema)}')
     g = read_columns(path, [c for c in schema if c != 'geometry' and not c.startswith('week_')])
-    if g.height == 0: raise GeoSDMDataError(f'{path}: the grid has no rows')
+    if g.height == 0:
+        raise GeoSDMDataError(f'{path}: the grid has no rows')
     g, found = _check_cells(path, g, schema)
     if res is not None and found != res:
-        raise GeoSDMDataError(f'{path}: the grid has H3 resolution {found}, but --resolution is {res}; use the same resolution (or omit --resolution)')
+        raise GeoSDMDataError(
+            f'{path}: the grid has H3 resolution {found}, but --resolution is {res}; '
+            'use the same resolution (or omit --resolution)'
+        )
     cells = pl.Series('cell', [h3.str_to_int(c) for c in g['h3_index']], pl.UInt64)
     return g.insert_column(0, cells), found
 
@@ -171,8 +221,10 @@ def _carry_nothing(frame: pl.DataFrame, env_cols: Sequence[str]) -> dict[str, st
     out = {}
     for c in env_cols:
         v = frame[c].cast(pl.Float64).fill_nan(None).drop_nulls()
-        if len(v) == 0: out[c] = 'all missing'
-        elif v.min() == v.max(): out[c] = f'constant {v.min():g}'
+        if len(v) == 0:
+            out[c] = 'all missing'
+        elif v.min() == v.max():
+            out[c] = f'constant {v.min():g}'
     return out
 
 # %% ../nbs/03_inputs.ipynb #8db5fc9f
@@ -181,30 +233,44 @@ def encode_env(frame: pl.DataFrame, env_cols: Sequence[str]) -> tuple[np.ndarray
     n = frame.height
     dropped = _carry_nothing(frame, env_cols)
     if dropped:
-        warnings.warn(f'{len(dropped)} environmental column(s) carry nothing and are dropped: '
-                      + ', '.join(f'{c} ({why})' for c, why in dropped.items()))
+        warnings.warn(
+            f'{len(dropped)} environmental column(s) carry nothing and are dropped: '
+            + ', '.join(f'{c} ({why})' for c, why in dropped.items()),
+            stacklevel=2,
+        )
     env_cols = [c for c in env_cols if c not in dropped]
     cats = [c for c in env_cols if c in CATEGORICAL_COLS]
     fracs = [c for c in env_cols if c in FRACTION_COLS]
     conts = [c for c in env_cols if c not in CATEGORICAL_COLS and c not in FRACTION_COLS]
-    blocks, names, stats = [], [], {'categorical': {}, 'fraction': list(fracs), 'continuous': {}, 'dropped': list(dropped)}
+    blocks, names, stats = (
+        [],
+        [],
+        {'categorical': {}, 'fraction': list(fracs), 'continuous': {}, 'dropped': list(dropped)},
+    )
+
     def col(c):
         return frame[c].cast(pl.Float64).fill_nan(None).to_numpy().astype(np.float64)  # null → NaN
+
     for c in cats:
         v = col(c)
         classes = np.unique(v[~np.isnan(v)])
         oh = (v[:, None] == classes[None, :]).astype(np.float32)
         oh[np.isnan(v)] = np.nan
-        blocks.append(oh); names += [f'{c}_{int(k)}' if float(k).is_integer() else f'{c}_{k}' for k in classes]
+        blocks.append(oh)
+        names += [f'{c}_{int(k)}' if float(k).is_integer() else f'{c}_{k}' for k in classes]
         stats['categorical'][c] = [float(k) for k in classes]
     for c in fracs:
-        blocks.append(col(c)[:, None].astype(np.float32)); names.append(c)
+        blocks.append(col(c)[:, None].astype(np.float32))
+        names.append(c)
     for c in conts:
-        v = col(c); ok = ~np.isnan(v)
+        v = col(c)
+        ok = ~np.isnan(v)
         mean = float(v[ok].mean()) if ok.any() else 0.0
         std = float(v[ok].std()) if ok.any() else 1.0
-        if not std > 0: std = 1.0
-        blocks.append(((v - mean) / std)[:, None].astype(np.float32)); names.append(c)
+        if not std > 0:
+            std = 1.0
+        blocks.append(((v - mean) / std)[:, None].astype(np.float32))
+        names.append(c)
         stats['continuous'][c] = {'mean': mean, 'std': std}
     env = np.concatenate(blocks, axis=1) if blocks else np.zeros((n, 0), np.float32)
     return np.ascontiguousarray(env, dtype=np.float32), names, stats

@@ -4,6 +4,7 @@
 
 # %% ../nbs/08_losses.ipynb #98006311
 from __future__ import annotations
+
 import math
 from typing import NamedTuple
 
@@ -24,26 +25,30 @@ def smooth_targets(targets: torch.Tensor, eps: float) -> torch.Tensor:
     return y * (1.0 - eps) + 0.5 * eps if eps > 0 else y
 
 # %% ../nbs/08_losses.ipynb #23c7ff12
-_TINY = 1e-12   # floor for the bases of fractional powers: d/dx x^γ is infinite at 0 for γ < 1 (NaN gradients)
+_TINY = 1e-12  # floor for the bases of fractional powers: d/dx x^γ is infinite at 0 for γ < 1 (NaN gradients)
+
 
 def bce_elementwise(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     "Per-element binary cross-entropy with logits (fp32)."
     return F.binary_cross_entropy_with_logits(logits.float(), y, reduction='none')
 
 # %% ../nbs/08_losses.ipynb #e24c8310
-def asl_elementwise(logits: torch.Tensor, y: torch.Tensor, gamma_pos: float = 0.0, gamma_neg: float = 2.0,
-                    clip: float = 0.05) -> torch.Tensor:
+def asl_elementwise(
+    logits: torch.Tensor, y: torch.Tensor, gamma_pos: float = 0.0, gamma_neg: float = 2.0, clip: float = 0.05
+) -> torch.Tensor:
     "Per-element asymmetric loss (Ridnik et al. 2021) at (possibly smoothed) targets `y`."
     z = logits.float()
     p = torch.sigmoid(z)
-    pos = F.softplus(-z)                                  # −log p
-    if gamma_pos > 0: pos = pos * (1 - p).clamp_min(_TINY).pow(gamma_pos)
+    pos = F.softplus(-z)  # −log p
+    if gamma_pos > 0:
+        pos = pos * (1 - p).clamp_min(_TINY).pow(gamma_pos)
     if clip > 0:
         pm = (p - clip).clamp_min(0)
-        neg = -torch.log1p(-pm)                           # 1 − p_m ≥ clip, so this is finite
+        neg = -torch.log1p(-pm)  # 1 − p_m ≥ clip, so this is finite
     else:
         pm, neg = p, F.softplus(z)
-    if gamma_neg > 0: neg = neg * pm.clamp_min(_TINY).pow(gamma_neg)
+    if gamma_neg > 0:
+        neg = neg * pm.clamp_min(_TINY).pow(gamma_neg)
     return y * pos + (1 - y) * neg
 
 # %% ../nbs/08_losses.ipynb #6ae8c843
@@ -69,14 +74,20 @@ def sample_negatives(pos: torch.Tensor, k: int, generator: torch.Generator | Non
 # %% ../nbs/08_losses.ipynb #c987573f
 LOSS_KINDS = ('bce', 'asl', 'focal', 'an')
 
+
 def _check_loss_options(kind: str, label_smoothing: float, asl_clip: float, neg_samples: int):
     "Raise `ValueError` naming the option if one is outside the range the command line accepts."
-    if kind not in LOSS_KINDS: raise ValueError(f"species loss kind must be one of {LOSS_KINDS}, got {kind!r}")
+    if kind not in LOSS_KINDS:
+        raise ValueError(f"species loss kind must be one of {LOSS_KINDS}, got {kind!r}")
     if not 0 <= label_smoothing < 0.5:
-        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing} "
-                         "(from 0.5 on, absent species would be trained towards p >= 0.25)")
-    if not 0 <= asl_clip < 1: raise ValueError(f"asl_clip must be in [0, 1), got {asl_clip}")
-    if neg_samples < 0: raise ValueError(f"neg_samples must be >= 0, got {neg_samples}")
+        raise ValueError(
+            f"label_smoothing must be in [0, 0.5), got {label_smoothing} "
+            "(from 0.5 on, absent species would be trained towards p >= 0.25)"
+        )
+    if not 0 <= asl_clip < 1:
+        raise ValueError(f"asl_clip must be in [0, 1), got {asl_clip}")
+    if neg_samples < 0:
+        raise ValueError(f"neg_samples must be >= 0, got {neg_samples}")
 
 # %% ../nbs/08_losses.ipynb #9006530f
 def _pos_weights(targets: torch.Tensor, label_weights: torch.Tensor) -> torch.Tensor:
@@ -92,19 +103,28 @@ def _smoothed_bce(z: torch.Tensor, eps: float, positive: bool) -> torch.Tensor:
     return a * F.softplus(-z) + b * F.softplus(z)
 
 # %% ../nbs/08_losses.ipynb #5c8e4a4d
-def _community_negatives(ln: torch.Tensor, pos: torch.Tensor, neg_samples: int,
-                         generator: torch.Generator | None = None) -> torch.Tensor:
+def _community_negatives(
+    ln: torch.Tensor, pos: torch.Tensor, neg_samples: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     "Per row: Σ of the negative-label loss `ln` over the negatives (all, or a re-scaled sample of `neg_samples`)."
     S = pos.shape[1]
-    if not 0 < neg_samples < S: return (ln * ~pos).sum(1)
+    if not 0 < neg_samples < S:
+        return (ln * ~pos).sum(1)
     n_neg = S - pos.sum(1)
     sel = sample_negatives(pos, neg_samples, generator)
     return (ln * sel).sum(1) * (n_neg / sel.sum(1).clamp_min(1))
 
 # %% ../nbs/08_losses.ipynb #7cffcbde
-def _an_loss(logits: torch.Tensor, targets: torch.Tensor, eps: float, pos_lambda: float, neg_samples: int,
-             label_weights: torch.Tensor | None = None, rand_logits: torch.Tensor | None = None,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+def _an_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    eps: float,
+    pos_lambda: float,
+    neg_samples: int,
+    label_weights: torch.Tensor | None = None,
+    rand_logits: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     "The location-aware assume-negative loss (Cole et al. 2023), mean over the batch of `L_i`."
     S = logits.shape[1]
     z, pos = logits.float(), targets > 0.5
@@ -117,7 +137,8 @@ def _an_loss(logits: torch.Tensor, targets: torch.Tensor, eps: float, pos_lambda
         if rand_logits.shape != logits.shape:
             raise ValueError(f"rand_logits {tuple(rand_logits.shape)} must match logits {tuple(logits.shape)}")
         lr = _smoothed_bce(rand_logits.float(), eps, positive=False)
-        if w is not None: lr = lr * w
+        if w is not None:
+            lr = lr * w
         total = total + (lr * pos).sum(1)
     return (total / S).mean()
 
@@ -130,7 +151,9 @@ def softplus_sum(z: torch.Tensor, z_sum: torch.Tensor | None = None) -> torch.Te
 
 # %% ../nbs/08_losses.ipynb #754f0130
 class _PairBCE(torch.autograd.Function):
-    "Σ BCE at smoothed targets / z.numel(), from fp32 logits `z` and the flat indices `idx` of the labels (`v`: valid, `vw`: valid × weight)."
+    """Σ BCE at smoothed targets / z.numel(), from fp32 logits `z` and the flat indices `idx` of the labels (`v`:
+    valid, `vw`: valid × weight)."""
+
     @staticmethod
     def forward(ctx, z, idx, v, vw, lo: float, hi: float):
         zp = z.view(-1).index_select(0, idx)
@@ -155,44 +178,52 @@ def _pair_args(pos: Positives, eps: float, label_weights: torch.Tensor | None) -
     vw = pos.valid if label_weights is None else pos.valid * label_weights.float().index_select(0, pos.species)
     return pos.flat(), pos.valid, vw, 0.5 * eps, 1 - 0.5 * eps
 
-def bce_pairs(logits: torch.Tensor, pos: Positives, eps: float, label_weights: torch.Tensor | None = None) -> torch.Tensor:
+
+def bce_pairs(
+    logits: torch.Tensor, pos: Positives, eps: float, label_weights: torch.Tensor | None = None
+) -> torch.Tensor:
     "Mean BCE of `logits` at the smoothed multi-hot targets of `pos` (`label_weights` on positive labels)."
     return _PairBCE.apply(logits.float().contiguous(), *_pair_args(pos, eps, label_weights))
 
 # %% ../nbs/08_losses.ipynb #0c47f9b7
 class LinearLogits(NamedTuple):
     "Logits not yet computed: `features @ weight.T + bias`."
+
     features: torch.Tensor
     weight: torch.Tensor
     bias: torch.Tensor
 
     @property
-    def shape(self) -> tuple[int, int]: return (self.features.shape[0], self.weight.shape[0])
+    def shape(self) -> tuple[int, int]:
+        return (self.features.shape[0], self.weight.shape[0])
 
-    def logits(self) -> torch.Tensor: return F.linear(self.features, self.weight, self.bias)
+    def logits(self) -> torch.Tensor:
+        return F.linear(self.features, self.weight, self.bias)
 
 # %% ../nbs/08_losses.ipynb #eb9ae390
-_Z_CAP = 80.0       # a logit above it counts as 80 in the loss value (σ(−80) = 2e-35 is still a normal fp32 number)
-_LOG_ROWS = 64      # rows per block of the log pass: ~1.4 MB at 5,656 species, so its temporary stays in the cache
+_Z_CAP = 80.0  # a logit above it counts as 80 in the loss value (σ(−80) = 2e-35 is still a normal fp32 number)
+_LOG_ROWS = 64  # rows per block of the log pass: ~1.4 MB at 5,656 species, so its temporary stays in the cache
+
 
 class _LinearPairBCE(torch.autograd.Function):
     "BCE of `h·wᵀ + b` at the smoothed targets of the label pairs (`idx` flat, `v` valid, `vw` valid × weight)."
+
     @staticmethod
     def forward(ctx, h, w, b, idx, v, vw, lo: float, hi: float):
         ha = torch.cat([h, h.new_ones(h.shape[0], 1)], 1)
         q = torch.mm(ha.neg(), torch.cat([w, b[:, None]], 1).t())  # −z (the bias rides along as a column of ones)
-        zp = q.view(-1).index_select(0, idx).neg_()                 # the pairs' logits
+        zp = q.view(-1).index_select(0, idx).neg_()  # the pairs' logits
         sp, sg = F.softplus(zp), torch.sigmoid(zp)
-        zs = h.sum(0).double() @ w.sum(0).double() + h.shape[0] * b.double().sum()   # Σ z, without a pass over z
-        q.clamp_min_(-_Z_CAP).sigmoid_()                            # Q = σ(−z) = 1 − σ(z), exact where σ(z) ≈ 1
+        zs = h.sum(0).double() @ w.sum(0).double() + h.shape[0] * b.double().sum()  # Σ z, without a pass over z
+        q.clamp_min_(-_Z_CAP).sigmoid_()  # Q = σ(−z) = 1 − σ(z), exact where σ(z) ≈ 1
         rows = _LOG_ROWS if q.device.type == 'cpu' else q.shape[0]  # a GPU takes it in one launch
-        log_q = sum(c.log().sum() for c in q.split(rows))           # Σ softplus(z) = −Σ log σ(−z)
+        log_q = sum(c.log().sum() for c in q.split(rows))  # Σ softplus(z) = −Σ log σ(−z)
         total = (vw * (sp - hi * zp) - v * (sp - lo * zp)).sum() - log_q - lo * zs
-        q.view(-1).index_add_(0, idx, v * (sg - lo) - vw * (sg - hi))   # G = (1 − lo) − Q: the pairs' correction
+        q.view(-1).index_add_(0, idx, v * (sg - lo) - vw * (sg - hi))  # G = (1 − lo) − Q: the pairs' correction
         c = 1.0 - lo
-        gh = torch.sub(c * w.sum(0), q @ w)                          # G·W
-        gwb = torch.sub(c * ha.sum(0)[:, None], ha.t() @ q)         # [h, 1]ᵀ·G: [dL/dw, dL/db]ᵀ
-        ctx.save_for_backward(gh, gwb)                              # (times z.numel())
+        gh = torch.sub(c * w.sum(0), q @ w)  # G·W
+        gwb = torch.sub(c * ha.sum(0)[:, None], ha.t() @ q)  # [h, 1]ᵀ·G: [dL/dw, dL/db]ᵀ
+        ctx.save_for_backward(gh, gwb)  # (times z.numel())
         ctx.n = q.numel()
         return (total / ctx.n).float()
 
@@ -203,57 +234,96 @@ class _LinearPairBCE(torch.autograd.Function):
         return gh * c, gwb[:-1].t() * c, gwb[-1] * c, None, None, None, None, None
 
 # %% ../nbs/08_losses.ipynb #643f5e39
-def bce_linear_pairs(ll: LinearLogits, pos: Positives, eps: float, label_weights: torch.Tensor | None = None) -> torch.Tensor:
+def bce_linear_pairs(
+    ll: LinearLogits, pos: Positives, eps: float, label_weights: torch.Tensor | None = None
+) -> torch.Tensor:
     "Mean BCE of the logits `ll` at the smoothed multi-hot targets of `pos`, fused with the output layer (fp32)."
     with torch.autocast(ll.features.device.type, enabled=False):
-        return _LinearPairBCE.apply(ll.features.float(), ll.weight.float(), ll.bias.float(),
-                                    *_pair_args(pos, eps, label_weights))
+        return _LinearPairBCE.apply(
+            ll.features.float(), ll.weight.float(), ll.bias.float(), *_pair_args(pos, eps, label_weights)
+        )
 
 # %% ../nbs/08_losses.ipynb #ef5a9e25
 class SpeciesLoss:
     "Multi-label species loss: `kind` in 'bce' | 'asl' | 'focal' | 'an'; returns a scalar fp32 tensor."
-    def __init__(self, kind: str = 'bce', label_smoothing: float = 0.05, asl_gamma_pos: float = 0.0,
-                 asl_gamma_neg: float = 2.0, asl_clip: float = 0.05, focal_alpha: float = 0.5,
-                 focal_gamma: float = 2.0, pos_lambda: float = 4.0, neg_samples: int = 1024):
+
+    def __init__(
+        self,
+        kind: str = 'bce',
+        label_smoothing: float = 0.05,
+        asl_gamma_pos: float = 0.0,
+        asl_gamma_neg: float = 2.0,
+        asl_clip: float = 0.05,
+        focal_alpha: float = 0.5,
+        focal_gamma: float = 2.0,
+        pos_lambda: float = 4.0,
+        neg_samples: int = 1024,
+    ):
         _check_loss_options(kind, label_smoothing, asl_clip, neg_samples)
         self.kind, self.label_smoothing = kind, float(label_smoothing)
-        self.asl_gamma_pos, self.asl_gamma_neg, self.asl_clip = float(asl_gamma_pos), float(asl_gamma_neg), float(asl_clip)
+        self.asl_gamma_pos, self.asl_gamma_neg, self.asl_clip = (
+            float(asl_gamma_pos),
+            float(asl_gamma_neg),
+            float(asl_clip),
+        )
         self.focal_alpha, self.focal_gamma = float(focal_alpha), float(focal_gamma)
         self.pos_lambda, self.neg_samples = float(pos_lambda), int(neg_samples)
 
     def __repr__(self):
-        return (f"SpeciesLoss(kind={self.kind!r}, label_smoothing={self.label_smoothing}, asl_gamma_pos={self.asl_gamma_pos}, "
-                f"asl_gamma_neg={self.asl_gamma_neg}, asl_clip={self.asl_clip}, focal_alpha={self.focal_alpha}, "
-                f"focal_gamma={self.focal_gamma}, pos_lambda={self.pos_lambda}, neg_samples={self.neg_samples})")
+        return (
+            f"SpeciesLoss(kind={self.kind!r}, label_smoothing={self.label_smoothing}, "
+            f"asl_gamma_pos={self.asl_gamma_pos}, "
+            f"asl_gamma_neg={self.asl_gamma_neg}, asl_clip={self.asl_clip}, focal_alpha={self.focal_alpha}, "
+            f"focal_gamma={self.focal_gamma}, pos_lambda={self.pos_lambda}, neg_samples={self.neg_samples})"
+        )
 
     def elementwise(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         "Unreduced (B,S) loss for bce/asl/focal at the smoothed targets."
         y = smooth_targets(targets, self.label_smoothing)
-        if self.kind == 'asl': return asl_elementwise(logits, y, self.asl_gamma_pos, self.asl_gamma_neg, self.asl_clip)
-        if self.kind == 'focal': return focal_elementwise(logits, y, self.focal_alpha, self.focal_gamma)
+        if self.kind == 'asl':
+            return asl_elementwise(logits, y, self.asl_gamma_pos, self.asl_gamma_neg, self.asl_clip)
+        if self.kind == 'focal':
+            return focal_elementwise(logits, y, self.focal_alpha, self.focal_gamma)
         return bce_elementwise(logits, y)
 
-    def __call__(self, logits: torch.Tensor | LinearLogits, targets: torch.Tensor | Positives,
-                 label_weights: torch.Tensor | None = None, rand_logits: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(
+        self,
+        logits: torch.Tensor | LinearLogits,
+        targets: torch.Tensor | Positives,
+        label_weights: torch.Tensor | None = None,
+        rand_logits: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         if tuple(logits.shape) != tuple(targets.shape):
-            raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must have the same shape")
+            raise ValueError(
+                f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must have the same shape"
+            )
         if isinstance(logits, LinearLogits):
             if self.kind == 'bce' and isinstance(targets, Positives):
                 return bce_linear_pairs(logits, targets, self.label_smoothing, label_weights)
             logits = logits.logits()
         if isinstance(targets, Positives):
-            if self.kind == 'bce': return bce_pairs(logits, targets, self.label_smoothing, label_weights)
+            if self.kind == 'bce':
+                return bce_pairs(logits, targets, self.label_smoothing, label_weights)
             targets = targets.dense()
         if self.kind == 'an':
-            return _an_loss(logits, targets, self.label_smoothing, self.pos_lambda, self.neg_samples,
-                            label_weights, rand_logits, generator)
-        if self.kind == 'bce':   # fused kernel: one pass, no (B,S) temporaries beyond the weight
+            return _an_loss(
+                logits,
+                targets,
+                self.label_smoothing,
+                self.pos_lambda,
+                self.neg_samples,
+                label_weights,
+                rand_logits,
+                generator,
+            )
+        if self.kind == 'bce':  # fused kernel: one pass, no (B,S) temporaries beyond the weight
             y = smooth_targets(targets, self.label_smoothing)
             w = None if label_weights is None else _pos_weights(targets, label_weights)
             return F.binary_cross_entropy_with_logits(logits.float(), y, weight=w)
         loss = self.elementwise(logits, targets)
-        if label_weights is not None: loss = loss * _pos_weights(targets, label_weights)
+        if label_weights is not None:
+            loss = loss * _pos_weights(targets, label_weights)
         return loss.mean()
 
 # %% ../nbs/08_losses.ipynb #b1a6f1b2
@@ -271,17 +341,30 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return diff.pow(2).sum() / valid.sum().clamp_min(1)
 
 # %% ../nbs/08_losses.ipynb #aaeb42a3
-def total_loss(outputs: dict, targets: torch.Tensor, env_targets: torch.Tensor | None, species_loss_fn,
-               species_weight: float = 1.0, env_weight: float = 0.1, habitat_weight: float = 0.1,
-               rand_logits: torch.Tensor | None = None, label_weights: torch.Tensor | None = None,
-               generator: torch.Generator | None = None) -> dict:
+def total_loss(
+    outputs: dict,
+    targets: torch.Tensor,
+    env_targets: torch.Tensor | None,
+    species_loss_fn,
+    species_weight: float = 1.0,
+    env_weight: float = 0.1,
+    habitat_weight: float = 0.1,
+    rand_logits: torch.Tensor | None = None,
+    label_weights: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> dict:
     "Weighted multi-task loss; returns dict(loss, species, env, habitat) of scalar tensors."
     logits = outputs['species_logits']
-    species = species_loss_fn(logits, targets, label_weights=label_weights, rand_logits=rand_logits, generator=generator)
+    species = species_loss_fn(
+        logits, targets, label_weights=label_weights, rand_logits=rand_logits, generator=generator
+    )
     zero = torch.zeros((), device=species.device)
     env = masked_mse(outputs['env_pred'], env_targets) if ('env_pred' in outputs and env_targets is not None) else zero
     hab = outputs.get('habitat_logits')
-    habitat = species_loss_fn(hab, targets, label_weights=label_weights, generator=generator) if hab is not None else zero
+    habitat = (
+        species_loss_fn(hab, targets, label_weights=label_weights, generator=generator) if hab is not None else zero
+    )
     loss = species_weight * species + env_weight * env
-    if hab is not None and habitat_weight: loss = loss + habitat_weight * habitat
+    if hab is not None and habitat_weight:
+        loss = loss + habitat_weight * habitat
     return dict(loss=loss, species=species, env=env, habitat=habitat)

@@ -4,7 +4,10 @@
 
 # %% ../nbs/16_maps.ipynb #dde5f00d
 from __future__ import annotations
-import functools, json, re
+
+import functools
+import json
+import re
 from pathlib import Path
 
 import altair as alt
@@ -14,10 +17,10 @@ import polars as pl
 import pydeck as pdk
 
 from .core import atomic_path, atomic_write, cache_dir, demo_parquet, jsonable, week_label
-from .geo import HOLDOUT_REGIONS, cells_bbox, _close_cw, cells_geojson
 from .data import Prepared
-from .inputs import read_columns
 from .evaluate import cell_table
+from .geo import HOLDOUT_REGIONS, _close_cw, cells_bbox, cells_geojson
+from .inputs import read_columns
 
 # %% auto #0
 __all__ = ['land_cells', 'land_layer', 'hex_map', 'save_chart', 'colormap', 'deck_html', 'coarsen', 'model_cells',
@@ -26,12 +29,15 @@ __all__ = ['land_cells', 'land_layer', 'hex_map', 'save_chart', 'colormap', 'dec
 
 # %% ../nbs/16_maps.ipynb #4aa4cc13
 def _land_cells(res: int) -> tuple[str, ...]:
-    from global_land_mask import globe                             # seconds to import: only on a cache miss
+    from global_land_mask import globe  # seconds to import: only on a cache miss
+
     cells = [c for r in h3.get_res0_cells() for c in h3.cell_to_children(r, res)]
-    def probe(c):                                                  # centre + 6 vertices (pentagons: padded)
+
+    def probe(c):  # centre + 6 vertices (pentagons: padded)
         b = list(h3.cell_to_boundary(c))[:6]
         return [h3.cell_to_latlng(c)] + b + [h3.cell_to_latlng(c)] * (6 - len(b))
-    pts = np.array([probe(c) for c in cells], float)               # (n, 7, 2)
+
+    pts = np.array([probe(c) for c in cells], float)  # (n, 7, 2)
     lat, lng = pts[..., 0].clip(-89.99, 89.99), (pts[..., 1] + 180) % 360 - 180
     land = globe.is_land(lat.ravel(), lng.ravel()).reshape(lat.shape)
     keep = land[:, 0] | (land[:, 1:].sum(1) >= 2)
@@ -42,62 +48,108 @@ def _land_cells(res: int) -> tuple[str, ...]:
 def land_cells(res: int = 1) -> tuple[str, ...]:
     "H3 cells of resolution `res` that are (mostly) land (global_land_mask; cached on disk, its import takes seconds)."
     path = cache_dir() / f'land_cells_r{res}.json'
-    try: return tuple(json.loads(path.read_text()))
-    except (OSError, ValueError): pass
+    try:
+        return tuple(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        pass
     cells = _land_cells(res)
-    try: atomic_write(path, json.dumps(cells))
-    except OSError: pass                                          # a read-only cache only costs time
+    try:
+        atomic_write(path, json.dumps(cells))
+    except OSError:
+        pass  # a read-only cache only costs time
     return cells
 
 # %% ../nbs/16_maps.ipynb #09651343
 def land_layer(bbox=None, res: int | None = None):
     "Light-grey land (coarse H3 land cells) within `bbox`; resolution 1, or 2 for boxes under 600 square degrees."
-    if res is None: res = 1 if bbox is None or (bbox[2] - bbox[0]) * (bbox[3] - bbox[1]) > 600 else 2
+    if res is None:
+        res = 1 if bbox is None or (bbox[2] - bbox[0]) * (bbox[3] - bbox[1]) > 600 else 2
     cells = land_cells(res)
     if bbox is not None:
         ll = np.array([h3.cell_to_latlng(c) for c in cells])
         x0, y0, x1, y1 = bbox
         cells = [c for c, (la, lo) in zip(cells, ll) if y0 <= la <= y1 and x0 <= lo <= x1]
     fc = cells_geojson(cells)
-    return alt.Chart(alt.Data(values=fc['features'])).mark_geoshape(
-        fill='#e4e4e4', stroke='#e4e4e4', strokeWidth=0.5)
+    return alt.Chart(alt.Data(values=fc['features'])).mark_geoshape(fill='#e4e4e4', stroke='#e4e4e4', strokeWidth=0.5)
 
 # %% ../nbs/16_maps.ipynb #f7baab03
-def hex_map(cells, values, *, title: str = '', label: str = 'value', scheme: str = 'viridis', domain=None,
-            log: bool = False, extra: dict | None = None, land: bool = True, width: int = 560,
-            height: int = 340, projection: str = 'equalEarth', fmt: str = '.3f'):
+def hex_map(
+    cells,
+    values,
+    *,
+    title: str = '',
+    label: str = 'value',
+    scheme: str = 'viridis',
+    domain=None,
+    log: bool = False,
+    extra: dict | None = None,
+    land: bool = True,
+    width: int = 560,
+    height: int = 340,
+    projection: str = 'equalEarth',
+    fmt: str = '.3f',
+):
     "Altair map of H3 `cells` coloured by `values` (NaN = grey), over light-grey land."
     cells = list(cells)
     fc = cells_geojson(cells, {'value': np.asarray(values, float), **(extra or {})})
-    scale = alt.Scale(scheme=scheme, **({'domain': list(domain)} if domain is not None else {}),
-                      **({'type': 'symlog'} if log else {}))
-    tips = [alt.Tooltip('properties.h3_index:N', title='cell'),
-            alt.Tooltip('properties.value:Q', title=label, format=fmt)]
+    scale = alt.Scale(
+        scheme=scheme, **({'domain': list(domain)} if domain is not None else {}), **({'type': 'symlog'} if log else {})
+    )
+    tips = [
+        alt.Tooltip('properties.h3_index:N', title='cell'),
+        alt.Tooltip('properties.value:Q', title=label, format=fmt),
+    ]
     tips += [alt.Tooltip(f'properties.{k}:N', title=k) for k in (extra or {})]
-    cells_layer = alt.Chart(alt.Data(values=fc['features'])).mark_geoshape(stroke='white', strokeWidth=0.2).encode(
-        color=alt.condition('isValid(datum.properties.value) && isFinite(datum.properties.value)',
-                            alt.Color('properties.value:Q', scale=scale, title=label),
-                            alt.value('#bbbbbb')),
-        tooltip=tips)
+    cells_layer = (
+        alt.Chart(alt.Data(values=fc['features']))
+        .mark_geoshape(stroke='white', strokeWidth=0.2)
+        .encode(
+            color=alt.condition(
+                'isValid(datum.properties.value) && isFinite(datum.properties.value)',
+                alt.Color('properties.value:Q', scale=scale, title=label),
+                alt.value('#bbbbbb'),
+            ),
+            tooltip=tips,
+        )
+    )
     box = cells_bbox(cells, pad=8.0) if cells else (-180, -90, 180, 90)
     layers = [land_layer(box)] if land and cells else []
-    rot = [-round((box[0] + box[2]) / 2, 1), 0, 0]                 # centre the projection on the data
-    return alt.layer(*layers, cells_layer).project(projection, rotate=rot).properties(
-        title=title, width=width, height=height)
+    rot = [-round((box[0] + box[2]) / 2, 1), 0, 0]  # centre the projection on the data
+    return (
+        alt.layer(*layers, cells_layer)
+        .project(projection, rotate=rot)
+        .properties(title=title, width=width, height=height)
+    )
 
 # %% ../nbs/16_maps.ipynb #b777a385
 def save_chart(chart, path, scale: float = 1.0) -> Path:
     "Save an altair chart to `.png` (vl-convert) or self-contained `.html` (inline JS), atomically."
     path = Path(path)
     ext = path.suffix.lower().lstrip('.')
-    if ext not in ('png', 'html', 'svg', 'json'): raise ValueError(f'{path}: expected .png, .html, .svg or .json')
+    if ext not in ('png', 'html', 'svg', 'json'):
+        raise ValueError(f'{path}: expected .png, .html, .svg or .json')
     kw = {'inline': True} if ext == 'html' else {'scale_factor': scale} if ext == 'png' else {}
-    with atomic_path(path) as tmp: chart.save(str(tmp), format=ext, **kw)
+    with atomic_path(path) as tmp:
+        chart.save(str(tmp), format=ext, **kw)
     return path
 
 # %% ../nbs/16_maps.ipynb #7bc5116e
-_VIRIDIS = np.array([[68, 1, 84], [72, 40, 120], [62, 74, 137], [49, 104, 142], [38, 130, 142], [31, 158, 137],
-                     [53, 183, 121], [109, 205, 89], [180, 222, 44], [253, 231, 37]], float)
+_VIRIDIS = np.array(
+    [
+        [68, 1, 84],
+        [72, 40, 120],
+        [62, 74, 137],
+        [49, 104, 142],
+        [38, 130, 142],
+        [31, 158, 137],
+        [53, 183, 121],
+        [109, 205, 89],
+        [180, 222, 44],
+        [253, 231, 37],
+    ],
+    float,
+)
+
 
 def colormap(values, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
     "Viridis RGBA (n, 4) uint8 for `values` (NaN → transparent grey)."
@@ -120,15 +172,30 @@ def deck_html(cells, values, path=None, *, label: str = 'value', vmin=None, vmax
     col = colormap(v, vmin, vmax)
     data = [{'hex': c, 'value': x, 'color': cc.tolist()} for c, x, cc in zip(cells, jsonable(v, 6), col)]
     lat, lng = np.array([h3.cell_to_latlng(c) for c in cells]).mean(0) if cells else (0.0, 0.0)
-    layer = pdk.Layer('H3HexagonLayer', data, get_hexagon='hex', get_fill_color='color', pickable=True,
-                      stroked=True, get_line_color=[255, 255, 255], line_width_min_pixels=0.5, extruded=False)
-    deck = pdk.Deck(layers=[layer], map_provider=None, map_style=None, height=height,
-                    initial_view_state=pdk.ViewState(latitude=float(lat), longitude=float(lng), zoom=2),
-                    tooltip={'text': f'{{hex}}\n{label}: {{value}}'})
+    layer = pdk.Layer(
+        'H3HexagonLayer',
+        data,
+        get_hexagon='hex',
+        get_fill_color='color',
+        pickable=True,
+        stroked=True,
+        get_line_color=[255, 255, 255],
+        line_width_min_pixels=0.5,
+        extruded=False,
+    )
+    deck = pdk.Deck(
+        layers=[layer],
+        map_provider=None,
+        map_style=None,
+        height=height,
+        initial_view_state=pdk.ViewState(latitude=float(lat), longitude=float(lng), zoom=2),
+        tooltip={'text': f'{{hex}}\n{label}: {{value}}'},
+    )
     html = deck.to_html(as_string=True, offline=True, notebook_display=False)
     html = re.sub(r'<script[^>]*\bsrc=["\']?https?://[^>]*>\s*</script>', '', html)
     html = re.sub(r'<link[^>]*\bhref=["\']?https?://[^>]*/?>', '', html)
-    if path is not None: atomic_write(path, html)
+    if path is not None:
+        atomic_write(path, html)
     return html
 
 # %% ../nbs/16_maps.ipynb #57a8bf7b
@@ -137,7 +204,8 @@ def coarsen(cells, max_cells: int = 5000) -> list[str]:
     cells = sorted({str(c) for c in cells})
     while len(cells) > max_cells:
         r = h3.get_resolution(cells[0])
-        if r == 0: break
+        if r == 0:
+            break
         cells = sorted({h3.cell_to_parent(c, r - 1) for c in cells})
     return cells
 
@@ -152,7 +220,7 @@ def probability_map(pred, species, week: int = 0, cells=None, probs=None, **kw):
     "Map of the predicted probability of `species` (code, scientific or common name) in `week` (0 = yearly max)."
     i = pred.index(species)
     cells = model_cells(pred) if cells is None else list(cells)
-    p = (pred.predict_cells(cells, week) if probs is None else np.asarray(probs))[:, i]   # probs: (cells, S) at week
+    p = (pred.predict_cells(cells, week) if probs is None else np.asarray(probs))[:, i]  # probs: (cells, S) at week
     t = f'{pred.common_names[i]} ({pred.sci_names[i]}), {week_label(week)}'
     return hex_map(cells, p, title=kw.pop('title', t), label='probability', domain=(0, 1), **kw)
 
@@ -160,28 +228,51 @@ def probability_map(pred, species, week: int = 0, cells=None, probs=None, **kw):
 def range_map(pred, species, cells=None, probs=None, **kw):
     "The yearly range: the maximum over the 48 weekly probabilities."
     i = pred.index(species)
-    return probability_map(pred, species, 0, cells, probs,
-                           title=kw.pop('title', f'{pred.common_names[i]}: yearly range (max over weeks)'), **kw)
+    return probability_map(
+        pred,
+        species,
+        0,
+        cells,
+        probs,
+        title=kw.pop('title', f'{pred.common_names[i]}: yearly range (max over weeks)'),
+        **kw,
+    )
 
 # %% ../nbs/16_maps.ipynb #d9a7876b
 def richness_map(pred, week: int = 0, threshold: float = 0.1, cells=None, **kw):
     "Map of the number of species with probability > `threshold` in `week`."
     cells = model_cells(pred) if cells is None else list(cells)
     n = (pred.predict_cells(cells, week) > threshold).sum(1)
-    return hex_map(cells, n, title=kw.pop('title', f'Species richness (p > {threshold:g}), {week_label(week)}'),
-                   label='species', scheme='yelloworangered', fmt='d', **kw)
+    return hex_map(
+        cells,
+        n,
+        title=kw.pop('title', f'Species richness (p > {threshold:g}), {week_label(week)}'),
+        label='species',
+        scheme='yelloworangered',
+        fmt='d',
+        **kw,
+    )
 
 # %% ../nbs/16_maps.ipynb #c309c8b5
 def effort_map(prep: Prepared, split: str = 'train', **kw):
     "Map of the observation effort behind `prep`'s `split`: species records per cell over all weeks."
     s = getattr(prep, split)
-    if s is None or not len(s): raise ValueError(f'the data have no {split} samples')
+    if s is None or not len(s):
+        raise ValueError(f'the data have no {split} samples')
     weekly = s.week > 0
     rec = np.bincount(s.cell[weekly], weights=s.n_pos()[weekly], minlength=len(prep.cells))
     idx = np.flatnonzero(np.bincount(s.cell, minlength=len(prep.cells)))
     cells = np.asarray(prep.cells)[idx]
-    return hex_map(cells, rec[idx], title=kw.pop('title', f'Observation effort ({split}): species records per cell'),
-                   label='records', scheme='blues', log=True, fmt=',.0f', **kw)
+    return hex_map(
+        cells,
+        rec[idx],
+        title=kw.pop('title', f'Observation effort ({split}): species records per cell'),
+        label='records',
+        scheme='blues',
+        log=True,
+        fmt=',.0f',
+        **kw,
+    )
 
 # %% ../nbs/16_maps.ipynb #246bfc1d
 def box_ring(box, step: float = 1.0) -> list[list[float]]:
@@ -189,17 +280,31 @@ def box_ring(box, step: float = 1.0) -> list[list[float]]:
     x0, y0, x1, y1 = map(float, box)
     nx, ny = max(2, int(abs(x1 - x0) / step) + 1), max(2, int(abs(y1 - y0) / step) + 1)
     xs, ys = np.linspace(x0, x1, nx), np.linspace(y0, y1, ny)
-    ring = np.vstack([np.c_[np.full(ny, x0), ys], np.c_[xs, np.full(nx, y1)][1:],
-                      np.c_[np.full(ny, x1), ys[::-1]][1:], np.c_[xs[::-1], np.full(nx, y0)][1:]])
+    ring = np.vstack(
+        [
+            np.c_[np.full(ny, x0), ys],
+            np.c_[xs, np.full(nx, y1)][1:],
+            np.c_[np.full(ny, x1), ys[::-1]][1:],
+            np.c_[xs[::-1], np.full(nx, y0)][1:],
+        ]
+    )
     return _close_cw(ring)
 
 # %% ../nbs/16_maps.ipynb #7be9c2c8
 def regions_geojson(regions: dict | None = None) -> dict:
     "FeatureCollection of hold-out boxes (default: the five hold-out regions), property `region`."
     regions = HOLDOUT_REGIONS if regions is None else regions
-    return {'type': 'FeatureCollection', 'features': [
-        {'type': 'Feature', 'geometry': {'type': 'Polygon', 'coordinates': [box_ring(b)]},
-         'properties': {'region': k, 'lng': (b[0] + b[2]) / 2, 'lat': (b[1] + b[3]) / 2}} for k, b in regions.items()]}
+    return {
+        'type': 'FeatureCollection',
+        'features': [
+            {
+                'type': 'Feature',
+                'geometry': {'type': 'Polygon', 'coordinates': [box_ring(b)]},
+                'properties': {'region': k, 'lng': (b[0] + b[2]) / 2, 'lat': (b[1] + b[3]) / 2},
+            }
+            for k, b in regions.items()
+        ],
+    }
 
 # %% ../nbs/16_maps.ipynb #0af7ba48
 def regions_layer(regions: dict | None = None, labels: bool = True, near=None):
@@ -209,19 +314,28 @@ def regions_layer(regions: dict | None = None, labels: bool = True, near=None):
         x0, y0, x1, y1 = cells_bbox(near, pad=2.0)
         regions = {k: b for k, b in regions.items() if b[0] <= x1 and b[2] >= x0 and b[1] <= y1 and b[3] >= y0}
     fc = regions_geojson(regions)
-    boxes = alt.Chart(alt.Data(values=fc['features'])).mark_geoshape(
-        fill='#d62728', fillOpacity=0.12, stroke='#d62728', strokeWidth=1.2).encode(
-        tooltip=alt.Tooltip('properties.region:N', title='hold-out region'))
-    if not labels: return boxes
-    text = alt.Chart(alt.Data(values=[f['properties'] for f in fc['features']])).mark_text(
-        dy=-12, fontSize=10, color='#a01010', fontWeight='bold').encode(longitude='lng:Q', latitude='lat:Q', text='region:N')
+    boxes = (
+        alt.Chart(alt.Data(values=fc['features']))
+        .mark_geoshape(fill='#d62728', fillOpacity=0.12, stroke='#d62728', strokeWidth=1.2)
+        .encode(tooltip=alt.Tooltip('properties.region:N', title='hold-out region'))
+    )
+    if not labels:
+        return boxes
+    text = (
+        alt.Chart(alt.Data(values=[f['properties'] for f in fc['features']]))
+        .mark_text(dy=-12, fontSize=10, color='#a01010', fontWeight='bold')
+        .encode(longitude='lng:Q', latitude='lat:Q', text='region:N')
+    )
     return alt.layer(boxes, text)
 
 # %% ../nbs/16_maps.ipynb #4c702f33
 def holdout_regions_map(regions: dict | None = None, width: int = 700, height: int = 380):
     "The hold-out regions on a world map."
-    return alt.layer(land_layer(), regions_layer(regions)).project('equalEarth').properties(
-        title='Hold-out regions', width=width, height=height)
+    return (
+        alt.layer(land_layer(), regions_layer(regions))
+        .project('equalEarth')
+        .properties(title='Hold-out regions', width=width, height=height)
+    )
 
 # %% ../nbs/16_maps.ipynb #bc84650c
 def score_map(ev: dict, metric: str = 'map', threshold: float = 0.10, **kw):
@@ -230,33 +344,65 @@ def score_map(ev: dict, metric: str = 'map', threshold: float = 0.10, **kw):
     name = {'val': 'validation', 'holdout': 'hold-out'}.get(ev['split'], ev['split'])
     if metric == 'list_ratio':
         v = np.log2(t['list_ratio'].fill_nan(None).fill_null(np.nan).to_numpy().clip(1 / 16, 16))
-        return hex_map(t['h3_index'], v, title=kw.pop('title', f'{name}: list ratio @ {threshold:.0%} (log2; 0 = calibrated)'),
-                       label='log2 list ratio', scheme='redblue', domain=(-3, 3), fmt='.2f',
-                       extra={'list_ratio': t['list_ratio'].round(2)}, **kw)
-    return hex_map(t['h3_index'], t[metric].to_numpy(), title=kw.pop('title', f'{name}: {metric} per cell'),
-                   label=metric, domain=(0, 1) if metric in ('map', 'precision', 'recall') else None, **kw)
+        return hex_map(
+            t['h3_index'],
+            v,
+            title=kw.pop('title', f'{name}: list ratio @ {threshold:.0%} (log2; 0 = calibrated)'),
+            label='log2 list ratio',
+            scheme='redblue',
+            domain=(-3, 3),
+            fmt='.2f',
+            extra={'list_ratio': t['list_ratio'].round(2)},
+            **kw,
+        )
+    return hex_map(
+        t['h3_index'],
+        t[metric].to_numpy(),
+        title=kw.pop('title', f'{name}: {metric} per cell'),
+        label=metric,
+        domain=(0, 1) if metric in ('map', 'precision', 'recall') else None,
+        **kw,
+    )
 
 # %% ../nbs/16_maps.ipynb #d10ef683
 def eval_maps(evs: dict, threshold: float = 0.10, width: int = 320, height: int = 220):
     "Grid of per-cell mAP and list ratio maps, one row per evaluated split, plus the hold-out boxes."
     rows = []
-    for k, e in evs.items():
-        if e is None: continue
+    for _k, e in evs.items():
+        if e is None:
+            continue
         near = np.unique(e['cells'][e['samples'].cell])
-        rows.append(alt.hconcat(*[alt.layer(score_map(e, m, threshold, width=width, height=height),
-                                            regions_layer(labels=False, near=near)) for m in ('map', 'list_ratio')]
-                                ).resolve_scale(color='independent'))
-    if not rows: raise ValueError('nothing to map: every split is empty')
+        rows.append(
+            alt.hconcat(
+                *[
+                    alt.layer(
+                        score_map(e, m, threshold, width=width, height=height), regions_layer(labels=False, near=near)
+                    )
+                    for m in ('map', 'list_ratio')
+                ]
+            ).resolve_scale(color='independent')
+        )
+    if not rows:
+        raise ValueError('nothing to map: every split is empty')
     return alt.vconcat(*rows).resolve_scale(color='independent')
 
 # %% ../nbs/16_maps.ipynb #6240d816
 def reliability_chart(tables: dict, width: int = 300, height: int = 260):
     "Reliability curves (observed frequency vs. mean predicted probability) of named reliability tables."
     df = pl.concat([t.with_columns(set=pl.lit(k)) for k, t in tables.items()])
-    diag = alt.Chart(alt.Data(values=[{'x': 0, 'y': 0}, {'x': 1, 'y': 1}])).mark_line(
-        color='#999', strokeDash=[4, 3]).encode(x='x:Q', y='y:Q')
-    curve = alt.Chart(df).mark_line(point=True).encode(
-        x=alt.X('mean_p:Q', title='predicted probability', scale=alt.Scale(domain=[0, 1])),
-        y=alt.Y('observed:Q', title='observed frequency', scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color('set:N', title=None), tooltip=['set', 'bin_lo', 'mean_p', 'observed', 'n'])
+    diag = (
+        alt.Chart(alt.Data(values=[{'x': 0, 'y': 0}, {'x': 1, 'y': 1}]))
+        .mark_line(color='#999', strokeDash=[4, 3])
+        .encode(x='x:Q', y='y:Q')
+    )
+    curve = (
+        alt.Chart(df)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X('mean_p:Q', title='predicted probability', scale=alt.Scale(domain=[0, 1])),
+            y=alt.Y('observed:Q', title='observed frequency', scale=alt.Scale(domain=[0, 1])),
+            color=alt.Color('set:N', title=None),
+            tooltip=['set', 'bin_lo', 'mean_p', 'observed', 'n'],
+        )
+    )
     return alt.layer(diag, curve).properties(title='Reliability', width=width, height=height)

@@ -4,8 +4,11 @@
 
 # %% ../nbs/10_geoscore.ipynb #f1f09329
 from __future__ import annotations
-import math, os
+
+import math
+import os
 from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 
@@ -20,34 +23,42 @@ WATCHLIST: list[str] = list(core.WATCHLIST)
 THRESHOLDS = (0.05, 0.10, 0.25)
 
 # %% ../nbs/10_geoscore.ipynb #9857b636
-_TORCH_ONLY = False     # True: use the pure-torch (CUDA) code paths on CPU too; the tests compare both
+_TORCH_ONLY = False  # True: use the pure-torch (CUDA) code paths on CPU too; the tests compare both
 
-def _np_ok(x: torch.Tensor) -> bool: return x.device.type == 'cpu' and not _TORCH_ONLY
+
+def _np_ok(x: torch.Tensor) -> bool:
+    return x.device.type == 'cpu' and not _TORCH_ONLY
 
 # %% ../nbs/10_geoscore.ipynb #8a04f145
 def _sort_rows(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-    "Values of each row of `x` sorted ascending (no indices). numpy's SIMD sort in threads on CPU; `inplace` reuses `x`."
-    if not _np_ok(x): return torch.sort(x, dim=1).values
+    """Values of each row of `x` sorted ascending (no indices). numpy's SIMD sort in threads on CPU; `inplace` reuses
+    `x`."""
+    if not _np_ok(x):
+        return torch.sort(x, dim=1).values
     a = x.detach().contiguous().numpy()
-    if not (inplace and x.is_contiguous()): a = a.copy()
+    if not (inplace and x.is_contiguous()):
+        a = a.copy()
     nt = max(1, min(os.cpu_count() or 1, 8))
-    kind = 'stable' if a.dtype.itemsize <= 2 else 'quicksort'   # 16-bit ints: radix sort, ~4x faster
+    kind = 'stable' if a.dtype.itemsize <= 2 else 'quicksort'  # 16-bit ints: radix sort, ~4x faster
     if nt > 1 and a.shape[0] >= 2 * nt and a.size >= 1 << 16:
         bounds = np.linspace(0, a.shape[0], nt + 1).astype(int)
         with ThreadPoolExecutor(nt) as ex:
-            list(ex.map(lambda i: a[bounds[i]:bounds[i + 1]].sort(axis=1, kind=kind), range(nt)))
-    else: a.sort(axis=1, kind=kind)
+            list(ex.map(lambda i: a[bounds[i] : bounds[i + 1]].sort(axis=1, kind=kind), range(nt)))
+    else:
+        a.sort(axis=1, kind=kind)
     return torch.from_numpy(a)
 
 # %% ../nbs/10_geoscore.ipynb #27a550c0
 def _cat_cols(parts: list[torch.Tensor]) -> torch.Tensor:
     "torch.cat(parts, 1); on CPU via numpy, which is ~30x faster than torch's cat along dim 1 for int16."
-    if not _np_ok(parts[0]): return torch.cat(parts, 1)
+    if not _np_ok(parts[0]):
+        return torch.cat(parts, 1)
     return torch.from_numpy(np.concatenate([p.numpy() for p in parts], 1))
 
 # %% ../nbs/10_geoscore.ipynb #b9261829
 def _row_counts(xs: torch.Tensor, pr: torch.Tensor, pv: torch.Tensor):
-    "Per positive (row `pr`, ascending; score `pv`) of row-sorted `xs`: #items >= v, #items > v, #positives >= v in its row."
+    """Per positive (row `pr`, ascending; score `pv`) of row-sorted `xs`: #items >= v, #items > v, #positives >= v in
+    its row."""
     r, n = xs.shape
     dev = xs.device
     if pr.numel() == 0:
@@ -55,11 +66,11 @@ def _row_counts(xs: torch.Tensor, pr: torch.Tensor, pv: torch.Tensor):
         return z, z, z
     npos = torch.bincount(pr, minlength=r)
     start = torch.cumsum(npos, 0) - npos
-    j = torch.arange(pr.numel(), device=dev) - start[pr]   # slot of each positive within its row
+    j = torch.arange(pr.numel(), device=dev) - start[pr]  # slot of each positive within its row
     m = int(npos.max())
     pad = float('-inf') if xs.dtype.is_floating_point else torch.iinfo(xs.dtype).min
     flat = pr * m + j
-    vp = torch.full((r, m), pad, dtype=xs.dtype, device=dev)   # pads sort below every score
+    vp = torch.full((r, m), pad, dtype=xs.dtype, device=dev)  # pads sort below every score
     vp.view(-1)[flat] = pv
     ge = n - torch.searchsorted(xs, vp).view(-1)[flat]
     gt = n - torch.searchsorted(xs, vp, right=True).view(-1)[flat]
@@ -92,7 +103,7 @@ def per_sample_ap(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     if scores.ndim != 2 or y.shape != scores.shape:
         raise ValueError(f'scores {tuple(scores.shape)} and targets {tuple(y.shape)} must be the same (n, S) shape')
     y = y if y.dtype == torch.bool else y > 0.5
-    pr, pc = y.nonzero(as_tuple=True)                      # row-major, rows ascending
+    pr, pc = y.nonzero(as_tuple=True)  # row-major, rows ascending
     xs = _sort_rows(scores)
     _check_no_nan(xs, 'scores')
     return _sorted_rows_ap(xs, pr, scores[pr, pc], torch.bincount(pr, minlength=scores.shape[0]))[0]
@@ -108,7 +119,8 @@ def _list_counts(xs: torch.Tensor, xv: torch.Tensor, tl: torch.Tensor):
 def _topk_hits(ge: torch.Tensor, gt: torch.Tensor, topk: tuple) -> torch.Tensor:
     "Expected top-K hits (float64, one per K) of positives with #≥ v = `ge` and #> v = `gt` in their rows."
     g = (ge - gt).double()
-    if not topk: return torch.zeros(0, dtype=torch.float64, device=ge.device)
+    if not topk:
+        return torch.zeros(0, dtype=torch.float64, device=ge.device)
     return torch.stack([((k - gt).double().clamp(min=0).minimum(g) / g).sum() for k in topk])
 
 # %% ../nbs/10_geoscore.ipynb #0e91ccd4
@@ -121,29 +133,36 @@ def _bin_sums(xs: torch.Tensor, bounds: torch.Tensor, cnt: torch.Tensor) -> torc
         return s.diff(dim=1).sum(0)
     # CPU: one np.add.reduceat over the flattened rows instead of a full cumsum; a trailing 0 keeps index b*n valid
     buf = torch.empty(b * n + 1, dtype=torch.float32)
-    torch.sigmoid(xs, out=buf[:-1].view(b, n)); buf[-1] = 0
+    torch.sigmoid(xs, out=buf[:-1].view(b, n))
+    buf[-1] = 0
     start = (bounds[:, :-1] + torch.arange(b)[:, None] * n).reshape(-1)
     r = torch.from_numpy(np.add.reduceat(buf.numpy(), start.numpy())).view(b, -1)
-    return (r.double() * (cnt > 0)).sum(0)                  # reduceat gives buf[i] for empty bins: mask them
+    return (r.double() * (cnt > 0)).sum(0)  # reduceat gives buf[i] for empty bins: mask them
 
 # %% ../nbs/10_geoscore.ipynb #7d637741
 def _ece_counts(xs: torch.Tensor, xv: torch.Tensor, edges: torch.Tensor):
     "Per p-bin (edges as logits): #pairs, Σp and #positives of a chunk of row-sorted logits `xs` (float64)."
     b, S = xs.shape
     dev = xs.device
-    bounds = torch.cat([torch.zeros(b, 1, dtype=torch.long, device=dev),
-                        torch.searchsorted(xs, edges.expand(b, -1).contiguous()),
-                        torch.full((b, 1), S, dtype=torch.long, device=dev)], 1)
+    bounds = torch.cat(
+        [
+            torch.zeros(b, 1, dtype=torch.long, device=dev),
+            torch.searchsorted(xs, edges.expand(b, -1).contiguous()),
+            torch.full((b, 1), S, dtype=torch.long, device=dev),
+        ],
+        1,
+    )
     cnt_bin = bounds.diff(dim=1)
     n_y = torch.bincount(torch.bucketize(xv, edges, right=True), minlength=len(edges) + 1).double()
     return cnt_bin.sum(0).double(), _bin_sums(xs, bounds, cnt_bin), n_y
 
 # %% ../nbs/10_geoscore.ipynb #43a40d12
-def _chunk_sums(xs: torch.Tensor, pr: torch.Tensor, xv: torch.Tensor, tl: torch.Tensor, edges: torch.Tensor,
-                topk: tuple) -> dict:
+def _chunk_sums(
+    xs: torch.Tensor, pr: torch.Tensor, xv: torch.Tensor, tl: torch.Tensor, edges: torch.Tensor, topk: tuple
+) -> dict:
     "Per-sample summaries (ap, npos, cnt) and counters (tp, hits, bin_n, bin_p, bin_y) of one chunk of sorted rows."
     npos = torch.bincount(pr, minlength=xs.shape[0])
-    ap, ge, gt = _sorted_rows_ap(xs, pr, xv, npos)       # per-sample AP (ties as one threshold); NaN without positives
+    ap, ge, gt = _sorted_rows_ap(xs, pr, xv, npos)  # per-sample AP (ties as one threshold); NaN without positives
     cnt, tp = _list_counts(xs, xv, tl)
     bin_n, bin_p, bin_y = _ece_counts(xs, xv, edges)
     return dict(ap=ap, npos=npos, cnt=cnt, tp=tp, hits=_topk_hits(ge, gt, topk), bin_n=bin_n, bin_p=bin_p, bin_y=bin_y)
@@ -151,15 +170,17 @@ def _chunk_sums(xs: torch.Tensor, pr: torch.Tensor, xv: torch.Tensor, tl: torch.
 # %% ../nbs/10_geoscore.ipynb #f97a2e49
 def _store_copy(x: torch.Tensor, store_dtype: str, q_scale: int = 1024) -> torch.Tensor:
     "Transposed copy (columns, b) of clamped logits `x`: int16 trunc(q_scale·x) (monotone) or float32."
-    if store_dtype == 'float32': return x.T.clone(memory_format=torch.contiguous_format)   # never a view of x
-    if _np_ok(x):                                               # numpy: ~2-3x faster than torch here
-        with np.errstate(invalid='ignore'):                     # NaN logits are reported by update()
+    if store_dtype == 'float32':
+        return x.T.clone(memory_format=torch.contiguous_format)  # never a view of x
+    if _np_ok(x):  # numpy: ~2-3x faster than torch here
+        with np.errstate(invalid='ignore'):  # NaN logits are reported by update()
             return torch.from_numpy(np.ascontiguousarray((x.numpy() * np.float32(q_scale)).astype(np.int16).T))
     return (x * q_scale).to(torch.int16).T.contiguous()
 
 # %% ../nbs/10_geoscore.ipynb #18f0e80e
 class _ColumnStore:
     "Clamped logits of some columns, kept transposed (columns × rows seen) with their positives, for per-column AP."
+
     def __init__(self, store_dtype: str, q_scale: int, device):
         self.store_dtype, self.q_scale, self.device = store_dtype, q_scale, device
         self.blocks, self.pos_row, self.pos_col, self.n = [], [], [], 0
@@ -167,7 +188,8 @@ class _ColumnStore:
     def add(self, x: torch.Tensor, pr: torch.Tensor, pc: torch.Tensor):
         "Add a chunk: logits `x` (b, columns) and its positives (rows `pr`, columns `pc`)."
         self.blocks.append(_store_copy(x, self.store_dtype, self.q_scale))
-        self.pos_row.append(pr + self.n); self.pos_col.append(pc)
+        self.pos_row.append(pr + self.n)
+        self.pos_col.append(pc)
         self.n += x.shape[0]
 
     def column_ap(self) -> torch.Tensor:
@@ -175,14 +197,16 @@ class _ColumnStore:
         dev, N, ncol = self.device, self.n, self.blocks[0].shape[0]
         out = torch.full((ncol,), float('nan'), dtype=torch.float64, device=dev)
         rows, cols = torch.cat(self.pos_row), torch.cat(self.pos_col)
-        o = torch.argsort(cols, stable=True); rows, cols = rows[o], cols[o]
+        o = torch.argsort(cols, stable=True)
+        rows, cols = rows[o], cols[o]
         npos = torch.bincount(cols, minlength=ncol)
         L = max(1, (1 << 23) // max(N, 1))
-        for s0 in range(0, ncol, L):                           # column blocks (not a per-column loop)
+        for s0 in range(0, ncol, L):  # column blocks (not a per-column loop)
             s1 = min(ncol, s0 + L)
             lo, hi = torch.searchsorted(cols, torch.tensor([s0, s1], device=dev)).tolist()
-            if hi == lo: continue
-            blk = _cat_cols([c[s0:s1] for c in self.blocks])    # (columns, N)
+            if hi == lo:
+                continue
+            blk = _cat_cols([c[s0:s1] for c in self.blocks])  # (columns, N)
             pr = cols[lo:hi] - s0
             pv = blk[pr, rows[lo:hi]]
             out[s0:s1] = _sorted_rows_ap(_sort_rows(blk, inplace=True).to(dev), pr, pv, npos[s0:s1])[0]
@@ -204,7 +228,7 @@ def _chunk_inputs(logits: torch.Tensor, targets: torch.Tensor, device):
     x = logits.detach().to(device).float().clamp(-30, 30)
     y = targets.detach().to(device)
     y = y if y.dtype == torch.bool else y > 0.5
-    pr, pc = y.nonzero(as_tuple=True)                      # row-major, rows ascending
+    pr, pc = y.nonzero(as_tuple=True)  # row-major, rows ascending
     return x, y, pr, pc, x[pr, pc]
 
 # %% ../nbs/10_geoscore.ipynb #f8cbe366
@@ -213,7 +237,8 @@ def _ranking_metrics(ap: torch.Tensor, npos: torch.Tensor, hits: torch.Tensor, t
     nan, P = float('nan'), npos > 0
     apP, ntot = ap[P], float(npos.sum())
     res = {'n_pos_samples': int(P.sum()), 'map': float(apP.mean()) if apP.numel() else nan}
-    for i, k in enumerate(topk): res[f'top{k}_recall'] = float(hits[i]) / ntot if ntot else nan
+    for i, k in enumerate(topk):
+        res[f'top{k}_recall'] = float(hits[i]) / ntot if ntot else nan
     return res
 
 # %% ../nbs/10_geoscore.ipynb #d77af021
@@ -221,10 +246,13 @@ def _list_metrics(cnt: torch.Tensor, npos: torch.Tensor, tp: torch.Tensor, thres
     "precision/recall/f1, list ratios and mean list length per threshold, from list lengths `cnt` (N, T) and TP."
     nan, res = float('nan'), {}
     tk = [f'{round(t * 100)}' for t in thresholds]
-    P = npos > 0; nP, cP, ntot = npos[P], cnt[P], float(npos.sum())
+    P = npos > 0
+    nP, cP, ntot = npos[P], cnt[P], float(npos.sum())
     pred = cnt.sum(0)
     for i, s in enumerate(tk):
-        t = float(tp[i]); fp = float(pred[i]) - t; fn = ntot - t
+        t = float(tp[i])
+        fp = float(pred[i]) - t
+        fn = ntot - t
         pr, rc = t / max(t + fp, 1.0), t / max(t + fn, 1.0)
         res[f'precision_{s}'], res[f'recall_{s}'] = pr, rc
         res[f'f1_{s}'] = 2 * pr * rc / max(pr + rc, 1e-8)
@@ -252,19 +280,24 @@ def _watchlist_metrics(wap: torch.Tensor, present: list[str], missing: list[str]
 # %% ../nbs/10_geoscore.ipynb #411873d3
 def _pearson(x: torch.Tensor, y: torch.Tensor) -> float:
     "Pearson r in float64; NaN if fewer than 2 points or either side is constant."
-    if x.numel() < 2: return float('nan')
-    x = x.double() - x.double().mean(); y = y.double() - y.double().mean()
+    if x.numel() < 2:
+        return float('nan')
+    x = x.double() - x.double().mean()
+    y = y.double() - y.double().mean()
     sx, sy = (x * x).sum(), (y * y).sum()
-    if sx.item() == 0 or sy.item() == 0: return float('nan')
+    if sx.item() == 0 or sy.item() == 0:
+        return float('nan')
     return float(((x * y).sum() / torch.sqrt(sx * sy)).clamp(-1, 1))
 
 # %% ../nbs/10_geoscore.ipynb #b75a8b0a
-def _density_metrics(ap: torch.Tensor, npos: torch.Tensor, cnt: torch.Tensor, dens: torch.Tensor | None,
-                     thresholds: tuple) -> dict:
+def _density_metrics(
+    ap: torch.Tensor, npos: torch.Tensor, cnt: torch.Tensor, dens: torch.Tensor | None, thresholds: tuple
+) -> dict:
     "map_sparse, map_dense, map_density_ratio (over samples with a positive) and pred_density_corr (over all)."
     nan = float('nan')
     res = dict(map_sparse=nan, map_dense=nan, map_density_ratio=nan, pred_density_corr=nan)
-    if dens is None: return res
+    if dens is None:
+        return res
     P = npos > 0
     if P.any():
         apP, dP = ap[P], dens[P]
@@ -274,7 +307,8 @@ def _density_metrics(ap: torch.Tensor, npos: torch.Tensor, cnt: torch.Tensor, de
         md = float(de.mean()) if de.numel() else nan
         res['map_sparse'], res['map_dense'] = ms, md
         res['map_density_ratio'] = ms / md if md > 0 and not math.isnan(ms) else nan
-    if 0.10 in thresholds: res['pred_density_corr'] = _pearson(cnt[:, thresholds.index(0.10)], dens)
+    if 0.10 in thresholds:
+        res['pred_density_corr'] = _pearson(cnt[:, thresholds.index(0.10)], dens)
     return res
 
 # %% ../nbs/10_geoscore.ipynb #d998f8f4
@@ -285,16 +319,25 @@ def _watch_columns(watchlist: list[str], vocab: list[str] | None) -> tuple[list[
     return present, [c for c in watchlist if c not in pos], [pos[c] for c in present]
 
 # %% ../nbs/10_geoscore.ipynb #dd4ebc75
-def _species_metrics(sap: torch.Tensor | None, n_species: int, keep_all: bool, watch_idx: torch.Tensor,
-                     present: list[str], missing: list[str]) -> tuple[dict, np.ndarray | None]:
+def _species_metrics(
+    sap: torch.Tensor | None,
+    n_species: int,
+    keep_all: bool,
+    watch_idx: torch.Tensor,
+    present: list[str],
+    missing: list[str],
+) -> tuple[dict, np.ndarray | None]:
     "species_map, n_species_with_pos and the watchlist keys; and the (S,) per-species AP (None unless `keep_all`)."
     nan = float('nan')
     if not keep_all:
         wap = sap if sap is not None else torch.full((len(present),), nan, dtype=torch.float64)
         return {'species_map': nan, 'n_species_with_pos': None, **_watchlist_metrics(wap, present, missing)}, None
     sap = sap if sap is not None else torch.full((n_species,), nan, dtype=torch.float64)
-    res = {'species_map': _nanmean(sap), 'n_species_with_pos': int((~torch.isnan(sap)).sum()),
-           **_watchlist_metrics(sap[watch_idx.to(sap.device)], present, missing)}
+    res = {
+        'species_map': _nanmean(sap),
+        'n_species_with_pos': int((~torch.isnan(sap)).sum()),
+        **_watchlist_metrics(sap[watch_idx.to(sap.device)], present, missing),
+    }
     return res, sap.cpu().numpy()
 
 # %% ../nbs/10_geoscore.ipynb #ecfe71d9
@@ -305,10 +348,20 @@ def _logit32(p: float) -> float:
 # %% ../nbs/10_geoscore.ipynb #58dc0c11
 class MetricAccumulator:
     "Streams (logits, targets, obs_density) chunks on `device`; `compute()` returns the metric dict."
+
     n_bins, q_scale = 15, 1024
-    def __init__(self, n_species: int, vocab: list[str] | None = None, device='cpu',
-                 thresholds=THRESHOLDS, watchlist=WATCHLIST, keep_species_ap: bool = True,
-                 store_dtype: str = 'int16', topk=(10, 30)):
+
+    def __init__(
+        self,
+        n_species: int,
+        vocab: list[str] | None = None,
+        device='cpu',
+        thresholds=THRESHOLDS,
+        watchlist=WATCHLIST,
+        keep_species_ap: bool = True,
+        store_dtype: str = 'int16',
+        topk=(10, 30),
+    ):
         if vocab is not None and len(vocab) != n_species:
             raise ValueError(f'vocab has {len(vocab)} codes but n_species={n_species}')
         if store_dtype not in ('int16', 'float32'):
@@ -328,8 +381,13 @@ class MetricAccumulator:
         self._ap, self._npos, self._cnt, self._dens = [], [], [], []
         self._n, self._has_density, self.species_ap = 0, True, None
         z = lambda k: torch.zeros(k, dtype=torch.float64, device=self.device)
-        self._sums = dict(tp=z(len(self.thresholds)), hits=z(len(self.topk)), bin_n=z(self.n_bins),
-                          bin_p=z(self.n_bins), bin_y=z(self.n_bins))
+        self._sums = dict(
+            tp=z(len(self.thresholds)),
+            hits=z(len(self.topk)),
+            bin_n=z(self.n_bins),
+            bin_p=z(self.n_bins),
+            bin_y=z(self.n_bins),
+        )
         keep = self.keep_species_ap or len(self.watch_idx)
         self._columns = _ColumnStore(self.store_dtype, self.q_scale, self.device) if keep else None
 
@@ -339,16 +397,23 @@ class MetricAccumulator:
         _check_chunk(logits, targets, obs_density, self.n_species)
         b, dev = logits.shape[0], self.device
         x, y, pr, pc, xv = _chunk_inputs(logits, targets, dev)
-        if self._columns is not None:                          # before x is sorted in place
-            if self.keep_species_ap: self._columns.add(x, pr, pc)
-            else: self._columns.add(x[:, self.watch_idx], *y[:, self.watch_idx].nonzero(as_tuple=True))
+        if self._columns is not None:  # before x is sorted in place
+            if self.keep_species_ap:
+                self._columns.add(x, pr, pc)
+            else:
+                self._columns.add(x[:, self.watch_idx], *y[:, self.watch_idx].nonzero(as_tuple=True))
         xs = _sort_rows(x, inplace=True).to(dev)
         _check_no_nan(xs, 'logits', ' of this chunk')
         s = _chunk_sums(xs, pr, xv, self._tl, self._el, self.topk)
-        for k, v in self._sums.items(): v += s[k]
-        self._ap.append(s['ap']); self._npos.append(s['npos']); self._cnt.append(s['cnt'])
-        if obs_density is None: self._has_density = False
-        else: self._dens.append(obs_density.detach().to(dev).double().reshape(b))
+        for k, v in self._sums.items():
+            v += s[k]
+        self._ap.append(s['ap'])
+        self._npos.append(s['npos'])
+        self._cnt.append(s['cnt'])
+        if obs_density is None:
+            self._has_density = False
+        else:
+            self._dens.append(obs_density.detach().to(dev).double().reshape(b))
         self._n += b
 
     def _per_sample(self):
@@ -365,30 +430,46 @@ class MetricAccumulator:
         ap, npos, cnt, dens = self._per_sample()
         s, cols = self._sums, self._columns
         sap = cols.column_ap() if cols is not None and cols.blocks and self._n else None
-        species, self.species_ap = _species_metrics(sap, self.n_species, self.keep_species_ap, self.watch_idx,
-                                                    self.watch_present, self.watchlist_missing)
-        res = {'n_samples': self._n, **_ranking_metrics(ap, npos, s['hits'], self.topk),
-               **_list_metrics(cnt, npos, s['tp'], self.thresholds), **species,
-               **_density_metrics(ap, npos, cnt, dens, self.thresholds)}
+        species, self.species_ap = _species_metrics(
+            sap, self.n_species, self.keep_species_ap, self.watch_idx, self.watch_present, self.watchlist_missing
+        )
+        res = {
+            'n_samples': self._n,
+            **_ranking_metrics(ap, npos, s['hits'], self.topk),
+            **_list_metrics(cnt, npos, s['tp'], self.thresholds),
+            **species,
+            **_density_metrics(ap, npos, cnt, dens, self.thresholds),
+        }
         tot = float(s['bin_n'].sum())
         res['ece'] = float((s['bin_p'] - s['bin_y']).abs().sum()) / tot if tot else float('nan')
         return res
 
 # %% ../nbs/10_geoscore.ipynb #11521421
 GEOSCORE_WEIGHTS: dict[str, float] = {
-    'map': 0.20, 'f1_10': 0.20, 'list_ratio_rom_10': 0.15, 'watchlist_mean_ap': 0.10,
-    'holdout_map': 0.10, 'map_density_ratio': 0.20, 'pred_density_corr': 0.05}
+    'map': 0.20,
+    'f1_10': 0.20,
+    'list_ratio_rom_10': 0.15,
+    'watchlist_mean_ap': 0.10,
+    'holdout_map': 0.10,
+    'map_density_ratio': 0.20,
+    'pred_density_corr': 0.05,
+}
+
 
 def _num(x) -> float:
     "float(x), NaN for None / non-numbers."
-    try: return float('nan') if x is None or isinstance(x, (list, dict, str)) else float(x)
-    except (TypeError, ValueError): return float('nan')
+    try:
+        return float('nan') if x is None or isinstance(x, (list, dict, str)) else float(x)
+    except (TypeError, ValueError):
+        return float('nan')
 
 # %% ../nbs/10_geoscore.ipynb #c13b6769
 def _log_ratio_score(lr: float) -> float:
     "max(0, 1 − |ln LR|); 0 for LR = 0 or ∞, NaN stays NaN."
-    if math.isnan(lr): return lr
-    if lr <= 0 or math.isinf(lr): return 0.0
+    if math.isnan(lr):
+        return lr
+    if lr <= 0 or math.isinf(lr):
+        return 0.0
     return max(0.0, 1.0 - abs(math.log(lr)))
 
 # %% ../nbs/10_geoscore.ipynb #694d5d91
@@ -397,12 +478,20 @@ def geoscore_table(metrics: dict) -> dict[str, dict]:
     raw = {k: _num(metrics.get(k)) for k in GEOSCORE_WEIGHTS}
     tf = dict(raw)
     tf['list_ratio_rom_10'] = _log_ratio_score(raw['list_ratio_rom_10'])
-    r = raw['map_density_ratio']; tf['map_density_ratio'] = r if math.isnan(r) else min(1.0, max(0.0, r))
-    c = raw['pred_density_corr']; tf['pred_density_corr'] = c if math.isnan(c) else max(0.0, 1.0 - abs(c))
+    r = raw['map_density_ratio']
+    tf['map_density_ratio'] = r if math.isnan(r) else min(1.0, max(0.0, r))
+    c = raw['pred_density_corr']
+    tf['pred_density_corr'] = c if math.isnan(c) else max(0.0, 1.0 - abs(c))
     wsum = sum(w for k, w in GEOSCORE_WEIGHTS.items() if not math.isnan(tf[k]))
-    return {k: {'raw': raw[k], 'score': tf[k], 'weight': w,
-                'eff_weight': (w / wsum if wsum and not math.isnan(tf[k]) else 0.0)}
-            for k, w in GEOSCORE_WEIGHTS.items()}
+    return {
+        k: {
+            'raw': raw[k],
+            'score': tf[k],
+            'weight': w,
+            'eff_weight': (w / wsum if wsum and not math.isnan(tf[k]) else 0.0),
+        }
+        for k, w in GEOSCORE_WEIGHTS.items()
+    }
 
 # %% ../nbs/10_geoscore.ipynb #5603bb2b
 def geoscore(metrics: dict) -> tuple[float, dict]:
@@ -420,6 +509,7 @@ def prefix_metrics(metrics: dict, prefix: str = 'holdout_') -> dict:
 def merge_holdout(val_metrics: dict, holdout_metrics: dict | None, prefix: str = 'holdout_') -> dict:
     "Val metrics plus the prefixed hold-out metrics (so `holdout_map` enters GeoScore), and the recomputed `geoscore`."
     out = dict(val_metrics)
-    if holdout_metrics: out.update(prefix_metrics(holdout_metrics, prefix))
+    if holdout_metrics:
+        out.update(prefix_metrics(holdout_metrics, prefix))
     out['geoscore'] = geoscore(out)[0]
     return out

@@ -4,14 +4,17 @@
 
 # %% ../nbs/07_model.ipynb #65ad3184
 from __future__ import annotations
-import math, os
+
+import math
+import os
 from itertools import islice
+
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import ConfigError, N_WEEKS
+from .core import N_WEEKS, ConfigError
 
 # %% auto #0
 __all__ = ['LN_EPS', 'SPECIES_PRIOR', 'BIRDNET_PARAMS', 'circular_encoding', 'coord_features', 'week_features', 'Dropout',
@@ -30,8 +33,9 @@ def circular_encoding(theta: torch.Tensor, n_harmonics: int) -> torch.Tensor:
 def coord_features(lat: torch.Tensor, lon: torch.Tensor, n_harmonics: int = 8) -> torch.Tensor:
     "Harmonic encoding of (lat, lon) in degrees: (B, 4·n) fp32."
     r = math.pi / 180.0
-    return torch.cat([circular_encoding(lat.float() * r, n_harmonics),
-                      circular_encoding(lon.float() * r, n_harmonics)], dim=-1)
+    return torch.cat(
+        [circular_encoding(lat.float() * r, n_harmonics), circular_encoding(lon.float() * r, n_harmonics)], dim=-1
+    )
 
 # %% ../nbs/07_model.ipynb #54a9de59
 def week_features(week: torch.Tensor, n_harmonics: int = 8) -> torch.Tensor:
@@ -44,10 +48,12 @@ def week_features(week: torch.Tensor, n_harmonics: int = 8) -> torch.Tensor:
 # %% ../nbs/07_model.ipynb #99e0b7a9
 class Dropout(nn.Dropout):
     "`nn.Dropout` whose CPU mask comes from 16-bit slices of random 64-bit integers (faster than `bernoulli_`)."
+
     def forward(self, x):
-        if not self.training or self.p == 0 or self.p >= 1 or x.device.type != 'cpu': return super().forward(x)
+        if not self.training or self.p == 0 or self.p >= 1 or x.device.type != 'cpu':
+            return super().forward(x)
         n = x.numel()
-        bits = torch.randint(-2 ** 63, 2 ** 63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
+        bits = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
         r = bits.view(torch.int16)[:n].view(x.shape)
         keep = r.ge(int(-32768 + self.p * 65536)).to(x.dtype).mul_(1.0 / (1.0 - self.p))
         return x * keep
@@ -55,12 +61,15 @@ class Dropout(nn.Dropout):
 # %% ../nbs/07_model.ipynb #50069aef
 LN_EPS = 1e-4
 
+
 class ResidualBlock(nn.Module):
     "Pre-norm residual MLP block: `x + fc2(drop(gelu(ln2(fc1(gelu(ln1(x)))))))`."
+
     def __init__(self, d: int, dropout: float = 0.0):
         super().__init__()
         self.norm1, self.fc1 = nn.LayerNorm(d, eps=LN_EPS), nn.Linear(d, d)
         self.norm2, self.drop, self.fc2 = nn.LayerNorm(d, eps=LN_EPS), Dropout(dropout), nn.Linear(d, d)
+
     def forward(self, x):
         h = self.fc1(F.gelu(self.norm1(x)))
         return x + self.fc2(self.drop(F.gelu(self.norm2(h))))
@@ -68,13 +77,17 @@ class ResidualBlock(nn.Module):
 # %% ../nbs/07_model.ipynb #335c984d
 class FiLM(nn.Module):
     "Week-conditioned feature-wise affine modulation; starts as the identity (γ = 1, β = 0)."
+
     def __init__(self, d_in: int, d: int):
         super().__init__()
         self.fc1, self.fc2 = nn.Linear(d_in, d), nn.Linear(d, 2 * d)
-        nn.init.zeros_(self.fc2.weight); nn.init.zeros_(self.fc2.bias)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+
     def forward(self, w):
         "Raw `[γ_raw, β]` in fp32, shape (…, 2d)."
         return self.fc2(F.gelu(self.fc1(w))).float()
+
     @staticmethod
     def modulate(x, gb):
         "`x·(1 + tanh γ_raw) + β` in fp32."
@@ -84,8 +97,10 @@ class FiLM(nn.Module):
 # %% ../nbs/07_model.ipynb #27eaeb17
 class SpatioTemporalEncoder(nn.Module):
     "Coordinates → E features, residual blocks each followed by week FiLM, final LayerNorm."
-    def __init__(self, embed_dim: int, n_blocks: int, coord_harmonics: int = 8, week_harmonics: int = 8,
-                 dropout: float = 0.0):
+
+    def __init__(
+        self, embed_dim: int, n_blocks: int, coord_harmonics: int = 8, week_harmonics: int = 8, dropout: float = 0.0
+    ):
         super().__init__()
         self.coord_harmonics, self.week_harmonics = coord_harmonics, week_harmonics
         self.inp = nn.Linear(4 * coord_harmonics, embed_dim)
@@ -97,18 +112,20 @@ class SpatioTemporalEncoder(nn.Module):
         x = self.inp(coord_features(lat, lon, self.coord_harmonics))
         if week.is_floating_point():
             wf, idx = week_features(week, self.week_harmonics), None
-        else:   # integer weeks: FiLM on the table of weeks 0..N_WEEKS, then gather
+        else:  # integer weeks: FiLM on the table of weeks 0..N_WEEKS, then gather
             idx = week.long().clamp(0, N_WEEKS)
             wf = week_features(torch.arange(N_WEEKS + 1, device=week.device), self.week_harmonics)
         for block, film in zip(self.blocks, self.films):
             gb = film(wf)
-            if idx is not None: gb = gb.index_select(0, idx)
+            if idx is not None:
+                gb = gb.index_select(0, idx)
             x = film.modulate(block(x), gb)
         return self.norm(x)
 
 # %% ../nbs/07_model.ipynb #b27738a3
 class _WideLinearFn(torch.autograd.Function):
     "`x·wᵀ + b`, with the weight gradient as `(xᵀ·g)ᵀ`."
+
     @staticmethod
     def forward(ctx, x, w, b):
         ctx.save_for_backward(x, w)
@@ -124,14 +141,22 @@ class _WideLinearFn(torch.autograd.Function):
 # %% ../nbs/07_model.ipynb #82b9a4ff
 class WideLinear(nn.Linear):
     "An `nn.Linear` to many outputs whose weight gradient is the faster GEMM on the CPU (eager fp32 training)."
+
     def forward(self, x):
-        if (x.device.type != 'cpu' or x.dim() != 2 or not torch.is_grad_enabled() or torch.is_autocast_enabled('cpu')
-                or torch.jit.is_tracing() or torch.compiler.is_compiling()):
+        if (
+            x.device.type != 'cpu'
+            or x.dim() != 2
+            or not torch.is_grad_enabled()
+            or torch.is_autocast_enabled('cpu')
+            or torch.jit.is_tracing()
+            or torch.compiler.is_compiling()
+        ):
             return super().forward(x)
         return _WideLinearFn.apply(x, self.weight, self.bias)
 
 # %% ../nbs/07_model.ipynb #7b88282e
 SPECIES_PRIOR = 0.01
+
 
 def _lowrank_out(d_in: int, bottleneck: int, n_out: int) -> nn.Sequential:
     out = WideLinear(bottleneck, n_out)
@@ -141,74 +166,110 @@ def _lowrank_out(d_in: int, bottleneck: int, n_out: int) -> nn.Sequential:
 # %% ../nbs/07_model.ipynb #e1bbbd6f
 class SpeciesHead(nn.Module):
     "Residual blocks then a low-rank `E → b → S` projection."
+
     def __init__(self, d: int, n_species: int, n_blocks: int, bottleneck: int, dropout: float = 0.0):
         super().__init__()
         self.blocks = nn.Sequential(*(ResidualBlock(d, dropout) for _ in range(n_blocks)))
         self.out = _lowrank_out(d, bottleneck, n_species)
+
     def features(self, x):
         "The input of the last layer (`out[-1]`, bottleneck → species)."
         x = self.blocks(x)
-        for m in islice(self.out, len(self.out) - 1): x = m(x)
+        for m in islice(self.out, len(self.out) - 1):
+            x = m(x)
         return x
-    def forward(self, x): return self.out[-1](self.features(x))
+
+    def forward(self, x):
+        return self.out[-1](self.features(x))
 
 # %% ../nbs/07_model.ipynb #68f87c84
 class EnvHead(nn.Module):
     "Regression of the env targets: `Linear(E → H)`, blocks, LN, `Linear(H → F)`."
+
     def __init__(self, d_in: int, hidden: int, n_env: int, n_blocks: int, dropout: float = 0.0):
         super().__init__()
         self.inp = nn.Linear(d_in, hidden)
         self.blocks = nn.Sequential(*(ResidualBlock(hidden, dropout) for _ in range(n_blocks)))
         self.norm, self.out = nn.LayerNorm(hidden, eps=LN_EPS), nn.Linear(hidden, n_env)
-    def forward(self, x): return self.out(self.norm(self.blocks(self.inp(x))))
+
+    def forward(self, x):
+        return self.out(self.norm(self.blocks(self.inp(x))))
 
 # %% ../nbs/07_model.ipynb #901582af
 class HabitatHead(nn.Module):
     "Species logits from (detached) env predictions: `F → H`, blocks, low-rank `H → b → S`."
+
     def __init__(self, n_env: int, hidden: int, n_species: int, n_blocks: int, bottleneck: int, dropout: float = 0.0):
         super().__init__()
         self.inp = nn.Linear(n_env, hidden)
         self.blocks = nn.Sequential(*(ResidualBlock(hidden, dropout) for _ in range(n_blocks)))
         self.out = _lowrank_out(hidden, bottleneck, n_species)
-    def forward(self, env): return self.out(self.blocks(self.inp(env)))
+
+    def forward(self, env):
+        return self.out(self.blocks(self.inp(env)))
 
 # %% ../nbs/07_model.ipynb #ba89dbff
 def scale_dims(model_scale: float) -> dict:
     "Widths, depths and dropouts for a `model_scale` (the rules of the BirdNET geomodel training script)."
     s = float(model_scale)
-    if not s > 0: raise ValueError(f"model_scale must be > 0, got {model_scale}")
+    if not s > 0:
+        raise ValueError(f"model_scale must be > 0, got {model_scale}")
     dropout = min(max(0.1 + 0.025 * (s - 1), 0.0), 0.3)
-    return dict(embed_dim=max(64, round(8 * s) * 64), bottleneck=max(32, round(4 * s) * 32),
-                env_hidden=max(64, round(4 * s) * 64), encoder_blocks=max(1, round(4 * s)),
-                species_blocks=max(1, round(2 * s)), env_blocks=max(1, round(s)), habitat_blocks=max(1, round(s)),
-                dropout=dropout, species_dropout=min(max(dropout + 0.1, 0.0), 0.4))
+    return dict(
+        embed_dim=max(64, round(8 * s) * 64),
+        bottleneck=max(32, round(4 * s) * 32),
+        env_hidden=max(64, round(4 * s) * 64),
+        encoder_blocks=max(1, round(4 * s)),
+        species_blocks=max(1, round(2 * s)),
+        env_blocks=max(1, round(s)),
+        habitat_blocks=max(1, round(s)),
+        dropout=dropout,
+        species_dropout=min(max(dropout + 0.1, 0.0), 0.4),
+    )
 
 # %% ../nbs/07_model.ipynb #f2b92e07
 def _check_model_args(n_species: int, n_env: int, coord_harmonics: int, week_harmonics: int, habitat_head: bool):
     "Raise `ValueError` for arguments no model can be built from."
-    if n_species < 1: raise ValueError(f"n_species must be >= 1, got {n_species}")
-    if n_env < 0: raise ValueError(f"n_env must be >= 0, got {n_env}")
+    if n_species < 1:
+        raise ValueError(f"n_species must be >= 1, got {n_species}")
+    if n_env < 0:
+        raise ValueError(f"n_env must be >= 0, got {n_env}")
     if coord_harmonics < 1 or week_harmonics < 1:
         raise ValueError(f"harmonics must be >= 1, got coord={coord_harmonics} week={week_harmonics}")
-    if habitat_head and n_env < 1: raise ValueError("habitat_head needs n_env >= 1 (it reads the env prediction)")
+    if habitat_head and n_env < 1:
+        raise ValueError("habitat_head needs n_env >= 1 (it reads the env prediction)")
 
 # %% ../nbs/07_model.ipynb #d4ed5ed0
 def _habitat_gate(embed_dim: int, n_species: int) -> nn.Linear:
     "The gate layer: weight 0, bias 3 (σ(3) ≈ 0.95 on the direct logits at the start)."
     gate = nn.Linear(embed_dim, n_species)
-    nn.init.zeros_(gate.weight); nn.init.constant_(gate.bias, 3.0)
+    nn.init.zeros_(gate.weight)
+    nn.init.constant_(gate.bias, 3.0)
     return gate
 
 # %% ../nbs/07_model.ipynb #4a2e88ae
 class GeoModel(nn.Module):
     "Species distribution model on (lat, lon, week); `forward` returns a dict of logits (and env predictions)."
-    def __init__(self, n_species: int, n_env: int, model_scale: float = 0.75, coord_harmonics: int = 8,
-                 week_harmonics: int = 8, habitat_head: bool = False):
+
+    def __init__(
+        self,
+        n_species: int,
+        n_env: int,
+        model_scale: float = 0.75,
+        coord_harmonics: int = 8,
+        week_harmonics: int = 8,
+        habitat_head: bool = False,
+    ):
         super().__init__()
         _check_model_args(n_species, n_env, coord_harmonics, week_harmonics, habitat_head)
-        self.config = dict(n_species=int(n_species), n_env=int(n_env), model_scale=float(model_scale),
-                           coord_harmonics=int(coord_harmonics), week_harmonics=int(week_harmonics),
-                           habitat_head=bool(habitat_head))
+        self.config = dict(
+            n_species=int(n_species),
+            n_env=int(n_env),
+            model_scale=float(model_scale),
+            coord_harmonics=int(coord_harmonics),
+            week_harmonics=int(week_harmonics),
+            habitat_head=bool(habitat_head),
+        )
         d = self.dims = scale_dims(model_scale)
         E = d['embed_dim']
         self.encoder = SpatioTemporalEncoder(E, d['encoder_blocks'], coord_harmonics, week_harmonics, d['dropout'])
@@ -216,40 +277,62 @@ class GeoModel(nn.Module):
         self.env_head = EnvHead(E, d['env_hidden'], n_env, d['env_blocks'], d['dropout']) if n_env > 0 else None
         self.habitat_head = self.gate = None
         if habitat_head:
-            self.habitat_head = HabitatHead(n_env, d['env_hidden'], n_species, d['habitat_blocks'], d['bottleneck'],
-                                            d['species_dropout'])
+            self.habitat_head = HabitatHead(
+                n_env, d['env_hidden'], n_species, d['habitat_blocks'], d['bottleneck'], d['species_dropout']
+            )
             self.gate = _habitat_gate(E, n_species)
 
     @property
-    def n_species(self) -> int: return self.config['n_species']
-    @property
-    def n_env(self) -> int: return self.config['n_env']
+    def n_species(self) -> int:
+        return self.config['n_species']
 
-    def forward(self, lat: torch.Tensor, lon: torch.Tensor, week: torch.Tensor, return_env: bool = False,
-                species_rows: int | None = None, species_features: bool = False) -> dict:
+    @property
+    def n_env(self) -> int:
+        return self.config['n_env']
+
+    def forward(
+        self,
+        lat: torch.Tensor,
+        lon: torch.Tensor,
+        week: torch.Tensor,
+        return_env: bool = False,
+        species_rows: int | None = None,
+        species_features: bool = False,
+    ) -> dict:
         "Outputs for every row; with `species_rows=n` only the first n rows get species (and habitat) logits."
         h = self.encoder(lat, lon, week)
         hs = h if species_rows is None else h[:species_rows]
         feats = self.species_head.features(hs)
         out = {}
-        env = self.env_head(h) if (self.env_head is not None and (return_env or self.habitat_head is not None)) else None
-        if species_features and self.habitat_head is None:       # the loss applies the last layer itself
+        env = (
+            self.env_head(h) if (self.env_head is not None and (return_env or self.habitat_head is not None)) else None
+        )
+        if species_features and self.habitat_head is None:  # the loss applies the last layer itself
             out['species_features'] = feats
-            if return_env and env is not None: out['env_pred'] = env
+            if return_env and env is not None:
+                out['env_pred'] = env
             return out
         logits = self.species_head.out[-1](feats)
         if self.habitat_head is not None:
             hab = self.habitat_head((env if species_rows is None else env[:species_rows]).detach())
             gate = torch.sigmoid(self.gate(hs))
-            logits = hab + gate * (logits - hab)          # = gate·direct + (1 − gate)·habitat
-            if return_env: out['habitat_logits'] = hab
+            logits = hab + gate * (logits - hab)  # = gate·direct + (1 − gate)·habitat
+            if return_env:
+                out['habitat_logits'] = hab
         out['species_logits'] = logits
-        if return_env and env is not None: out['env_pred'] = env
+        if return_env and env is not None:
+            out['env_pred'] = env
         return out
 
 # %% ../nbs/07_model.ipynb #d43185d2
-def create_model(n_species: int, n_env: int, model_scale: float = 0.75, coord_harmonics: int = 8,
-                 week_harmonics: int = 8, habitat_head: bool = False) -> GeoModel:
+def create_model(
+    n_species: int,
+    n_env: int,
+    model_scale: float = 0.75,
+    coord_harmonics: int = 8,
+    week_harmonics: int = 8,
+    habitat_head: bool = False,
+) -> GeoModel:
     "Build a `GeoModel`; `create_model(**model.config)` rebuilds the same architecture."
     return GeoModel(n_species, n_env, model_scale, coord_harmonics, week_harmonics, habitat_head)
 
@@ -260,8 +343,16 @@ def count_parameters(model: nn.Module) -> int:
 
 # %% ../nbs/07_model.ipynb #43179969
 BIRDNET_PARAMS = {  # (model_scale, n_species) -> parameters of the BirdNET geomodel, 23 env targets, harmonics 8/8
-    (0.5, 1000): 830_271, (0.5, 10000): 1_415_271, (0.75, 1000): 2_694_495, (0.75, 10000): 3_567_495,
-    (1.0, 1000): 5_784_191, (1.0, 10000): 6_945_191, (2.0, 1000): 44_322_047, (2.0, 10000): 46_635_047}
+    (0.5, 1000): 830_271,
+    (0.5, 10000): 1_415_271,
+    (0.75, 1000): 2_694_495,
+    (0.75, 10000): 3_567_495,
+    (1.0, 1000): 5_784_191,
+    (1.0, 10000): 6_945_191,
+    (2.0, 1000): 44_322_047,
+    (2.0, 10000): 46_635_047,
+}
+
 
 def parameter_table(scales=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0), species=(1000, 10000), n_env: int = 23) -> list[dict]:
     "Parameter counts per scale and vocabulary size, with the BirdNET geomodel's where known."
@@ -271,8 +362,17 @@ def parameter_table(scales=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0), species=(1000, 1000
         for S in species:
             n = count_parameters(GeoModel(S, n_env, s))
             ref = BIRDNET_PARAMS.get((s, S))
-            rows.append(dict(scale=s, n_species=S, E=d['embed_dim'], blocks=d['encoder_blocks'], params=n,
-                             birdnet=ref, rel_diff=None if ref is None else (n - ref) / ref))
+            rows.append(
+                dict(
+                    scale=s,
+                    n_species=S,
+                    E=d['embed_dim'],
+                    blocks=d['encoder_blocks'],
+                    params=n,
+                    birdnet=ref,
+                    rel_diff=None if ref is None else (n - ref) / ref,
+                )
+            )
     return rows
 
 # %% ../nbs/07_model.ipynb #c0c86ac3
@@ -280,17 +380,21 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     "AdamW groups: weight matrices decayed, biases and LayerNorm parameters not."
     decay, no_decay = [], []
     for p in model.parameters():
-        if p.requires_grad: (decay if p.ndim >= 2 else no_decay).append(p)
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
     return [dict(params=decay, weight_decay=float(weight_decay)), dict(params=no_decay, weight_decay=0.0)]
 
 # %% ../nbs/07_model.ipynb #f943cba9
 def resolve_device(name: str = 'auto') -> torch.device:
     "The torch device for 'auto', 'cuda' or 'cpu' (`ConfigError` if CUDA is asked for and absent)."
-    if name == 'auto': name = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if name == 'auto':
+        name = 'cuda' if torch.cuda.is_available() else 'cpu'
     if name == 'cuda' and not torch.cuda.is_available():
         raise ConfigError('--device cuda: no CUDA device is available (use --device cpu or auto)')
-    if name == 'cuda': os.environ.setdefault('PYTORCH_CUDA_ALLOC_CONF', 'expandable_segments:True')
-    if name not in ('cuda', 'cpu'): raise ConfigError(f'--device: must be one of auto, cuda, cpu; got {name!r}')
+    if name == 'cuda':
+        os.environ.setdefault('PYTORCH_CUDA_ALLOC_CONF', 'expandable_segments:True')
+    if name not in ('cuda', 'cpu'):
+        raise ConfigError(f'--device: must be one of auto, cuda, cpu; got {name!r}')
     return torch.device(name)
 
 # %% ../nbs/07_model.ipynb #a759ca06
@@ -300,11 +404,14 @@ def _as_tensor(x, dtype) -> torch.Tensor:
 # %% ../nbs/07_model.ipynb #f74b1f55
 def _flat_inputs(lat, lon, week) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     "(lat, lon) float32 and integer weeks, flattened and broadcast to one length; `ValueError` for a bad week."
-    lat, lon, week = torch.broadcast_tensors(_as_tensor(lat, torch.float32).reshape(-1),
-                                             _as_tensor(lon, torch.float32).reshape(-1),
-                                             _as_tensor(week, torch.float32).reshape(-1))
+    lat, lon, week = torch.broadcast_tensors(
+        _as_tensor(lat, torch.float32).reshape(-1),
+        _as_tensor(lon, torch.float32).reshape(-1),
+        _as_tensor(week, torch.float32).reshape(-1),
+    )
     week = week.round().long()
-    if ((week < 0) | (week > N_WEEKS)).any(): raise ValueError(f"week must be in 0..{N_WEEKS} (0 = yearly)")
+    if ((week < 0) | (week > N_WEEKS)).any():
+        raise ValueError(f"week must be in 0..{N_WEEKS} (0 = yearly)")
     return lat, lon, week
 
 # %% ../nbs/07_model.ipynb #f91d092e
@@ -313,7 +420,7 @@ def _yearly_max(run, lat, lon, rows: torch.Tensor, out: np.ndarray, batch_size: 
     weeks = torch.arange(1, N_WEEKS + 1)
     step = max(1, batch_size // N_WEEKS)
     for i in range(0, len(rows), step):
-        j = rows[i:i + step]
+        j = rows[i : i + step]
         p = run(lat[j].repeat_interleave(N_WEEKS), lon[j].repeat_interleave(N_WEEKS), weeks.repeat(len(j)))
         out[j.numpy()] = p.view(len(j), N_WEEKS, -1).amax(1).cpu().numpy()
 
@@ -321,19 +428,22 @@ def _yearly_max(run, lat, lon, rows: torch.Tensor, out: np.ndarray, batch_size: 
 @torch.no_grad()
 def predict_proba(model: GeoModel, lat, lon, week, batch_size: int = 4096, yearly: str = 'max') -> np.ndarray:
     "σ(species logits) as float32 (N, S); week 0 → max over all weeks (`yearly='max'`) or the model's yearly output."
-    if yearly not in ('max', 'model'): raise ValueError(f"yearly must be 'max' or 'model', got {yearly!r}")
+    if yearly not in ('max', 'model'):
+        raise ValueError(f"yearly must be 'max' or 'model', got {yearly!r}")
     lat, lon, week = _flat_inputs(lat, lon, week)
     dev = next(model.parameters()).device
     was_training = model.training
     model.eval()
     out = np.empty((lat.shape[0], model.n_species), dtype=np.float32)
+
     def run(la, lo, wk):
         return torch.sigmoid(model(la.to(dev), lo.to(dev), wk.to(dev))['species_logits'].float())
+
     try:
         is_year = (week == 0) if yearly == 'max' else torch.zeros_like(week, dtype=torch.bool)
         direct = (~is_year).nonzero().squeeze(1)
         for i in range(0, len(direct), batch_size):
-            j = direct[i:i + batch_size]
+            j = direct[i : i + batch_size]
             out[j.numpy()] = run(lat[j], lon[j], week[j]).cpu().numpy()
         _yearly_max(run, lat, lon, is_year.nonzero().squeeze(1), out, batch_size)
     finally:
@@ -343,9 +453,11 @@ def predict_proba(model: GeoModel, lat, lon, week, batch_size: int = 4096, yearl
 # %% ../nbs/07_model.ipynb #bdc46ae4
 class ExportWrapper(nn.Module):
     "(B, 3) float `[lat, lon, week]` → (B, S) species probabilities; for tracing / ONNX export."
+
     def __init__(self, model: GeoModel):
         super().__init__()
         self.model = model
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
         return torch.sigmoid(self.model(x[:, 0], x[:, 1], x[:, 2])['species_logits'].float())

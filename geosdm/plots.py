@@ -4,6 +4,7 @@
 
 # %% ../nbs/17_plots.ipynb #daebf266
 from __future__ import annotations
+
 import json
 from pathlib import Path
 
@@ -11,15 +12,14 @@ import altair as alt
 import h3
 import numpy as np
 import polars as pl
-import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from .core import GeoSDMError, N_WEEKS, atomic_path, write_json, week_label
-from .geo import cells_geojson, cell_wkb
+from .core import N_WEEKS, GeoSDMError, atomic_path, write_json
+from .geo import cell_wkb, cells_geojson
 from .inputs import load_combined
-from .predict import Predictor
 from .maps import coarsen, hex_map, model_cells, probability_map, richness_map, save_chart
+from .predict import Predictor
 
 # %% auto #0
 __all__ = ['PANELS', 'FIGURE_FORMATS', 'read_history', 'history_long', 'curve_panel', 'training_chart', 'chart_values',
@@ -30,51 +30,98 @@ __all__ = ['PANELS', 'FIGURE_FORMATS', 'read_history', 'history_long', 'curve_pa
 def read_history(run) -> pl.DataFrame:
     "The training history of a run folder (or of its `training_history.json`): one row per epoch."
     path = Path(run)
-    if path.is_dir(): path = path / 'training_history.json'
-    try: h = json.loads(path.read_text())
-    except FileNotFoundError: raise GeoSDMError(f'{path}: no training history there') from None
-    except ValueError as e: raise GeoSDMError(f'{path}: not a readable training history ({e})') from None
-    if isinstance(h, list): h = {k: [r.get(k) for r in h] for k in dict.fromkeys(k for r in h for k in r)}
-    cols = {k: v for k, v in h.items() if isinstance(v, list) and all(x is None or isinstance(x, (int, float)) for x in v)}
+    if path.is_dir():
+        path = path / 'training_history.json'
+    try:
+        h = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise GeoSDMError(f'{path}: no training history there') from None
+    except ValueError as e:
+        raise GeoSDMError(f'{path}: not a readable training history ({e})') from None
+    if isinstance(h, list):
+        h = {k: [r.get(k) for r in h] for k in dict.fromkeys(k for r in h for k in r)}
+    cols = {
+        k: v for k, v in h.items() if isinstance(v, list) and all(x is None or isinstance(x, (int, float)) for x in v)
+    }
     return pl.DataFrame({k: pl.Series(k, v, dtype=pl.Float64, strict=False) for k, v in cols.items()})
 
 # %% ../nbs/17_plots.ipynb #52db194b
 PANELS = [  # (title, metrics, options)
-    ('Loss (lower is better)', ['train_loss', 'val_loss', 'train_species_loss', 'val_species_loss', 'train_env_loss',
-                                'val_env_loss'], {}),
+    (
+        'Loss (lower is better)',
+        ['train_loss', 'val_loss', 'train_species_loss', 'val_species_loss', 'train_env_loss', 'val_env_loss'],
+        {},
+    ),
     ('Learning rate', ['lr'], {'log': True}),
-    ('GeoScore and its parts', ['val_geoscore', 'geoscore_map', 'geoscore_f1_10', 'geoscore_list_ratio_rom_10',
-                                'geoscore_list_ratio_10', 'geoscore_watchlist_mean_ap', 'geoscore_holdout_map',
-                                'geoscore_map_density_ratio', 'geoscore_pred_density_corr'], {}),
+    (
+        'GeoScore and its parts',
+        [
+            'val_geoscore',
+            'geoscore_map',
+            'geoscore_f1_10',
+            'geoscore_list_ratio_rom_10',
+            'geoscore_list_ratio_10',
+            'geoscore_watchlist_mean_ap',
+            'geoscore_holdout_map',
+            'geoscore_map_density_ratio',
+            'geoscore_pred_density_corr',
+        ],
+        {},
+    ),
     ('Ranking', ['val_map', 'val_species_map', 'val_top10_recall', 'val_top30_recall', 'val_watchlist_mean_ap'], {}),
     ('F1 at p ≥ 5 / 10 / 25 %', ['val_f1_5', 'val_f1_10', 'val_f1_25'], {}),
-    ('List length ratio (1 = right length)', ['val_list_ratio_rom_5', 'val_list_ratio_rom_10', 'val_list_ratio_rom_25'],
-     {'log': True, 'ideal': 1.0}),
+    (
+        'List length ratio (1 = right length)',
+        ['val_list_ratio_rom_5', 'val_list_ratio_rom_10', 'val_list_ratio_rom_25'],
+        {'log': True, 'ideal': 1.0},
+    ),
     ('Effort strata', ['val_map_sparse', 'val_map_dense', 'val_map_density_ratio', 'val_pred_density_corr'], {}),
     ('Hold-out regions', ['holdout_map', 'holdout_f1_10', 'holdout_map_sparse', 'holdout_map_dense'], {}),
 ]
 
+
 def history_long(h: pl.DataFrame, metrics) -> pl.DataFrame:
     "Long frame (epoch, metric, value) of the `metrics` present in the history, missing values dropped."
     keep = [m for m in metrics if m in h.columns]
-    if not keep or 'epoch' not in h.columns: return pl.DataFrame(schema={'epoch': pl.Int64, 'metric': pl.String, 'value': pl.Float64})
-    return (h.select(pl.col('epoch').cast(pl.Int64), *keep).unpivot(index='epoch', variable_name='metric')
-            .filter(pl.col('value').is_not_null() & pl.col('value').is_finite()))
+    if not keep or 'epoch' not in h.columns:
+        return pl.DataFrame(schema={'epoch': pl.Int64, 'metric': pl.String, 'value': pl.Float64})
+    return (
+        h.select(pl.col('epoch').cast(pl.Int64), *keep)
+        .unpivot(index='epoch', variable_name='metric')
+        .filter(pl.col('value').is_not_null() & pl.col('value').is_finite())
+    )
 
 # %% ../nbs/17_plots.ipynb #43395d34
-def curve_panel(h: pl.DataFrame, title: str, metrics, log: bool = False, ideal: float | None = None,
-                width: int = 260, height: int = 170):
+def curve_panel(
+    h: pl.DataFrame,
+    title: str,
+    metrics,
+    log: bool = False,
+    ideal: float | None = None,
+    width: int = 260,
+    height: int = 170,
+):
     "Line chart of the `metrics` of history `h` over epochs, or None when none of them is there."
     d = history_long(h, metrics)
-    if d.is_empty(): return None
-    if log: d = d.filter(pl.col('value') > 0)
+    if d.is_empty():
+        return None
+    if log:
+        d = d.filter(pl.col('value') > 0)
     y = alt.Y('value:Q', title=None, scale=alt.Scale(type='log') if log else alt.Undefined)
-    lines = alt.Chart(d).mark_line(point=True).encode(
-        x=alt.X('epoch:Q', title='epoch', axis=alt.Axis(tickMinStep=1, format='d')), y=y,
-        color=alt.Color('metric:N', sort=list(metrics), legend=alt.Legend(orient='bottom', columns=2, title=None)),
-        tooltip=['metric', 'epoch', alt.Tooltip('value:Q', format='.4g')])
+    lines = (
+        alt.Chart(d)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X('epoch:Q', title='epoch', axis=alt.Axis(tickMinStep=1, format='d')),
+            y=y,
+            color=alt.Color('metric:N', sort=list(metrics), legend=alt.Legend(orient='bottom', columns=2, title=None)),
+            tooltip=['metric', 'epoch', alt.Tooltip('value:Q', format='.4g')],
+        )
+    )
     if ideal is not None:
-        rule = alt.Chart(pl.DataFrame({'ideal': [ideal]})).mark_rule(strokeDash=[4, 3], color='#777').encode(y='ideal:Q')
+        rule = (
+            alt.Chart(pl.DataFrame({'ideal': [ideal]})).mark_rule(strokeDash=[4, 3], color='#777').encode(y='ideal:Q')
+        )
         lines = alt.layer(lines, rule)
     return lines.properties(title=title, width=width, height=height)
 
@@ -83,7 +130,8 @@ def training_chart(history, columns: int = 3, width: int = 260, height: int = 17
     "Every panel of `PANELS` that the history (a run folder, a file or a `read_history` frame) has data for."
     h = history if isinstance(history, pl.DataFrame) else read_history(history)
     panels = [p for t, m, o in PANELS if (p := curve_panel(h, t, m, width=width, height=height, **o)) is not None]
-    if not panels: raise GeoSDMError('the training history has no epochs to draw yet')
+    if not panels:
+        raise GeoSDMError('the training history has no epochs to draw yet')
     return alt.concat(*panels, columns=columns).resolve_scale(color='independent')
 
 # %% ../nbs/17_plots.ipynb #a5db3e57
@@ -96,9 +144,11 @@ def chart_values(chart, metric: str) -> list[tuple[int, float]]:
 # %% ../nbs/17_plots.ipynb #421faf86
 FIGURE_FORMATS = ('png', 'svg', 'html')
 
+
 def save_figure(chart, stem, formats=FIGURE_FORMATS, scale: float = 2.0) -> list[Path]:
     "Write `chart` to `<stem>.<format>` for each of `formats` (png, svg, html, json)."
-    stem = Path(stem); stem.parent.mkdir(parents=True, exist_ok=True)
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
     return [save_chart(chart, stem.with_name(f'{stem.name}.{f}'), scale=scale) for f in formats]
 
 # %% ../nbs/17_plots.ipynb #74e1be29
@@ -112,39 +162,52 @@ def plot_training(run, outdir=None, formats=FIGURE_FORMATS) -> list[Path]:
 def cell_values(cells, values: dict) -> pl.DataFrame:
     "Frame of `h3_index`, the `values` columns and `geometry` (WKB polygons) of H3 `cells`."
     cells = [str(c) for c in cells]
-    return pl.DataFrame({'h3_index': cells, **{k: np.asarray(v) for k, v in values.items()},
-                         'geometry': pl.Series(cell_wkb(cells), dtype=pl.Binary)})
+    return pl.DataFrame(
+        {
+            'h3_index': cells,
+            **{k: np.asarray(v) for k, v in values.items()},
+            'geometry': pl.Series(cell_wkb(cells), dtype=pl.Binary),
+        }
+    )
 
 # %% ../nbs/17_plots.ipynb #4aa7d58e
 def write_geoparquet(df: pl.DataFrame, path) -> Path:
     "Write a `cell_values` frame as GeoParquet 1.0 (WKB `geometry`, longitude/latitude), atomically."
     t = df.to_arrow()
-    geo = {'version': '1.0.0', 'primary_column': 'geometry',
-           'columns': {'geometry': {'encoding': 'WKB', 'geometry_types': ['Polygon']}}}
+    geo = {
+        'version': '1.0.0',
+        'primary_column': 'geometry',
+        'columns': {'geometry': {'encoding': 'WKB', 'geometry_types': ['Polygon']}},
+    }
     t = t.replace_schema_metadata({**(t.schema.metadata or {}), b'geo': json.dumps(geo).encode()})
-    with atomic_path(path) as tmp: pq.write_table(t, tmp)
+    with atomic_path(path) as tmp:
+        pq.write_table(t, tmp)
     return Path(path)
 
 # %% ../nbs/17_plots.ipynb #355f5714
 def write_cell_values(cells, values: dict, stem) -> list[Path]:
     "`<stem>.geojson` and `<stem>.parquet` (GeoParquet) of H3 cells with `values` columns."
-    stem = Path(stem); stem.parent.mkdir(parents=True, exist_ok=True)
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
     gj = write_json(stem.with_name(stem.name + '.geojson'), cells_geojson(cells, values), indent=None)
     return [gj, write_geoparquet(cell_values(cells, values), stem.with_name(stem.name + '.parquet'))]
 
 # %% ../nbs/17_plots.ipynb #323968ae
 def _grid(charts, columns: int = 2):
-    rows = [alt.hconcat(*charts[i:i + columns]) for i in range(0, len(charts), columns)]
+    rows = [alt.hconcat(*charts[i : i + columns]) for i in range(0, len(charts), columns)]
     return (rows[0] if len(rows) == 1 else alt.vconcat(*rows)).resolve_scale(color='shared')
 
 # %% ../nbs/17_plots.ipynb #642727d7
-def range_figure(pred: Predictor, species, weeks=(1, 13, 26, 39), max_cells: int = 5000, width: int = 380,
-                 height: int = 240):
+def range_figure(
+    pred: Predictor, species, weeks=(1, 13, 26, 39), max_cells: int = 5000, width: int = 380, height: int = 240
+):
     "Maps of `species` in each of `weeks` (0 = the year), and the probabilities per cell and week."
     cells, i = model_cells(pred, max_cells), pred.index(species)
     values = {f'p_week_{w}': pred.predict_cells(cells, w)[:, i] for w in weeks}
-    charts = [probability_map(pred, species, w, cells, probs=pred.predict_cells(cells, w), width=width, height=height)
-              for w in weeks]
+    charts = [
+        probability_map(pred, species, w, cells, probs=pred.predict_cells(cells, w), width=width, height=height)
+        for w in weeks
+    ]
     return _grid(charts), cells, values
 
 # %% ../nbs/17_plots.ipynb #b425adf8
@@ -155,28 +218,53 @@ def richness_figure(pred: Predictor, week: int = 0, threshold: float = 0.1, max_
     return richness_map(pred, week, threshold, cells, **kw), cells, {'richness': n}
 
 # %% ../nbs/17_plots.ipynb #997a4fd7
-def phenology_figure(pred: Predictor, lat: float, lon: float, species=None, top_k: int = 6, threshold: float = 0.05,
-                     columns: int = 3):
+def phenology_figure(
+    pred: Predictor, lat: float, lon: float, species=None, top_k: int = 6, threshold: float = 0.05, columns: int = 3
+):
     "48 weekly bars per species at (lat, lon): the named `species`, else the `top_k` with the highest yearly value."
-    ph = pred.phenology(lat, lon)                                      # (48, S)
-    if species: idx = [pred.index(s) for s in species]
-    else: idx = [i for i in np.argsort(-ph.max(0), kind='stable')[:top_k] if ph[:, i].max() >= threshold]
-    if not idx: raise GeoSDMError(f'no species reaches p ≥ {threshold} at ({lat}, {lon}) in any week')
-    df = pl.DataFrame({'species': np.repeat([pred.common_names[i] for i in idx], N_WEEKS),
-                       'code': np.repeat([pred.vocab[i] for i in idx], N_WEEKS),
-                       'week': np.tile(np.arange(1, N_WEEKS + 1), len(idx)), 'probability': ph[:, idx].T.ravel()})
-    bars = alt.Chart(df).mark_bar().encode(
-        x=alt.X('week:O', title='week', axis=alt.Axis(values=[1, 13, 25, 37, 48])),
-        y=alt.Y('probability:Q', scale=alt.Scale(domain=[0, 1])), tooltip=['species', 'week', 'probability'])
+    ph = pred.phenology(lat, lon)  # (48, S)
+    if species:
+        idx = [pred.index(s) for s in species]
+    else:
+        idx = [i for i in np.argsort(-ph.max(0), kind='stable')[:top_k] if ph[:, i].max() >= threshold]
+    if not idx:
+        raise GeoSDMError(f'no species reaches p ≥ {threshold} at ({lat}, {lon}) in any week')
+    df = pl.DataFrame(
+        {
+            'species': np.repeat([pred.common_names[i] for i in idx], N_WEEKS),
+            'code': np.repeat([pred.vocab[i] for i in idx], N_WEEKS),
+            'week': np.tile(np.arange(1, N_WEEKS + 1), len(idx)),
+            'probability': ph[:, idx].T.ravel(),
+        }
+    )
+    bars = (
+        alt.Chart(df)
+        .mark_bar()
+        .encode(
+            x=alt.X('week:O', title='week', axis=alt.Axis(values=[1, 13, 25, 37, 48])),
+            y=alt.Y('probability:Q', scale=alt.Scale(domain=[0, 1])),
+            tooltip=['species', 'week', 'probability'],
+        )
+    )
     chart = bars.properties(width=220, height=110).facet(
-        facet=alt.Facet('species:N', sort=[pred.common_names[i] for i in idx], title=None), columns=columns)
+        facet=alt.Facet('species:N', sort=[pred.common_names[i] for i in idx], title=None), columns=columns
+    )
     return chart.properties(title=f'Weekly probability at ({lat:.3f}, {lon:.3f})'), df
 
 # %% ../nbs/17_plots.ipynb #a2d4a32b
-def weekly_frames(pred: Predictor, species, outdir, weeks=range(1, N_WEEKS + 1), fps: float = 4.0,
-                  max_cells: int = 5000, width: int = 480, height: int = 300) -> tuple[list[Path], list[str], dict]:
+def weekly_frames(
+    pred: Predictor,
+    species,
+    outdir,
+    weeks=range(1, N_WEEKS + 1),
+    fps: float = 4.0,
+    max_cells: int = 5000,
+    width: int = 480,
+    height: int = 300,
+) -> tuple[list[Path], list[str], dict]:
     "One PNG map of `species` per week in `outdir/frames/` and an animated `<code>_weekly.gif`; also the values."
-    outdir = Path(outdir); (outdir / 'frames').mkdir(parents=True, exist_ok=True)
+    outdir = Path(outdir)
+    (outdir / 'frames').mkdir(parents=True, exist_ok=True)
     cells, i, code = model_cells(pred, max_cells), pred.index(species), pred.vocab[pred.index(species)]
     frames, values = [], {}
     for w in weeks:
@@ -196,12 +284,18 @@ def env_figure(data_path, columns=None, max_cells: int = 5000, width: int = 380,
     df, env_cols, _ = load_combined(data_path)
     cols = list(columns or env_cols)
     bad = [c for c in cols if c not in env_cols]
-    if bad: raise GeoSDMError(f'{data_path}: no env column(s) {bad}; it has {", ".join(env_cols)}')
+    if bad:
+        raise GeoSDMError(f'{data_path}: no env column(s) {bad}; it has {", ".join(env_cols)}')
     cells = df['h3_index'].to_list()
     res = h3.get_resolution(coarsen(cells, max_cells)[0])
     parent = [h3.cell_to_parent(c, res) if h3.get_resolution(c) > res else c for c in cells]
-    g = (df.select(cols).cast(pl.Float64).with_columns(h3_index=pl.Series(parent))
-         .group_by('h3_index', maintain_order=True).mean())
+    g = (
+        df.select(cols)
+        .cast(pl.Float64)
+        .with_columns(h3_index=pl.Series(parent))
+        .group_by('h3_index', maintain_order=True)
+        .mean()
+    )
     cells, values = g['h3_index'].to_list(), {c: g[c].to_numpy() for c in cols}
     charts = [hex_map(cells, values[c], title=c, label=c, width=width, height=height) for c in cols]
     return _grid(charts).resolve_scale(color='independent'), cells, values
@@ -221,22 +315,33 @@ def _model_figure(kind: str, pred: Predictor, outdir: Path, formats, o: dict) ->
         stem = outdir / f"richness_week_{o.get('week', 0)}"
         return save_figure(chart, stem, formats) + write_cell_values(cells, vals, stem)
     if kind == 'phenology':
-        chart, df = phenology_figure(pred, o['lat'], o['lon'], o.get('species'), o.get('top_k', 6), o.get('threshold', 0.05))
+        chart, df = phenology_figure(
+            pred, o['lat'], o['lon'], o.get('species'), o.get('top_k', 6), o.get('threshold', 0.05)
+        )
         stem = outdir / f"phenology_{o['lat']:.3f}_{o['lon']:.3f}"
-        with atomic_path(stem.with_name(stem.name + '.csv')) as tmp: df.write_csv(tmp)
+        with atomic_path(stem.with_name(stem.name + '.csv')) as tmp:
+            df.write_csv(tmp)
         return save_figure(chart, stem, formats) + [stem.with_name(stem.name + '.csv')]
-    files, cells, vals = weekly_frames(pred, o['species'], outdir, o.get('weeks', range(1, N_WEEKS + 1)), o.get('fps', 4.0), mc)
+    files, cells, vals = weekly_frames(
+        pred, o['species'], outdir, o.get('weeks', range(1, N_WEEKS + 1)), o.get('fps', 4.0), mc
+    )
     return files + write_cell_values(cells, vals, outdir / f"weekly_{pred.vocab[pred.index(o['species'])]}")
 
 # %% ../nbs/17_plots.ipynb #e0879bd8
 def figure_files(kind: str, outdir='figures', formats=FIGURE_FORMATS, **opts) -> list[Path]:
     "Write the figure `kind` (range, richness, phenology, weekly, env) and its values into `outdir`."
-    outdir = Path(outdir); outdir.mkdir(parents=True, exist_ok=True)
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
     if kind == 'env':
         chart, cells, vals = env_figure(opts['data_path'], opts.get('columns'), opts.get('max_cells', 5000))
         return save_figure(chart, outdir / 'env_maps', formats) + write_cell_values(cells, vals, outdir / 'env_maps')
-    if kind not in ('range', 'richness', 'phenology', 'weekly'): raise GeoSDMError(f'unknown figure {kind!r}')
-    try: pred = Predictor(opts['checkpoint'], device=opts.get('device', 'auto'))
-    except (KeyError, ValueError) as e: raise GeoSDMError(str(e).strip('"')) from None
-    try: return _model_figure(kind, pred, outdir, formats, opts)
-    except KeyError as e: raise GeoSDMError(str(e).strip('"')) from None
+    if kind not in ('range', 'richness', 'phenology', 'weekly'):
+        raise GeoSDMError(f'unknown figure {kind!r}')
+    try:
+        pred = Predictor(opts['checkpoint'], device=opts.get('device', 'auto'))
+    except (KeyError, ValueError) as e:
+        raise GeoSDMError(str(e).strip('"')) from None
+    try:
+        return _model_figure(kind, pred, outdir, formats, opts)
+    except KeyError as e:
+        raise GeoSDMError(str(e).strip('"')) from None

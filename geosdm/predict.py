@@ -4,18 +4,25 @@
 
 # %% ../nbs/15_predict.ipynb #a7468718
 from __future__ import annotations
-import json, math, os, re
+
+import json
+import math
+import os
+import re
 from pathlib import Path
 
 import h3
 import numpy as np
 from scipy.spatial import cKDTree
-try: import onnxruntime as ort                 # the optional `export` extra: only `.onnx` models need it
-except ImportError: ort = None
 
-from .core import ConfigError, CheckpointError, N_WEEKS
+try:
+    import onnxruntime as ort  # the optional `export` extra: only `.onnx` models need it
+except ImportError:
+    ort = None
+
+from .checkpoint import checkpoint_config, load_checkpoint
+from .core import N_WEEKS, CheckpointError, ConfigError
 from .geo import EARTH_RADIUS_KM, cell_centres, unit_xyz
-from .checkpoint import load_checkpoint, checkpoint_config
 from .model import create_model, predict_proba, resolve_device
 
 # %% auto #0
@@ -30,7 +37,8 @@ def metadata_path(model_path) -> Path:
 # %% ../nbs/15_predict.ipynb #8504a8a1
 def onnx_session(path, device: str = 'auto'):
     "An onnxruntime session of `path` on 'cpu', 'cuda' or 'auto' (threads: $OMP_NUM_THREADS if set)."
-    if ort is None: raise ConfigError(f'{path}: running an ONNX model needs onnxruntime: pip install "geosdm[export]"')
+    if ort is None:
+        raise ConfigError(f'{path}: running an ONNX model needs onnxruntime: pip install "geosdm[export]"')
     have = ort.get_available_providers()
     if device == 'cuda' and 'CUDAExecutionProvider' not in have:
         raise ConfigError('--device cuda: onnxruntime has no CUDA provider here (use --device cpu or auto)')
@@ -41,25 +49,28 @@ def onnx_session(path, device: str = 'auto'):
 
 # %% ../nbs/15_predict.ipynb #e2ede4ec
 def _onnx_rows(session, lat, lon, week) -> np.ndarray:
-    return session.run(None, {'lat': np.ascontiguousarray(lat), 'lon': np.ascontiguousarray(lon),
-                              'week': np.ascontiguousarray(week)})[0].astype(np.float32, copy=False)
+    return session.run(
+        None, {'lat': np.ascontiguousarray(lat), 'lon': np.ascontiguousarray(lon), 'week': np.ascontiguousarray(week)}
+    )[0].astype(np.float32, copy=False)
 
 # %% ../nbs/15_predict.ipynb #dfe7b896
 def onnx_proba(session, lat, lon, week, batch_size: int = 8192, yearly: str = 'max') -> np.ndarray:
     "Probabilities (n, S) of an exported model, with the week handling of `geosdm.model.predict_proba`."
-    if yearly not in ('max', 'model'): raise ValueError(f"yearly must be 'max' or 'model', got {yearly!r}")
+    if yearly not in ('max', 'model'):
+        raise ValueError(f"yearly must be 'max' or 'model', got {yearly!r}")
     lat, lon, week = (np.asarray(x, np.float32).reshape(-1) for x in (lat, lon, week))
     lat, lon, week = np.broadcast_arrays(lat, lon, np.rint(week))
-    if ((week < 0) | (week > N_WEEKS)).any(): raise ValueError(f'week must be in 0..{N_WEEKS} (0 = yearly)')
+    if ((week < 0) | (week > N_WEEKS)).any():
+        raise ValueError(f'week must be in 0..{N_WEEKS} (0 = yearly)')
     out = np.empty((len(lat), session.get_outputs()[0].shape[1]), np.float32)
     is_year = (week == 0) if yearly == 'max' else np.zeros(len(week), bool)
     direct, rows = np.flatnonzero(~is_year), np.flatnonzero(is_year)
     for i in range(0, len(direct), batch_size):
-        j = direct[i:i + batch_size]
+        j = direct[i : i + batch_size]
         out[j] = _onnx_rows(session, lat[j], lon[j], week[j])
     weeks, step = np.arange(1, N_WEEKS + 1, dtype=np.float32), max(1, batch_size // N_WEEKS)
-    for i in range(0, len(rows), step):                        # whole year: the max over weeks 1..N_WEEKS
-        j = rows[i:i + step]
+    for i in range(0, len(rows), step):  # whole year: the max over weeks 1..N_WEEKS
+        j = rows[i : i + step]
         p = _onnx_rows(session, np.repeat(lat[j], N_WEEKS), np.repeat(lon[j], N_WEEKS), np.tile(weeks, len(j)))
         out[j] = p.reshape(len(j), N_WEEKS, -1).max(1)
     return out
@@ -67,6 +78,7 @@ def onnx_proba(session, lat, lon, week, batch_size: int = 8192, yearly: str = 'm
 # %% ../nbs/15_predict.ipynb #6ceda4ac
 class Predictor:
     "Predict species probabilities from a geosdm checkpoint, or from a model exported to ONNX (`.onnx`)."
+
     def __init__(self, checkpoint, device: str = 'auto', batch_size: int = 8192):
         self.path, self.batch_size = Path(checkpoint), batch_size
         self.model = self.session = None
@@ -74,10 +86,10 @@ class Predictor:
         v = meta['species_vocab']
         self.vocab, self.sci_names, self.common_names = list(v['codes']), list(v['sci_names']), list(v['common_names'])
         self.env_names = list(meta['env']['names'])
-        self.config = checkpoint_config(meta)                     # the TrainConfig it was trained with
+        self.config = checkpoint_config(meta)  # the TrainConfig it was trained with
         self.epoch, self.history = meta['epoch'], meta.get('history', [])
         self.data_identity = {k: (meta.get('data') or {}).get(k) for k in ('fingerprint', 'split')}
-        self.coverage = list((meta.get('coverage') or {}).get('cells') or [])   # training cells (H3 ids)
+        self.coverage = list((meta.get('coverage') or {}).get('cells') or [])  # training cells (H3 ids)
         self._tree = None
         self._index = {c: i for i, c in enumerate(self.vocab)}
 
@@ -90,29 +102,38 @@ class Predictor:
 
     def _load_onnx(self, device) -> dict:
         meta_path = metadata_path(self.path)
-        if not self.path.is_file(): raise CheckpointError(f'{self.path}: no such model file')
-        try: meta = json.loads(meta_path.read_text())
+        if not self.path.is_file():
+            raise CheckpointError(f'{self.path}: no such model file')
+        try:
+            meta = json.loads(meta_path.read_text())
         except (OSError, ValueError) as e:
-            raise CheckpointError(f'{self.path}: its metadata {meta_path.name} is missing or unreadable ({e})') from None
+            raise CheckpointError(
+                f'{self.path}: its metadata {meta_path.name} is missing or unreadable ({e})'
+            ) from None
         self.session, self.device = onnx_session(self.path, device), 'onnxruntime'
         return meta
 
     @property
-    def n_species(self): return len(self.vocab)
+    def n_species(self):
+        return len(self.vocab)
 
     def index(self, species) -> int:
         "Vocabulary index of a species code, scientific or common name (case-insensitive)."
-        if species in self._index: return self._index[species]
+        if species in self._index:
+            return self._index[species]
         s = str(species).casefold()
         for names in (self.vocab, self.sci_names, self.common_names):
             for i, n in enumerate(names):
-                if str(n).casefold() == s: return i
+                if str(n).casefold() == s:
+                    return i
         raise KeyError(f'species {species!r} is not in the model vocabulary ({self.n_species} species)')
 
     def predict(self, lat, lon, week, yearly: str = 'max') -> np.ndarray:
         "Probabilities (n, n_species) at arrays `lat`, `lon` (degrees), `week` (1..48, 0 = yearly)."
-        if np.any(np.abs(np.asarray(lat, np.float32)) > 90): raise ValueError('lat must be in [-90, 90]')
-        if self.session is not None: return onnx_proba(self.session, lat, lon, week, self.batch_size, yearly)
+        if np.any(np.abs(np.asarray(lat, np.float32)) > 90):
+            raise ValueError('lat must be in [-90, 90]')
+        if self.session is not None:
+            return onnx_proba(self.session, lat, lon, week, self.batch_size, yearly)
         return predict_proba(self.model, lat, lon, week, batch_size=self.batch_size, yearly=yearly)
 
     def predict_cells(self, cells, week, yearly: str = 'max') -> np.ndarray:
@@ -127,13 +148,19 @@ class Predictor:
     @property
     def far_km(self) -> float:
         "Beyond this distance from every training cell a prediction is an extrapolation: 4 cell edges, at least 500 km."
-        return max(500.0, 4 * h3.average_hexagon_edge_length(h3.get_resolution(self.coverage[0]), unit='km')) if self.coverage else math.inf
+        return (
+            max(500.0, 4 * h3.average_hexagon_edge_length(h3.get_resolution(self.coverage[0]), unit='km'))
+            if self.coverage
+            else math.inf
+        )
 
     def distance_km(self, lat, lon) -> np.ndarray:
         "Great-circle distance (km) from each point to the centre of the nearest training cell (NaN without coverage)."
         lat, lon = np.atleast_1d(np.asarray(lat, float)), np.atleast_1d(np.asarray(lon, float))
-        if not self.coverage: return np.full(lat.shape, np.nan)
-        if self._tree is None: self._tree = cKDTree(unit_xyz(*cell_centres(self.coverage)))
+        if not self.coverage:
+            return np.full(lat.shape, np.nan)
+        if self._tree is None:
+            self._tree = cKDTree(unit_xyz(*cell_centres(self.coverage)))
         chord, _ = self._tree.query(unit_xyz(lat, lon))
         return 2 * EARTH_RADIUS_KM * np.arcsin(np.minimum(chord / 2, 1.0))
 
@@ -148,7 +175,8 @@ class Predictor:
 def parse_location(text: str) -> tuple[float, float]:
     "(lat, lon) of an H3 cell id (its centre) or of a 'lat, lon' string."
     t = str(text).strip()
-    if h3.is_valid_cell(t): return tuple(float(x) for x in h3.cell_to_latlng(t))
+    if h3.is_valid_cell(t):
+        return tuple(float(x) for x in h3.cell_to_latlng(t))
     parts = [x for x in re.split(r'[,;\s]+', t) if x]
     try:
         lat, lon = (float(x) for x in parts)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -20,7 +20,7 @@ __all__ = ['MIN_RANGE_KM', 'env_space', 'PropagationParams', 'range_threshold_km
            'region_counts', 'key_region_counts', 'region_percentiles', 'freq_weight_curve', 'label_freq_weights']
 
 # %% ../nbs/05_propagation.ipynb #d23e15c8
-MIN_RANGE_KM = 50.0   # floor on a species' range radius
+MIN_RANGE_KM = 50.0  # floor on a species' range radius
 
 # %% ../nbs/05_propagation.ipynb #e8607b16
 def env_space(env: np.ndarray, names: list[str]) -> np.ndarray:
@@ -29,19 +29,24 @@ def env_space(env: np.ndarray, names: list[str]) -> np.ndarray:
     miss = np.isnan(X)
     cat = np.array([nm.startswith('landcover_class_') for nm in names], bool)
     cols, ind = [], []
-    for j in range(X.shape[1]):            # a loop over a handful of columns
+    for j in range(X.shape[1]):  # a loop over a handful of columns
         m = miss[:, j]
-        if m.all(): continue
+        if m.all():
+            continue
         if cat[j]:
             cols.append(np.where(m, 0.0, X[:, j]) / math.sqrt(2))
             continue
-        v = X[~m, j]; sd = v.std()
-        if not sd > 0: continue
+        v = X[~m, j]
+        sd = v.std()
+        if not sd > 0:
+            continue
         cols.append(np.where(m, 0.0, (X[:, j] - v.mean()) / sd))
-        if m.any(): ind.append(m)
+        if m.any():
+            ind.append(m)
     if cat.any():
         lm = miss[:, cat].all(1)
-        if lm.any() and not lm.all(): ind.append(lm)
+        if lm.any() and not lm.all():
+            ind.append(lm)
     F = np.column_stack(cols + [i.astype(np.float64) for i in ind]) if cols or ind else np.zeros((len(X), 0))
     return np.ascontiguousarray(F)
 
@@ -49,52 +54,69 @@ def env_space(env: np.ndarray, names: list[str]) -> np.ndarray:
 @dataclass
 class PropagationParams:
     "Environmental-neighbour propagation settings (the `--propagate_*` flags and their defaults)."
-    k: int = 10                    # nearest env-space neighbours per sparse sample
-    max_radius_km: float = 1000.0  # geographic radius cap for a neighbour
-    max_spread: float = 2.0        # species range expansion multiplier (0 = no range check)
-    min_obs: int = 10              # samples with fewer species than this receive labels
-    env_dist_max: float = 2.0      # env-space distance cap for a neighbour (0 = none)
-    range_cap_km: float = 500.0    # hard cap on the per-species distance (0 = none)
 
-    def checked(self) -> 'PropagationParams':
+    k: int = 10  # nearest env-space neighbours per sparse sample
+    max_radius_km: float = 1000.0  # geographic radius cap for a neighbour
+    max_spread: float = 2.0  # species range expansion multiplier (0 = no range check)
+    min_obs: int = 10  # samples with fewer species than this receive labels
+    env_dist_max: float = 2.0  # env-space distance cap for a neighbour (0 = none)
+    range_cap_km: float = 500.0  # hard cap on the per-species distance (0 = none)
+
+    def checked(self) -> PropagationParams:
         "Self, after checking every value (ValueError naming the parameter)."
+
         def bad(name, msg):
             e = ValueError(f'propagate {name}: {msg}, got {getattr(self, name)!r}')
-            e.param = name            # which parameter: callers map it to their own flag names
+            e.param = name  # which parameter: callers map it to their own flag names
             raise e
-        if int(self.k) != self.k or self.k < 1: bad('k', 'must be an integer ≥ 1')
-        if int(self.min_obs) != self.min_obs or self.min_obs < 1: bad('min_obs', 'must be an integer ≥ 1')
-        if not self.max_radius_km > 0: bad('max_radius_km', 'must be > 0')
+
+        if int(self.k) != self.k or self.k < 1:
+            bad('k', 'must be an integer ≥ 1')
+        if int(self.min_obs) != self.min_obs or self.min_obs < 1:
+            bad('min_obs', 'must be an integer ≥ 1')
+        if not self.max_radius_km > 0:
+            bad('max_radius_km', 'must be > 0')
         for n in ('max_spread', 'env_dist_max', 'range_cap_km'):
             v = getattr(self, n)
-            if not (v >= 0 and math.isfinite(v)): bad(n, 'must be a finite number ≥ 0')
+            if not (v >= 0 and math.isfinite(v)):
+                bad(n, 'must be a finite number ≥ 0')
         return self
 
     def as_dict(self) -> dict:
-        return {'k': int(self.k), 'max_radius_km': float(self.max_radius_km), 'max_spread': float(self.max_spread),
-                'min_obs': int(self.min_obs), 'env_dist_max': float(self.env_dist_max),
-                'range_cap_km': float(self.range_cap_km)}
+        return {
+            'k': int(self.k),
+            'max_radius_km': float(self.max_radius_km),
+            'max_spread': float(self.max_spread),
+            'min_obs': int(self.min_obs),
+            'env_dist_max': float(self.env_dist_max),
+            'range_cap_km': float(self.range_cap_km),
+        }
 
 # %% ../nbs/05_propagation.ipynb #61a917a4
-def range_threshold_km(cell: np.ndarray, code: np.ndarray, n_codes: int, xyz: np.ndarray,
-                       p: PropagationParams) -> np.ndarray:
+def range_threshold_km(
+    cell: np.ndarray, code: np.ndarray, n_codes: int, xyz: np.ndarray, p: PropagationParams
+) -> np.ndarray:
     "Per code: how far (km) from its nearest observation a propagated label may land (inf = no limit)."
     thr = np.full(n_codes, np.inf)
-    if p.max_spread <= 0: return thr
+    if p.max_spread <= 0:
+        return thr
     has = np.bincount(code, minlength=n_codes) > 0
     c = np.stack([np.bincount(code, weights=xyz[cell, d], minlength=n_codes) for d in range(3)], axis=1)
     nrm = np.linalg.norm(c, axis=1)
     c /= np.where(nrm > 0, nrm, 1.0)[:, None]
     ang = np.arccos(np.clip((xyz[cell] * c[code]).sum(1), -1.0, 1.0))
-    far = np.zeros(n_codes); np.maximum.at(far, code, ang * EARTH_RADIUS_KM)
+    far = np.zeros(n_codes)
+    np.maximum.at(far, code, ang * EARTH_RADIUS_KM)
     thr[has] = p.max_spread * np.maximum(far[has], MIN_RANGE_KM)
-    if p.range_cap_km > 0: thr = np.minimum(thr, p.range_cap_km)
+    if p.range_cap_km > 0:
+        thr = np.minimum(thr, p.range_cap_km)
     return thr
 
 # %% ../nbs/05_propagation.ipynb #874bac5c
 def _without(key: np.ndarray, other: np.ndarray) -> np.ndarray:
     "`key` without the values in (sorted) `other`."
-    if len(other) == 0 or len(key) == 0: return key
+    if len(other) == 0 or len(key) == 0:
+        return key
     i = np.minimum(np.searchsorted(other, key), len(other) - 1)
     return key[other[i] != key]
 
@@ -104,17 +126,30 @@ def _fresh(key: np.ndarray, own: np.ndarray) -> np.ndarray:
     return _without(sorted_unique(key), own)
 
 # %% ../nbs/05_propagation.ipynb #c7cc3cd5
-def propagate_week(cell: np.ndarray, code: np.ndarray, n_codes: int, train: np.ndarray, feats: np.ndarray,
-                   lat: np.ndarray, lon: np.ndarray, xyz: np.ndarray, thr: np.ndarray, p: PropagationParams):
+def propagate_week(
+    cell: np.ndarray,
+    code: np.ndarray,
+    n_codes: int,
+    train: np.ndarray,
+    feats: np.ndarray,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    xyz: np.ndarray,
+    thr: np.ndarray,
+    p: PropagationParams,
+):
     "New `(cell, code)` labels for one week's training labels `(cell, code)` (sorted); also (n_sparse, n_changed)."
     n_cells = len(train)
-    cell = np.asarray(cell, np.int64); code = np.asarray(code, np.int64)
-    off = np.zeros(n_cells + 1, np.int64); np.cumsum(np.bincount(cell, minlength=n_cells), out=off[1:])
+    cell = np.asarray(cell, np.int64)
+    code = np.asarray(code, np.int64)
+    off = np.zeros(n_cells + 1, np.int64)
+    np.cumsum(np.bincount(cell, minlength=n_cells), out=off[1:])
     n_lab = np.diff(off)
     donors = np.flatnonzero(train & (n_lab >= p.min_obs))
     sparse = np.flatnonzero(train & (n_lab < p.min_obs))
     none = np.zeros(0, np.int64)
-    if len(donors) == 0 or len(sparse) == 0: return none, none, len(sparse), 0
+    if len(donors) == 0 or len(sparse) == 0:
+        return none, none, len(sparse), 0
     k = min(int(p.k), len(donors))
     ub = p.env_dist_max * (1 + 1e-9) if p.env_dist_max > 0 else np.inf
     d, j = cKDTree(feats[donors]).query(feats[sparse], k=k, distance_upper_bound=ub, workers=-1)
@@ -125,21 +160,26 @@ def propagate_week(cell: np.ndarray, code: np.ndarray, n_codes: int, train: np.n
     geo = haversine_km(lat[rec], lon[rec], lat[don], lon[don])
     g = geo <= p.max_radius_km
     rec, don, geo = rec[g], don[g], geo[g]
-    if len(rec) == 0: return none, none, len(sparse), 0
+    if len(rec) == 0:
+        return none, none, len(sparse), 0
     # expand (recipient, donor) pairs into (recipient, code) pairs: the donors' CSR rows, gathered
     lens = n_lab[don]
     _, ecode = csr_gather(off, code, don)
     key = np.repeat(rec, lens) * n_codes + ecode
-    near = np.repeat(geo, lens) <= thr[ecode]        # the donor itself is an observation within range
-    own = cell * n_codes + code                       # sorted: the labels the samples already have
+    near = np.repeat(geo, lens) <= thr[ecode]  # the donor itself is an observation within range
+    own = cell * n_codes + code  # sorted: the labels the samples already have
     ok_key = _fresh(key[near], own)
     maybe = _without(_fresh(key[~near], own), ok_key)
     if len(maybe):
         mc, mk = maybe // n_codes, maybe % n_codes
         ch = km_to_chord(thr[mk])
         tree = cKDTree(np.column_stack([xyz[cell], 4.0 * code]))
-        dist, _ = tree.query(np.column_stack([xyz[mc], 4.0 * mk]), k=1, workers=-1,
-                             distance_upper_bound=float(ch.max()) * (1 + 1e-9) + 1e-12)
+        dist, _ = tree.query(
+            np.column_stack([xyz[mc], 4.0 * mk]),
+            k=1,
+            workers=-1,
+            distance_upper_bound=float(ch.max()) * (1 + 1e-9) + 1e-12,
+        )
         maybe = maybe[dist <= ch * (1 + 1e-9)]
         key = np.sort(np.concatenate([ok_key, maybe]))
     else:
@@ -148,8 +188,17 @@ def propagate_week(cell: np.ndarray, code: np.ndarray, n_codes: int, train: np.n
     return new_cell, key % n_codes, len(sparse), len(np.unique(new_cell))
 
 # %% ../nbs/05_propagation.ipynb #dfcda1fb
-def propagate_keys(w_key: np.ndarray, y_key: np.ndarray, n_codes: int, train: np.ndarray, feats: np.ndarray,
-                   lat: np.ndarray, lon: np.ndarray, p: PropagationParams, yearly: bool = True):
+def propagate_keys(
+    w_key: np.ndarray,
+    y_key: np.ndarray,
+    n_codes: int,
+    train: np.ndarray,
+    feats: np.ndarray,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    p: PropagationParams,
+    yearly: bool = True,
+):
     "Propagate labels among the training cells of `flatten_lists` keys: returns (w_key, y_key, report)."
     t0 = time.perf_counter()
     p = p.checked()
@@ -162,11 +211,11 @@ def propagate_keys(w_key: np.ndarray, y_key: np.ndarray, n_codes: int, train: np
     wsamp = w_key // nc
     wcell, week = wsamp // N_WEEKS, (wsamp % N_WEEKS).astype(np.int16)
     m = train[wcell]
-    order = np.flatnonzero(m)[np.argsort(week[m], kind='stable')]   # week-major, then (cell, code)
+    order = np.flatnonzero(m)[np.argsort(week[m], kind='stable')]  # week-major, then (cell, code)
     bounds = np.searchsorted(week[order], np.arange(N_WEEKS + 1))
     add_w, per_week, n_sparse, n_changed = [], [0] * (N_WEEKS + 1), 0, 0
-    for w in range(N_WEEKS):                                         # one pass per week, not per sample
-        sl = order[bounds[w]:bounds[w + 1]]
+    for w in range(N_WEEKS):  # one pass per week, not per sample
+        sl = order[bounds[w] : bounds[w + 1]]
         c, k, ns, nch = propagate_week(wcell[sl], w_key[sl] % nc, nc, train, feats, lat, lon, xyz, thr, p)
         add_w.append((c * N_WEEKS + w) * nc + k)
         per_week[w + 1], n_sparse, n_changed = len(c), n_sparse + ns, n_changed + nch
@@ -175,33 +224,57 @@ def propagate_keys(w_key: np.ndarray, y_key: np.ndarray, n_codes: int, train: np
         c, k, ns, nch = propagate_week(ycell[ytr], y_key[ytr] % nc, nc, train, feats, lat, lon, xyz, thr, p)
         add_y = c * nc + k
         per_week[0], n_sparse, n_changed = len(c), n_sparse + ns, n_changed + nch
+
     def merge(base, add):
         return np.sort(np.concatenate([base, np.sort(add)]), kind='stable') if len(add) else base
+
     add_w = np.concatenate(add_w)
-    report = {'labels_added': int(sum(per_week)), 'labels_added_weekly': int(sum(per_week[1:])),
-              'labels_added_yearly': int(per_week[0]), 'labels_added_per_week': per_week,
-              'labels_before': int(m.sum() + (ytr.sum() if yearly else 0)),
-              'sparse_samples': int(n_sparse), 'samples_changed': int(n_changed),
-              'params': p.as_dict(), 'seconds': round(time.perf_counter() - t0, 3)}
+    report = {
+        'labels_added': int(sum(per_week)),
+        'labels_added_weekly': int(sum(per_week[1:])),
+        'labels_added_yearly': int(per_week[0]),
+        'labels_added_per_week': per_week,
+        'labels_before': int(m.sum() + (ytr.sum() if yearly else 0)),
+        'sparse_samples': int(n_sparse),
+        'samples_changed': int(n_changed),
+        'params': p.as_dict(),
+        'seconds': round(time.perf_counter() - t0, 3),
+    }
     return merge(w_key, add_w), merge(y_key, add_y), report
 
 # %% ../nbs/05_propagation.ipynb #99002044
-def region_counts(cell_lat: np.ndarray, cell_lon: np.ndarray, cell: np.ndarray, code: np.ndarray, n_codes: int,
-                  keep_cell: np.ndarray | None = None) -> np.ndarray:
+def region_counts(
+    cell_lat: np.ndarray,
+    cell_lon: np.ndarray,
+    cell: np.ndarray,
+    code: np.ndarray,
+    n_codes: int,
+    keep_cell: np.ndarray | None = None,
+) -> np.ndarray:
     "int64[36, n_codes]: labels `(cell, code)` per region bin (only cells where `keep_cell`)."
-    cell = np.asarray(cell, np.int64); code = np.asarray(code, np.int64)
+    cell = np.asarray(cell, np.int64)
+    code = np.asarray(code, np.int64)
     if keep_cell is not None:
-        m = np.asarray(keep_cell, bool)[cell]; cell, code = cell[m], code[m]
+        m = np.asarray(keep_cell, bool)[cell]
+        cell, code = cell[m], code[m]
     reg = region_of(cell_lat, cell_lon)[cell]
     return np.bincount(reg * n_codes + code, minlength=N_REGIONS * n_codes).reshape(N_REGIONS, n_codes)
 
 # %% ../nbs/05_propagation.ipynb #b3891dd8
-def key_region_counts(w_key: np.ndarray, y_key: np.ndarray, n_codes: int, cell_lat: np.ndarray, cell_lon: np.ndarray,
-                      keep_cell: np.ndarray | None = None, yearly: bool = True) -> np.ndarray:
+def key_region_counts(
+    w_key: np.ndarray,
+    y_key: np.ndarray,
+    n_codes: int,
+    cell_lat: np.ndarray,
+    cell_lon: np.ndarray,
+    keep_cell: np.ndarray | None = None,
+    yearly: bool = True,
+) -> np.ndarray:
     "`region_counts` of the weekly (and, when `yearly`, the yearly) labels of `flatten_lists` keys."
     nc = max(int(n_codes), 1)
     reg = region_counts(cell_lat, cell_lon, w_key // nc // N_WEEKS, w_key % nc, nc, keep_cell)
-    if yearly: reg += region_counts(cell_lat, cell_lon, y_key // nc, y_key % nc, nc, keep_cell)
+    if yearly:
+        reg += region_counts(cell_lat, cell_lon, y_key // nc, y_key % nc, nc, keep_cell)
     return reg
 
 # %% ../nbs/05_propagation.ipynb #8229ca60
@@ -209,12 +282,12 @@ def region_percentiles(counts: np.ndarray) -> np.ndarray:
     "Per species, the maximum over regions of its within-region percentile (NaN: never counted)."
     counts = np.asarray(counts)
     best = np.full(counts.shape[1], -np.inf)
-    for r in range(counts.shape[0]):                  # 36 regions, each vectorised over species
+    for r in range(counts.shape[0]):  # 36 regions, each vectorised over species
         present = np.flatnonzero(counts[r] > 0)
-        if len(present) == 0: continue
+        if len(present) == 0:
+            continue
         c = counts[r, present]
-        pct = (np.full(len(c), 50.0) if len(c) < 2
-               else 100.0 * np.searchsorted(np.sort(c), c, side='left') / len(c))
+        pct = np.full(len(c), 50.0) if len(c) < 2 else 100.0 * np.searchsorted(np.sort(c), c, side='left') / len(c)
         best[present] = np.maximum(best[present], pct)
     return np.where(np.isfinite(best), best, np.nan)
 
@@ -226,11 +299,14 @@ def freq_weight_curve(pct, min_weight: float = 0.01, pct_lo: float = 10.0, pct_h
     return np.where(pct >= pct_hi, 1.0, np.where(pct > pct_lo, w, min_weight))
 
 # %% ../nbs/05_propagation.ipynb #067ae7a3
-def label_freq_weights(counts: np.ndarray, min_weight: float = 0.01, pct_lo: float = 10.0,
-                       pct_hi: float = 95.0) -> np.ndarray:
+def label_freq_weights(
+    counts: np.ndarray, min_weight: float = 0.01, pct_lo: float = 10.0, pct_hi: float = 95.0
+) -> np.ndarray:
     "float32[S] positive-label weights from `region_counts` (species never counted get 1)."
-    if not 0 < min_weight <= 1: raise ValueError(f'label_freq_weight_min must be in (0, 1], got {min_weight}')
-    if not pct_lo < pct_hi: raise ValueError(f'label_freq_weight_pct_lo ({pct_lo}) must be below pct_hi ({pct_hi})')
+    if not 0 < min_weight <= 1:
+        raise ValueError(f'label_freq_weight_min must be in (0, 1], got {min_weight}')
+    if not pct_lo < pct_hi:
+        raise ValueError(f'label_freq_weight_pct_lo ({pct_lo}) must be below pct_hi ({pct_hi})')
     pct = region_percentiles(counts)
     w = freq_weight_curve(np.nan_to_num(pct, nan=100.0), min_weight, pct_lo, pct_hi)
     return w.astype(np.float32)

@@ -28,13 +28,28 @@ DEMO_BBOX = (-170.0, 5.0, -50.0, 75.0)
 DEMO_KWARGS = dict(n_species=180, res=2, bbox=DEMO_BBOX, seed=20240601, effort_mean=4.0)
 
 # %% ../nbs/90_simulate.ipynb #44f3096f
-WATCHLIST_GROUPS = {   # watchlist code → island group (or the crane's migration)
-    'hawgoo': 'hawaii', 'hawhaw': 'hawaii_big', 'elepai': 'hawaii_big', 'apapan': 'hawaii', 'iiwi': 'hawaii',
-    'hawama': 'hawaii_big', 'kea1': 'nz_south', 'nibkiw1': 'nz_north', 'takahe3': 'nz_south', 'riflem1': 'nz',
-    'tui1': 'nz', 'kokako3': 'nz_north', 'galhaw1': 'galapagos', 'galrai1': 'galapagos', 'galpet': 'galapagos',
-    'kagu1': 'new_caledonia', 'calcon': 'california', 'whocra': 'whooping_crane'}
+WATCHLIST_GROUPS = {  # watchlist code → island group (or the crane's migration)
+    'hawgoo': 'hawaii',
+    'hawhaw': 'hawaii_big',
+    'elepai': 'hawaii_big',
+    'apapan': 'hawaii',
+    'iiwi': 'hawaii',
+    'hawama': 'hawaii_big',
+    'kea1': 'nz_south',
+    'nibkiw1': 'nz_north',
+    'takahe3': 'nz_south',
+    'riflem1': 'nz',
+    'tui1': 'nz',
+    'kokako3': 'nz_north',
+    'galhaw1': 'galapagos',
+    'galrai1': 'galapagos',
+    'galpet': 'galapagos',
+    'kagu1': 'new_caledonia',
+    'calcon': 'california',
+    'whocra': 'whooping_crane',
+}
 
-ISLAND_GROUPS = {   # group → (anchor (lat, lon) points, radius in km around them that still counts as the range)
+ISLAND_GROUPS = {  # group → (anchor (lat, lon) points, radius in km around them that still counts as the range)
     'hawaii_big': ([(19.6, -155.5)], 0.0),
     'hawaii': ([(19.6, -155.5), (20.75, -156.25), (21.45, -157.95), (22.05, -159.5)], 0.0),
     'nz_north': ([(-38.5, 176.0), (-39.2, 175.6), (-36.9, 174.8), (-35.5, 174.0)], 150.0),
@@ -42,26 +57,31 @@ ISLAND_GROUPS = {   # group → (anchor (lat, lon) points, radius in km around t
     'nz': ([(-38.5, 176.0), (-39.2, 175.6), (-36.9, 174.8), (-43.5, 171.0), (-44.5, 169.0), (-42.0, 172.5)], 150.0),
     'galapagos': ([(-0.6, -90.4), (-0.8, -91.1)], 0.0),
     'new_caledonia': ([(-21.5, 165.5)], 0.0),
-    'california': ([(35.0, -119.0), (36.5, -121.5), (34.5, -118.5), (36.2, -112.1)], 250.0)}
+    'california': ([(35.0, -119.0), (36.5, -121.5), (34.5, -118.5), (36.2, -112.1)], 250.0),
+}
 WHOCRA_BREEDING, WHOCRA_WINTER = (59.5, -113.0), (28.4, -97.0)
 
 # %% ../nbs/90_simulate.ipynb #1f3b0cbd
 def grid_cells(res: int = 2, bbox=None) -> np.ndarray:
     "Sorted H3 cells (str) of resolution `res` with centre in `bbox`, antimeridian-crossing cells dropped."
-    if not (0 <= res <= 4): raise ValueError(f"res must be 0..4 (2 or 3 recommended), got {res}")
+    if not (0 <= res <= 4):
+        raise ValueError(f"res must be 0..4 (2 or 3 recommended), got {res}")
     if bbox is not None and not (-90 <= bbox[1] < bbox[3] <= 90):
         raise ValueError(f"bbox latitudes must satisfy -90 <= lat_min < lat_max <= 90, got {bbox}")
     cells = np.array(sorted(c for r in h3.get_res0_cells() for c in h3.cell_to_children(r, res)))
-    if bbox is not None: cells = cells[in_boxes(*cell_centres(cells), [bbox])]
+    if bbox is not None:
+        cells = cells[in_boxes(*cell_centres(cells), [bbox])]
     span = np.array([np.ptp([p[1] for p in h3.cell_to_boundary(c)]) for c in cells])
     cells = cells[span < 180]
-    if len(cells) == 0: raise ValueError(f"no H3 res-{res} cell centre lies inside bbox {bbox}")
+    if len(cells) == 0:
+        raise ValueError(f"no H3 res-{res} cell centre lies inside bbox {bbox}")
     return cells
 
 # %% ../nbs/90_simulate.ipynb #cd2e19a1
 def land_fraction(lat, lon, vlat, vlon) -> np.ndarray:
     "Fraction of sample points per cell (centre + 3 along each vertex ray: 19 for a hexagon) on land."
-    from global_land_mask import globe   # a 1 GB raster: loaded only when needed
+    from global_land_mask import globe  # a 1 GB raster: loaded only when needed
+
     dlon = wrap_lon(vlon - lon[:, None])
     dlat = vlat - lat[:, None]
     pts_lat = [lat[:, None]] + [lat[:, None] + t * dlat for t in (1 / 3, 2 / 3, 1.0)]
@@ -73,7 +93,8 @@ def land_fraction(lat, lon, vlat, vlon) -> np.ndarray:
 
 # %% ../nbs/90_simulate.ipynb #56b3c478
 def _grid(res: int, bbox) -> SimpleNamespace:
-    "The world's cells with centres, unit vectors, land fraction, land and habitable masks, and the named places' cells."
+    """The world's cells with centres, unit vectors, land fraction, land and habitable masks, and the named places'
+    cells."""
     cells = grid_cells(res, bbox)
     lat, lon = cell_centres(cells)
     land_frac = land_fraction(lat, lon, *cell_boundaries(cells)[:2])
@@ -83,49 +104,83 @@ def _grid(res: int, bbox) -> SimpleNamespace:
     small = [i for grp in ('hawaii', 'galapagos', 'new_caledonia') for i in anchors[grp] if i >= 0]
     land_frac[small] = np.maximum(land_frac[small], 0.5)
     land = land_frac >= 0.3
-    if not land.any(): raise ValueError(f"the bbox {bbox} holds no land cell at res {res}")
-    return SimpleNamespace(cells=cells, lat=lat, lon=lon, xyz=unit_xyz(lat, lon), land_frac=land_frac, land=land,
-                           habitable=land_frac > 0, anchors=anchors, crane=[at(WHOCRA_BREEDING), at(WHOCRA_WINTER)],
-                           edge_km=h3.average_hexagon_edge_length(res, unit='km'))
+    if not land.any():
+        raise ValueError(f"the bbox {bbox} holds no land cell at res {res}")
+    return SimpleNamespace(
+        cells=cells,
+        lat=lat,
+        lon=lon,
+        xyz=unit_xyz(lat, lon),
+        land_frac=land_frac,
+        land=land,
+        habitable=land_frac > 0,
+        anchors=anchors,
+        crane=[at(WHOCRA_BREEDING), at(WHOCRA_WINTER)],
+        edge_km=h3.average_hexagon_edge_length(res, unit='km'),
+    )
 
 # %% ../nbs/90_simulate.ipynb #7fc0a14d
 def fibonacci_sphere(n: int = 4000) -> np.ndarray:
     "`n` near-uniform unit vectors (Fibonacci lattice): a fixed sample of the whole globe."
     i = np.arange(n) + 0.5
     z = 1 - 2 * i / n
-    phi = np.pi * (1 + 5 ** 0.5) * i
-    r = np.sqrt(1 - z ** 2)
+    phi = np.pi * (1 + 5**0.5) * i
+    r = np.sqrt(1 - z**2)
     return np.stack([r * np.cos(phi), r * np.sin(phi), z], 1)
+
 
 _GLOBE_XYZ = fibonacci_sphere()
 
 # %% ../nbs/90_simulate.ipynb #49728a94
-def smooth_field(xyz: np.ndarray, rng: np.random.Generator, n_bumps: int = 64,
-                 width_km=(300.0, 2500.0), positive: bool = False, standardize: bool = True) -> np.ndarray:
+def smooth_field(
+    xyz: np.ndarray,
+    rng: np.random.Generator,
+    n_bumps: int = 64,
+    width_km=(300.0, 2500.0),
+    positive: bool = False,
+    standardize: bool = True,
+) -> np.ndarray:
     "Sum of random Gaussian bumps on the sphere at unit vectors `xyz` (n, 3), scaled on a fixed global sample."
-    c = rng.normal(size=(n_bumps, 3)); c /= np.linalg.norm(c, axis=1, keepdims=True)
+    c = rng.normal(size=(n_bumps, 3))
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
     width = np.exp(rng.uniform(np.log(width_km[0]), np.log(width_km[1]), n_bumps)) / EARTH_RADIUS_KM
     amp = rng.gamma(1.0, 1.0, n_bumps) if positive else rng.normal(size=n_bumps)
-    ev = lambda x: (np.exp(-(angle_between(x, c) / width) ** 2) * amp).sum(1)
+    ev = lambda x: (np.exp(-((angle_between(x, c) / width) ** 2)) * amp).sum(1)
     f, ref = ev(xyz), ev(_GLOBE_XYZ)
-    if standardize: return (f - ref.mean()) / ref.std()
-    return f / np.median(ref)   # positive fields: 1 = the global median, whatever the box
+    if standardize:
+        return (f - ref.mean()) / ref.std()
+    return f / np.median(ref)  # positive fields: 1 = the global median, whatever the box
 
 # %% ../nbs/90_simulate.ipynb #fd9094fc
 # IGBP class: (temperature °C, precipitation mm, prior score, canopy height m)
 _LC_TABLE = {
-    1: (2.0, 700, 0.0, 22), 2: (25.0, 2500, 0.2, 30), 3: (-7.0, 400, -0.6, 15), 4: (21.0, 1500, -0.3, 20),
-    5: (8.0, 900, 0.0, 20), 6: (19.0, 450, -0.6, 3), 7: (-3.0, 300, 0.0, 1), 8: (22.0, 1200, 0.0, 12),
-    9: (24.0, 800, 0.0, 6), 10: (10.0, 450, 0.2, 1), 11: (4.0, 700, -1.0, 5), 12: (13.0, 700, 0.1, 2),
-    13: (15.0, 800, -9.0, 2), 14: (18.0, 1000, -0.3, 8), 15: (-18.0, 250, 0.0, 0), 16: (21.0, 120, 0.2, 0),
-    17: (10.0, 800, -9.0, 0)}
+    1: (2.0, 700, 0.0, 22),
+    2: (25.0, 2500, 0.2, 30),
+    3: (-7.0, 400, -0.6, 15),
+    4: (21.0, 1500, -0.3, 20),
+    5: (8.0, 900, 0.0, 20),
+    6: (19.0, 450, -0.6, 3),
+    7: (-3.0, 300, 0.0, 1),
+    8: (22.0, 1200, 0.0, 12),
+    9: (24.0, 800, 0.0, 6),
+    10: (10.0, 450, 0.2, 1),
+    11: (4.0, 700, -1.0, 5),
+    12: (13.0, 700, 0.1, 2),
+    13: (15.0, 800, -9.0, 2),
+    14: (18.0, 1000, -0.3, 8),
+    15: (-18.0, 250, 0.0, 0),
+    16: (21.0, 120, 0.2, 0),
+    17: (10.0, 800, -9.0, 0),
+}
+
 
 def _landcover(temp, precip, urban, xyz, land, rng) -> tuple[np.ndarray, np.ndarray]:
     "IGBP land-cover class (float) and canopy height (m) of every cell."
     n, codes = len(temp), np.arange(1, 18)
-    tc = np.array([_LC_TABLE[k][0] for k in codes]); pc = np.log([_LC_TABLE[k][1] for k in codes])
+    tc = np.array([_LC_TABLE[k][0] for k in codes])
+    pc = np.log([_LC_TABLE[k][1] for k in codes])
     prior = np.array([_LC_TABLE[k][2] for k in codes])
-    score = -((temp[:, None] - tc) / 7.0) ** 2 - ((np.log(precip)[:, None] - pc) / 0.5) ** 2 + prior
+    score = -(((temp[:, None] - tc) / 7.0) ** 2) - ((np.log(precip)[:, None] - pc) / 0.5) ** 2 + prior
     noise = np.stack([smooth_field(xyz, rng, 24, (200.0, 1200.0)) for _ in codes], 1)
     lc = codes[np.argmax(score + 0.8 * noise, 1)].astype(float)
     lc[urban > 0.5] = 13
@@ -141,20 +196,26 @@ def _latent_env(lat, xyz, land, cities_xyz, rng) -> dict:
     "Latent (gap-free) environment for every cell."
     n = len(lat)
     g = smooth_field(xyz, rng, 400, (150.0, 1200.0), positive=True, standardize=False)
-    elev = np.clip(20.0 + 330.0 * g ** 1.4 + 60 * rng.random(n), 0, 6500)
+    elev = np.clip(20.0 + 330.0 * g**1.4 + 60 * rng.random(n), 0, 6500)
     t_anom = smooth_field(xyz, rng, 48, (500.0, 3000.0))
     temp = np.clip(29.0 - 55.0 * (np.abs(lat) / 90.0) ** 1.7 - 0.0065 * elev + 2.5 * t_anom, -32, 31.5)
-    p_base = 250 + 1900 * np.exp(-(lat / 11.0) ** 2) + 650 * np.exp(-((np.abs(lat) - 50) / 12.0) ** 2)
+    p_base = 250 + 1900 * np.exp(-((lat / 11.0) ** 2)) + 650 * np.exp(-(((np.abs(lat) - 50) / 12.0) ** 2))
     precip = np.clip(p_base * np.exp(0.6 * smooth_field(xyz, rng, 64, (300.0, 2500.0))) + 0.12 * elev, 5, 8000)
     if len(cities_xyz):
         d = angle_between(xyz, cities_xyz) * EARTH_RADIUS_KM
-        urb = (0.62 * np.exp(-(d / 120.0) ** 2) + 0.05 * np.exp(-(d / 500.0) ** 2)).max(1)
+        urb = (0.62 * np.exp(-((d / 120.0) ** 2)) + 0.05 * np.exp(-((d / 500.0) ** 2))).max(1)
     else:
         urb = np.zeros(n)
     urban = np.clip(urb + np.exp(rng.normal(-7.2, 2.0, n)), 0, 0.6)
     lc, canopy = _landcover(temp, precip, urban, xyz, land, rng)
-    return dict(elevation_m=elev, temperature_c=temp, precipitation_mm=precip, urban_fraction=urban,
-                landcover_class=lc, canopy_height_m=canopy)
+    return dict(
+        elevation_m=elev,
+        temperature_c=temp,
+        precipitation_mm=precip,
+        urban_fraction=urban,
+        landcover_class=lc,
+        canopy_height_m=canopy,
+    )
 
 # %% ../nbs/90_simulate.ipynb #0d7bc51b
 def _reported_env(lat, land, land_frac, lat_env: dict, rng) -> dict:
@@ -169,51 +230,147 @@ def _reported_env(lat, land, land_frac, lat_env: dict, rng) -> dict:
     temp = np.where(ocean | polar, nan, np.round(lat_env['temperature_c'], 1))
     prec = np.where(ocean | polar, nan, np.round(lat_env['precipitation_mm']))
     urban = lat_env['urban_fraction'].copy()
-    urban[ocean] = np.where(coast[ocean], urban[ocean] * 0.2, np.minimum(urban[ocean], 1e-4) * (rng.random(ocean.sum()) < 0.3))
+    urban[ocean] = np.where(
+        coast[ocean], urban[ocean] * 0.2, np.minimum(urban[ocean], 1e-4) * (rng.random(ocean.sum()) < 0.3)
+    )
     urban[ocean & (rng.random(n) < 0.3)] = nan
     lc = lat_env['landcover_class'].copy()
     lc[ocean & ~coast & (rng.random(n) < 0.45)] = nan
     water = np.full(n, nan)
     wmask = (rng.random(n) < 0.035) | (land & (lat_env['landcover_class'] == 17))
-    water[wmask] = np.where(ocean[wmask], np.round(rng.beta(20, 1, wmask.sum()), 2),
-                            np.round(rng.beta(3, 1.2, wmask.sum()), 2))
-    return dict(water_fraction=water, elevation_m=elev, precipitation_mm=prec, temperature_c=temp,
-                urban_fraction=urban, landcover_class=lc, canopy_height_m=lat_env['canopy_height_m'].astype(float))
+    water[wmask] = np.where(
+        ocean[wmask], np.round(rng.beta(20, 1, wmask.sum()), 2), np.round(rng.beta(3, 1.2, wmask.sum()), 2)
+    )
+    return dict(
+        water_fraction=water,
+        elevation_m=elev,
+        precipitation_mm=prec,
+        temperature_c=temp,
+        urban_fraction=urban,
+        landcover_class=lc,
+        canopy_height_m=lat_env['canopy_height_m'].astype(float),
+    )
 
 # %% ../nbs/90_simulate.ipynb #e86b8aec
 def _environment(g, n_cities, rng) -> tuple[np.ndarray, dict, dict]:
     "City cells, the latent environment and the environment as reported."
     n = len(g.cells)
-    lat_w = np.exp(-((np.abs(g.lat) - 38) / 15) ** 2) * g.land + 1e-12 * g.land
+    lat_w = np.exp(-(((np.abs(g.lat) - 38) / 15) ** 2)) * g.land + 1e-12 * g.land
     n_cities = min(int(n_cities if n_cities is not None else 8 + n // 250), int(g.land.sum()))
     city_idx = rng.choice(n, n_cities, replace=False, p=lat_w / lat_w.sum()) if n_cities else np.zeros(0, int)
     latent = _latent_env(g.lat, g.xyz, g.land, g.xyz[city_idx], rng)
     return city_idx, latent, _reported_env(g.lat, g.land, g.land_frac, latent, rng)
 
 # %% ../nbs/90_simulate.ipynb #fcdc4547
-_SYL = ['ba', 'ca', 'da', 'fe', 'gi', 'ha', 'ki', 'la', 'me', 'no', 'pa', 'qui', 'ra', 'si', 'ta', 'vu',
-        'xe', 'zo', 'lo', 'mi', 'ne', 'ro', 'su', 'ti', 'phy', 'thra', 'chi', 'pto', 'stri', 'gla']
+_SYL = [
+    'ba',
+    'ca',
+    'da',
+    'fe',
+    'gi',
+    'ha',
+    'ki',
+    'la',
+    'me',
+    'no',
+    'pa',
+    'qui',
+    'ra',
+    'si',
+    'ta',
+    'vu',
+    'xe',
+    'zo',
+    'lo',
+    'mi',
+    'ne',
+    'ro',
+    'su',
+    'ti',
+    'phy',
+    'thra',
+    'chi',
+    'pto',
+    'stri',
+    'gla',
+]
 _GEN_END = ['us', 'a', 'is', 'ax', 'ops', 'ornis', 'iza', 'ura']
 _SP_END = ['ensis', 'ata', 'us', 'ii', 'icola', 'ina', 'oides', 'ipes']
-_ADJ = ['Lesser', 'Greater', 'Rufous', 'Crested', 'Spotted', 'Olive', 'Ashy', 'Golden', 'Dusky',
-        'Streaked', 'Pale', 'Northern', 'Southern', 'Mountain', 'Marsh', 'Forest', 'Desert', 'Painted',
-        'Black-capped', 'White-throated', 'Cinnamon', 'Slaty', 'Scaly', 'Barred']
-_NOUN = ['Warbler', 'Finch', 'Thrush', 'Tanager', 'Wren', 'Sparrow', 'Flycatcher', 'Kingfisher', 'Hawk',
-         'Owl', 'Dove', 'Heron', 'Swift', 'Vireo', 'Pipit', 'Lark', 'Rail', 'Tern', 'Plover', 'Jay',
-         'Woodpecker', 'Hummingbird', 'Seedeater', 'Shrike']
+_ADJ = [
+    'Lesser',
+    'Greater',
+    'Rufous',
+    'Crested',
+    'Spotted',
+    'Olive',
+    'Ashy',
+    'Golden',
+    'Dusky',
+    'Streaked',
+    'Pale',
+    'Northern',
+    'Southern',
+    'Mountain',
+    'Marsh',
+    'Forest',
+    'Desert',
+    'Painted',
+    'Black-capped',
+    'White-throated',
+    'Cinnamon',
+    'Slaty',
+    'Scaly',
+    'Barred',
+]
+_NOUN = [
+    'Warbler',
+    'Finch',
+    'Thrush',
+    'Tanager',
+    'Wren',
+    'Sparrow',
+    'Flycatcher',
+    'Kingfisher',
+    'Hawk',
+    'Owl',
+    'Dove',
+    'Heron',
+    'Swift',
+    'Vireo',
+    'Pipit',
+    'Lark',
+    'Rail',
+    'Tern',
+    'Plover',
+    'Jay',
+    'Woodpecker',
+    'Hummingbird',
+    'Seedeater',
+    'Shrike',
+]
+
 
 def invent_names(n: int, rng: np.random.Generator) -> tuple[list[str], list[str]]:
     "`n` unique invented scientific binomials and English names."
     ns = len(_SYL)
     gi = rng.choice(ns * ns * len(_GEN_END), n, replace=False)
     si = rng.choice(ns * ns * len(_SP_END), n, replace=False)
-    sci = [f"{(_SYL[g // (ns * len(_GEN_END))] + _SYL[(g // len(_GEN_END)) % ns] + _GEN_END[g % len(_GEN_END)]).capitalize()} "
-           f"{_SYL[s // (ns * len(_SP_END))]}{_SYL[(s // len(_SP_END)) % ns]}{_SP_END[s % len(_SP_END)]}" for g, s in zip(gi, si)]
+    sci = [
+        (_SYL[g // (ns * len(_GEN_END))] + _SYL[(g // len(_GEN_END)) % ns] + _GEN_END[g % len(_GEN_END)]).capitalize()
+        + " "
+        + f"{_SYL[s // (ns * len(_SP_END))]}{_SYL[(s // len(_SP_END)) % ns]}{_SP_END[s % len(_SP_END)]}"
+        for g, s in zip(gi, si)
+    ]
     na, nn = len(_ADJ), len(_NOUN)
-    if n > na * na * nn: raise ValueError(f"can invent at most {na * na * nn} common names")
+    if n > na * na * nn:
+        raise ValueError(f"can invent at most {na * na * nn} common names")
     ci = rng.choice(na * na * nn, n, replace=False)
-    com = [f"{_ADJ[c // (na * nn)]} {_ADJ[(c // nn) % na]} {_NOUN[c % nn]}" if c // (na * nn) != (c // nn) % na
-           else f"{_ADJ[c // (na * nn)]} {_NOUN[c % nn]}" for c in ci]
+    com = [
+        f"{_ADJ[c // (na * nn)]} {_ADJ[(c // nn) % na]} {_NOUN[c % nn]}"
+        if c // (na * nn) != (c // nn) % na
+        else f"{_ADJ[c // (na * nn)]} {_NOUN[c % nn]}"
+        for c in ci
+    ]
     return sci, com
 
 # %% ../nbs/90_simulate.ipynb #25d647e1
@@ -225,7 +382,9 @@ def _small_islands(cells, land, max_cells=3) -> list[np.ndarray]:
     for i, cell in enumerate(cells[idx]):
         for nb in h3.grid_ring(cell, 1):
             j = pos.get(nb)
-            if j is not None: r.append(i); c.append(j)
+            if j is not None:
+                r.append(i)
+                c.append(j)
     g = coo_matrix((np.ones(len(r)), (r, c)), shape=(len(idx), len(idx)))
     k, lab = connected_components(g, directed=False)
     sizes = np.bincount(lab, minlength=k)
@@ -239,7 +398,8 @@ def _roster(g, n_species, n_endemic, frac_generalist, frac_migrant, watchlist) -
     n_rest = n_species - len(named)
     n_end = min(n_rest, max(2, round(0.02 * n_species)) if n_endemic is None else n_endemic)
     islands = _small_islands(g.cells, g.land) if n_end else []
-    if not islands: n_end = 0
+    if not islands:
+        n_end = 0
     n_gen = min(n_rest - n_end, max(1, round(frac_generalist * n_species)) if n_rest - n_end >= 10 else 0)
     n_mig = min(n_rest - n_end - n_gen, round(frac_migrant * n_rest))
     n_res = n_rest - n_end - n_gen - n_mig
@@ -264,10 +424,11 @@ def _places(g, kind, islands, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     mig = np.flatnonzero(kind == 'migrant')
     if len(mig):
         temperate = hab_idx[np.abs(g.lat[hab_idx]) > 25]
-        if len(temperate): origin[mig] = rng.choice(temperate, len(mig))
+        if len(temperate):
+            origin[mig] = rng.choice(temperate, len(mig))
         d = angle_between(g.xyz[origin[mig]], g.xyz[hab_idx]) * EARTH_RADIUS_KM
         towards_eq = np.abs(g.lat[hab_idx])[None] < np.abs(g.lat[origin[mig]])[:, None] - 12
-        pick = _choice_rows(np.exp(-((d - 3500) / 1800) ** 2) * towards_eq, rng)
+        pick = _choice_rows(np.exp(-(((d - 3500) / 1800) ** 2)) * towards_eq, rng)
         winter[mig] = np.where(pick >= 0, hab_idx[np.maximum(pick, 0)], origin[mig])
     end = np.flatnonzero(kind == 'endemic')
     masks = np.ones((len(g.cells), len(kind)), bool)
@@ -275,13 +436,19 @@ def _places(g, kind, islands, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     for j, s in enumerate(end):
         isl = islands[isl_pick[j]]
         origin[s] = winter[s] = isl[0]
-        masks[:, s] = False; masks[isl, s] = True
+        masks[:, s] = False
+        masks[isl, s] = True
     return origin, winter, isl_pick, masks
 
 # %% ../nbs/90_simulate.ipynb #82cf2cff
 def _climate(lenv: dict) -> tuple:
     "Temperature, log precipitation, elevation and land-cover class (int) of the latent environment."
-    return lenv['temperature_c'], np.log(lenv['precipitation_mm']), lenv['elevation_m'], lenv['landcover_class'].astype(int)
+    return (
+        lenv['temperature_c'],
+        np.log(lenv['precipitation_mm']),
+        lenv['elevation_m'],
+        lenv['landcover_class'].astype(int),
+    )
 
 # %% ../nbs/90_simulate.ipynb #4a965c09
 def _synthetic_species(g, kind, origin, winter, lenv, range_km, rng) -> dict:
@@ -292,22 +459,47 @@ def _synthetic_species(g, kind, origin, winter, lenv, range_km, rng) -> dict:
     p_max = np.exp(rng.uniform(np.log(0.05), np.log(0.8), n))
     det = rng.uniform(0.3, 1.0, n)
     radius = np.clip(range_km * np.exp(rng.normal(0, 0.6, n)), max(250.0, 3 * g.edge_km), 5000)
-    sdT = rng.uniform(4, 10, n); sdP = rng.uniform(0.5, 1.2, n)
+    sdT = rng.uniform(4, 10, n)
+    sdP = rng.uniform(0.5, 1.2, n)
     Tb, Tw = T[origin] + rng.normal(0, 1.0, n), T[winter] + rng.normal(0, 1.0, n)
     sdE = np.where(rng.random(n) < 0.33, rng.uniform(400, 2000, n), np.inf)
     pref = np.where(rng.random((n, 17)) < 0.25, rng.uniform(0.3, 1.0, (n, 17)), 0.1)
     pref[np.arange(n), LC[origin] - 1] = 1.0
     pref[np.arange(n), LC[winter] - 1] = 1.0
     water = rng.random(n) < 0.12
-    pref[:, 16] = np.where(water, 1.0, 0.05); pref[water, 10] = 1.0
+    pref[:, 16] = np.where(water, 1.0, 0.05)
+    pref[water, 10] = 1.0
     for k, sd_t, floor in (('generalist', 18, 0.6), ('endemic', 15, 0.5)):
         m = kind == k
-        radius[m] = 20000; sdT[m] = sd_t; sdP[m] = 2.5; sdE[m] = np.inf
-        pref[m] = np.maximum(pref[m], floor); p_max[m] = rng.uniform(0.3, 0.8, m.sum())
+        radius[m] = 20000
+        sdT[m] = sd_t
+        sdP[m] = 2.5
+        sdE[m] = np.inf
+        pref[m] = np.maximum(pref[m], floor)
+        p_max[m] = rng.uniform(0.3, 0.8, m.sum())
     f, amp = _seasons(kind, g.lat[origin], rng)
-    return dict(codes=[f'sim{i + 1:04d}' for i in range(n)], sci=sci, com=com, kind=list(kind), origin=origin,
-                winter=winter, p_max=p_max, det=det, radius=radius, sdT=sdT, sdP=sdP, Tb=Tb, Tw=Tw,
-                Pb=logP[origin], Pw=logP[winter], Ec=E[origin], sdE=sdE, pref=pref, f=f, amp=amp)
+    return dict(
+        codes=[f'sim{i + 1:04d}' for i in range(n)],
+        sci=sci,
+        com=com,
+        kind=list(kind),
+        origin=origin,
+        winter=winter,
+        p_max=p_max,
+        det=det,
+        radius=radius,
+        sdT=sdT,
+        sdP=sdP,
+        Tb=Tb,
+        Tw=Tw,
+        Pb=logP[origin],
+        Pw=logP[winter],
+        Ec=E[origin],
+        sdE=sdE,
+        pref=pref,
+        f=f,
+        amp=amp,
+    )
 
 # %% ../nbs/90_simulate.ipynb #3eb4dacb
 def _seasons(kind, breeding_lat, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -316,7 +508,9 @@ def _seasons(kind, breeding_lat, rng) -> tuple[np.ndarray, np.ndarray]:
     w_mid = np.where(breeding_lat >= 0, 3.0, 27.0) + rng.normal(0, 1.5, n)
     f = np.clip(0.5 + 0.8 * np.cos(2 * np.pi * (weeks[:, None] - w_mid[None]) / N_WEEKS), 0, 1)
     f[:, kind != 'migrant'] = 0.0
-    amp = 1 + rng.uniform(0, 0.3, n)[None] * np.cos(2 * np.pi * (weeks[:, None] - rng.uniform(1, N_WEEKS, n)[None]) / N_WEEKS)
+    amp = 1 + rng.uniform(0, 0.3, n)[None] * np.cos(
+        2 * np.pi * (weeks[:, None] - rng.uniform(1, N_WEEKS, n)[None]) / N_WEEKS
+    )
     return f, np.where(kind[None] == 'migrant', 1 - 0.5 * 4 * f * (1 - f), amp)
 
 # %% ../nbs/90_simulate.ipynb #cc5e089a
@@ -337,8 +531,9 @@ def _named_species(g, named, lenv, rng) -> dict:
     T, logP, _, _ = _climate(lenv)
     sp = {key: [] for key in ('origin', 'winter', 'radius', 'Tb', 'Tw', 'Pb', 'Pw', 'kind')}
     f, amp, mask = np.zeros((N_WEEKS, k)), np.ones((N_WEEKS, k)), np.ones((len(g.cells), k), bool)
-    pref = np.full((k, 17), 0.7); pref[:, 16] = 0.3
-    for j, (code, grp) in enumerate(named):
+    pref = np.full((k, 17), 0.7)
+    pref[:, 16] = 0.3
+    for j, (_code, grp) in enumerate(named):
         if grp == 'whooping_crane':
             o, wi = g.crane
             wm = 3.0 + rng.normal(0, 1)
@@ -350,26 +545,43 @@ def _named_species(g, named, lenv, rng) -> dict:
             mask[:, j] = m = _named_mask(grp, g)
             o = int(np.flatnonzero(m)[0])
             row = (o, o, 20000.0, T[m].mean(), T[m].mean(), logP[m].mean(), logP[m].mean(), 'endemic')
-        for key, v in zip(sp, row): sp[key].append(v)
-    sp.update(codes=[c for c, _ in named], sci=[WATCHLIST[c][0] for c, _ in named], com=[WATCHLIST[c][1] for c, _ in named],
-              p_max=rng.uniform(0.3, 0.7, k), det=rng.uniform(0.6, 1.0, k), sdT=np.full(k, 15.0), sdP=np.full(k, 2.5),
-              Ec=np.zeros(k), sdE=np.full(k, np.inf), pref=pref, f=f, amp=amp, mask=mask)
+        for key, v in zip(sp, row):
+            sp[key].append(v)
+    sp.update(
+        codes=[c for c, _ in named],
+        sci=[WATCHLIST[c][0] for c, _ in named],
+        com=[WATCHLIST[c][1] for c, _ in named],
+        p_max=rng.uniform(0.3, 0.7, k),
+        det=rng.uniform(0.6, 1.0, k),
+        sdT=np.full(k, 15.0),
+        sdP=np.full(k, 2.5),
+        Ec=np.zeros(k),
+        sdE=np.full(k, np.inf),
+        pref=pref,
+        f=f,
+        amp=amp,
+        mask=mask,
+    )
     return sp
 
 # %% ../nbs/90_simulate.ipynb #7b552cf0
-_SPECIES_AXIS = {'f': 1, 'amp': 1, 'mask': 1}   # (weeks or cells, species); everything else has species first
+_SPECIES_AXIS = {'f': 1, 'amp': 1, 'mask': 1}  # (weeks or cells, species); everything else has species first
+
 
 def _join(a: dict, b: dict) -> dict:
     "Species table `a` followed by `b`: lists concatenated, arrays along the species axis."
-    return {k: a[k] + b[k] if isinstance(a[k], list) else np.concatenate([a[k], b[k]], _SPECIES_AXIS.get(k, 0))
-            for k in a}
+    return {
+        k: a[k] + b[k] if isinstance(a[k], list) else np.concatenate([a[k], b[k]], _SPECIES_AXIS.get(k, 0)) for k in a
+    }
 
 # %% ../nbs/90_simulate.ipynb #118a0a2f
 def _sort_species(sp: dict) -> dict:
     "Species table ordered by code."
     order = np.argsort(np.array(sp['codes'], dtype=object).astype(str), kind='stable')
-    return {k: np.asarray(v)[order].tolist() if isinstance(v, list) else v[:, order] if _SPECIES_AXIS.get(k) else v[order]
-            for k, v in sp.items()}
+    return {
+        k: np.asarray(v)[order].tolist() if isinstance(v, list) else v[:, order] if _SPECIES_AXIS.get(k) else v[order]
+        for k, v in sp.items()
+    }
 
 # %% ../nbs/90_simulate.ipynb #9ec4de9c
 def _truth(g, sp: dict, lenv: dict) -> np.ndarray:
@@ -377,8 +589,11 @@ def _truth(g, sp: dict, lenv: dict) -> np.ndarray:
     T, logP, E, LC = _climate(lenv)
     H = np.flatnonzero(g.habitable)
     xb, xw = g.xyz[sp['origin']], g.xyz[sp['winter']]
-    static = (sp['pref'][:, LC[H] - 1].T * sp['mask'][H] *
-              np.exp(-0.5 * ((E[H, None] - sp['Ec'][None]) / sp['sdE'][None]) ** 2)).astype(np.float32)
+    static = (
+        sp['pref'][:, LC[H] - 1].T
+        * sp['mask'][H]
+        * np.exp(-0.5 * ((E[H, None] - sp['Ec'][None]) / sp['sdE'][None]) ** 2)
+    ).astype(np.float32)
     truth = np.zeros((len(g.cells), N_WEEKS, len(sp['codes'])), np.float32)
     rad = sp['radius'] / EARTH_RADIUS_KM
     for wk in range(N_WEEKS):
@@ -387,7 +602,11 @@ def _truth(g, sp: dict, lenv: dict) -> np.ndarray:
         ctr /= np.linalg.norm(ctr, axis=1, keepdims=True)
         ang = angle_between(g.xyz[H], ctr)
         mu_t, mu_p = (1 - fw) * sp['Tb'] + fw * sp['Tw'], (1 - fw) * sp['Pb'] + fw * sp['Pw']
-        z = (ang / rad) ** 4 + 0.5 * ((T[H, None] - mu_t) / sp['sdT']) ** 2 + 0.5 * ((logP[H, None] - mu_p) / sp['sdP']) ** 2
+        z = (
+            (ang / rad) ** 4
+            + 0.5 * ((T[H, None] - mu_t) / sp['sdT']) ** 2
+            + 0.5 * ((logP[H, None] - mu_p) / sp['sdP']) ** 2
+        )
         pw = (sp['p_max'] * sp['amp'][wk]).astype(np.float32) * np.exp(-z).astype(np.float32) * static
         pw[pw < 1e-4] = 0
         truth[H, wk] = np.minimum(pw, 0.99)
@@ -408,12 +627,13 @@ def _effort(g, hot_idx, hot_amp, effort_mean, rng) -> np.ndarray:
     bg = np.exp(rng.normal(-1.0, 1.2, n))
     if len(hot_idx):
         d = angle_between(g.xyz, g.xyz[hot_idx]) * EARTH_RADIUS_KM
-        hot = (hot_amp * np.exp(-(d / (1.5 * g.edge_km)) ** 2)).sum(1)
+        hot = (hot_amp * np.exp(-((d / (1.5 * g.edge_km)) ** 2))).sum(1)
     else:
         hot = np.zeros(n)
     remote = land & (hot < 0.05) & (rng.random(n) < 0.33)
     lam = (bg * ~remote + hot) * np.where(land, 1.0, 0.5 * g.land_frac)
-    if land.any(): lam = lam * effort_mean / lam[land].mean()
+    if land.any():
+        lam = lam * effort_mean / lam[land].mean()
     weeks = np.arange(1, N_WEEKS + 1)
     season = 1 + 0.4 * np.sign(g.lat)[:, None] * np.cos(2 * np.pi * (weeks[None] - 19) / N_WEEKS)
     mu = lam[:, None] * season * rng.gamma(2.0, 0.5, (n, N_WEEKS))
@@ -437,10 +657,12 @@ def _observe(truth, effort, p_max, det, false_pos, rng) -> tuple[np.ndarray, np.
         isfp[fr, fs] = ~hit[fr, fs]
         hit |= isfp
         r_, s_ = np.nonzero(hit)
-        cnt = np.zeros(n, np.int64); cnt[rows] = hit.sum(1)
+        cnt = np.zeros(n, np.int64)
+        cnt[rows] = hit.sum(1)
         offs.append(base + np.r_[0, np.cumsum(cnt)])
         base += len(s_)
-        sps.append(s_.astype(np.int32)); fps.append(isfp[r_, s_])
+        sps.append(s_.astype(np.int32))
+        fps.append(isfp[r_, s_])
     return np.stack(offs).astype(np.int64), np.concatenate(sps), np.concatenate(fps)
 
 # %% ../nbs/90_simulate.ipynb #072af106
@@ -451,31 +673,67 @@ def _test_blocks(g, test_frac, rng) -> np.ndarray:
     blocks = [b for b in np.unique(parents[g.land]) if b not in blocked]
     test = np.zeros(len(g.cells), bool)
     for i in rng.permutation(len(blocks)):
-        if test.sum() >= test_frac * g.land.sum(): break
+        if test.sum() >= test_frac * g.land.sum():
+            break
         test |= g.land & (parents == blocks[i])
     return test
 
 # %% ../nbs/90_simulate.ipynb #f9d6bd48
 def _frames(g, renv: dict, sp: dict, test: np.ndarray) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     "The cells, environment and species tables of a world."
-    cells = pl.DataFrame({'h3_index': g.cells, 'lat': g.lat, 'lon': g.lon, 'land': g.land, 'land_frac': g.land_frac,
-                          'habitable': g.habitable, 'test': test})
-    env = pl.DataFrame({'h3_index': g.cells, **{c: pl.Series(c, renv[c], pl.Float64).fill_nan(None) for c in ENV_COLUMNS}})
-    species = pl.DataFrame({'species_code': sp['codes'], 'scientificName': sp['sci'], 'commonName': sp['com'],
-                            'kind': sp['kind'], 'p_max': sp['p_max'], 'detectability': sp['det'], 'radius_km': sp['radius'],
-                            'breeding_cell': g.cells[sp['origin']], 'winter_cell': g.cells[sp['winter']]})
+    cells = pl.DataFrame(
+        {
+            'h3_index': g.cells,
+            'lat': g.lat,
+            'lon': g.lon,
+            'land': g.land,
+            'land_frac': g.land_frac,
+            'habitable': g.habitable,
+            'test': test,
+        }
+    )
+    env = pl.DataFrame(
+        {'h3_index': g.cells, **{c: pl.Series(c, renv[c], pl.Float64).fill_nan(None) for c in ENV_COLUMNS}}
+    )
+    species = pl.DataFrame(
+        {
+            'species_code': sp['codes'],
+            'scientificName': sp['sci'],
+            'commonName': sp['com'],
+            'kind': sp['kind'],
+            'p_max': sp['p_max'],
+            'detectability': sp['det'],
+            'radius_km': sp['radius'],
+            'breeding_cell': g.cells[sp['origin']],
+            'winter_cell': g.cells[sp['winter']],
+        }
+    )
     return cells, env, species
 
 # %% ../nbs/90_simulate.ipynb #6f3ce745
-def simulate_world(n_species: int = 300, res: int = 2, bbox=None, seed: int = 0, *,
-                   frac_migrant: float = 0.25, frac_generalist: float = 0.04, n_endemic: int | None = None,
-                   watchlist: bool = True, range_km: float = 1200.0, n_cities: int | None = None,
-                   effort_mean: float = 3.0, false_pos: float = 0.01, truth_min_p: float = 0.05,
-                   test_frac: float = 0.12) -> World:
+def simulate_world(
+    n_species: int = 300,
+    res: int = 2,
+    bbox=None,
+    seed: int = 0,
+    *,
+    frac_migrant: float = 0.25,
+    frac_generalist: float = 0.04,
+    n_endemic: int | None = None,
+    watchlist: bool = True,
+    range_km: float = 1200.0,
+    n_cities: int | None = None,
+    effort_mean: float = 3.0,
+    false_pos: float = 0.01,
+    truth_min_p: float = 0.05,
+    test_frac: float = 0.12,
+) -> World:
     "Simulate a virtual-species world on H3 cells × 48 weeks (the same arguments give the same world)."
     t0 = time.perf_counter()
-    if n_species < 1: raise ValueError(f"n_species must be >= 1, got {n_species}")
-    if not 0 <= false_pos < 0.5: raise ValueError(f"false_pos must be in [0, 0.5), got {false_pos}")
+    if n_species < 1:
+        raise ValueError(f"n_species must be >= 1, got {n_species}")
+    if not 0 <= false_pos < 0.5:
+        raise ValueError(f"false_pos must be in [0, 0.5), got {false_pos}")
     rng = np.random.default_rng(seed)
     g = _grid(res, bbox)
     city_idx, lenv, renv = _environment(g, n_cities, rng)
@@ -489,11 +747,25 @@ def simulate_world(n_species: int = 300, res: int = 2, bbox=None, seed: int = 0,
     effort = _effort(g, *_hotspots(g, city_idx, islands, isl_pick, rng), effort_mean, rng)
     obs = _observe(truth, effort, sp['p_max'], sp['det'], false_pos, rng)
     test = _test_blocks(g, test_frac, rng)
-    params = dict(grid=f'h3_res{res}', res=res, seed=seed, bbox=list(bbox) if bbox else None, n_species=n_species,
-                  frac_migrant=frac_migrant, frac_generalist=frac_generalist, n_endemic=n_endemic,
-                  watchlist=watchlist, range_km=range_km, n_cities=len(city_idx), effort_mean=effort_mean,
-                  false_pos=false_pos, truth_min_p=truth_min_p, test_frac=test_frac,
-                  truth_weeks=list(TRUTH_WEEKS), generator='geosdm.simulate')
+    params = dict(
+        grid=f'h3_res{res}',
+        res=res,
+        seed=seed,
+        bbox=list(bbox) if bbox else None,
+        n_species=n_species,
+        frac_migrant=frac_migrant,
+        frac_generalist=frac_generalist,
+        n_endemic=n_endemic,
+        watchlist=watchlist,
+        range_km=range_km,
+        n_cities=len(city_idx),
+        effort_mean=effort_mean,
+        false_pos=false_pos,
+        truth_min_p=truth_min_p,
+        test_frac=test_frac,
+        truth_weeks=list(TRUTH_WEEKS),
+        generator='geosdm.simulate',
+    )
     world = World(*_frames(g, renv, sp, test), truth, effort, *obs, ranges, params)
     params['seconds_simulate'] = round(time.perf_counter() - t0, 3)
     return world

@@ -4,12 +4,13 @@
 
 # %% ../nbs/09_steps.ipynb #d2ec3af1
 from __future__ import annotations
-import ctypes, math
+
+import ctypes
 
 import torch
 
 from .batches import Positives
-from .losses import total_loss, LinearLogits
+from .losses import LinearLogits, total_loss
 
 # %% auto #0
 __all__ = ['REF_BATCH', 'AUTO_BATCH', 'MIN_BATCHES', 'LR_POWERS', 'AUTO_BOOST_UNTIL', 'COMPILE_MODES', 'COMPILE_AUTO',
@@ -17,26 +18,31 @@ __all__ = ['REF_BATCH', 'AUTO_BATCH', 'MIN_BATCHES', 'LR_POWERS', 'AUTO_BOOST_UN
            'compiled', 'keep_freed_memory']
 
 # %% ../nbs/09_steps.ipynb #095984d7
-REF_BATCH = 1024                            # the batch that --lr is given for
-AUTO_BATCH = {'cpu': 1024, 'cuda': 8192}   # --batch_size auto, per device type
-MIN_BATCHES = 16                            # auto: at least this many batches per epoch
+REF_BATCH = 1024  # the batch that --lr is given for
+AUTO_BATCH = {'cpu': 1024, 'cuda': 8192}  # --batch_size auto, per device type
+MIN_BATCHES = 16  # auto: at least this many batches per epoch
+
 
 def resolve_batch_size(batch_size: int | str, device, n_train: int) -> int:
     "The batch size of a run: `batch_size`, or for 'auto' the device's (see `AUTO_BATCH`); at most `n_train`."
     if batch_size == 'auto':
         b = AUTO_BATCH.get(torch.device(device).type, REF_BATCH)
-        while b > REF_BATCH and n_train < MIN_BATCHES * b: b //= 2
-    else: b = int(batch_size)
+        while b > REF_BATCH and n_train < MIN_BATCHES * b:
+            b //= 2
+    else:
+        b = int(batch_size)
     return max(1, min(b, n_train))
 
 # %% ../nbs/09_steps.ipynb #18986604
-LR_POWERS = {'linear': 1.0, 'sqrt': 0.5, 'none': 0.0}   # --lr_scaling other than auto: the power of k = batch/1024
-AUTO_BOOST_UNTIL = 8                                  # auto: lr·k·min(k, 8)^(1/3)
+LR_POWERS = {'linear': 1.0, 'sqrt': 0.5, 'none': 0.0}  # --lr_scaling other than auto: the power of k = batch/1024
+AUTO_BOOST_UNTIL = 8  # auto: lr·k·min(k, 8)^(1/3)
+
 
 def lr_factor(batch_size: int, scaling: str = 'auto') -> float:
     "How many times `--lr` the peak learning rate of `batch_size` is under `scaling` (1 up to `REF_BATCH`)."
     k = max(batch_size, REF_BATCH) / REF_BATCH
-    if scaling == 'auto': return k * min(k, AUTO_BOOST_UNTIL) ** (1 / 3)
+    if scaling == 'auto':
+        return k * min(k, AUTO_BOOST_UNTIL) ** (1 / 3)
     return k ** LR_POWERS[scaling]
 
 # %% ../nbs/09_steps.ipynb #34790c72
@@ -46,73 +52,117 @@ def peak_lr(lr: float, batch_size: int, scaling: str = 'auto') -> float:
 
 # %% ../nbs/09_steps.ipynb #bd7bcb70
 def adam_betas(batch_size: int, scaling: str = 'auto', betas: tuple = (0.9, 0.999)) -> tuple[float, float]:
-    "AdamW's betas for `batch_size`: β2's average spans the same number of samples as at `REF_BATCH` (1 − β2 ≤ 0.1)."
+    "AdamW's betas for `batch_size`: β2's average spans as many samples as at `REF_BATCH` (1 − β2 ≤ 0.1)."
     k = max(batch_size, REF_BATCH) / REF_BATCH if scaling != 'none' else 1.0
     return betas[0], 1 - min(0.1, (1 - betas[1]) * k)
 
 # %% ../nbs/09_steps.ipynb #70656b9c
-def forward_losses(model: torch.nn.Module, loss_fn, b: dict, amp_dtype: torch.dtype | None = None,
-                   weights: dict | None = None, rand: tuple | None = None, label_weights: torch.Tensor | None = None,
-                   generator: torch.Generator | None = None, outputs: bool = False) -> dict:
+def forward_losses(
+    model: torch.nn.Module,
+    loss_fn,
+    b: dict,
+    amp_dtype: torch.dtype | None = None,
+    weights: dict | None = None,
+    rand: tuple | None = None,
+    label_weights: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    outputs: bool = False,
+) -> dict:
     "The multi-task losses of batch `b` (and the model's outputs as 'out' if `outputs`)."
     dev = b['lat'].device
     fused = not outputs and getattr(loss_fn, 'kind', None) == 'bce' and isinstance(b['y'], Positives)
     with torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        out = model(b['lat'], b['lon'], b['week'], return_env=True, species_rows=b['species_rows'], species_features=fused)
+        out = model(
+            b['lat'], b['lon'], b['week'], return_env=True, species_rows=b['species_rows'], species_features=fused
+        )
         rl = model(*rand)['species_logits'] if rand is not None else None
     if 'species_features' in out:
         head = model.species_head.out[-1]
         out['species_logits'] = LinearLogits(out.pop('species_features'), head.weight, head.bias)
-    losses = total_loss(out, b['y'], b['env'], loss_fn, rand_logits=rl, label_weights=label_weights,
-                        generator=generator, **(weights or {}))
+    losses = total_loss(
+        out,
+        b['y'],
+        b['env'],
+        loss_fn,
+        rand_logits=rl,
+        label_weights=label_weights,
+        generator=generator,
+        **(weights or {}),
+    )
     return losses | {'out': out} if outputs else losses
 
 # %% ../nbs/09_steps.ipynb #82da6540
 class LossScale:
-    "The device-side guard of an optimiser step: skips non-finite steps; under fp16 (`enabled`) scales the loss dynamically."
-    def __init__(self, device, enabled: bool, init_scale: float = 2.0 ** 16, growth_factor: float = 2.0,
-                 backoff_factor: float = 0.5, growth_interval: int = 2000, max_norm: float = 1.0):
+    """The device-side guard of an optimiser step: skips non-finite steps; under fp16 (`enabled`) scales the loss
+    dynamically."""
+
+    def __init__(
+        self,
+        device,
+        enabled: bool,
+        init_scale: float = 2.0**16,
+        growth_factor: float = 2.0,
+        backoff_factor: float = 0.5,
+        growth_interval: int = 2000,
+        max_norm: float = 1.0,
+    ):
         self.enabled, self.max_norm = enabled, max_norm
         self.growth_factor, self.backoff_factor, self.growth_interval = growth_factor, backoff_factor, growth_interval
         self.scale = torch.full((), init_scale if enabled else 1.0, dtype=torch.float32, device=device)
         self.growth_tracker = torch.zeros((), dtype=torch.int32, device=device)
 
-    def is_enabled(self) -> bool: return self.enabled
+    def is_enabled(self) -> bool:
+        return self.enabled
 
     def step(self, opt: torch.optim.Optimizer, params: list, loss: torch.Tensor) -> torch.Tensor:
         "Backward, unscale and check, clip, AdamW step unless something is not finite; returns the device flag `ok`."
         found = (~torch.isfinite(loss.detach())).float()
         (loss * self.scale).backward()
         grads = [p.grad for p in params if p.grad is not None]
-        if grads: torch._amp_foreach_non_finite_check_and_unscale_(grads, found, self.scale.reciprocal())
+        if grads:
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, found, self.scale.reciprocal())
         torch.nn.utils.clip_grad_norm_(params, self.max_norm)
-        opt.found_inf = found                   # read by the fused AdamW kernel: no update where it is 1
+        opt.found_inf = found  # read by the fused AdamW kernel: no update where it is 1
         opt.step()
-        if self.enabled: torch._amp_update_scale_(self.scale, self.growth_tracker, found, self.growth_factor,
-                                                  self.backoff_factor, self.growth_interval)
+        if self.enabled:
+            torch._amp_update_scale_(
+                self.scale, self.growth_tracker, found, self.growth_factor, self.backoff_factor, self.growth_interval
+            )
         return found == 0
 
 # %% ../nbs/09_steps.ipynb #f5868ea7
 def _state_dict(self: LossScale) -> dict:
-    if not self.enabled: return {}
-    return {'scale': float(self.scale), 'growth_factor': self.growth_factor, 'backoff_factor': self.backoff_factor,
-            'growth_interval': self.growth_interval, '_growth_tracker': int(self.growth_tracker)}
+    if not self.enabled:
+        return {}
+    return {
+        'scale': float(self.scale),
+        'growth_factor': self.growth_factor,
+        'backoff_factor': self.backoff_factor,
+        'growth_interval': self.growth_interval,
+        '_growth_tracker': int(self.growth_tracker),
+    }
 
 # %% ../nbs/09_steps.ipynb #476c032f
 def _load_state_dict(self: LossScale, sd: dict):
-    if not sd: return
-    self.scale.fill_(sd['scale']); self.growth_tracker.fill_(sd['_growth_tracker'])
+    if not sd:
+        return
+    self.scale.fill_(sd['scale'])
+    self.growth_tracker.fill_(sd['_growth_tracker'])
+
 
 LossScale.state_dict, LossScale.load_state_dict = _state_dict, _load_state_dict
 
 # %% ../nbs/09_steps.ipynb #7c3f1383
 COMPILE_MODES = ('off', 'default', 'reduce-overhead', 'max-autotune')
-COMPILE_AUTO = {'cpu': 'off', 'cuda': 'off'}   # --compile auto, per device type (see the trainer notebook)
+COMPILE_AUTO = {'cpu': 'off', 'cuda': 'off'}  # --compile auto, per device type (see the trainer notebook)
+
 
 def resolve_compile(mode: str, device) -> str:
     "The compile mode of a run on `device`: `mode`, or for 'auto' the device's (see `COMPILE_AUTO`)."
-    if mode == 'auto': return COMPILE_AUTO.get(torch.device(device).type, 'off')
-    if mode not in COMPILE_MODES: raise ValueError(f'--compile: must be one of auto, {", ".join(COMPILE_MODES)}; got {mode!r}')
+    if mode == 'auto':
+        return COMPILE_AUTO.get(torch.device(device).type, 'off')
+    if mode not in COMPILE_MODES:
+        raise ValueError(f'--compile: must be one of auto, {", ".join(COMPILE_MODES)}; got {mode!r}')
     return mode
 
 # %% ../nbs/09_steps.ipynb #8f2c275e
@@ -121,11 +171,15 @@ def compiled(fn, mode: str):
     return fn if mode == 'off' else torch.compile(fn, mode=mode)
 
 # %% ../nbs/09_steps.ipynb #465e166b
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4      # mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters (malloc.h)
+
 
 def keep_freed_memory() -> bool:
     "Make glibc keep freed memory for reuse (no mmap, no trimming); False where that is not available."
-    try: libc = ctypes.CDLL(None)
-    except OSError: return False
-    if not hasattr(libc, 'mallopt'): return False
-    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1))
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return False
+    if not hasattr(libc, 'mallopt'):
+        return False
+    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))

@@ -4,25 +4,51 @@
 
 # %% ../nbs/13_trainer.ipynb #b836d11e
 from __future__ import annotations
-import hashlib, logging, math, os, sys, time
+
+import hashlib
+import logging
+import math
+import os
+import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .core import GeoSDMDataError, ConfigError, N_WEEKS, clean_temp_files, write_json, demo_parquet, CpuShare
-from .config import TrainConfig, check_config, config_from, propagation_params
-from .checkpoint import CHECKPOINT_FORMAT, plain, split_identity, save_checkpoint, load_checkpoint, write_labels, training_cells
-from .checkpoint import check_run_folder, check_schedule, data_changes, run_lock, source_checkpoint, transfer_weights
-from .data import prepare_data, Prepared
 from .batches import DeviceSamples, jitter_latlon, pairs_size
-from .model import create_model, count_parameters, param_groups, resolve_device
+from geosdm.checkpoint import (
+    CHECKPOINT_FORMAT,
+    check_run_folder,
+    check_schedule,
+    data_changes,
+    plain,
+    run_lock,
+    save_checkpoint,
+    source_checkpoint,
+    split_identity,
+    training_cells,
+    transfer_weights,
+    write_labels,
+)
+from .config import TrainConfig, check_config, config_from, propagation_params
+from .core import N_WEEKS, ConfigError, CpuShare, GeoSDMDataError, clean_temp_files, demo_parquet, write_json
+from .data import Prepared, prepare_data
 from .losses import SpeciesLoss, random_latlon
-from .steps import (REF_BATCH, resolve_batch_size, peak_lr, adam_betas, forward_losses, LossScale, resolve_compile,
-                          compiled, keep_freed_memory)
 from .metrics import MetricAccumulator, geoscore, merge_holdout
+from .model import count_parameters, create_model, param_groups, resolve_device
 from .propagation import label_freq_weights
+from geosdm.steps import (
+    REF_BATCH,
+    LossScale,
+    adam_betas,
+    compiled,
+    forward_losses,
+    keep_freed_memory,
+    peak_lr,
+    resolve_batch_size,
+    resolve_compile,
+)
 
 # %% auto #0
 __all__ = ['log', 'data_path', 'prepare', 'lr_at', 'resolve_amp', 'epoch_seed', 'make_optimizer', 'make_loss', 'label_weights',
@@ -38,32 +64,49 @@ def data_path(cfg: TrainConfig) -> str:
 def prepare(cfg: TrainConfig, progress=True) -> Prepared:
     "Prepare (or load from the cache) the dataset that `cfg` describes."
     cache = cfg.data_cache_dir or str(Path(cfg.checkpoint_dir) / '.data_cache')
-    return prepare_data(data_path(cfg), cfg.taxonomy, min_obs_per_species=cfg.min_obs_per_species,
-                        max_obs_per_species=cfg.max_obs_per_species, max_species=cfg.max_species,
-                        ocean_sample_rate=cfg.ocean_sample_rate, no_yearly=cfg.no_yearly, val_size=cfg.val_size,
-                        sample_fraction=cfg.sample_fraction, holdout_regions=tuple(cfg.holdout_regions),
-                        holdout_boxes=tuple(tuple(b) for b in cfg.holdout_boxes), propagate=propagation_params(cfg),
-                        cache_dir=cache, no_cache=cfg.no_cache, progress=progress)
+    return prepare_data(
+        data_path(cfg),
+        cfg.taxonomy,
+        min_obs_per_species=cfg.min_obs_per_species,
+        max_obs_per_species=cfg.max_obs_per_species,
+        max_species=cfg.max_species,
+        ocean_sample_rate=cfg.ocean_sample_rate,
+        no_yearly=cfg.no_yearly,
+        val_size=cfg.val_size,
+        sample_fraction=cfg.sample_fraction,
+        holdout_regions=tuple(cfg.holdout_regions),
+        holdout_boxes=tuple(tuple(b) for b in cfg.holdout_boxes),
+        propagate=propagation_params(cfg),
+        cache_dir=cache,
+        no_cache=cfg.no_cache,
+        progress=progress,
+    )
 
 # %% ../nbs/13_trainer.ipynb #8834c66c
 def lr_at(step: int, steps_per_epoch: int, cfg: TrainConfig, batch_size: int = REF_BATCH) -> float:
     "Learning rate at global optimiser `step` (0-based) of a run with batches of `batch_size`."
     lr = peak_lr(cfg.lr, batch_size, cfg.lr_scaling)
-    if cfg.lr_schedule == 'none': return lr
+    if cfg.lr_schedule == 'none':
+        return lr
     total = max(1, cfg.num_epochs * steps_per_epoch)
     warm = int(round(cfg.lr_warmup * steps_per_epoch))
     warm = min(warm, total - 1) if total > 1 else 0
-    if step < warm: return lr * (0.01 + 0.99 * step / warm)
+    if step < warm:
+        return lr * (0.01 + 0.99 * step / warm)
     t = min(1.0, (step - warm) / max(1, total - warm))
     return cfg.lr_min + 0.5 * (lr - cfg.lr_min) * (1 + math.cos(math.pi * t))
 
 # %% ../nbs/13_trainer.ipynb #cdb5a4b6
 def resolve_amp(amp: str, device: torch.device):
     "The autocast dtype for `device` (None = fp32)."
-    if amp == 'off': return None
-    if device.type == 'cpu': return torch.bfloat16 if amp == 'bf16' else None
-    if device.type != 'cuda': return None
-    if amp == 'auto': return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp == 'off':
+        return None
+    if device.type == 'cpu':
+        return torch.bfloat16 if amp == 'bf16' else None
+    if device.type != 'cuda':
+        return None
+    if amp == 'auto':
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {'bf16': torch.bfloat16, 'fp16': torch.float16}[amp]
 
 # %% ../nbs/13_trainer.ipynb #81ea788d
@@ -74,28 +117,41 @@ def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
 # %% ../nbs/13_trainer.ipynb #e7b52fcd
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, batch_size: int = REF_BATCH) -> torch.optim.AdamW:
     "Fused AdamW; weight decay on weight matrices only; betas for `batch_size` (`geosdm.steps.adam_betas`)."
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, fused=True,
-                             betas=adam_betas(batch_size, cfg.lr_scaling))
+    return torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay), lr=cfg.lr, fused=True, betas=adam_betas(batch_size, cfg.lr_scaling)
+    )
 
 # %% ../nbs/13_trainer.ipynb #556f1f50
 def make_loss(cfg: TrainConfig) -> SpeciesLoss:
     "The species loss the options describe."
-    return SpeciesLoss(kind=cfg.species_loss, label_smoothing=cfg.label_smoothing, asl_gamma_pos=cfg.asl_gamma_pos,
-                       asl_gamma_neg=cfg.asl_gamma_neg, asl_clip=cfg.asl_clip, focal_alpha=cfg.focal_alpha,
-                       focal_gamma=cfg.focal_gamma, pos_lambda=cfg.pos_lambda, neg_samples=cfg.neg_samples)
+    return SpeciesLoss(
+        kind=cfg.species_loss,
+        label_smoothing=cfg.label_smoothing,
+        asl_gamma_pos=cfg.asl_gamma_pos,
+        asl_gamma_neg=cfg.asl_gamma_neg,
+        asl_clip=cfg.asl_clip,
+        focal_alpha=cfg.focal_alpha,
+        focal_gamma=cfg.focal_gamma,
+        pos_lambda=cfg.pos_lambda,
+        neg_samples=cfg.neg_samples,
+    )
 
 # %% ../nbs/13_trainer.ipynb #aa284b84
 def label_weights(prep: Prepared, cfg: TrainConfig, device) -> torch.Tensor | None:
     "Per-species weights of positive labels (`--label_freq_weight`), or None."
-    if not cfg.label_freq_weight: return None
-    if prep.region_counts is None: raise GeoSDMDataError('the prepared data lack region counts (rebuild the cache)')
-    fw = label_freq_weights(prep.region_counts, cfg.label_freq_weight_min, cfg.label_freq_weight_pct_lo,
-                            cfg.label_freq_weight_pct_hi)
+    if not cfg.label_freq_weight:
+        return None
+    if prep.region_counts is None:
+        raise GeoSDMDataError('the prepared data lack region counts (rebuild the cache)')
+    fw = label_freq_weights(
+        prep.region_counts, cfg.label_freq_weight_min, cfg.label_freq_weight_pct_lo, cfg.label_freq_weight_pct_hi
+    )
     return torch.as_tensor(fw, dtype=torch.float32, device=device)
 
 # %% ../nbs/13_trainer.ipynb #047b6d6f
 class EmptySplit:
     "Training rows with and without observations, on the device; `active` if env-only rows ride along."
+
     def __init__(self, samples, device, mode: str, has_env_head: bool):
         has_obs = torch.as_tensor(samples.n_pos() > 0, device=device)
         self.obs, self.empty = torch.nonzero(has_obs).flatten(), torch.nonzero(~has_obs).flatten()
@@ -104,8 +160,9 @@ class EmptySplit:
     def order(self, n_rows: int, gen) -> torch.Tensor:
         "Successive permutations of the observed rows, `n_rows` of them (the species rows of one epoch)."
         no = len(self.obs)
-        return self.obs[torch.cat([torch.randperm(no, device=self.obs.device, generator=gen)
-                                   for _ in range(-(-n_rows // no))])]
+        return self.obs[
+            torch.cat([torch.randperm(no, device=self.obs.device, generator=gen) for _ in range(-(-n_rows // no))])
+        ]
 
     def draw(self, k: int, gen) -> torch.Tensor:
         "`k` random empty rows (with replacement)."
@@ -114,21 +171,28 @@ class EmptySplit:
 # %% ../nbs/13_trainer.ipynb #620d9d4f
 class Trainer:
     "Train a `GeoModel` on a `Prepared` dataset according to a `TrainConfig`."
+
     def __init__(self, cfg: TrainConfig, prep: Prepared, device=None):
         self.cfg, self.prep = cfg, prep
         self.device = d = resolve_device(cfg.device) if device is None else torch.device(device)
         self.amp_dtype = resolve_amp(cfg.amp, d)
         torch.manual_seed(cfg.seed)
-        self.model = create_model(n_species=prep.n_species, n_env=prep.n_env, model_scale=cfg.model_scale,
-                                  coord_harmonics=cfg.coord_harmonics, week_harmonics=cfg.week_harmonics,
-                                  habitat_head=cfg.habitat_head).to(d)
+        self.model = create_model(
+            n_species=prep.n_species,
+            n_env=prep.n_env,
+            model_scale=cfg.model_scale,
+            coord_harmonics=cfg.coord_harmonics,
+            week_harmonics=cfg.week_harmonics,
+            habitat_head=cfg.habitat_head,
+        ).to(d)
         self.batch_size = resolve_batch_size(cfg.batch_size, d, len(prep.train))
         self.opt, self.params = make_optimizer(self.model, cfg, self.batch_size), list(self.model.parameters())
-        self.scaler = LossScale(d, enabled=self.amp_dtype == torch.float16)    # the non-finite guard (fp16: loss scale)
+        self.scaler = LossScale(d, enabled=self.amp_dtype == torch.float16)  # the non-finite guard (fp16: loss scale)
         self.loss_fn = make_loss(cfg)
         self.compile = resolve_compile(cfg.compile, d)
         self._forward = compiled(forward_losses, self.compile)
-        if d.type == 'cpu': keep_freed_memory()
+        if d.type == 'cpu':
+            keep_freed_memory()
         auto_threads = d.type == 'cpu' and cfg.cpu_threads == 'auto' and not os.environ.get('OMP_NUM_THREADS')
         self.share = CpuShare() if auto_threads else None
         self.train_data = DeviceSamples(prep.train, d)
@@ -138,7 +202,7 @@ class Trainer:
         self.label_weights = label_weights(prep, cfg, d)
         self.empty = EmptySplit(prep.train, d, cfg.empty_samples, self.model.env_head is not None)
         self.steps_per_epoch = max(1, len(prep.train) // self.batch_size)
-        self.step = self.epoch = self.best_epoch = 0        # optimiser steps taken, epochs completed
+        self.step = self.epoch = self.best_epoch = 0  # optimiser steps taken, epochs completed
         self.best_geoscore = -math.inf
         self.history: dict[str, list] = {}
         self.ckpt_dir = Path(cfg.checkpoint_dir)
@@ -157,10 +221,17 @@ def _batch(self: Trainer, idx: torch.Tensor, jit: float, gen, size: int | None =
     if self.empty.active:
         e = self.empty.draw(max(1, len(idx) // 2), gen)
         elat, elon = td.lat[e], td.lon[e]
-        if jit > 0: elat, elon = jitter_latlon(elat, elon, jit, gen)
-        b.update(lat=torch.cat([lat, elat]), lon=torch.cat([lon, elon]), week=torch.cat([week, td.week[e]]),
-                 env=torch.cat([b['env'], self.env[td.cell[e]]]), species_rows=len(idx))
+        if jit > 0:
+            elat, elon = jitter_latlon(elat, elon, jit, gen)
+        b.update(
+            lat=torch.cat([lat, elat]),
+            lon=torch.cat([lon, elon]),
+            week=torch.cat([week, td.week[e]]),
+            env=torch.cat([b['env'], self.env[td.cell[e]]]),
+            species_rows=len(idx),
+        )
     return b
+
 
 Trainer._batch = _batch
 
@@ -176,8 +247,17 @@ def _losses(self: Trainer, b: dict, gen, weights=None, train: bool = False) -> d
     cfg, an = self.cfg, self.cfg.species_loss == 'an'
     rand = self._rand_inputs(b['y'].shape[0], gen) if an else None
     return (self._forward if train else forward_losses)(
-        self.model, self.loss_fn, b, self.amp_dtype, dict(species_weight=cfg.species_weight, env_weight=cfg.env_weight,
-        habitat_weight=cfg.habitat_weight), rand, weights, gen if an else None, outputs=not train)
+        self.model,
+        self.loss_fn,
+        b,
+        self.amp_dtype,
+        dict(species_weight=cfg.species_weight, env_weight=cfg.env_weight, habitat_weight=cfg.habitat_weight),
+        rand,
+        weights,
+        gen if an else None,
+        outputs=not train,
+    )
+
 
 Trainer._rand_inputs, Trainer._losses = _rand_inputs, _losses
 
@@ -185,26 +265,34 @@ Trainer._rand_inputs, Trainer._losses = _rand_inputs, _losses
 def _step(self: Trainer, loss: torch.Tensor) -> torch.Tensor:
     "One optimiser step on `loss` at the scheduled learning rate; returns the device flag `ok` (False: skipped)."
     lr = lr_at(self.step, self.steps_per_epoch, self.cfg, self.batch_size)
-    for g in self.opt.param_groups: g['lr'] = lr
+    for g in self.opt.param_groups:
+        g['lr'] = lr
     self.opt.zero_grad(set_to_none=True)
     self.step += 1
     return self.scaler.step(self.opt, self.params, loss)
+
 
 Trainer._step = _step
 
 # %% ../nbs/13_trainer.ipynb #567a395d
 _LOSS_KEYS = ('loss', 'species', 'env', 'habitat')
 
+
 def _loss_vector(losses: dict, keep: torch.Tensor | None = None) -> torch.Tensor:
     "float64[4] of (loss, species, env, habitat) on the device; zeros where `keep` is False."
     d = losses['loss'].device
-    v = torch.stack([losses[k].detach().double() if k in losses else torch.zeros((), device=d, dtype=torch.float64)
-                     for k in _LOSS_KEYS])
+    v = torch.stack(
+        [
+            losses[k].detach().double() if k in losses else torch.zeros((), device=d, dtype=torch.float64)
+            for k in _LOSS_KEYS
+        ]
+    )
     return v if keep is None else torch.where(keep, v, torch.zeros_like(v))
 
 # %% ../nbs/13_trainer.ipynb #aa6504dc
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
+
     return tqdm(total=total, desc=desc, leave=False, unit='batch', dynamic_ncols=True, disable=not enabled)
 
 # %% ../nbs/13_trainer.ipynb #f4b9e3f7
@@ -212,31 +300,51 @@ def train_epoch(self: Trainer, progress=True) -> dict:
     "Train one epoch; returns its history row (losses, skipped batches, seconds, samples/s, learning rate, batch size)."
     cfg, d, ep, nb = self.cfg, self.device, self.epoch + 1, self.steps_per_epoch
     self.model.train()
-    torch.manual_seed(epoch_seed(cfg.seed, ep, 0))                         # dropout
-    gen = torch.Generator(device=d); gen.manual_seed(epoch_seed(cfg.seed, ep, 1))
+    torch.manual_seed(epoch_seed(cfg.seed, ep, 0))  # dropout
+    gen = torch.Generator(device=d)
+    gen.manual_seed(epoch_seed(cfg.seed, ep, 1))
     B = self.batch_size
-    order = (self.empty.order(nb * B, gen) if self.empty.active
-             else torch.randperm(len(self.prep.train), device=d, generator=gen))
-    size = pairs_size(self.train_data.n_pos[order[:nb * B]].view(nb, B).sum(1))   # one read per epoch
+    order = (
+        self.empty.order(nb * B, gen)
+        if self.empty.active
+        else torch.randperm(len(self.prep.train), device=d, generator=gen)
+    )
+    size = pairs_size(self.train_data.n_pos[order[: nb * B]].view(nb, B).sum(1))  # one read per epoch
     jit = self.prep.jitter_std if cfg.jitter else 0.0
     sums = torch.zeros(4, device=d, dtype=torch.float64)
     skipped = torch.zeros((), device=d, dtype=torch.int64)
     bar, t0, every = _progress(nb, f'Epoch {ep}/{cfg.num_epochs}', progress), time.perf_counter(), max(1, nb // 4)
     for i in range(nb):
-        losses = self._losses(self._batch(order[i * B:(i + 1) * B], jit, gen, size), gen, self.label_weights, train=True)
+        losses = self._losses(
+            self._batch(order[i * B : (i + 1) * B], jit, gen, size), gen, self.label_weights, train=True
+        )
         ok = self._step(losses['loss'])
-        sums += _loss_vector(losses, ok); skipped += (~ok).long()
+        sums += _loss_vector(losses, ok)
+        skipped += (~ok).long()
         bar.update(1)
         if progress and (i % every == 0 or i == nb - 1):
-            bar.set_postfix(loss=f'{(sums[0] / (i + 1)).item():.4f}', sps=f'{(i + 1) * B / max(time.perf_counter() - t0, 1e-9):,.0f}')
+            bar.set_postfix(
+                loss=f'{(sums[0] / (i + 1)).item():.4f}',
+                sps=f'{(i + 1) * B / max(time.perf_counter() - t0, 1e-9):,.0f}',
+            )
     bar.close()
-    if d.type == 'cuda': torch.cuda.synchronize()
+    if d.type == 'cuda':
+        torch.cuda.synchronize()
     secs, n_skip = time.perf_counter() - t0, int(skipped)
     s = (sums / max(1, nb - n_skip)).tolist()
-    return {'train_loss': s[0], 'train_species_loss': s[1], 'train_env_loss': s[2],
-            'train_habitat_loss': s[3] if cfg.habitat_head else float('nan'), 'train_skipped_batches': n_skip,
-            'train_seconds': secs, 'train_samples_per_s': nb * B / max(secs, 1e-9),
-            'lr': lr_at(max(0, self.step - 1), nb, cfg, B), 'batch_size': B, 'lr_peak': peak_lr(cfg.lr, B, cfg.lr_scaling)}
+    return {
+        'train_loss': s[0],
+        'train_species_loss': s[1],
+        'train_env_loss': s[2],
+        'train_habitat_loss': s[3] if cfg.habitat_head else float('nan'),
+        'train_skipped_batches': n_skip,
+        'train_seconds': secs,
+        'train_samples_per_s': nb * B / max(secs, 1e-9),
+        'lr': lr_at(max(0, self.step - 1), nb, cfg, B),
+        'batch_size': B,
+        'lr_peak': peak_lr(cfg.lr, B, cfg.lr_scaling),
+    }
+
 
 Trainer.train_epoch = train_epoch
 
@@ -247,14 +355,16 @@ def evaluate(self: Trainer, data: DeviceSamples, samples, prefix='val_') -> dict
     self.model.eval()
     d = self.device
     acc = MetricAccumulator(self.prep.n_species, vocab=self.prep.vocab, device=d)
-    gen = torch.Generator(device=d); gen.manual_seed(epoch_seed(self.cfg.seed, 0, 2))   # fixed: val loss deterministic
+    gen = torch.Generator(device=d)
+    gen.manual_seed(epoch_seed(self.cfg.seed, 0, 2))  # fixed: val loss deterministic
     dens = torch.as_tensor(samples.obs_density, dtype=torch.float32, device=d)
     sums, nbat, eb = torch.zeros(4, device=d, dtype=torch.float64), 0, self.cfg.eval_batch_size
     for i in range(0, len(samples), eb):
         idx = torch.arange(i, min(len(samples), i + eb), device=d)
         lat, lon, week, y, cell = data.batch(idx)
         losses = self._losses(dict(lat=lat, lon=lon, week=week, y=y, env=self.env[cell], species_rows=None), gen)
-        sums += _loss_vector(losses); nbat += 1
+        sums += _loss_vector(losses)
+        nbat += 1
         acc.update(losses['out']['species_logits'].float(), y, dens[idx])
     m, s = acc.compute(), (sums / max(1, nbat)).tolist()
     m.update(loss=s[0], species_loss=s[1], env_loss=s[2], habitat_loss=s[3] if self.cfg.habitat_head else float('nan'))
@@ -267,10 +377,12 @@ def validate(self: Trainer) -> dict:
     ho = self.evaluate(self.holdout_data, self.prep.holdout, '') if self.holdout_data is not None else None
     merged = merge_holdout(val, ho)
     row = {f'val_{k}': v for k, v in val.items()}
-    if ho: row.update({f'holdout_{k}': v for k, v in ho.items()})
+    if ho:
+        row.update({f'holdout_{k}': v for k, v in ho.items()})
     row['val_geoscore'] = merged['geoscore']
     row.update({f'geoscore_{k}': v for k, v in geoscore(merged)[1].items() if isinstance(v, (int, float))})
     return row
+
 
 Trainer.evaluate, Trainer.validate = evaluate, validate
 
@@ -278,37 +390,60 @@ Trainer.evaluate, Trainer.validate = evaluate, validate
 def state(self: Trainer) -> dict:
     "The checkpoint dict of the trainer's current state."
     prep = self.prep
-    return plain({
-        'format': CHECKPOINT_FORMAT, 'epoch': self.epoch, 'step': self.step,
-        'model_state_dict': self.model.state_dict(), 'model_config': dict(self.model.config),
-        'optimizer_state_dict': self.opt.state_dict(),
-        'scheduler_state_dict': {'step': self.step, 'steps_per_epoch': self.steps_per_epoch},
-        'scaler_state_dict': self.scaler.state_dict(),
-        'rng_state': {'torch': torch.get_rng_state(),
-                      'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-        'best_geoscore': self.best_geoscore if math.isfinite(self.best_geoscore) else None,
-        'best_epoch': self.best_epoch, 'history': self.history, 'config': asdict(self.cfg),
-        'species_vocab': {'codes': list(prep.vocab), 'sci_names': list(prep.sci_names),
-                          'common_names': list(prep.common_names)},
-        'env': {'names': list(prep.env_names), 'stats': prep.env_stats},
-        'data': {'fingerprint': prep.fingerprint, 'content': prep.content, 'split': split_identity(prep),
-                 'jitter_std': prep.jitter_std, 'h3_res': prep.h3_res, 'options': prep.options},
-        'coverage': {'cells': training_cells(prep)}})
+    return plain(
+        {
+            'format': CHECKPOINT_FORMAT,
+            'epoch': self.epoch,
+            'step': self.step,
+            'model_state_dict': self.model.state_dict(),
+            'model_config': dict(self.model.config),
+            'optimizer_state_dict': self.opt.state_dict(),
+            'scheduler_state_dict': {'step': self.step, 'steps_per_epoch': self.steps_per_epoch},
+            'scaler_state_dict': self.scaler.state_dict(),
+            'rng_state': {
+                'torch': torch.get_rng_state(),
+                'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+            'best_geoscore': self.best_geoscore if math.isfinite(self.best_geoscore) else None,
+            'best_epoch': self.best_epoch,
+            'history': self.history,
+            'config': asdict(self.cfg),
+            'species_vocab': {
+                'codes': list(prep.vocab),
+                'sci_names': list(prep.sci_names),
+                'common_names': list(prep.common_names),
+            },
+            'env': {'names': list(prep.env_names), 'stats': prep.env_stats},
+            'data': {
+                'fingerprint': prep.fingerprint,
+                'content': prep.content,
+                'split': split_identity(prep),
+                'jitter_std': prep.jitter_std,
+                'h3_res': prep.h3_res,
+                'options': prep.options,
+            },
+            'coverage': {'cells': training_cells(prep)},
+        }
+    )
 
 # %% ../nbs/13_trainer.ipynb #d8c2a364
 def save(self: Trainer, name: str) -> Path:
     "Write the checkpoint `name` into the checkpoint folder (atomically; the latest one keeps its previous generation)."
     latest = name == 'checkpoint_latest.pt'
     path = save_checkpoint(self.ckpt_dir / name, self.state(), keep_previous=latest and self.keep_previous)
-    if latest: self.keep_previous = True
+    if latest:
+        self.keep_previous = True
     return path
 
+
 Trainer.state, Trainer.save = state, save
-Trainer.keep_previous = True    # False while the folder's latest checkpoint is known to be unreadable (not worth keeping)
+Trainer.keep_previous = True  # False while the folder's latest checkpoint is known to be unreadable (not worth keeping)
 
 # %% ../nbs/13_trainer.ipynb #5e2b5464
-_OTHER_DATA = ('Resume needs the data the checkpoint was trained on; --finetune starts a new run from its weights on '
-               'these data.')
+_OTHER_DATA = (
+    'Resume needs the data the checkpoint was trained on; --finetune starts a new run from its weights on these data.'
+)
+
 
 def _check_fits(self: Trainer, ck: dict):
     "Raise `ConfigError` unless checkpoint `ck` was trained on these data with this model."
@@ -316,15 +451,22 @@ def _check_fits(self: Trainer, ck: dict):
     vocab = list(ck['species_vocab']['codes'])
     if vocab != list(self.prep.vocab):
         a, b = set(vocab), set(self.prep.vocab)
-        raise ConfigError(f"--resume: the checkpoint's species vocabulary ({len(vocab)} species) differs from the "
-                          f"data's ({len(self.prep.vocab)}): {len(a - b)} only in the checkpoint, {len(b - a)} only "
-                          f"in the data{''.join('; ' + w for w in why)}. Use the same data and preprocessing options.")
+        raise ConfigError(
+            f"--resume: the checkpoint's species vocabulary ({len(vocab)} species) differs from the "
+            f"data's ({len(self.prep.vocab)}): {len(a - b)} only in the checkpoint, {len(b - a)} only "
+            f"in the data{''.join('; ' + w for w in why)}. Use the same data and preprocessing options."
+        )
     if ck['data']['split'] != split_identity(self.prep):
-        raise ConfigError("--resume: the train/val/hold-out split of the data differs from the checkpoint's "
-                          f"({'; '.join(why) or 'different data, val_size, sample_fraction or hold-out regions'}).")
+        raise ConfigError(
+            "--resume: the train/val/hold-out split of the data differs from the checkpoint's "
+            f"({'; '.join(why) or 'different data, val_size, sample_fraction or hold-out regions'})."
+        )
     if ck['model_config'] != dict(self.model.config):
-        raise ConfigError(f'--resume: model config differs: checkpoint {ck["model_config"]} vs {dict(self.model.config)}')
-    if why: raise ConfigError(f"--resume: the data differ from the checkpoint's: {'; '.join(why)}. {_OTHER_DATA}")
+        raise ConfigError(
+            f'--resume: model config differs: checkpoint {ck["model_config"]} vs {dict(self.model.config)}'
+        )
+    if why:
+        raise ConfigError(f"--resume: the data differ from the checkpoint's: {'; '.join(why)}. {_OTHER_DATA}")
 
 # %% ../nbs/13_trainer.ipynb #1dbb2261
 def load_state(self: Trainer, ck: dict, source=None):
@@ -333,7 +475,8 @@ def load_state(self: Trainer, ck: dict, source=None):
     check_schedule(ck, self.cfg, source, self.batch_size)
     self.model.load_state_dict(ck['model_state_dict'])
     self.opt.load_state_dict(ck['optimizer_state_dict'])
-    if ck.get('scaler_state_dict'): self.scaler.load_state_dict(ck['scaler_state_dict'])
+    if ck.get('scaler_state_dict'):
+        self.scaler.load_state_dict(ck['scaler_state_dict'])
     self.epoch, self.step = int(ck['epoch']), int(ck['step'])
     bg = ck.get('best_geoscore')
     self.best_geoscore = -math.inf if bg is None else float(bg)
@@ -344,6 +487,7 @@ def load_state(self: Trainer, ck: dict, source=None):
 def load_weights(self: Trainer, ck: dict) -> dict:
     "Start from checkpoint `ck`'s weights (species and env targets matched by name); a new schedule, no history."
     return transfer_weights(self.model, ck, self.prep.vocab, self.prep.env_names)
+
 
 Trainer._check_fits, Trainer.load_state, Trainer.load_weights = _check_fits, load_state, load_weights
 
@@ -363,34 +507,45 @@ def _end_epoch(self: Trainer, row: dict, t0: float, save: bool = True) -> bool:
     row.update(val_seconds=time.perf_counter() - tv, epoch=self.epoch, epoch_seconds=time.perf_counter() - t0)
     gs = row['val_geoscore']
     improved = math.isfinite(gs) and gs > self.best_geoscore
-    if improved: self.best_geoscore, self.best_epoch = gs, self.epoch
+    if improved:
+        self.best_geoscore, self.best_epoch = gs, self.epoch
     row['best_geoscore'] = self.best_geoscore
     self._record(row)
     stop = bool(self.cfg.patience) and self.epoch - self.best_epoch >= self.cfg.patience
-    if not save: return stop
-    if improved: self.save('checkpoint_best.pt')
-    if self.epoch % self.cfg.save_every == 0 or stop or self.epoch >= self.cfg.num_epochs: self.save('checkpoint_latest.pt')
+    if not save:
+        return stop
+    if improved:
+        self.save('checkpoint_best.pt')
+    if self.epoch % self.cfg.save_every == 0 or stop or self.epoch >= self.cfg.num_epochs:
+        self.save('checkpoint_latest.pt')
     write_json(self.ckpt_dir / 'training_history.json', self.history)
     return stop
+
 
 Trainer._record, Trainer._end_epoch = _record, _end_epoch
 
 # %% ../nbs/13_trainer.ipynb #b5495dd7
 def _set_threads(self: Trainer, most: int, quiet: bool):
-    "Before an epoch on the CPU: torch's threads by --cpu_threads (auto: the cores other processes leave free, ≤ `most`)."
-    if self.device.type != 'cpu': return
+    """Before an epoch on the CPU: torch's threads by --cpu_threads (auto: the cores other processes leave free, ≤
+    `most`)."""
+    if self.device.type != 'cpu':
+        return
     auto = self.cfg.cpu_threads == 'auto'
-    if auto and self.share is None: return
+    if auto and self.share is None:
+        return
     n = min(self.share.free_cores() or most, most) if auto else int(self.cfg.cpu_threads)
-    if n == torch.get_num_threads(): return
+    if n == torch.get_num_threads():
+        return
     torch.set_num_threads(n)
     if auto and not quiet:
         log.info(f'CPU threads: {n} (other processes keep {self.share.cores - n} of {self.share.cores} cores busy)')
 
 # %% ../nbs/13_trainer.ipynb #808a9037
 def fit(self: Trainer, progress=True, on_epoch=None, save: bool = True, quiet: bool = False) -> dict:
-    "Train until `num_epochs` or early stopping; returns the history. `save=False` writes no files, `quiet` logs nothing."
-    if save: self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+    """Train until `num_epochs` or early stopping; returns the history. `save=False` writes no files, `quiet` logs
+    nothing."""
+    if save:
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     try:
         while self.epoch < self.cfg.num_epochs:
@@ -399,14 +554,21 @@ def fit(self: Trainer, progress=True, on_epoch=None, save: bool = True, quiet: b
             row = self.train_epoch(progress)
             self.epoch += 1
             stop = self._end_epoch(row, t0, save)
-            if not quiet: log.info(format_epoch(row, self.cfg))
-            if on_epoch is not None: on_epoch(self, row)
+            if not quiet:
+                log.info(format_epoch(row, self.cfg))
+            if on_epoch is not None:
+                on_epoch(self, row)
             if stop:
-                if not quiet: log.info(f'Early stopping: no GeoScore improvement for {self.cfg.patience} epochs '
-                                       f'(best {self.best_geoscore:.4f} at epoch {self.best_epoch}).')
+                if not quiet:
+                    log.info(
+                        f'Early stopping: no GeoScore improvement for {self.cfg.patience} epochs '
+                        f'(best {self.best_geoscore:.4f} at epoch {self.best_epoch}).'
+                    )
                 break
-    finally: torch.set_num_threads(threads)
+    finally:
+        torch.set_num_threads(threads)
     return self.history
+
 
 Trainer._set_threads = _set_threads
 Trainer.fit = fit
@@ -414,11 +576,15 @@ Trainer.fit = fit
 # %% ../nbs/13_trainer.ipynb #b1b20ecb
 log = logging.getLogger('geosdm')
 
+
 def setup_logging():
     "Log geosdm's messages to stdout, plain (once)."
     if not log.handlers:
-        h = logging.StreamHandler(sys.stdout); h.setFormatter(logging.Formatter('%(message)s'))
-        log.addHandler(h); log.setLevel(logging.INFO); log.propagate = False
+        h = logging.StreamHandler(sys.stdout)
+        h.setFormatter(logging.Formatter('%(message)s'))
+        log.addHandler(h)
+        log.setLevel(logging.INFO)
+        log.propagate = False
 
 # %% ../nbs/13_trainer.ipynb #b102bb62
 def _f(v, fmt='.3f'):
@@ -430,27 +596,35 @@ def _three(g, key, fmt='.2f') -> str:
 
 # %% ../nbs/13_trainer.ipynb #5a8ea3f9
 def _quality_lines(g) -> list[str]:
-    return [f"  ranking (higher is better)  mAP {_f(g('val_map'))} · top-10 recall {_f(g('val_top10_recall'))}"
-            f" · top-30 recall {_f(g('val_top30_recall'))} · species mAP {_f(g('val_species_map'))}",
-            f"  lists at p ≥ 5 / 10 / 25 %  F1 {_three(g, 'val_f1', '.3f')} (higher is better)"
-            f" · length ratio {_three(g, 'val_list_ratio_rom')} (1 = right length)",
-            f"  effort bias                 mAP sparse {_f(g('val_map_sparse'))} / dense {_f(g('val_map_dense'))}"
-            f" · ratio {_f(g('val_map_density_ratio'))} (1 = no bias) · prediction-effort r"
-            f" {_f(g('val_pred_density_corr'))} (0 = no bias)",
-            f"  watchlist                   mean AP of the endemics {_f(g('val_watchlist_mean_ap'))} (higher is better)"]
+    return [
+        f"  ranking (higher is better)  mAP {_f(g('val_map'))} · top-10 recall {_f(g('val_top10_recall'))}"
+        f" · top-30 recall {_f(g('val_top30_recall'))} · species mAP {_f(g('val_species_map'))}",
+        f"  lists at p ≥ 5 / 10 / 25 %  F1 {_three(g, 'val_f1', '.3f')} (higher is better)"
+        f" · length ratio {_three(g, 'val_list_ratio_rom')} (1 = right length)",
+        f"  effort bias                 mAP sparse {_f(g('val_map_sparse'))} / dense {_f(g('val_map_dense'))}"
+        f" · ratio {_f(g('val_map_density_ratio'))} (1 = no bias) · prediction-effort r"
+        f" {_f(g('val_pred_density_corr'))} (0 = no bias)",
+        f"  watchlist                   mean AP of the endemics {_f(g('val_watchlist_mean_ap'))} (higher is better)",
+    ]
 
 # %% ../nbs/13_trainer.ipynb #d8c6333f
 def format_epoch(r: dict, cfg: TrainConfig) -> str:
     "A multi-line summary of one epoch's history row, in plain words."
     g = r.get
-    lines = [f"Epoch {r['epoch']}/{cfg.num_epochs} · lr {g('lr'):.2e} · {g('train_samples_per_s'):,.0f} samples/s"
-             f" · train {_f(g('train_seconds'), '.1f')} s · validation {_f(g('val_seconds'), '.1f')} s",
-             f"  loss (lower is better)      train {_f(g('train_loss'), '.4f')} (species {_f(g('train_species_loss'), '.4f')},"
-             f" env {_f(g('train_env_loss'), '.4f')}) · validation {_f(g('val_loss'), '.4f')}"]
-    if 'val_map' in r: lines += _quality_lines(g)
+    lines = [
+        f"Epoch {r['epoch']}/{cfg.num_epochs} · lr {g('lr'):.2e} · {g('train_samples_per_s'):,.0f} samples/s"
+        f" · train {_f(g('train_seconds'), '.1f')} s · validation {_f(g('val_seconds'), '.1f')} s",
+        f"  loss (lower is better)      train {_f(g('train_loss'), '.4f')} "
+        f"(species {_f(g('train_species_loss'), '.4f')},"
+        f" env {_f(g('train_env_loss'), '.4f')}) · validation {_f(g('val_loss'), '.4f')}",
+    ]
+    if 'val_map' in r:
+        lines += _quality_lines(g)
     if 'holdout_map' in r:
-        lines.append(f"  hold-out regions            mAP {_f(g('holdout_map'))} · F1 at 10 % {_f(g('holdout_f1_10'))}"
-                     f" · mAP sparse {_f(g('holdout_map_sparse'))} / dense {_f(g('holdout_map_dense'))}")
+        lines.append(
+            f"  hold-out regions            mAP {_f(g('holdout_map'))} · F1 at 10 % {_f(g('holdout_f1_10'))}"
+            f" · mAP sparse {_f(g('holdout_map_sparse'))} / dense {_f(g('holdout_map_dense'))}"
+        )
     best = 'best so far' if r.get('val_geoscore') == r.get('best_geoscore') else f"best {_f(g('best_geoscore'), '.4f')}"
     lines.append(f"  GeoScore                    {_f(g('val_geoscore'), '.4f')} ({best}; 0 to 1, higher is better)")
     return '\n'.join(lines)
@@ -460,23 +634,31 @@ def _start_from(tr: Trainer, ck: dict, src: Path, why: str | None):
     "Resume or fine-tune `tr` from checkpoint `ck` (read from `src`), and say so."
     cfg = tr.cfg
     if cfg.resume:
-        if why: log.warning(f'WARNING: {why}; resuming from its previous generation {src} (epoch {ck["epoch"]}).')
+        if why:
+            log.warning(f'WARNING: {why}; resuming from its previous generation {src} (epoch {ck["epoch"]}).')
         tr.load_state(ck, src)
-        tr.keep_previous = why is None           # the unreadable latest is replaced, not kept as the previous one
+        tr.keep_previous = why is None  # the unreadable latest is replaced, not kept as the previous one
         log.info(f'Resumed from {src}: {tr.epoch} epochs done, continuing to {cfg.num_epochs}.')
     else:
         n = tr.load_weights(ck)
-        log.info(f'Fine-tuning from {src} (epoch {ck["epoch"]}): {n["species"][0]:,} of {n["species"][1]:,} species and '
-                 f'{n["env"][0]} of {n["env"][1]} env targets start from its weights; a new schedule of {cfg.num_epochs} epochs.')
+        log.info(
+            f'Fine-tuning from {src} (epoch {ck["epoch"]}): {n["species"][0]:,} of {n["species"][1]:,} species and '
+            f'{n["env"][0]} of {n["env"][1]} env targets start from its weights; '
+            f'a new schedule of {cfg.num_epochs} epochs.'
+        )
 
 # %% ../nbs/13_trainer.ipynb #d462ea1e
 def _log_start(tr: Trainer):
     prep, cfg = tr.prep, tr.cfg
-    log.info(f'Data: {len(prep.train):,} train / {len(prep.val):,} val'
-             + (f' / {len(prep.holdout):,} hold-out' if prep.holdout is not None else '')
-             + f' samples, {prep.n_species:,} species, {prep.n_env} env targets')
-    log.info(f'Model: scale {cfg.model_scale}, {count_parameters(tr.model):,} parameters, device {tr.device}'
-             + (f', AMP {str(tr.amp_dtype).replace("torch.", "")}' if tr.amp_dtype else ''))
+    log.info(
+        f'Data: {len(prep.train):,} train / {len(prep.val):,} val'
+        + (f' / {len(prep.holdout):,} hold-out' if prep.holdout is not None else '')
+        + f' samples, {prep.n_species:,} species, {prep.n_env} env targets'
+    )
+    log.info(
+        f'Model: scale {cfg.model_scale}, {count_parameters(tr.model):,} parameters, device {tr.device}'
+        + (f', AMP {str(tr.amp_dtype).replace("torch.", "")}' if tr.amp_dtype else '')
+    )
 
 # %% ../nbs/13_trainer.ipynb #e5bee069
 def train(cfg: TrainConfig | None = None, prep: Prepared | None = None, progress=True, **overrides) -> Trainer:
@@ -485,21 +667,31 @@ def train(cfg: TrainConfig | None = None, prep: Prepared | None = None, progress
     cfg = check_config(config_from(asdict(cfg or TrainConfig()), **overrides))
     with run_lock(cfg.checkpoint_dir):
         gone = clean_temp_files(cfg.checkpoint_dir)
-        if gone: log.info(f'Removed {len(gone)} temporary file(s) of interrupted writes from {cfg.checkpoint_dir}.')
+        if gone:
+            log.info(f'Removed {len(gone)} temporary file(s) of interrupted writes from {cfg.checkpoint_dir}.')
         old = check_run_folder(cfg)
         ck, src, why = source_checkpoint(cfg)
-        if prep is None: prep = prepare(cfg, progress)
-        if len(prep.train) == 0: raise GeoSDMDataError('no training samples left after the split and hold-out')
+        if prep is None:
+            prep = prepare(cfg, progress)
+        if len(prep.train) == 0:
+            raise GeoSDMDataError('no training samples left after the split and hold-out')
         tr = Trainer(cfg, prep)
-        if ck is not None: _start_from(tr, ck, src, why)
-        for p in old: p.unlink(missing_ok=True)
-        if old: log.info(f"--overwrite: deleted the previous run's {', '.join(p.name for p in old)}.")
+        if ck is not None:
+            _start_from(tr, ck, src, why)
+        for p in old:
+            p.unlink(missing_ok=True)
+        if old:
+            log.info(f"--overwrite: deleted the previous run's {', '.join(p.name for p in old)}.")
         write_labels(tr.ckpt_dir / 'labels.txt', prep)
-        if cfg.resume: write_json(tr.ckpt_dir / 'training_history.json', tr.history)   # the history follows the checkpoint
+        if cfg.resume:
+            write_json(tr.ckpt_dir / 'training_history.json', tr.history)  # the history follows the checkpoint
         _log_start(tr)
         t0 = time.perf_counter()
         tr.fit(progress)
-        if not (tr.ckpt_dir / 'checkpoint_latest.pt').is_file(): tr.save('checkpoint_latest.pt')   # resumed, nothing left
-        log.info(f'Done: {tr.epoch} epochs in {time.perf_counter() - t0:.1f}s. Best GeoScore '
-                 f'{_f(tr.best_geoscore, ".4f")} at epoch {tr.best_epoch}. Checkpoints in {tr.ckpt_dir}.')
+        if not (tr.ckpt_dir / 'checkpoint_latest.pt').is_file():
+            tr.save('checkpoint_latest.pt')  # resumed, nothing left
+        log.info(
+            f'Done: {tr.epoch} epochs in {time.perf_counter() - t0:.1f}s. Best GeoScore '
+            f'{_f(tr.best_geoscore, ".4f")} at epoch {tr.best_epoch}. Checkpoints in {tr.ckpt_dir}.'
+        )
     return tr

@@ -21,31 +21,44 @@ from .geo import CRS_4326, cell_wkb, geoparquet_metadata
 __all__ = ['ENV_COLUMNS', 'TRUTH_WEEKS', 'World', 'combined_table', 'truth_table', 'effort_table', 'world_summary', 'write_world']
 
 # %% ../nbs/91_world_files.ipynb #291ba8d5
-ENV_COLUMNS = ['water_fraction', 'elevation_m', 'precipitation_mm', 'temperature_c',
-               'urban_fraction', 'landcover_class', 'canopy_height_m']
+ENV_COLUMNS = [
+    'water_fraction',
+    'elevation_m',
+    'precipitation_mm',
+    'temperature_c',
+    'urban_fraction',
+    'landcover_class',
+    'canopy_height_m',
+]
 TRUTH_WEEKS = tuple(range(2, N_WEEKS + 1, 4))
 
 # %% ../nbs/91_world_files.ipynb #be8106be
 @dataclass
 class World:
     "A simulated world: cells, environment, species, truth, effort and observations."
-    cells: pl.DataFrame          # h3_index, lat, lon, land, land_frac, habitable, test
-    env: pl.DataFrame            # h3_index + ENV_COLUMNS as reported (nulls like the real grid)
-    species: pl.DataFrame        # species_code, scientificName, commonName, kind, p_max, detectability, ...
-    truth: np.ndarray            # float32 [n_cells, 48, n_species], true reporting rate per checklist
-    effort: np.ndarray           # int32 [n_cells, 48], checklists
-    obs_offsets: np.ndarray      # int64 [48, n_cells + 1] into obs_species
-    obs_species: np.ndarray      # int32, species indices (sorted within a list)
-    obs_false: np.ndarray        # bool like obs_species: record is a false positive
-    range_masks: dict            # species_code -> bool [n_cells] for endemics (truth is 0 outside)
+
+    cells: pl.DataFrame  # h3_index, lat, lon, land, land_frac, habitable, test
+    env: pl.DataFrame  # h3_index + ENV_COLUMNS as reported (nulls like the real grid)
+    species: pl.DataFrame  # species_code, scientificName, commonName, kind, p_max, detectability, ...
+    truth: np.ndarray  # float32 [n_cells, 48, n_species], true reporting rate per checklist
+    effort: np.ndarray  # int32 [n_cells, 48], checklists
+    obs_offsets: np.ndarray  # int64 [48, n_cells + 1] into obs_species
+    obs_species: np.ndarray  # int32, species indices (sorted within a list)
+    obs_false: np.ndarray  # bool like obs_species: record is a false positive
+    range_masks: dict  # species_code -> bool [n_cells] for endemics (truth is 0 outside)
     params: dict = field(default_factory=dict)
 
     @property
-    def n_cells(self) -> int: return self.truth.shape[0]
+    def n_cells(self) -> int:
+        return self.truth.shape[0]
+
     @property
-    def n_species(self) -> int: return self.truth.shape[2]
+    def n_species(self) -> int:
+        return self.truth.shape[2]
+
     @property
-    def codes(self) -> list[str]: return self.species['species_code'].to_list()
+    def codes(self) -> list[str]:
+        return self.species['species_code'].to_list()
 
     def taxonomy(self) -> pl.DataFrame:
         "Taxonomy table as written (species_code, scientificName, commonName)."
@@ -56,7 +69,7 @@ class World:
         o = self.obs_offsets[week - 1]
         m = np.zeros((self.n_cells, self.n_species), bool)
         rows = np.repeat(np.arange(self.n_cells), np.diff(o))
-        m[rows, self.obs_species[o[0]:o[-1]]] = True
+        m[rows, self.obs_species[o[0] : o[-1]]] = True
         return m
 
     def n_samples(self, yearly: bool = True) -> int:
@@ -80,17 +93,20 @@ def combined_table(world) -> pa.Table:
     "The combined GeoParquet table of a world: cells, polygons, environment and the species lists of 48 weeks."
     cells = world.cells['h3_index'].to_numpy()
     wkb = cell_wkb(cells)
-    ext = {b'ARROW:extension:name': b'geoarrow.wkb',
-           b'ARROW:extension:metadata': json.dumps({'crs': CRS_4326}).encode()}
+    ext = {
+        b'ARROW:extension:name': b'geoarrow.wkb',
+        b'ARROW:extension:metadata': json.dumps({'crs': CRS_4326}).encode(),
+    }
     codes = pa.array(world.codes, pa.string())
     fields = [pa.field('h3_index', pa.large_string()), pa.field('geometry', pa.binary(), metadata=ext)]
     arrays = [pa.array(cells.tolist(), pa.large_string()), pa.array(wkb, pa.binary())]
     for c in ENV_COLUMNS:
-        fields.append(pa.field(c, pa.float64())); arrays.append(world.env[c].to_arrow())
+        fields.append(pa.field(c, pa.float64()))
+        arrays.append(world.env[c].to_arrow())
     for w in range(N_WEEKS):
         o = world.obs_offsets[w]
         fields.append(pa.field(WEEK_COLS[w], pa.list_(pa.string())))
-        arrays.append(_csr_lists(o, codes.take(pa.array(world.obs_species[o[0]:o[-1]]))))
+        arrays.append(_csr_lists(o, codes.take(pa.array(world.obs_species[o[0] : o[-1]]))))
     meta = {b'geo': json.dumps(geoparquet_metadata(wkb, 'geosdm.simulate')).encode()}
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=meta))
 
@@ -106,21 +122,32 @@ def truth_table(world, weeks=TRUTH_WEEKS, min_p: float | None = None) -> pa.Tabl
         P = world.truth[li, w - 1]
         r, s = np.nonzero(P >= min_p)
         cnt = np.bincount(r, minlength=len(li))
-        offs.append(base + np.cumsum(cnt)); base += len(s)
-        sp.append(s); pv.append(P[r, s]); hs.append(li); ws.append(np.full(len(li), w, np.int32))
+        offs.append(base + np.cumsum(cnt))
+        base += len(s)
+        sp.append(s)
+        pv.append(P[r, s])
+        hs.append(li)
+        ws.append(np.full(len(li), w, np.int32))
     cells = world.cells['h3_index'].to_numpy()
     o = np.concatenate(offs)
-    return pa.table({'h3_index': pa.array(cells[np.concatenate(hs)].tolist(), pa.large_string()),
-                     'week': pa.array(np.concatenate(ws), pa.int32()),
-                     'species': _csr_lists(o, codes.take(pa.array(np.concatenate(sp).astype(np.int32))), large=True),
-                     'p': _csr_lists(o, pa.array(np.concatenate(pv).astype(np.float32)), large=True)})
+    return pa.table(
+        {
+            'h3_index': pa.array(cells[np.concatenate(hs)].tolist(), pa.large_string()),
+            'week': pa.array(np.concatenate(ws), pa.int32()),
+            'species': _csr_lists(o, codes.take(pa.array(np.concatenate(sp).astype(np.int32))), large=True),
+            'p': _csr_lists(o, pa.array(np.concatenate(pv).astype(np.float32)), large=True),
+        }
+    )
 
 # %% ../nbs/91_world_files.ipynb #a35c216e
 def effort_table(world) -> pa.Table:
     "Checklists per cell-week: h3_index, lat, lon, week_1..week_48 (int32)."
     c = world.cells
-    cols = {'h3_index': pa.array(c['h3_index'].to_list(), pa.large_string()),
-            'lat': pa.array(c['lat'].to_numpy(), pa.float64()), 'lon': pa.array(c['lon'].to_numpy(), pa.float64())}
+    cols = {
+        'h3_index': pa.array(c['h3_index'].to_list(), pa.large_string()),
+        'lat': pa.array(c['lat'].to_numpy(), pa.float64()),
+        'lon': pa.array(c['lon'].to_numpy(), pa.float64()),
+    }
     cols.update({WEEK_COLS[w]: pa.array(world.effort[:, w], pa.int32()) for w in range(N_WEEKS)})
     return pa.table(cols)
 
@@ -131,22 +158,36 @@ def world_summary(world) -> dict:
     kinds = world.species['kind'].value_counts().sort('kind')
     codes = set(world.codes)
     p = {k: v for k, v in world.params.items() if not k.startswith('seconds')}
-    return {**p, 'cells': world.n_cells, 'land_cells': int(world.cells['land'].sum()),
-            'cells_observed': int((cnt.sum(0) > 0).sum()), 'checklists': int(world.effort.sum()),
-            'species': world.n_species, 'species_observed': int(len(np.unique(world.obs_species))),
-            'records': int(len(world.obs_species)), 'false_positive_records': int(world.obs_false.sum()),
-            'samples': world.n_samples(), 'test_cells': int(world.cells['test'].sum()),
-            'kinds': dict(zip(kinds['kind'].to_list(), kinds['count'].to_list())),
-            'watchlist_present': [c for c in WATCHLIST if c in codes]}
+    return {
+        **p,
+        'cells': world.n_cells,
+        'land_cells': int(world.cells['land'].sum()),
+        'cells_observed': int((cnt.sum(0) > 0).sum()),
+        'checklists': int(world.effort.sum()),
+        'species': world.n_species,
+        'species_observed': int(len(np.unique(world.obs_species))),
+        'records': int(len(world.obs_species)),
+        'false_positive_records': int(world.obs_false.sum()),
+        'samples': world.n_samples(),
+        'test_cells': int(world.cells['test'].sum()),
+        'kinds': dict(zip(kinds['kind'].to_list(), kinds['count'].to_list())),
+        'watchlist_present': [c for c in WATCHLIST if c in codes],
+    }
 
 # %% ../nbs/91_world_files.ipynb #b8c936fb
 def write_world(world, out_dir) -> Path:
     "Write combined.parquet, combined_taxonomy.csv, truth_land.parquet, effort.parquet, test_cells.txt, world.json."
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    for name, table in (('combined.parquet', combined_table), ('truth_land.parquet', truth_table),
-                        ('effort.parquet', effort_table)):
-        with atomic_path(out / name) as tmp: pq.write_table(table(world), tmp, compression='zstd')
-    with atomic_path(out / 'combined_taxonomy.csv') as tmp: world.taxonomy().write_csv(tmp)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, table in (
+        ('combined.parquet', combined_table),
+        ('truth_land.parquet', truth_table),
+        ('effort.parquet', effort_table),
+    ):
+        with atomic_path(out / name) as tmp:
+            pq.write_table(table(world), tmp, compression='zstd')
+    with atomic_path(out / 'combined_taxonomy.csv') as tmp:
+        world.taxonomy().write_csv(tmp)
     test = world.cells.filter(pl.col('test'))['h3_index'].to_list()
     atomic_write(out / 'test_cells.txt', ''.join(c + '\n' for c in test))
     write_json(out / 'world.json', world_summary(world))

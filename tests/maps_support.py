@@ -1,25 +1,41 @@
 """A tiny trained model shared by test_maps.py, test_evaluate.py and test_apps.py (trained once per pytest session),
 and the fixtures that load it."""
+
 from __future__ import annotations
+
 import os
 from pathlib import Path
 
 import pytest
 
-TINY_BBOX = (-135.0, 25.0, -95.0, 55.0)   # the western US: holds the us_northwest hold-out box
+TINY_BBOX = (-135.0, 25.0, -95.0, 55.0)  # the western US: holds the us_northwest hold-out box
 
 
 def tiny_checkpoint(root: Path) -> Path:
     "Train (once) a scale-0.25, 2-epoch model on a small simulated world holding out us_northwest."
     from geosdm.simulate import simulate_world
     from geosdm.trainer import TrainConfig, train
+
     ck = Path(root) / 'ck' / 'checkpoint_latest.pt'
-    if ck.is_file(): return ck
+    if ck.is_file():
+        return ck
     world = Path(root) / 'world'
     simulate_world(n_species=30, res=2, bbox=TINY_BBOX, seed=5).write(world)
-    train(TrainConfig(data_path=str(world / 'combined.parquet'), checkpoint_dir=str(Path(root) / 'ck'),
-                      model_scale=0.25, num_epochs=2, lr_warmup=0.0, lr=3e-3, min_obs_per_species=5, batch_size=256,
-                      holdout_regions=['us_northwest'], device='cpu'), progress=False)
+    train(
+        TrainConfig(
+            data_path=str(world / 'combined.parquet'),
+            checkpoint_dir=str(Path(root) / 'ck'),
+            model_scale=0.25,
+            num_epochs=2,
+            lr_warmup=0.0,
+            lr=3e-3,
+            min_obs_per_species=5,
+            batch_size=256,
+            holdout_regions=['us_northwest'],
+            device='cpu',
+        ),
+        progress=False,
+    )
     return ck
 
 
@@ -47,6 +63,7 @@ def root(tmp_path_factory):
 def pred(root):
     "A `Predictor` of the tiny model."
     from geosdm.predict import Predictor
+
     return Predictor(tiny_checkpoint(root), device='cpu')
 
 
@@ -54,4 +71,5 @@ def pred(root):
 def prep(pred):
     "The data the tiny model was trained on."
     from geosdm.demo import checkpoint_data
+
     return checkpoint_data(pred)

@@ -1,4 +1,5 @@
 """Tests of geosdm.data against small hand-checkable worlds (see conftest.py) and world_a."""
+
 from __future__ import annotations
 
 import math
@@ -15,27 +16,29 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from conftest import WEEKS, WORLD_A, default_lists, grid_cells, write_world
 
 from geosdm.batches import DeviceSamples, jitter_latlon, multi_hot
 from geosdm.core import GeoSDMDataError
-from geosdm.data import Prepared, Samples, cache_key, jitter_std_for_res, prepare_data, split_cells, _options
+from geosdm.data import Prepared, Samples, _options, cache_key, jitter_std_for_res, prepare_data, split_cells
 from geosdm.geo import HOLDOUT_REGIONS
 from geosdm.inputs import find_taxonomy, read_taxonomy
-from conftest import WEEKS, WORLD_A, default_lists, grid_cells, write_world
 
 P = dict(progress=False, min_obs_per_species=0)
 
 
 def row_sets(s: Samples, vocab) -> list[set]:
-    return [{vocab[j] for j in s.species[s.offsets[i]:s.offsets[i + 1]]} for i in range(len(s))]
+    return [{vocab[j] for j in s.species[s.offsets[i] : s.offsets[i + 1]]} for i in range(len(s))]
 
 
 def all_samples(p: Prepared) -> dict:
     "(cell id, week) -> set of codes over train + val + holdout."
     out = {}
     for s in (p.train, p.val, p.holdout):
-        if s is None: continue
-        for (c, w), l in zip(zip(s.cell, s.week), row_sets(s, p.vocab)): out[(p.cells[c], int(w))] = l
+        if s is None:
+            continue
+        for (c, w), ln in zip(zip(s.cell, s.week), row_sets(s, p.vocab)):
+            out[(p.cells[c], int(w))] = ln
     return out
 
 
@@ -44,12 +47,16 @@ def naive_counts(n_cells=40, lists=default_lists, yearly=True, cells=None):
     for i in range(n_cells) if cells is None else cells:
         year = set()
         for w in range(1, 49):
-            l = set(lists(i, w)); year |= l; cnt.update(l)
-        if yearly: cnt.update(year)
+            ln = set(lists(i, w))
+            year |= ln
+            cnt.update(ln)
+        if yearly:
+            cnt.update(year)
     return cnt
 
 
 # ---------------------------------------------------------------- flattening
+
 
 def test_flatten_counts_and_order(world):
     p = prepare_data(world, **P)
@@ -61,8 +68,10 @@ def test_flatten_counts_and_order(world):
         # 49 samples per cell, weeks 1..48 then yearly 0
         assert np.array_equal(s.week.reshape(-1, 49), np.tile(np.r_[np.arange(1, 49), 0], (len(s) // 49, 1)))
         # species sorted (strictly) within each row
-        d = np.diff(s.species.astype(np.int64)); starts = s.offsets[1:-1]
-        ok = np.ones(len(d), bool); ok[starts[(starts > 0) & (starts < s.nnz)] - 1] = False
+        d = np.diff(s.species.astype(np.int64))
+        starts = s.offsets[1:-1]
+        ok = np.ones(len(d), bool)
+        ok[starts[(starts > 0) & (starts < s.nnz)] - 1] = False
         assert (d[ok] > 0).all()
         ll = np.array([h3.cell_to_latlng(p.cells[c]) for c in s.cell])
         assert np.allclose(s.lat, ll[:, 0], atol=1e-4) and np.allclose(s.lon, ll[:, 1], atol=1e-4)
@@ -77,7 +86,8 @@ def test_weekly_lists_and_yearly_union(world):
     for i, c in enumerate(cells):
         year = set()
         for w in range(1, 49):
-            assert got[(c, w)] == set(default_lists(i, w)); year |= set(default_lists(i, w))
+            assert got[(c, w)] == set(default_lists(i, w))
+            year |= set(default_lists(i, w))
         assert got[(c, 0)] == year
 
 
@@ -117,6 +127,7 @@ def test_samples_subset_matches_naive(world):
 
 # ---------------------------------------------------------------- vocabulary
 
+
 @pytest.mark.parametrize('min_obs', [0, 50, 200, 300, 500])
 @pytest.mark.parametrize('no_yearly', [False, True])
 def test_min_obs_filter_exact(world, min_obs, no_yearly):
@@ -154,16 +165,21 @@ def test_max_obs_cap(world, cap):
     # samples never dropped, capped labels are a subset of the original ones, val untouched
     assert len(p.train) == len(base.train) and np.array_equal(p.train.week, base.train.week)
     assert all(a <= b for a, b in zip(row_sets(p.train, p.vocab), row_sets(base.train, p.vocab)))
-    assert np.array_equal(p.val.species, base.val.species) and np.array_equal(p.train.obs_density, base.train.obs_density)
+    assert np.array_equal(p.val.species, base.val.species) and np.array_equal(
+        p.train.obs_density, base.train.obs_density
+    )
     # deterministic
     assert np.array_equal(prepare_data(world, max_obs_per_species=cap, **P).train.species, p.train.species)
 
 
 # ---------------------------------------------------------------- ocean
 
+
 @pytest.mark.parametrize('rate', [0.0, 0.5, 1.0])
 def test_ocean_sample_rate(world, rate):
-    wf = np.array([np.nan if v is None else v for v in write_world.__globals__['default_env'](grid_cells(40))['water_fraction']])
+    wf = np.array(
+        [np.nan if v is None else v for v in write_world.__globals__['default_env'](grid_cells(40))['water_fraction']]
+    )
     ocean = np.nan_to_num(wf) > 0.9
     keep = ~ocean | (np.random.default_rng(42).random(40) < rate) if rate < 1 else np.ones(40, bool)
     p = prepare_data(world, ocean_sample_rate=rate, **P)
@@ -174,12 +190,21 @@ def test_ocean_sample_rate(world, rate):
 
 # ---------------------------------------------------------------- env targets
 
+
 def test_env_encoding(world):
     p = prepare_data(world, **P)
     env = write_world.__globals__['default_env'](grid_cells(40))
     assert 'target_km' not in p.env_names and 'h3_resolution' not in p.env_names
-    assert p.env_names == ['landcover_class_1', 'landcover_class_2', 'landcover_class_3', 'landcover_class_4',
-                           'water_fraction', 'urban_fraction', 'elevation_m', 'temperature_c']
+    assert p.env_names == [
+        'landcover_class_1',
+        'landcover_class_2',
+        'landcover_class_3',
+        'landcover_class_4',
+        'water_fraction',
+        'urban_fraction',
+        'elevation_m',
+        'temperature_c',
+    ]
     assert p.env.shape == (40, 8) and p.env.dtype == np.float32 and p.n_env == 8
     lc = np.array([np.nan if v is None else v for v in env['landcover_class']])
     oh = p.env[:, :4]
@@ -187,7 +212,7 @@ def test_env_encoding(world):
     ok = ~np.isnan(lc)
     assert np.array_equal(oh[ok].argmax(1) + 1, lc[ok]) and np.array_equal(oh[ok].sum(1), np.ones(ok.sum()))
     wf = np.array([np.nan if v is None else v for v in env['water_fraction']], np.float32)
-    assert np.array_equal(p.env[:, 4], wf, equal_nan=True)        # fraction: raw, NaN kept
+    assert np.array_equal(p.env[:, 4], wf, equal_nan=True)  # fraction: raw, NaN kept
     assert np.allclose(p.env[:, 5], np.array(env['urban_fraction'], np.float32))
     for j, name in ((6, 'elevation_m'), (7, 'temperature_c')):
         raw = np.array([np.nan if v is None else v for v in env[name]])
@@ -213,9 +238,11 @@ def test_extra_numeric_column_is_continuous(world_writer):
 
 # ---------------------------------------------------------------- split, sample fraction, hold-out
 
+
 @pytest.mark.parametrize('n,val', [(40, 0.1), (439, 0.1), (100, 0.25), (7, 0.3)])
 def test_split_matches_sklearn(n, val):
     from sklearn.model_selection import train_test_split
+
     tr, va = split_cells(n, val)
     str_, sva = train_test_split(np.arange(n), test_size=val, random_state=42)
     assert np.array_equal(tr, np.sort(str_)) and np.array_equal(va, np.sort(sva))
@@ -285,8 +312,11 @@ def test_holdout_errors(world):
 
 # ---------------------------------------------------------------- taxonomy
 
+
 def test_taxonomy_autodetect_and_names(world_writer, tmp_path):
-    p = prepare_data(world_writer(), **P)            # header with duplicated species_code, as the BirdNET geomodel training script writes it
+    p = prepare_data(
+        world_writer(), **P
+    )  # header with duplicated species_code, as the BirdNET geomodel training script writes it
     assert p.sci_names[0] == 'Sci s00' and p.common_names[0] == 'Common s00'
     q = prepare_data(world_writer(name='other_with_ee', taxonomy=None), **P)
     assert q.sci_names == q.vocab and q.stats['taxonomy'] is None
@@ -305,12 +335,15 @@ def test_taxonomy_autodetect_and_names(world_writer, tmp_path):
 def test_code_absent_from_taxonomy(world_writer, tmp_path):
     path = world_writer()
     tax = path.with_name('combined_taxonomy.csv')
-    tax.write_text('\n'.join(l for l in tax.read_text().splitlines() if not l.startswith(('s01,', 's07,'))))
-    with pytest.raises(GeoSDMDataError, match=r'combined\.parquet: 2 species code.*: s07 \(640 cell-weeks\), s01 \(160 cell-weeks\)'):
+    tax.write_text('\n'.join(ln for ln in tax.read_text().splitlines() if not ln.startswith(('s01,', 's07,'))))
+    with pytest.raises(
+        GeoSDMDataError, match=r'combined\.parquet: 2 species code.*: s07 \(640 cell-weeks\), s01 \(160 cell-weeks\)'
+    ):
         prepare_data(path, **P)
 
 
 # ---------------------------------------------------------------- bad input
+
 
 def _bad(path, match):
     with pytest.raises(GeoSDMDataError, match=match) as e:
@@ -319,20 +352,30 @@ def _bad(path, match):
 
 
 def test_bad_inputs(world_writer, tmp_path):
-    notpq = tmp_path / 'notpq.parquet'; notpq.write_text('hello')
+    notpq = tmp_path / 'notpq.parquet'
+    notpq.write_text('hello')
     _bad(notpq, 'not a readable parquet')
     _bad(tmp_path / 'absent.parquet', 'not found')
     _bad(world_writer(name='nocols', drop=('week_3', 'week_17')), r"missing required column.*week_3.*week_17")
     _bad(world_writer(name='noh3', drop=('h3_index',)), 'missing required column.*h3_index')
-    cells = grid_cells(40); cells[3] = 'nothex'; cells[5] = '8f'
+    cells = grid_cells(40)
+    cells[3] = 'nothex'
+    cells[5] = '8f'
     _bad(world_writer(name='badh3', cells=cells), r"2 invalid H3 id.*nothex")
     mixed = grid_cells(39) + [h3.latlng_to_cell(0, 0, 3)]
     _bad(world_writer(name='mixed', cells=mixed), 'mixed H3 resolutions')
-    dup = grid_cells(39); dup.append(dup[0])
+    dup = grid_cells(39)
+    dup.append(dup[0])
     _bad(world_writer(name='dup', cells=dup), 'duplicated H3')
     _bad(world_writer(name='notlist', extra={'week_5': ['a'] * 40}), r'week_5.*expected list')
-    _bad(world_writer(name='nulls', taxonomy=None, extra={'week_9': pl.Series([None] * 3 + [['s00']] * 37, dtype=pl.List(pl.String))}),
-         r'null species lists.*week_9: 3 cell')
+    _bad(
+        world_writer(
+            name='nulls',
+            taxonomy=None,
+            extra={'week_9': pl.Series([None] * 3 + [['s00']] * 37, dtype=pl.List(pl.String))},
+        ),
+        r'null species lists.*week_9: 3 cell',
+    )
     _bad(world_writer(name='empty', lists=lambda i, w: []), 'no species left')
     with pytest.raises(GeoSDMDataError, match='taxonomy file not found'):
         prepare_data(world_writer(name='x'), taxonomy=tmp_path / 'none.csv', **P)
@@ -340,8 +383,12 @@ def test_bad_inputs(world_writer, tmp_path):
 
 def test_integer_codes_and_h3_ids(world_writer):
     cells = grid_cells(40)
-    path = world_writer(name='ints', taxonomy=None, cells=[h3.str_to_int(c) for c in cells],
-                        extra={w: pl.Series([[int(k), 7] for k in range(40)], dtype=pl.List(pl.Int64)) for w in WEEKS})
+    path = world_writer(
+        name='ints',
+        taxonomy=None,
+        cells=[h3.str_to_int(c) for c in cells],
+        extra={w: pl.Series([[int(k), 7] for k in range(40)], dtype=pl.List(pl.Int64)) for w in WEEKS},
+    )
     p = prepare_data(path, **P)
     assert p.cells == cells and '7' in p.vocab and p.vocab == sorted(p.vocab)
 
@@ -354,9 +401,18 @@ def test_option_validation(world):
 
 # ---------------------------------------------------------------- cache
 
-OPTIONS = [('min_obs_per_species', 3), ('max_obs_per_species', 10), ('max_species', 4), ('ocean_sample_rate', 0.5),
-           ('no_yearly', True), ('val_size', 0.2), ('sample_fraction', 0.8), ('holdout_regions', ['uk']),
-           ('holdout_boxes', [(0, 45, 10, 55)]), ('propagate', {'k': 3})]
+OPTIONS = [
+    ('min_obs_per_species', 3),
+    ('max_obs_per_species', 10),
+    ('max_species', 4),
+    ('ocean_sample_rate', 0.5),
+    ('no_yearly', True),
+    ('val_size', 0.2),
+    ('sample_fraction', 0.8),
+    ('holdout_regions', ['uk']),
+    ('holdout_boxes', [(0, 45, 10, 55)]),
+    ('propagate', {'k': 3}),
+]
 
 
 @pytest.mark.parametrize('name,value', OPTIONS)
@@ -368,8 +424,17 @@ def test_cache_key_changes_with_every_option(world, name, value):
 
 
 def _key(path, tax=None, **kw):
-    o = dict(min_obs_per_species=0, max_obs_per_species=0, max_species=0, ocean_sample_rate=1.0, no_yearly=False,
-             val_size=0.1, sample_fraction=1.0, holdout_regions=(), holdout_boxes=())
+    o = dict(
+        min_obs_per_species=0,
+        max_obs_per_species=0,
+        max_species=0,
+        ocean_sample_rate=1.0,
+        no_yearly=False,
+        val_size=0.1,
+        sample_fraction=1.0,
+        holdout_regions=(),
+        holdout_boxes=(),
+    )
     return cache_key(_options(path, tax, **{**o, **kw}))
 
 
@@ -382,21 +447,24 @@ def test_cache_key_file_identity(world, tmp_path):
     assert prepare_data(world, progress=True, cache_dir=tmp_path / 'c', min_obs_per_species=0).fingerprint == a
     assert prepare_data(world, no_cache=True, **P).fingerprint == a
     st = world.stat()
-    os.utime(world, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))          # mtime only: same bytes, same key
+    os.utime(world, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # mtime only: same bytes, same key
     assert _key(world, tax) == a
-    copy = tmp_path / 'elsewhere' / 'combined.parquet'; copy.parent.mkdir()
-    copy.write_bytes(world.read_bytes())                                   # same bytes at another path
+    copy = tmp_path / 'elsewhere' / 'combined.parquet'
+    copy.parent.mkdir()
+    copy.write_bytes(world.read_bytes())  # same bytes at another path
     assert _key(copy, tax) == a
-    data = bytearray(world.read_bytes()); data[len(data) // 2] ^= 1
+    data = bytearray(world.read_bytes())
+    data[len(data) // 2] ^= 1
     st = world.stat()
-    world.write_bytes(bytes(data))                                         # other bytes, same size, mtime restored
+    world.write_bytes(bytes(data))  # other bytes, same size, mtime restored
     os.utime(world, ns=(st.st_atime_ns, st.st_mtime_ns))
     b = _key(world, tax)
     assert b != a
-    with open(world, 'ab') as f: f.write(b'\0')                             # size
+    with open(world, 'ab') as f:
+        f.write(b'\0')  # size
     c = _key(world, tax)
     assert c not in (a, b)
-    tax.write_text(tax.read_text() + '\n')                                  # taxonomy content
+    tax.write_text(tax.read_text() + '\n')  # taxonomy content
     assert _key(world, tax) != c and _key(world, None) != c
     # same options spelled differently -> same key
     assert _key(world, tax, holdout_regions=['UK', 'japan']) == _key(world, tax, holdout_regions=('Japan', 'uk'))
@@ -406,15 +474,26 @@ def _assert_same(a: Prepared, b: Prepared):
     for nm in ('train', 'val', 'holdout'):
         sa, sb = getattr(a, nm), getattr(b, nm)
         assert (sa is None) == (sb is None)
-        if sa is None: continue
+        if sa is None:
+            continue
         for f in ('lat', 'lon', 'week', 'cell', 'offsets', 'species', 'obs_density'):
             x, y = getattr(sa, f), getattr(sb, f)
             assert x.dtype == y.dtype and np.array_equal(x, y), (nm, f)
         assert sa.n_species == sb.n_species
     assert np.array_equal(a.env, b.env, equal_nan=True) and a.env.dtype == b.env.dtype
     assert np.array_equal(a.cell_lat, b.cell_lat) and np.array_equal(a.cell_lon, b.cell_lon)
-    for f in ('cells', 'env_names', 'env_stats', 'vocab', 'sci_names', 'common_names', 'jitter_std', 'h3_res',
-              'options', 'fingerprint'):
+    for f in (
+        'cells',
+        'env_names',
+        'env_stats',
+        'vocab',
+        'sci_names',
+        'common_names',
+        'jitter_std',
+        'h3_res',
+        'options',
+        'fingerprint',
+    ):
         assert getattr(a, f) == getattr(b, f), f
 
 
@@ -433,7 +512,7 @@ def test_no_cache_neither_reads_nor_writes(world, tmp_path):
     prepare_data(world, **P, cache_dir=tmp_path / 'c', no_cache=True)
     assert not (tmp_path / 'c').exists() or not list((tmp_path / 'c').iterdir())
     prepare_data(world, **P, cache_dir=tmp_path / 'c')
-    f, = (tmp_path / 'c').glob('*.npz')
+    (f,) = (tmp_path / 'c').glob('*.npz')
     f.write_bytes(b'garbage')  # would fail to load if read
     with warnings.catch_warnings():
         warnings.simplefilter('error')
@@ -444,9 +523,9 @@ def test_no_cache_neither_reads_nor_writes(world, tmp_path):
 @pytest.mark.parametrize('damage', ['truncate', 'garbage', 'empty'])
 def test_corrupt_cache_is_rebuilt(world, tmp_path, damage):
     fresh = prepare_data(world, **P, cache_dir=tmp_path)
-    f, = tmp_path.glob('*.npz')
+    (f,) = tmp_path.glob('*.npz')
     data = f.read_bytes()
-    f.write_bytes({'truncate': data[:len(data) // 2], 'garbage': b'x' * 1000, 'empty': b''}[damage])
+    f.write_bytes({'truncate': data[: len(data) // 2], 'garbage': b'x' * 1000, 'empty': b''}[damage])
     with pytest.warns(UserWarning, match='unreadable.*rebuilding'):
         p = prepare_data(world, **P, cache_dir=tmp_path)
     assert not p.stats['from_cache']
@@ -455,6 +534,7 @@ def test_corrupt_cache_is_rebuilt(world, tmp_path, damage):
 
 
 # ---------------------------------------------------------------- jitter and device batches
+
 
 def test_jitter_stays_mostly_in_cell():
     cells = grid_cells(200, lat=10.0, lon=20.0)
@@ -466,15 +546,16 @@ def test_jitter_stays_mostly_in_cell():
     frac = np.mean([b == c for b, c in zip(back, cells * 20)])
     assert 0.8 < frac < 1.0
     moved = torch.sqrt((lat - ll[:, 0]) ** 2 + (lon - ll[:, 1]) ** 2)
-    assert abs(moved.pow(2).mean().sqrt().item() / math.sqrt(2) - std) < 0.03   # isotropic Gaussian, std per axis
+    assert abs(moved.pow(2).mean().sqrt().item() / math.sqrt(2) - std) < 0.03  # isotropic Gaussian, std per axis
 
 
 def test_jitter_wrap_and_clamp():
     g = torch.Generator().manual_seed(0)
-    lat = torch.full((20000,), 89.9); lon = torch.full((20000,), 179.9)
+    lat = torch.full((20000,), 89.9)
+    lon = torch.full((20000,), 179.9)
     jl, jo = jitter_latlon(lat, lon, 1.0, g)
     assert jl.max() <= 90 and jl.min() >= -90 and (jl == 90).any()
-    assert (jo >= -180).all() and (jo < 180).all() and (jo < 0).mean(dtype=torch.float32) > 0.4   # wrapped past 180
+    assert (jo >= -180).all() and (jo < 180).all() and (jo < 0).mean(dtype=torch.float32) > 0.4  # wrapped past 180
     jl, jo = jitter_latlon(-lat, -lon, 1.0, g)
     assert (jl == -90).any() and (jo > 0).any() and (jo >= -180).all()
     assert jitter_latlon(lat, lon, 0.0)[0] is lat
@@ -495,12 +576,13 @@ def test_device_batch(world, device):
     idx = torch.tensor([5, 0, 48, 100, 5])
     lat, lon, week, y, cell = (t.cpu() for t in ds.batch(idx.to(device)))
     assert lat.dtype == lon.dtype == torch.float32 and week.dtype == torch.int64 and y.shape == (5, p.n_species)
-    assert torch.equal(lat, torch.from_numpy(p.train.lat[idx.numpy()]))       # no jitter by default
+    assert torch.equal(lat, torch.from_numpy(p.train.lat[idx.numpy()]))  # no jitter by default
     assert torch.equal(lon, torch.from_numpy(p.train.lon[idx.numpy()]))
     assert week.tolist() == p.train.week[idx.numpy()].tolist() and cell.tolist() == p.train.cell[idx.numpy()].tolist()
     dense = np.zeros((5, p.n_species), np.float32)
     for r, i in enumerate(idx.tolist()):
-        for j in p.train.species[p.train.offsets[i]:p.train.offsets[i + 1]]: dense[r, j] = 1
+        for j in p.train.species[p.train.offsets[i] : p.train.offsets[i + 1]]:
+            dense[r, j] = 1
     assert np.array_equal(y.numpy(), dense)
     jl, jo, *_ = ds.batch(idx, jitter_std=p.jitter_std, generator=torch.Generator(device).manual_seed(0))
     jl = jl.cpu()
@@ -519,7 +601,8 @@ def test_multi_hot_matches_naive():
     sp = np.concatenate([np.sort(rng.choice(S, k, replace=False)) for k in lens]).astype(np.int32)
     rows = rng.integers(0, n, 128)
     dense = np.zeros((n, S), np.float32)
-    for i in range(n): dense[i, sp[off[i]:off[i + 1]]] = 1
+    for i in range(n):
+        dense[i, sp[off[i] : off[i + 1]]] = 1
     got = multi_hot(torch.from_numpy(off), torch.from_numpy(sp), torch.from_numpy(rows), S)
     assert got.dtype == torch.float32 and np.array_equal(got.numpy(), dense[rows])
     assert multi_hot(torch.from_numpy(off), torch.from_numpy(sp), torch.zeros(0, dtype=torch.long), S).shape == (0, S)
@@ -531,6 +614,7 @@ def test_data_does_not_load_torch():
 
 
 # ---------------------------------------------------------------- progress and stats
+
 
 def test_progress_lines_and_stats(world, capsys, monkeypatch):
     monkeypatch.setenv('TQDM_DISABLE', '1')
@@ -547,6 +631,7 @@ def test_progress_lines_and_stats(world, capsys, monkeypatch):
 
 
 # ---------------------------------------------------------------- world_a
+
 
 @pytest.mark.skipif(not WORLD_A.exists(), reason='shared world_a data absent')
 def test_world_a(tmp_path):
@@ -572,9 +657,11 @@ def test_world_a(tmp_path):
 def test_watchlist_warning_after_sample_fraction(tmp_path):
     "--sample_fraction warns of the watchlist species the sampled training / validation cells lost."
     import warnings
-    from geosdm.simulate import simulate_world
-    from geosdm.data import prepare_data
+
     from geosdm.core import WATCHLIST
+    from geosdm.data import prepare_data
+    from geosdm.simulate import simulate_world
+
     simulate_world(n_species=30, res=2, bbox=(-135.0, 25.0, -95.0, 55.0), seed=5).write(tmp_path / 'w')
     path = tmp_path / 'w' / 'combined.parquet'
     with warnings.catch_warnings(record=True) as w:

@@ -1,5 +1,7 @@
 """geosdm.evaluate: per-sample scores against scikit-learn and the trainer's metrics, per-cell and per-region tables."""
+
 from __future__ import annotations
+
 import sys
 from pathlib import Path
 
@@ -15,14 +17,20 @@ from geosdm import evaluate  # noqa: E402
 
 def test_region_labels():
     lab = evaluate.region_labels([90.0, -90.0, 0.0, 37.0], [180.0, -180.0, 0.0, -120.0])
-    assert lab.tolist() == ['lat +60..+90, lon +120..+180', 'lat -90..-60, lon -180..-120',
-                            'lat +0..+30, lon +0..+60', 'california']
+    assert lab.tolist() == [
+        'lat +60..+90, lon +120..+180',
+        'lat -90..-60, lon -180..-120',
+        'lat +0..+30, lon +0..+60',
+        'california',
+    ]
 
 
 def test_sample_scores_against_sklearn_and_metrics(pred, prep):
-    from sklearn.metrics import average_precision_score
     import torch
+    from sklearn.metrics import average_precision_score
+
     from geosdm.metrics import MetricAccumulator
+
     ev = evaluate.evaluate_split(pred, prep, 'val')
     P = ev['n_true'] > 0
     i = np.flatnonzero(P)[:40]
@@ -39,7 +47,7 @@ def test_sample_scores_against_sklearn_and_metrics(pred, prep):
 def test_region_and_cell_tables(pred, prep):
     ev = evaluate.evaluate_split(pred, prep, 'holdout')
     rt = evaluate.region_table(ev)
-    assert rt['region'].to_list() == ['us_northwest']                 # the hold-out set is the box
+    assert rt['region'].to_list() == ['us_northwest']  # the hold-out set is the box
     assert rt['n_samples'][0] == len(ev['samples'])
     tp, npred, ntrue = ev['tp'][:, 2].sum(), ev['n_pred'][:, 2].sum(), ev['n_true'].sum()
     assert rt['precision_25'][0] == pytest.approx(tp / npred) and rt['recall_25'][0] == pytest.approx(tp / ntrue)
@@ -48,7 +56,7 @@ def test_region_and_cell_tables(pred, prep):
     assert set(ct['h3_index']) == set(np.asarray(prep.cells)[ev['samples'].cell])
     ev_val = evaluate.evaluate_split(pred, prep, 'val')
     rv = evaluate.region_table(ev_val)
-    assert rv['n_samples'].sum() == len(ev_val['samples'])          # (val cells inside the box stay in val)
+    assert rv['n_samples'].sum() == len(ev_val['samples'])  # (val cells inside the box stay in val)
     assert len(rv) == len(set(evaluate.region_labels(ev_val['samples'].lat, ev_val['samples'].lon)))
     rel = evaluate.reliability(ev_val, bins=5)
     p, y = ev_val['probs'].ravel(), ev_val['y'].ravel()

@@ -1,19 +1,24 @@
 """ONNX (and TFLite) export: parity with the torch model on random and edge inputs, the ONNX Predictor's species lists,
 species subsets, the command line."""
+
 from __future__ import annotations
-import contextlib, io, json, sys
+
+import contextlib
+import io
+import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from maps_support import root, pred, tiny_checkpoint  # noqa: E402,F401
+from maps_support import pred, root, tiny_checkpoint  # noqa: E402,F401
 
 pytest.importorskip('onnxruntime')
-from geosdm.export import check_inputs, export_model, max_abs_diff, species_counts, litert_torch  # noqa: E402
-from geosdm.predict import Predictor, metadata_path  # noqa: E402
 from geosdm.cli import export_main  # noqa: E402
+from geosdm.export import check_inputs, export_model, litert_torch, max_abs_diff, species_counts  # noqa: E402
+from geosdm.predict import Predictor, metadata_path  # noqa: E402
 
 
 @pytest.fixture(scope='module')
@@ -25,7 +30,7 @@ def exported(root, pred, tmp_path_factory):
 def test_parity_random_and_edges(exported, pred):
     assert exported['onnx']['max_abs_diff'] <= 1e-5 and exported['onnx_fp16']['max_abs_diff'] <= 2e-3
     lat, lon, week = check_inputs(3000, seed=7)
-    edges = lat[-75:], lon[-75:], week[-75:]                     # poles, ±180°, weeks 0, 1, 48 only
+    edges = lat[-75:], lon[-75:], week[-75:]  # poles, ±180°, weeks 0, 1, 48 only
     assert {-90.0, 90.0} <= set(edges[0].tolist()) and {-180.0, 180.0} <= set(edges[1].tolist())
     for fmt, tol in (('onnx', 1e-5), ('onnx_fp16', 2e-3)):
         assert max_abs_diff(exported[fmt]['path'], pred, inputs=(lat, lon, week)) <= tol
@@ -70,12 +75,28 @@ def test_common_species_cut(pred, tmp_path):
 
 def test_export_command(pred, tmp_path):
     with contextlib.redirect_stdout(io.StringIO()) as out:
-        assert export_main(['--checkpoint', str(pred.path), '--outdir', str(tmp_path), '--formats', 'onnx',
-                            '--species', pred.vocab[2], pred.vocab[0]]) == 0
+        assert (
+            export_main(
+                [
+                    '--checkpoint',
+                    str(pred.path),
+                    '--outdir',
+                    str(tmp_path),
+                    '--formats',
+                    'onnx',
+                    '--species',
+                    pred.vocab[2],
+                    pred.vocab[0],
+                ]
+            )
+            == 0
+        )
     assert 'geomodel.onnx' in out.getvalue() and '2 species' in out.getvalue()
     assert Predictor(tmp_path / 'geomodel.onnx').vocab == [pred.vocab[2], pred.vocab[0]]
     with contextlib.redirect_stderr(io.StringIO()) as err:
-        assert export_main(['--checkpoint', str(pred.path), '--outdir', str(tmp_path), '--species', 'no such bird']) == 2
+        assert (
+            export_main(['--checkpoint', str(pred.path), '--outdir', str(tmp_path), '--species', 'no such bird']) == 2
+        )
     assert err.getvalue().count('\n') == 1 and 'not in the model vocabulary' in err.getvalue()
 
 

@@ -1,4 +1,5 @@
 "Tests of geosdm.geo that need more than the notebook's examples."
+
 import h3
 import numpy as np
 import pytest

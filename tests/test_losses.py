@@ -1,17 +1,27 @@
 """Tests for geosdm.losses: every loss against hand-computed (numpy) values on small tensors."""
+
 import math
+
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
-from geosdm.losses import (SpeciesLoss, random_latlon, LOSS_KINDS, masked_mse, total_loss, sample_negatives, smooth_targets,
-                           bce_elementwise, asl_elementwise, focal_elementwise)
 from geosdm.config import OPTIONS, in_range
 from geosdm.core import N_WEEKS
+from geosdm.losses import (
+    LOSS_KINDS,
+    SpeciesLoss,
+    asl_elementwise,
+    masked_mse,
+    random_latlon,
+    sample_negatives,
+    smooth_targets,
+    total_loss,
+)
 
 
-def _np_sig(z): return 1 / (1 + np.exp(-z))
+def _np_sig(z):
+    return 1 / (1 + np.exp(-z))
 
 
 def _np_bce(z, y):
@@ -24,12 +34,13 @@ def small():
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(4, 7, generator=g, dtype=torch.float64).float() * 2
     targets = (torch.rand(4, 7, generator=g) < 0.35).float()
-    targets[0, 0] = 1; targets[0, 1] = 0
+    targets[0, 0] = 1
+    targets[0, 1] = 0
     return logits, targets
 
 
 def test_smoothing_values():
-    y = torch.tensor([0., 1.])
+    y = torch.tensor([0.0, 1.0])
     assert torch.allclose(smooth_targets(y, 0.05), torch.tensor([0.025, 0.975]))
     assert torch.equal(smooth_targets(y, 0.0), y)
 
@@ -51,8 +62,9 @@ def test_smoothing_changes_every_loss(small):
         assert abs(a.item() - b.item()) > 1e-4, kind
 
 
-@pytest.mark.parametrize('gp,gn,clip,eps', [(0.0, 2.0, 0.05, 0.0), (1.0, 4.0, 0.2, 0.05), (0.0, 2.0, 0.0, 0.1),
-                                            (0.5, 0.0, 0.0, 0.0)])
+@pytest.mark.parametrize(
+    'gp,gn,clip,eps', [(0.0, 2.0, 0.05, 0.0), (1.0, 4.0, 0.2, 0.05), (0.0, 2.0, 0.0, 0.1), (0.5, 0.0, 0.0, 0.0)]
+)
 def test_asl_hand(small, gp, gn, clip, eps):
     z, y = small
     zz = z.numpy().astype(np.float64)
@@ -60,17 +72,17 @@ def test_asl_hand(small, gp, gn, clip, eps):
     p = _np_sig(zz)
     pm = np.maximum(p - clip, 0) if clip > 0 else p
     pos = -ys * (1 - p) ** gp * np.log(p)
-    neg = -(1 - ys) * pm ** gn * np.log(1 - pm)
+    neg = -(1 - ys) * pm**gn * np.log(1 - pm)
     want = (pos + neg).mean()
     got = SpeciesLoss('asl', label_smoothing=eps, asl_gamma_pos=gp, asl_gamma_neg=gn, asl_clip=clip)(z, y).item()
     assert got == pytest.approx(want, rel=1e-5)
 
 
 def test_asl_clip_zeroes_easy_negatives():
-    z = torch.tensor([[-5.0, -2.0, 3.0]])   # p = 0.0067, 0.119, 0.95
+    z = torch.tensor([[-5.0, -2.0, 3.0]])  # p = 0.0067, 0.119, 0.95
     y = torch.zeros(1, 3)
     el = asl_elementwise(z, y, 0.0, 2.0, clip=0.05)
-    assert el[0, 0].item() == 0.0             # p < margin: no loss at all
+    assert el[0, 0].item() == 0.0  # p < margin: no loss at all
     assert el[0, 1].item() > 0 and el[0, 2].item() > el[0, 1].item()
 
 
@@ -112,12 +124,13 @@ def test_label_weights_multiply_positive_loss(small, kind, shape):
 
 
 def _np_an(z, y, lam, eps, rand=None, w=None):
-    zz = z.numpy().astype(np.float64); yy = y.numpy() > 0.5
+    zz = z.numpy().astype(np.float64)
+    yy = y.numpy() > 0.5
     hi, lo = 1 - eps / 2, eps / 2
     B, S = zz.shape
     ww = np.ones((B, S)) if w is None else np.broadcast_to(w.numpy(), (B, S))
     out = []
-    for i in range(B):   # explicit per-row loop: the by-hand computation
+    for i in range(B):  # explicit per-row loop: the by-hand computation
         pos = sum(ww[i, j] * _np_bce(zz[i, j], hi) for j in range(S) if yy[i, j])
         neg = sum(_np_bce(zz[i, j], lo) for j in range(S) if not yy[i, j])
         sp = 0.0
@@ -135,7 +148,8 @@ def test_an_exact_hand(small, eps, lam):
     assert fn(z, y).item() == pytest.approx(_np_an(z, y, lam, eps), rel=1e-5)
     # neg_samples >= S also means "all negatives"
     assert SpeciesLoss('an', label_smoothing=eps, pos_lambda=lam, neg_samples=50)(z, y).item() == pytest.approx(
-        fn(z, y).item(), rel=1e-6)
+        fn(z, y).item(), rel=1e-6
+    )
 
 
 def test_an_spatial_negatives_and_weights(small):
@@ -146,12 +160,14 @@ def test_an_spatial_negatives_and_weights(small):
     fn = SpeciesLoss('an', label_smoothing=0.05, pos_lambda=4.0, neg_samples=0)
     assert fn(z, y, rand_logits=rand).item() == pytest.approx(_np_an(z, y, 4.0, 0.05, rand), rel=1e-5)
     assert fn(z, y, rand_logits=rand, label_weights=w).item() == pytest.approx(
-        _np_an(z, y, 4.0, 0.05, rand, w), rel=1e-5)
+        _np_an(z, y, 4.0, 0.05, rand, w), rel=1e-5
+    )
     # raising a random-location logit of a positive species raises the loss; of a negative one does nothing
     i, j = torch.nonzero(y > 0.5)[0]
-    k, l = torch.nonzero(y < 0.5)[0]
+    k, m = torch.nonzero(y < 0.5)[0]
     up_pos, up_neg = rand.clone(), rand.clone()
-    up_pos[i, j] += 2; up_neg[k, l] += 2
+    up_pos[i, j] += 2
+    up_neg[k, m] += 2
     base = fn(z, y, rand_logits=rand).item()
     assert fn(z, y, rand_logits=up_pos).item() > base
     assert fn(z, y, rand_logits=up_neg).item() == pytest.approx(base, rel=1e-7)
@@ -161,11 +177,12 @@ def test_sample_negatives_distinct_and_counts():
     B, S, k = 64, 200, 50
     g = torch.Generator().manual_seed(0)
     pos = torch.rand(B, S, generator=g) < 0.1
-    pos[0] = True; pos[0, :10] = False        # a row with only 10 negatives
-    pos[1] = False                            # a row with no positives
+    pos[0] = True
+    pos[0, :10] = False  # a row with only 10 negatives
+    pos[1] = False  # a row with no positives
     m = sample_negatives(pos, k, torch.Generator().manual_seed(1))
     assert m.dtype == torch.bool and m.shape == (B, S)
-    assert not (m & pos).any()                # only negatives
+    assert not (m & pos).any()  # only negatives
     n_neg = (~pos).sum(1)
     assert torch.equal(m.sum(1), torch.minimum(n_neg, torch.tensor(k)))  # exactly k distinct (a mask has no repeats)
     # reproducible with a generator
@@ -174,10 +191,11 @@ def test_sample_negatives_distinct_and_counts():
 
 def test_sample_negatives_uniform():
     S, k, reps = 20, 5, 4000
-    pos = torch.zeros(reps, S, dtype=torch.bool); pos[:, :4] = True
+    pos = torch.zeros(reps, S, dtype=torch.bool)
+    pos[:, :4] = True
     m = sample_negatives(pos, k, torch.Generator().manual_seed(2)).float()
     freq = m.mean(0)[4:]
-    assert torch.allclose(freq, torch.full_like(freq, k / 16), atol=0.03)   # each negative w.p. k/|N|
+    assert torch.allclose(freq, torch.full_like(freq, k / 16), atol=0.03)  # each negative w.p. k/|N|
 
 
 def test_an_sampled_is_unbiased(small):
@@ -188,7 +206,8 @@ def test_an_sampled_is_unbiased(small):
     est = np.mean([fn(z, y, generator=g).item() for _ in range(3000)])
     assert est == pytest.approx(exact, rel=0.02)
     # same generator state → same value
-    a = fn(z, y, generator=torch.Generator().manual_seed(9)); b = fn(z, y, generator=torch.Generator().manual_seed(9))
+    a = fn(z, y, generator=torch.Generator().manual_seed(9))
+    b = fn(z, y, generator=torch.Generator().manual_seed(9))
     assert a.item() == b.item()
 
 
@@ -196,7 +215,8 @@ def test_an_requested_negatives_used():
     # one row, all-zero logits: each sampled negative contributes log 2, rescaled by |N|/|M|,
     # so the loss is the exact all-negative value whatever M is; check M through the mask
     B, S = 8, 300
-    y = torch.zeros(B, S); y[:, :5] = 1
+    y = torch.zeros(B, S)
+    y[:, :5] = 1
     pos = y > 0.5
     m = sample_negatives(pos, 128, torch.Generator().manual_seed(0))
     assert (m.sum(1) == 128).all()
@@ -215,26 +235,38 @@ def test_masked_mse_hand():
     assert pred.grad[0, 1].item() == 0 and pred.grad[1, 0].item() == 0
     assert pred.grad[0, 0].item() == pytest.approx(2 * 1 / 3)
     assert masked_mse(pred, torch.full_like(tgt, float('nan'))).item() == 0.0
-    assert masked_mse(torch.tensor([[1e6]]), torch.tensor([[0.0]])).item() == pytest.approx(1e8)   # clamped ±1e4
+    assert masked_mse(torch.tensor([[1e6]]), torch.tensor([[0.0]])).item() == pytest.approx(1e8)  # clamped ±1e4
 
 
 def test_total_loss_combination(small):
     z, y = small
-    env_pred = torch.randn(4, 3); env_t = torch.randn(4, 3); env_t[0, 0] = float('nan')
+    env_pred = torch.randn(4, 3)
+    env_t = torch.randn(4, 3)
+    env_t[0, 0] = float('nan')
     hab = torch.randn(4, 7)
     fn = SpeciesLoss('bce')
-    out = total_loss(dict(species_logits=z, env_pred=env_pred, habitat_logits=hab), y, env_t, fn,
-                     species_weight=2.0, env_weight=0.5, habitat_weight=0.3)
+    out = total_loss(
+        dict(species_logits=z, env_pred=env_pred, habitat_logits=hab),
+        y,
+        env_t,
+        fn,
+        species_weight=2.0,
+        env_weight=0.5,
+        habitat_weight=0.3,
+    )
     assert set(out) == {'loss', 'species', 'env', 'habitat'}
     assert all(isinstance(v, torch.Tensor) and v.ndim == 0 for v in out.values())
     assert out['species'].item() == pytest.approx(fn(z, y).item())
     assert out['env'].item() == pytest.approx(masked_mse(env_pred, env_t).item())
     assert out['habitat'].item() == pytest.approx(fn(hab, y).item())
-    assert out['loss'].item() == pytest.approx(2 * out['species'].item() + 0.5 * out['env'].item()
-                                               + 0.3 * out['habitat'].item(), rel=1e-6)
+    assert out['loss'].item() == pytest.approx(
+        2 * out['species'].item() + 0.5 * out['env'].item() + 0.3 * out['habitat'].item(), rel=1e-6
+    )
     # no env, no habitat
     out = total_loss(dict(species_logits=z), y, None, fn)
-    assert out['env'].item() == 0 and out['habitat'].item() == 0 and out['loss'].item() == pytest.approx(fn(z, y).item())
+    assert (
+        out['env'].item() == 0 and out['habitat'].item() == 0 and out['loss'].item() == pytest.approx(fn(z, y).item())
+    )
 
 
 def test_total_loss_an_rand_logits(small):
@@ -266,18 +298,21 @@ def _half_dtype():
 @pytest.mark.parametrize('kind', LOSS_KINDS)
 def test_gradients_finite_under_autocast(kind):
     from geosdm.model import create_model
+
     torch.manual_seed(0)
     m = create_model(50, 4, model_scale=0.25, habitat_head=True)
     B = 16
     lat, lon, week = torch.rand(B) * 180 - 90, torch.rand(B) * 360 - 180, torch.randint(0, N_WEEKS + 1, (B,))
     y = (torch.rand(B, 50) < 0.1).float()
-    env = torch.randn(B, 4); env[0] = float('nan')
+    env = torch.randn(B, 4)
+    env[0] = float('nan')
     dt = _half_dtype()
     with torch.autocast('cpu', dtype=dt):
         out = m(lat, lon, week, return_env=True)
         rand = m(lat.flip(0), lon.flip(0), week, return_env=False)['species_logits'] if kind == 'an' else None
-        parts = total_loss(out, y, env, SpeciesLoss(kind, neg_samples=10), rand_logits=rand,
-                           generator=torch.Generator().manual_seed(0))
+        parts = total_loss(
+            out, y, env, SpeciesLoss(kind, neg_samples=10), rand_logits=rand, generator=torch.Generator().manual_seed(0)
+        )
     assert parts['loss'].dtype == torch.float32
     parts['loss'].backward()
     for n, p in m.named_parameters():
@@ -285,14 +320,20 @@ def test_gradients_finite_under_autocast(kind):
 
 
 def test_errors():
-    with pytest.raises(ValueError, match='kind'): SpeciesLoss('mse')
-    with pytest.raises(ValueError, match='label_smoothing'): SpeciesLoss('bce', label_smoothing=1.0)
+    with pytest.raises(ValueError, match='kind'):
+        SpeciesLoss('mse')
+    with pytest.raises(ValueError, match='label_smoothing'):
+        SpeciesLoss('bce', label_smoothing=1.0)
     # the range of the option table (geosdm.config): [0, 0.5)
-    with pytest.raises(ValueError, match=r'label_smoothing must be in \[0, 0\.5\)'): SpeciesLoss('bce', label_smoothing=0.5)
-    with pytest.raises(ValueError, match='label_smoothing'): SpeciesLoss('an', label_smoothing=-0.01)
-    with pytest.raises(ValueError, match='label_smoothing'): SpeciesLoss('an', label_smoothing=float('nan'))
+    with pytest.raises(ValueError, match=r'label_smoothing must be in \[0, 0\.5\)'):
+        SpeciesLoss('bce', label_smoothing=0.5)
+    with pytest.raises(ValueError, match='label_smoothing'):
+        SpeciesLoss('an', label_smoothing=-0.01)
+    with pytest.raises(ValueError, match='label_smoothing'):
+        SpeciesLoss('an', label_smoothing=float('nan'))
     SpeciesLoss('bce', label_smoothing=0.49)
-    with pytest.raises(ValueError, match='same shape'): SpeciesLoss('bce')(torch.zeros(2, 3), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match='same shape'):
+        SpeciesLoss('bce')(torch.zeros(2, 3), torch.zeros(2, 4))
     with pytest.raises(ValueError, match='rand_logits'):
         SpeciesLoss('an')(torch.zeros(2, 3), torch.zeros(2, 3), rand_logits=torch.zeros(2, 4))
 
@@ -305,11 +346,19 @@ def test_random_latlon_uniform_on_sphere():
     for a, b in [(0, 30), (60, 90), (-90, -45)]:
         frac = ((lat >= a) & (lat < b)).float().mean().item()
         assert frac == pytest.approx((math.sin(math.radians(b)) - math.sin(math.radians(a))) / 2, abs=0.005)
-    assert torch.equal(random_latlon(5, torch.Generator().manual_seed(1))[0], random_latlon(5, torch.Generator().manual_seed(1))[0])
+    assert torch.equal(
+        random_latlon(5, torch.Generator().manual_seed(1))[0], random_latlon(5, torch.Generator().manual_seed(1))[0]
+    )
 
 
-@pytest.mark.parametrize('kind,kw', [('focal', dict(focal_gamma=0.5)), ('asl', dict(asl_gamma_pos=0.5, asl_gamma_neg=0.5)),
-                                     ('asl', dict(asl_gamma_pos=0.5, asl_gamma_neg=0.5, asl_clip=0.0))])
+@pytest.mark.parametrize(
+    'kind,kw',
+    [
+        ('focal', dict(focal_gamma=0.5)),
+        ('asl', dict(asl_gamma_pos=0.5, asl_gamma_neg=0.5)),
+        ('asl', dict(asl_gamma_pos=0.5, asl_gamma_neg=0.5, asl_clip=0.0)),
+    ],
+)
 def test_fractional_gamma_saturated_logits_finite_grad(kind, kw):
     z = torch.tensor([[40.0, -40.0, 40.0, -40.0, -3.0]], requires_grad=True)
     y = torch.tensor([[1.0, 0.0, 0.0, 1.0, 0.0]])
@@ -318,13 +367,20 @@ def test_fractional_gamma_saturated_logits_finite_grad(kind, kw):
     assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
 
 
-@pytest.mark.parametrize('name,values', [('label_smoothing', [-0.01, 0.0, 0.05, 0.49, 0.5, 0.99, 1.0]),
-                                         ('asl_clip', [-0.01, 0.0, 0.2, 0.99, 1.0, 1.5]),
-                                         ('neg_samples', [-1, 0, 1, 1024])])
+@pytest.mark.parametrize(
+    'name,values',
+    [
+        ('label_smoothing', [-0.01, 0.0, 0.05, 0.49, 0.5, 0.99, 1.0]),
+        ('asl_clip', [-0.01, 0.0, 0.2, 0.99, 1.0, 1.5]),
+        ('neg_samples', [-1, 0, 1, 1024]),
+    ],
+)
 def test_checked_ranges_match_option_table(name, values):
     "The loss accepts exactly the values the command line accepts (the option table in geosdm.config)."
     for v in values:
         ok = True
-        try: SpeciesLoss('asl', **{name: v})
-        except ValueError: ok = False
+        try:
+            SpeciesLoss('asl', **{name: v})
+        except ValueError:
+            ok = False
         assert ok == in_range(v, OPTIONS[name].range), (name, v)

@@ -1,27 +1,44 @@
 """Tests for geosdm.model: architecture, parameter counts, week-0 treatment, export, AMP, inference."""
+
 import math
+
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
-from geosdm.model import (GeoModel, create_model, count_parameters, scale_dims, week_features, coord_features,
-                          predict_proba, param_groups, ExportWrapper, BIRDNET_PARAMS, LN_EPS, N_WEEKS)
+from geosdm.model import (
+    BIRDNET_PARAMS,
+    LN_EPS,
+    N_WEEKS,
+    ExportWrapper,
+    coord_features,
+    count_parameters,
+    create_model,
+    param_groups,
+    predict_proba,
+    scale_dims,
+    week_features,
+)
 
 
 def _batch(B=32, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.rand(B, generator=g) * 180 - 90, torch.rand(B, generator=g) * 360 - 180,
-            torch.randint(0, N_WEEKS + 1, (B,), generator=g))
+    return (
+        torch.rand(B, generator=g) * 180 - 90,
+        torch.rand(B, generator=g) * 360 - 180,
+        torch.randint(0, N_WEEKS + 1, (B,), generator=g),
+    )
 
 
 def _perturb_film(m, std=0.3, seed=0):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in m.encoder.films.parameters(): p.copy_(torch.randn(p.shape, generator=g) * std)
+        for p in m.encoder.films.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
-@pytest.mark.parametrize('key', [k for k in sorted(BIRDNET_PARAMS) if k[0] <= 1.0])   # 2.0 is in the notebook
+@pytest.mark.parametrize('key', [k for k in sorted(BIRDNET_PARAMS) if k[0] <= 1.0])  # 2.0 is in the notebook
 def test_parameter_counts_match_birdnet(key):
     s, S = key
     n = count_parameters(create_model(S, 23, model_scale=s))
@@ -39,15 +56,28 @@ def test_habitat_parameter_count():
 
 
 def test_scale_dims_birdnet_table():
-    want = {0.25: (128, 1, 1, 32, 64, 1), 0.5: (256, 2, 1, 64, 128, 1), 0.75: (384, 3, 2, 96, 192, 1),
-            1.0: (512, 4, 2, 128, 256, 1), 1.5: (768, 6, 3, 192, 384, 2), 2.0: (1024, 8, 4, 256, 512, 2)}
+    want = {
+        0.25: (128, 1, 1, 32, 64, 1),
+        0.5: (256, 2, 1, 64, 128, 1),
+        0.75: (384, 3, 2, 96, 192, 1),
+        1.0: (512, 4, 2, 128, 256, 1),
+        1.5: (768, 6, 3, 192, 384, 2),
+        2.0: (1024, 8, 4, 256, 512, 2),
+    }
     for s, (E, eb, sb, b, H, envb) in want.items():
         d = scale_dims(s)
-        assert (d['embed_dim'], d['encoder_blocks'], d['species_blocks'], d['bottleneck'], d['env_hidden'],
-                d['env_blocks']) == (E, eb, sb, b, H, envb), s
+        assert (
+            d['embed_dim'],
+            d['encoder_blocks'],
+            d['species_blocks'],
+            d['bottleneck'],
+            d['env_hidden'],
+            d['env_blocks'],
+        ) == (E, eb, sb, b, H, envb), s
         assert d['dropout'] == pytest.approx(min(max(0.1 + 0.025 * (s - 1), 0), 0.3))
         assert d['species_dropout'] == pytest.approx(min(d['dropout'] + 0.1, 0.4))
-    with pytest.raises(ValueError): scale_dims(0)
+    with pytest.raises(ValueError):
+        scale_dims(0)
 
 
 def test_dropout_and_layernorm_settings():
@@ -67,11 +97,12 @@ def test_config_round_trip():
         m = create_model(40, 6, model_scale=0.3, coord_harmonics=5, week_harmonics=3, habitat_head=hab).eval()
         m2 = create_model(**m.config).eval()
         assert m2.config == m.config
-        m2.load_state_dict(m.state_dict())          # strict: same architecture
+        m2.load_state_dict(m.state_dict())  # strict: same architecture
         lat, lon, week = _batch(8)
         a, b = m(lat, lon, week, return_env=True), m2(lat, lon, week, return_env=True)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     import json
+
     assert json.loads(json.dumps(m.config)) == m.config
 
 
@@ -88,7 +119,8 @@ def test_forward_outputs():
     assert set(mh(lat, lon, week)) == {'species_logits'}
     m0 = create_model(12, 0, model_scale=0.25)
     assert set(m0(lat, lon, week, return_env=True)) == {'species_logits'}
-    with pytest.raises(ValueError): create_model(12, 0, habitat_head=True)
+    with pytest.raises(ValueError):
+        create_model(12, 0, habitat_head=True)
 
 
 def test_habitat_gate_mixing_and_detach():
@@ -123,7 +155,7 @@ def test_week0_not_week48_model():
     m = create_model(20, 3, model_scale=0.25).eval()
     lat, lon, _ = _batch(16)
     y = lambda w: m(lat, lon, torch.full((16,), w))['species_logits']
-    assert torch.allclose(y(0), y(48), atol=1e-6)        # FiLM starts as the identity
+    assert torch.allclose(y(0), y(48), atol=1e-6)  # FiLM starts as the identity
     _perturb_film(m)
     assert (y(0) - y(48)).abs().max() > 1e-2
     assert (y(24) - y(48)).abs().max() > 1e-2
@@ -135,13 +167,16 @@ def test_int_and_float_week_paths_agree():
     lat, lon, week = _batch(64)
     a = m(lat, lon, week, return_env=True)
     b = m(lat, lon, week.float(), return_env=True)
-    for k in a: assert torch.allclose(a[k], b[k], atol=1e-5), k
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
     # gradients agree too (the 49-week table path backpropagates through the gather)
-    m.train(); torch.manual_seed(0)
+    m.train()
+    torch.manual_seed(0)
     ga = torch.autograd.grad(m(lat, lon, week)['species_logits'].sum(), list(m.encoder.films.parameters()))
     torch.manual_seed(0)
     gb = torch.autograd.grad(m(lat, lon, week.float())['species_logits'].sum(), list(m.encoder.films.parameters()))
-    for x, y in zip(ga, gb): assert torch.allclose(x, y, rtol=1e-4, atol=1e-5)
+    for x, y in zip(ga, gb):
+        assert torch.allclose(x, y, rtol=1e-4, atol=1e-5)
 
 
 def test_coord_features_periodic_lon():
@@ -172,12 +207,15 @@ def test_trace_and_export_match_eager():
     assert torch.allclose(ep.module()(x), ref, atol=1e-6)
     assert torch.allclose(ep.module()(x2), w(x2), atol=1e-6)
     # week 0 in the exported graph is the yearly code, not week 48
-    x0, x48 = x2.clone(), x2.clone(); x0[:, 2] = 0; x48[:, 2] = 48
+    x0, x48 = x2.clone(), x2.clone()
+    x0[:, 2] = 0
+    x48[:, 2] = 48
     assert (ep.module()(x0) - ep.module()(x48)).abs().max() > 1e-4
     # the dict-returning model traces too
     tm = torch.jit.trace(m, (lat, lon, week.float()), strict=False)
-    assert torch.allclose(tm(lat, lon, week.float())['species_logits'], m(lat, lon, week.float())['species_logits'],
-                          atol=1e-6)
+    assert torch.allclose(
+        tm(lat, lon, week.float())['species_logits'], m(lat, lon, week.float())['species_logits'], atol=1e-6
+    )
 
 
 def test_autocast_bf16_cpu():
@@ -186,7 +224,9 @@ def test_autocast_bf16_cpu():
     _perturb_film(m)
     lat, lon, week = _batch(64)
     with torch.no_grad():
-        m.eval(); ref = m(lat, lon, week, return_env=True); m.train()
+        m.eval()
+        ref = m(lat, lon, week, return_env=True)
+        m.train()
     with torch.autocast('cpu', dtype=torch.bfloat16):
         out = m(lat, lon, week, return_env=True)
         loss = sum(v.float().pow(2).mean() for v in out.values())
@@ -204,12 +244,15 @@ def test_predict_proba_yearly_max():
     m = create_model(15, 3, model_scale=0.25)
     _perturb_film(m)
     m.train()
-    lat = np.array([10.0, 50.0, -30.0, 10.0]); lon = np.array([20.0, -100.0, 150.0, 20.0]); week = np.array([0, 5, 0, 48])
+    lat = np.array([10.0, 50.0, -30.0, 10.0])
+    lon = np.array([20.0, -100.0, 150.0, 20.0])
+    week = np.array([0, 5, 0, 48])
     p = predict_proba(m, lat, lon, week, batch_size=3)
-    assert m.training                                  # mode restored
+    assert m.training  # mode restored
     assert p.shape == (4, 15) and p.dtype == np.float32
-    allw = predict_proba(m, np.repeat(lat, N_WEEKS), np.repeat(lon, N_WEEKS),
-                         np.tile(np.arange(1, N_WEEKS + 1), 4)).reshape(4, N_WEEKS, 15)
+    allw = predict_proba(
+        m, np.repeat(lat, N_WEEKS), np.repeat(lon, N_WEEKS), np.tile(np.arange(1, N_WEEKS + 1), 4)
+    ).reshape(4, N_WEEKS, 15)
     np.testing.assert_allclose(p[0], allw[0].max(0), atol=1e-6)
     np.testing.assert_allclose(p[2], allw[2].max(0), atol=1e-6)
     np.testing.assert_allclose(p[1], allw[1, 4], atol=1e-6)
@@ -221,8 +264,10 @@ def test_predict_proba_yearly_max():
     with torch.no_grad():
         direct = torch.sigmoid(m(torch.tensor([10.0]), torch.tensor([20.0]), torch.tensor([0]))['species_logits'])
     np.testing.assert_allclose(predict_proba(m, 10.0, 20.0, 0, yearly='model')[0], direct[0].numpy(), atol=1e-6)
-    with pytest.raises(ValueError, match=f'0..{N_WEEKS}'): predict_proba(m, 0, 0, N_WEEKS + 1)
-    with pytest.raises(ValueError): predict_proba(m, 0, 0, 1, yearly='mean')
+    with pytest.raises(ValueError, match=f'0..{N_WEEKS}'):
+        predict_proba(m, 0, 0, N_WEEKS + 1)
+    with pytest.raises(ValueError):
+        predict_proba(m, 0, 0, 1, yearly='mean')
 
 
 def test_param_groups():
@@ -234,17 +279,20 @@ def test_param_groups():
     assert {id(p) for p in nodec['params']} == ln_ids | bias_ids
     assert all(p.ndim == 2 for p in dec['params'])
     assert sum(p.numel() for g in (dec, nodec) for p in g['params']) == count_parameters(m)
-    torch.optim.AdamW([dec, nodec], lr=1e-3)          # accepted by the optimiser
+    torch.optim.AdamW([dec, nodec], lr=1e-3)  # accepted by the optimiser
 
 
 def test_training_reduces_loss():
     """A few AdamW steps on a fixed batch lower the total loss (the model can learn week-dependent targets)."""
     from geosdm.losses import SpeciesLoss, total_loss
+
     torch.manual_seed(0)
     m = create_model(8, 2, model_scale=0.25)
     lat, lon, _ = _batch(64)
     week = torch.tensor([0, 48] * 32)
-    y = torch.zeros(64, 8); y[week == 0, :4] = 1; y[week == 48, 4:] = 1    # yearly and week 48 differ
+    y = torch.zeros(64, 8)
+    y[week == 0, :4] = 1
+    y[week == 48, 4:] = 1  # yearly and week 48 differ
     env = torch.randn(64, 2)
     opt = torch.optim.AdamW(param_groups(m, 1e-3), lr=3e-3)
     fn = SpeciesLoss('bce', label_smoothing=0.0)
@@ -252,7 +300,9 @@ def test_training_reduces_loss():
     for _ in range(150):
         opt.zero_grad()
         parts = total_loss(m(lat, lon, week, return_env=True), y, env, fn)
-        parts['loss'].backward(); opt.step(); losses.append(parts['species'].item())
+        parts['loss'].backward()
+        opt.step()
+        losses.append(parts['species'].item())
     assert losses[-1] < 0.2 * losses[0]
     m.eval()
     p = torch.sigmoid(m(lat, lon, week)['species_logits'])
@@ -269,4 +319,5 @@ def test_species_rows_matches_full_forward(habitat):
     assert part['species_logits'].shape == (5, 30) and part['env_pred'].shape == (12, 4)
     assert torch.allclose(part['species_logits'], full['species_logits'][:5], atol=1e-5)
     assert torch.allclose(part['env_pred'], full['env_pred'], atol=1e-5)
-    if habitat: assert torch.allclose(part['habitat_logits'], full['habitat_logits'][:5], atol=1e-5)
+    if habitat:
+        assert torch.allclose(part['habitat_logits'], full['habitat_logits'][:5], atol=1e-5)

@@ -1,23 +1,30 @@
 """Label propagation and label-frequency weights: exactness against a brute-force reference, caps, island
 endemics, untouched validation labels, cache keys, the weight curve, and the trainer wiring."""
-from __future__ import annotations
 
-import math
-from pathlib import Path
+from __future__ import annotations
 
 import h3
 import numpy as np
-import polars as pl
 import pytest
 import torch
 from scipy.stats import percentileofscore
 
+from geosdm.core import demo_parquet
 from geosdm.data import flatten_lists, prepare_data, split_cells
 from geosdm.inputs import encode_env, load_combined
-from geosdm.propagation import (PropagationParams, env_space, freq_weight_curve, haversine_km, label_freq_weights,
-                                propagate_keys, range_threshold_km, region_counts, region_of, region_percentiles,
-                                unit_xyz)
-from geosdm.core import demo_parquet
+from geosdm.propagation import (
+    PropagationParams,
+    env_space,
+    freq_weight_curve,
+    haversine_km,
+    label_freq_weights,
+    propagate_keys,
+    range_threshold_km,
+    region_counts,
+    region_of,
+    region_percentiles,
+    unit_xyz,
+)
 
 DEMO = demo_parquet()
 
@@ -30,9 +37,17 @@ def demo_raw():
     env, names, _ = encode_env(df, env_cols)
     ll = np.array([h3.cell_to_latlng(c) for c in df['h3_index']])
     tr, _ = split_cells(df.height, 0.1)
-    train = np.zeros(df.height, bool); train[tr] = True
-    return dict(fl=fl, nc=len(fl.codes), train=train, feats=env_space(env, names), lat=ll[:, 0], lon=ll[:, 1],
-                cells=df['h3_index'].to_list())
+    train = np.zeros(df.height, bool)
+    train[tr] = True
+    return dict(
+        fl=fl,
+        nc=len(fl.codes),
+        train=train,
+        feats=env_space(env, names),
+        lat=ll[:, 0],
+        lon=ll[:, 1],
+        cells=df['h3_index'].to_list(),
+    )
 
 
 def weekly_sets(w_key, nc, train, week):
@@ -40,7 +55,8 @@ def weekly_sets(w_key, nc, train, week):
     s = w_key // nc
     m = (s % 48 == week - 1) & train[s // 48]
     out = {}
-    for c, k in zip((s[m] // 48).tolist(), (w_key[m] % nc).tolist()): out.setdefault(c, set()).add(k)
+    for c, k in zip((s[m] // 48).tolist(), (w_key[m] % nc).tolist()):
+        out.setdefault(c, set()).add(k)
     return out
 
 
@@ -50,29 +66,39 @@ def brute_force_week(labels: dict, train, feats, lat, lon, thr, p: PropagationPa
     donors = [c for c in range(n) if train[c] and len(labels.get(c, ())) >= p.min_obs]
     added = {}
     for r in range(n):
-        if not train[r] or len(labels.get(r, ())) >= p.min_obs: continue
+        if not train[r] or len(labels.get(r, ())) >= p.min_obs:
+            continue
         d = np.linalg.norm(feats[donors] - feats[r], axis=1)
         cand = set()
-        for i in np.argsort(d, kind='stable')[:p.k]:
+        for i in np.argsort(d, kind='stable')[: p.k]:
             dn = donors[i]
-            if p.env_dist_max > 0 and d[i] > p.env_dist_max: continue
-            if haversine_km(lat[r], lon[r], lat[dn], lon[dn]) > p.max_radius_km: continue
+            if p.env_dist_max > 0 and d[i] > p.env_dist_max:
+                continue
+            if haversine_km(lat[r], lon[r], lat[dn], lon[dn]) > p.max_radius_km:
+                continue
             cand |= labels[dn]
         cand -= labels.get(r, set())
         keep = set()
         for s in cand:
             occ = [c for c, ks in labels.items() if s in ks]
-            if min(haversine_km(lat[r], lon[r], lat[c], lon[c]) for c in occ) <= thr[s] + 1e-6: keep.add(s)
-        if keep: added[r] = keep
+            if min(haversine_km(lat[r], lon[r], lat[c], lon[c]) for c in occ) <= thr[s] + 1e-6:
+                keep.add(s)
+        if keep:
+            added[r] = keep
     return added
 
 
-@pytest.mark.parametrize('params', [PropagationParams(),
-                                    PropagationParams(k=4, max_radius_km=600, env_dist_max=1.0, range_cap_km=300),
-                                    PropagationParams(k=12, max_radius_km=2000, env_dist_max=0, max_spread=0.5,
-                                                      range_cap_km=0, min_obs=5)])
+@pytest.mark.parametrize(
+    'params',
+    [
+        PropagationParams(),
+        PropagationParams(k=4, max_radius_km=600, env_dist_max=1.0, range_cap_km=300),
+        PropagationParams(k=12, max_radius_km=2000, env_dist_max=0, max_spread=0.5, range_cap_km=0, min_obs=5),
+    ],
+)
 def test_matches_brute_force(demo_raw, params):
-    r = demo_raw; nc, train = r['nc'], r['train']
+    r = demo_raw
+    nc, train = r['nc'], r['train']
     w_new, y_new, rep = propagate_keys(r['fl'].w_key, r['fl'].y_key, nc, train, r['feats'], r['lat'], r['lon'], params)
     ys = r['fl'].y_key // nc
     thr = range_threshold_km(ys[train[ys]], r['fl'].y_key[train[ys]] % nc, nc, unit_xyz(r['lat'], r['lon']), params)
@@ -85,7 +111,7 @@ def test_matches_brute_force(demo_raw, params):
         assert got == expect
         assert rep['labels_added_per_week'][week] == sum(map(len, expect.values()))
         n_checked += sum(map(len, expect.values()))
-    assert n_checked > 0                                    # the comparison is not vacuous
+    assert n_checked > 0  # the comparison is not vacuous
     assert rep['labels_added'] == len(w_new) - len(r['fl'].w_key) + len(y_new) - len(r['fl'].y_key)
     # only training cells change; their old labels all stay
     changed = np.setdiff1d(w_new, r['fl'].w_key)
@@ -94,13 +120,16 @@ def test_matches_brute_force(demo_raw, params):
 
 
 def test_added_labels_respect_every_cap(demo_raw):
-    r = demo_raw; nc, train = r['nc'], r['train']
+    r = demo_raw
+    nc, train = r['nc'], r['train']
     p = PropagationParams(k=8, max_radius_km=700, env_dist_max=1.5, range_cap_km=350, max_spread=1.5)
     w_new, _, rep = propagate_keys(r['fl'].w_key, r['fl'].y_key, nc, train, r['feats'], r['lat'], r['lon'], p)
     assert rep['labels_added_weekly'] > 100
     new = np.setdiff1d(w_new, r['fl'].w_key)
-    s = new // nc; cell, week, code = s // 48, s % 48, new % nc
-    orig = r['fl'].w_key; os_ = orig // nc
+    s = new // nc
+    cell, week, code = s // 48, s % 48, new % nc
+    orig = r['fl'].w_key
+    os_ = orig // nc
     ocell, oweek, ocode = os_ // 48, os_ % 48, orig % nc
     otrain = train[ocell]
     n_lab = np.bincount(os_[otrain], minlength=len(train) * 48).reshape(-1, 48)
@@ -109,47 +138,58 @@ def test_added_labels_respect_every_cap(demo_raw):
         c, w, k = cell[i], week[i], code[i]
         # some donor (observed training cell of that week, holding the code) satisfies the radius and env caps
         dm = otrain & (oweek == w) & (ocode == k)
-        donors = ocell[dm]; donors = donors[n_lab[donors, w] >= p.min_obs]
+        donors = ocell[dm]
+        donors = donors[n_lab[donors, w] >= p.min_obs]
         geo = haversine_km(r['lat'][c], r['lon'][c], r['lat'][donors], r['lon'][donors])
         env = np.linalg.norm(r['feats'][donors] - r['feats'][c], axis=1)
         assert ((geo <= p.max_radius_km) & (env <= p.env_dist_max + 1e-9)).any()
         # the nearest observation of the code that week lies within the hard range cap
         obs = ocell[otrain & (oweek == w) & (ocode == k)]
         assert haversine_km(r['lat'][c], r['lon'][c], r['lat'][obs], r['lon'][obs]).min() <= p.range_cap_km + 1e-6
-        assert n_lab[c, w] < p.min_obs                      # only sparse samples receive labels
+        assert n_lab[c, w] < p.min_obs  # only sparse samples receive labels
 
 
 def test_island_endemics_stay_on_their_island():
     "Hawaii and California share one environment; Hawaii's endemics must not be copied to California."
-    island = sorted(h3.grid_disk(h3.latlng_to_cell(20.0, -157.0, 3), 2))            # 19 cells around Hawaii
-    main_ = sorted(h3.grid_disk(h3.latlng_to_cell(36.0, -119.0, 3), 3))             # 37 cells in California
+    island = sorted(h3.grid_disk(h3.latlng_to_cell(20.0, -157.0, 3), 2))  # 19 cells around Hawaii
+    main_ = sorted(h3.grid_disk(h3.latlng_to_cell(36.0, -119.0, 3), 3))  # 37 cells in California
     cells = island + main_
-    ll = np.array([h3.cell_to_latlng(c) for c in cells]); lat, lon = ll[:, 0], ll[:, 1]
+    ll = np.array([h3.cell_to_latlng(c) for c in cells])
+    lat, lon = ll[:, 0], ll[:, 1]
     n_i, n = len(island), len(cells)
     rng = np.random.default_rng(0)
-    feats = rng.normal(0, 0.05, (n, 3))                                               # one environment everywhere
+    feats = rng.normal(0, 0.05, (n, 3))  # one environment everywhere
     keys = []
     for w in range(48):
         for c in range(n):
-            if c < n_i: codes = range(100, 115)                                      # island donors: 15 endemics
-            elif c % 3 == 0: codes = range(0, 12)                                     # mainland donors
-            else: codes = [0] if c % 2 else []                                        # sparse mainland cells
+            if c < n_i:
+                codes = range(100, 115)  # island donors: 15 endemics
+            elif c % 3 == 0:
+                codes = range(0, 12)  # mainland donors
+            else:
+                codes = [0] if c % 2 else []  # sparse mainland cells
             keys += [(c * 48 + w) * 200 + k for k in codes]
     w_key = np.array(sorted(keys), np.int64)
     y_key = np.unique(w_key // 200 // 48 * 200 + w_key % 200)
     train = np.ones(n, bool)
+
     def leaked(p):
         w_new, y_new, _ = propagate_keys(w_key, y_key, 200, train, feats, lat, lon, p)
-        new = np.concatenate([np.setdiff1d(w_new, w_key) // 200 // 48 * 200 + np.setdiff1d(w_new, w_key) % 200,
-                              np.setdiff1d(y_new, y_key)])
+        new = np.concatenate(
+            [
+                np.setdiff1d(w_new, w_key) // 200 // 48 * 200 + np.setdiff1d(w_new, w_key) % 200,
+                np.setdiff1d(y_new, y_key),
+            ]
+        )
         c, k = new // 200, new % 200
-        assert (c >= n_i).all() and len(new) > 0                                      # mainland cells did gain labels
+        assert (c >= n_i).all() and len(new) > 0  # mainland cells did gain labels
         return int(((k >= 100) & (c >= n_i)).sum())
+
     # the radius lets Hawaii's donors reach California (about 4,000 km): only the range check stands in the way
     wide = dict(k=20, max_radius_km=5000, env_dist_max=2.0, min_obs=10)
-    assert leaked(PropagationParams(**wide, max_spread=0)) > 0                        # without it, endemics leak
-    assert leaked(PropagationParams(**wide)) == 0                                     # seed defaults: 2 × range, ≤ 500 km
-    assert leaked(PropagationParams(**wide, max_spread=3.0, range_cap_km=0)) == 0     # no cap: the range alone
+    assert leaked(PropagationParams(**wide, max_spread=0)) > 0  # without it, endemics leak
+    assert leaked(PropagationParams(**wide)) == 0  # seed defaults: 2 × range, ≤ 500 km
+    assert leaked(PropagationParams(**wide, max_spread=3.0, range_cap_km=0)) == 0  # no cap: the range alone
 
 
 def test_validation_and_holdout_labels_untouched(tmp_path):
@@ -165,7 +205,7 @@ def test_validation_and_holdout_labels_untouched(tmp_path):
         np.testing.assert_array_equal(sa.obs_density, sb.obs_density)
     assert b.train.nnz - a.train.nnz == b.stats['propagation']['labels_added'] > 0
     np.testing.assert_array_equal(a.train.obs_density, b.train.obs_density)
-    np.testing.assert_array_equal(a.region_counts, b.region_counts)   # weights count observed labels only
+    np.testing.assert_array_equal(a.region_counts, b.region_counts)  # weights count observed labels only
 
 
 def test_cache_key_includes_propagation_options(tmp_path):
@@ -175,7 +215,9 @@ def test_cache_key_includes_propagation_options(tmp_path):
     assert off2.stats['from_cache'] and off1.fingerprint == off2.fingerprint
     on = prepare_data(DEMO, propagate=PropagationParams(), **kw)
     assert on.fingerprint != off1.fingerprint and not on.stats['from_cache']
-    cap = prepare_data(DEMO, propagate=PropagationParams(range_cap_km=200), **kw)   # not in the key of the BirdNET geomodel training script
+    cap = prepare_data(
+        DEMO, propagate=PropagationParams(range_cap_km=200), **kw
+    )  # not in the key of the BirdNET geomodel training script
     env = prepare_data(DEMO, propagate=PropagationParams(env_dist_max=1.0), **kw)
     assert len({on.fingerprint, cap.fingerprint, env.fingerprint}) == 3
     assert cap.train.nnz < on.train.nnz and env.train.nnz < on.train.nnz
@@ -189,21 +231,25 @@ def test_cache_key_includes_propagation_options(tmp_path):
 
 def test_env_space_drops_and_flags():
     names = ['landcover_class_1', 'landcover_class_2', 'a', 'b', 'c', 'empty']
-    env = np.array([[1, 0, 1.0, 5.0, 3.0, np.nan], [0, 1, 2.0, np.nan, 3.0, np.nan],
-                    [np.nan, np.nan, 3.0, 7.0, 3.0, np.nan]])
+    env = np.array(
+        [[1, 0, 1.0, 5.0, 3.0, np.nan], [0, 1, 2.0, np.nan, 3.0, np.nan], [np.nan, np.nan, 3.0, 7.0, 3.0, np.nan]]
+    )
     F = env_space(env, names)
     # 2 one-hot + a + b (c constant, empty all-NaN dropped) + b's indicator + landcover-missing indicator
     assert F.shape == (3, 6)
     np.testing.assert_allclose(F[:, 2], (env[:, 2] - 2) / np.std([1, 2, 3]))
-    np.testing.assert_allclose(F[:, 4], [0, 1, 0]); np.testing.assert_allclose(F[:, 5], [0, 0, 1])
+    np.testing.assert_allclose(F[:, 4], [0, 1, 0])
+    np.testing.assert_allclose(F[:, 5], [0, 0, 1])
     assert np.linalg.norm(F[0, :2] - F[1, :2]) == pytest.approx(1.0)
 
 
 def test_region_percentiles_match_scipy():
     rng = np.random.default_rng(3)
     counts = rng.poisson(3, size=(36, 50)) * (rng.random((36, 50)) < 0.4)
-    counts[5] = 0; counts[6] = 0; counts[6, 7] = 4              # an empty region; a single-species region
-    counts[:, 49] = 0                                            # a species never counted
+    counts[5] = 0
+    counts[6] = 0
+    counts[6, 7] = 4  # an empty region; a single-species region
+    counts[:, 49] = 0  # a species never counted
     pct = region_percentiles(counts)
     expect = np.full(50, -np.inf)
     for r in range(36):
@@ -229,22 +275,41 @@ def test_weight_curve_seed_table():
 
 
 def test_region_counts_bins():
-    lat = np.array([-90.0, 0.0, 45.0, 89.9]); lon = np.array([-180.0, 0.0, 100.0, 179.9])
+    lat = np.array([-90.0, 0.0, 45.0, 89.9])
+    lon = np.array([-180.0, 0.0, 100.0, 179.9])
     np.testing.assert_array_equal(region_of(lat, lon), [0, 21, 28, 35])
-    c = region_counts(lat, lon, np.array([0, 1, 1, 2, 3, 3]), np.array([0, 0, 1, 1, 2, 2]), 3,
-                      keep_cell=np.array([True, True, True, False]))
+    c = region_counts(
+        lat,
+        lon,
+        np.array([0, 1, 1, 2, 3, 3]),
+        np.array([0, 0, 1, 1, 2, 2]),
+        3,
+        keep_cell=np.array([True, True, True, False]),
+    )
     assert c.shape == (36, 3) and c.sum() == 4
     assert c[0, 0] == 1 and c[21, 0] == 1 and c[21, 1] == 1 and c[28, 1] == 1
 
 
 def test_trainer_uses_weights_on_positive_labels(tmp_path):
     from geosdm.config import TrainConfig, check_config
-    from geosdm.trainer import Trainer, prepare
     from geosdm.losses import total_loss
-    cfg = TrainConfig(data_path=str(DEMO), checkpoint_dir=str(tmp_path), model_scale=0.25, num_epochs=1,
-                      label_freq_weight=True, label_freq_weight_min=0.05, label_freq_weight_pct_lo=5,
-                      label_freq_weight_pct_hi=90, propagate_labels=True, propagate_k=5, propagate_range_cap=300,
-                      device='cpu', seed=0)
+    from geosdm.trainer import Trainer, prepare
+
+    cfg = TrainConfig(
+        data_path=str(DEMO),
+        checkpoint_dir=str(tmp_path),
+        model_scale=0.25,
+        num_epochs=1,
+        label_freq_weight=True,
+        label_freq_weight_min=0.05,
+        label_freq_weight_pct_lo=5,
+        label_freq_weight_pct_hi=90,
+        propagate_labels=True,
+        propagate_k=5,
+        propagate_range_cap=300,
+        device='cpu',
+        seed=0,
+    )
     prep = prepare(cfg, progress=False)
     assert prep.options['propagate'] == PropagationParams(k=5, range_cap_km=300).as_dict()
     tr = Trainer(cfg, prep)
@@ -262,10 +327,19 @@ def test_trainer_uses_weights_on_positive_labels(tmp_path):
         plain = total_loss(out, y, tr.env[cell], tr.loss_fn, env_weight=0.0)['species']
     assert float(got) == pytest.approx(float(hand), rel=1e-5)
     assert float(got) < float(plain)
-    from geosdm.cli import train_main
     from conftest import exit_code
-    assert exit_code(train_main, ['--data_path', str(DEMO), '--propagate_labels', '--propagate_k', '0', '--checkpoint_dir', str(tmp_path)]) == 2
+
+    from geosdm.cli import train_main
+
+    assert (
+        exit_code(
+            train_main,
+            ['--data_path', str(DEMO), '--propagate_labels', '--propagate_k', '0', '--checkpoint_dir', str(tmp_path)],
+        )
+        == 2
+    )
     from geosdm.core import ConfigError
+
     with pytest.raises(ConfigError, match='propagate_range_cap'):
         check_config(TrainConfig(data_path=str(DEMO), propagate_labels=True, propagate_range_cap=-5))
     with pytest.raises(ConfigError, match='label_freq_weight_min'):

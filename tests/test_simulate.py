@@ -1,4 +1,5 @@
 "Tests of geosdm.simulate: determinism, file formats (world_a's), environment, species, observation process."
+
 import json
 import time
 from pathlib import Path
@@ -11,10 +12,17 @@ import pytest
 
 from geosdm.core import N_WEEKS, WEEK_COLS, demo_data_dir, demo_parquet
 from geosdm.geo import unit_xyz
-from geosdm.simulate import (DEMO_BBOX, DEMO_KWARGS, ISLAND_GROUPS, WHOCRA_BREEDING, WHOCRA_WINTER, grid_cells,
-                             simulate_world)
-from geosdm.worldfiles import ENV_COLUMNS, TRUTH_WEEKS, write_world
 from geosdm.inputs import read_columns
+from geosdm.simulate import (
+    DEMO_BBOX,
+    DEMO_KWARGS,
+    ISLAND_GROUPS,
+    WHOCRA_BREEDING,
+    WHOCRA_WINTER,
+    grid_cells,
+    simulate_world,
+)
+from geosdm.worldfiles import ENV_COLUMNS, TRUTH_WEEKS, write_world
 
 WORLD_A = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'world_a'
 KW = dict(n_species=80, res=2, bbox=DEMO_BBOX, seed=3)
@@ -62,18 +70,30 @@ def test_determinism_arrays(world):
 # ---------------------------------------------------------------- formats
 def test_files_layout(written):
     assert sorted(p.name for p in written.iterdir()) == sorted(
-        ['combined.parquet', 'combined_taxonomy.csv', 'truth_land.parquet', 'effort.parquet', 'test_cells.txt', 'world.json'])
+        [
+            'combined.parquet',
+            'combined_taxonomy.csv',
+            'truth_land.parquet',
+            'effort.parquet',
+            'test_cells.txt',
+            'world.json',
+        ]
+    )
     assert not list(written.glob('.*'))  # no temp files left
 
 
 def test_combined_schema_like_world_a(written):
-    if not (WORLD_A / 'combined.parquet').exists(): pytest.skip('shared world_a not available')
+    if not (WORLD_A / 'combined.parquet').exists():
+        pytest.skip('shared world_a not available')
     for f in ('combined.parquet', 'effort.parquet', 'truth_land.parquet'):
         ours, ref = pq.read_schema(written / f), pq.read_schema(WORLD_A / f)
         assert ours.names == ref.names, f
         assert [t for t in ours.types] == [t for t in ref.types], f
     ours, ref = pq.read_schema(written / 'combined.parquet'), pq.read_schema(WORLD_A / 'combined.parquet')
-    assert ours.field('geometry').metadata[b'ARROW:extension:name'] == ref.field('geometry').metadata[b'ARROW:extension:name']
+    assert (
+        ours.field('geometry').metadata[b'ARROW:extension:name']
+        == ref.field('geometry').metadata[b'ARROW:extension:name']
+    )
     og, rg = json.loads(ours.metadata[b'geo']), json.loads(ref.metadata[b'geo'])
     assert og['primary_column'] == rg['primary_column'] == 'geometry'
     assert og['columns']['geometry']['encoding'] == 'WKB'
@@ -90,7 +110,8 @@ def test_combined_content(world, written):
     assert all(df.schema[c] == pl.List(pl.String) for c in WEEK_COLS)
     assert df['h3_index'].to_list() == sorted(df['h3_index'].to_list())
     assert all(h3.is_valid_cell(c) and h3.get_resolution(c) == 2 for c in df['h3_index'])
-    for c in WEEK_COLS: assert df[c].null_count() == 0
+    for c in WEEK_COLS:
+        assert df[c].null_count() == 0
     # lists equal the world's observation matrix, codes sorted as strings
     codes = np.array(world.codes)
     for w in (1, 20, 48):
@@ -99,6 +120,7 @@ def test_combined_content(world, written):
         assert got == [codes[np.flatnonzero(r)].tolist() for r in m]
     # WKB: closed ring, (lng, lat), centre inside the ring's bounding box
     import struct
+
     for i in (0, len(df) // 2, len(df) - 1):
         b = df['geometry'][i]
         bo, gt, nr, npt = struct.unpack('<BIII', b[:13])
@@ -134,7 +156,9 @@ def test_truth_effort_files(world, written):
 def test_test_cells_whole_blocks(world, written):
     test = (written / 'test_cells.txt').read_text().split()
     assert 0 < len(test) < 0.3 * world.cells['land'].sum()
-    c = world.cells.with_columns(pl.col('h3_index').map_elements(lambda x: h3.cell_to_parent(x, 0), pl.String).alias('b'))
+    c = world.cells.with_columns(
+        pl.col('h3_index').map_elements(lambda x: h3.cell_to_parent(x, 0), pl.String).alias('b')
+    )
     blocks = set(c.filter(pl.col('h3_index').is_in(test))['b'])
     assert set(c.filter(pl.col('b').is_in(blocks) & pl.col('land'))['h3_index']) == set(test)
     assert c.filter(pl.col('h3_index').is_in(test))['land'].all()
@@ -143,7 +167,8 @@ def test_test_cells_whole_blocks(world, written):
 # ---------------------------------------------------------------- environment
 def test_env_nulls_and_ranges(world):
     e, c = world.env, world.cells
-    land = c['land'].to_numpy(); ocean = ~land
+    land = c['land'].to_numpy()
+    ocean = ~land
     isnull = lambda col: e[col].is_null().to_numpy()
     assert isnull('water_fraction').mean() > 0.85
     assert isnull('temperature_c')[ocean].all() and isnull('precipitation_mm')[ocean].all()
@@ -156,26 +181,37 @@ def test_env_nulls_and_ranges(world):
     assert set(np.unique(lc)) <= set(range(1, 18)) and np.all(lc == np.round(lc))
     assert len(np.unique(lc)) >= 10
     assert (e['landcover_class'].to_numpy()[ocean & ~isnull('landcover_class')] == 17).all()
-    for col, lo, hi in [('water_fraction', 0, 1), ('urban_fraction', 0, 1), ('temperature_c', -35, 32),
-                        ('precipitation_mm', 0, 8000), ('elevation_m', -100, 7000), ('canopy_height_m', 0, 60)]:
+    for col, lo, hi in [
+        ('water_fraction', 0, 1),
+        ('urban_fraction', 0, 1),
+        ('temperature_c', -35, 32),
+        ('precipitation_mm', 0, 8000),
+        ('elevation_m', -100, 7000),
+        ('canopy_height_m', 0, 60),
+    ]:
         v = e[col].drop_nulls().to_numpy()
         assert v.min() >= lo and v.max() <= hi, col
     assert (e['canopy_height_m'].to_numpy()[ocean] == 0).all()
 
 
 def test_temperature_falls_with_latitude_and_elevation(world):
-    d = pl.concat([world.env, world.cells.drop('h3_index')], how='horizontal').filter(pl.col('land')).drop_nulls(['temperature_c', 'elevation_m'])
+    d = (
+        pl.concat([world.env, world.cells.drop('h3_index')], how='horizontal')
+        .filter(pl.col('land'))
+        .drop_nulls(['temperature_c', 'elevation_m'])
+    )
     X = np.c_[np.ones(len(d)), np.abs(d['lat'].to_numpy()), d['elevation_m'].to_numpy()]
     coef = np.linalg.lstsq(X, d['temperature_c'].to_numpy(), rcond=None)[0]
-    assert -1.2 < coef[1] < -0.3       # °C per degree latitude
-    assert -0.012 < coef[2] < -0.002   # lapse rate °C per m
+    assert -1.2 < coef[1] < -0.3  # °C per degree latitude
+    assert -0.012 < coef[2] < -0.002  # lapse rate °C per m
 
 
 def test_anchor_points_on_land_and_global_grid():
     from global_land_mask import globe
+
     pts = np.array([p for g in ISLAND_GROUPS.values() for p in g[0]] + [WHOCRA_BREEDING, WHOCRA_WINTER])
     assert globe.is_land(pts[:, 0], pts[:, 1]).all()
-    assert len(grid_cells(2)) == 5794   # the real 350 km grid's cell count (antimeridian cells dropped)
+    assert len(grid_cells(2)) == 5794  # the real 350 km grid's cell count (antimeridian cells dropped)
 
 
 # ---------------------------------------------------------------- species
@@ -185,8 +221,10 @@ def test_kinds_and_watchlist(world):
     assert set(kinds) == {'resident', 'migrant', 'generalist', 'endemic'}
     codes = world.codes
     assert codes == sorted(codes)
-    for c in ('hawgoo', 'iiwi', 'apapan', 'calcon', 'whocra'): assert c in codes
-    for c in ('kea1', 'galhaw1', 'kagu1'): assert c not in codes  # outside the box
+    for c in ('hawgoo', 'iiwi', 'apapan', 'calcon', 'whocra'):
+        assert c in codes
+    for c in ('kea1', 'galhaw1', 'kagu1'):
+        assert c not in codes  # outside the box
     tax = world.taxonomy()
     assert tax['scientificName'].n_unique() == len(tax) and tax['commonName'].n_unique() == len(tax)
 
@@ -195,7 +233,7 @@ def test_migrants_move(world):
     mig = np.flatnonzero(world.species['kind'].to_numpy() == 'migrant')
     assert len(mig) >= 10
     mass = world.truth[:, [1, 25]][:, :, mig].sum(0)
-    assert (mass > 0).all(0).mean() > 0.8   # most migrants are inside the box in both seasons
+    assert (mass > 0).all(0).mean() > 0.8  # most migrants are inside the box in both seasons
     moved = []
     for s in mig[(mass > 0).all(0)]:
         a, b = _centroid(world, s, 2), _centroid(world, s, 26)
@@ -208,7 +246,8 @@ def test_migrants_move(world):
     assert np.median(rm) < 300
     # the whooping crane: north in summer, Texas coast in winter
     s = world.codes.index('whocra')
-    lat_w = np.degrees(np.arcsin(_centroid(world, s, 2)[2])); lat_s = np.degrees(np.arcsin(_centroid(world, s, 26)[2]))
+    lat_w = np.degrees(np.arcsin(_centroid(world, s, 2)[2]))
+    lat_s = np.degrees(np.arcsin(_centroid(world, s, 26)[2]))
     assert lat_s - lat_w > 20 and abs(lat_w - WHOCRA_WINTER[0]) < 6 and abs(lat_s - WHOCRA_BREEDING[0]) < 6
 
 
@@ -245,12 +284,13 @@ def test_observations_noisy_subset_of_truth(world):
     for w in range(N_WEEKS):
         o = world.obs_offsets[w]
         rows = np.repeat(np.arange(world.n_cells), np.diff(o))
-        sp = world.obs_species[o[0]:o[-1]]
-        recs.append(world.truth[rows, w, sp]); fls.append(world.obs_false[o[0]:o[-1]])
+        sp = world.obs_species[o[0] : o[-1]]
+        recs.append(world.truth[rows, w, sp])
+        fls.append(world.obs_false[o[0] : o[-1]])
         assert (world.effort[np.diff(o) > 0, w] > 0).all()  # records only where checklists were made
     p, fp = np.concatenate(recs), np.concatenate(fls)
-    assert (p[~fp] > 0).all()                 # every true detection has p > 0
-    assert 0.002 < (p == 0).mean() < 0.02      # false positives ~1 %
+    assert (p[~fp] > 0).all()  # every true detection has p > 0
+    assert 0.002 < (p == 0).mean() < 0.02  # false positives ~1 %
     assert 0.004 < fp.mean() < 0.02
 
 
@@ -262,7 +302,7 @@ def test_detection_probability_matches_formula(world):
         q = 1 - (1 - world.truth[:, w] * det) ** n[:, None]
         exp_hits += q.sum()
         o = world.obs_offsets[w]
-        got_hits += int((~world.obs_false[o[0]:o[-1]]).sum())
+        got_hits += int((~world.obs_false[o[0] : o[-1]]).sum())
     assert abs(got_hits - exp_hits) < 4 * np.sqrt(exp_hits) + 0.01 * exp_hits
 
 
@@ -282,9 +322,12 @@ def test_demo_data():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match='res'): grid_cells(7)
-    with pytest.raises(ValueError, match='bbox'): grid_cells(2, (0, 10, 5, 5))
-    with pytest.raises(ValueError, match='n_species'): simulate_world(0)
+    with pytest.raises(ValueError, match='res'):
+        grid_cells(7)
+    with pytest.raises(ValueError, match='bbox'):
+        grid_cells(2, (0, 10, 5, 5))
+    with pytest.raises(ValueError, match='n_species'):
+        simulate_world(0)
 
 
 def test_speed_5000_cells_300_species():

@@ -1,21 +1,27 @@
 "Trainer and geosdm_train: runs, early stopping, resume (also after SIGKILL), flags, errors."
-import json, math, os, signal, subprocess, sys, time, warnings
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-from geosdm.config import TrainConfig, build_parser, check_config
-from geosdm.core import CheckpointError, ConfigError
-from geosdm.checkpoint import load_checkpoint
-from geosdm.cli import train_main as main
-from geosdm.trainer import Trainer, train, prepare, lr_at
 from conftest import exit_code, simulated_world, strip, trainer_config
 
+from geosdm.checkpoint import load_checkpoint
+from geosdm.cli import train_main as main
+from geosdm.config import TrainConfig, build_parser
+from geosdm.core import CheckpointError, ConfigError
+from geosdm.trainer import Trainer, prepare, train
 
-pytestmark = pytest.mark.usefixtures('one_thread')      # see conftest: exact comparisons need a fixed count
+pytestmark = pytest.mark.usefixtures('one_thread')  # see conftest: exact comparisons need a fixed count
+
 
 @pytest.fixture(scope='module')
 def world(tmp_path_factory):
@@ -33,12 +39,23 @@ def test_run_improves_and_writes_outputs(world, tmp_path):
     assert min(h['val_geoscore']) > untrained + 0.04 and max(h['val_geoscore']) > untrained + 0.1
     assert h['val_geoscore'][-1] > h['val_geoscore'][0]
     assert h['val_map'][-1] > h['val_map'][0]
-    for k in ('train_loss', 'val_loss', 'lr', 'val_f1_10', 'val_list_ratio_10', 'val_map_density_ratio',
-              'val_top10_recall', 'val_precision_10', 'val_recall_10', 'val_mean_list_len_10', 'epoch_seconds'):
+    for k in (
+        'train_loss',
+        'val_loss',
+        'lr',
+        'val_f1_10',
+        'val_list_ratio_10',
+        'val_map_density_ratio',
+        'val_top10_recall',
+        'val_precision_10',
+        'val_recall_10',
+        'val_mean_list_len_10',
+        'epoch_seconds',
+    ):
         assert k in h and len(h[k]) == 4, k
     labels = (tmp_path / 'ck' / 'labels.txt').read_text().splitlines()
-    assert [l.split('\t')[0] for l in labels] == list(tr.prep.vocab)
-    assert all(len(l.split('\t')) == 3 for l in labels)
+    assert [ln.split('\t')[0] for ln in labels] == list(tr.prep.vocab)
+    assert all(len(ln.split('\t')) == 3 for ln in labels)
     ck = load_checkpoint(tmp_path / 'ck' / 'checkpoint_best.pt')
     assert ck['epoch'] == int(np.nanargmax(np.array(h['val_geoscore'], dtype=float))) + 1
     assert ck['species_vocab']['codes'] == list(tr.prep.vocab)
@@ -56,20 +73,26 @@ def test_same_seed_same_history(world, tmp_path):
 
 def test_early_stopping(world, tmp_path):
     # lr so small the model never changes: GeoScore is flat, so patience 2 stops after epoch 3
-    tr = train(base(world, tmp_path / 'ck', num_epochs=10, patience=2, lr=1e-12, lr_min=0.0, lr_schedule='none'),
-               progress=False)
+    tr = train(
+        base(world, tmp_path / 'ck', num_epochs=10, patience=2, lr=1e-12, lr_min=0.0, lr_schedule='none'),
+        progress=False,
+    )
     assert tr.epoch == 3 and tr.best_epoch == 1
     assert load_checkpoint(tmp_path / 'ck' / 'checkpoint_latest.pt')['epoch'] == 3
 
 
-class _Stop(Exception): pass
+class _Stop(Exception):
+    pass
 
 
 def fit_and_stop(cfg, after: int):
     "Train `cfg` and stop it (as a crash would) right after epoch `after` was saved."
     tr = Trainer(cfg, prepare(cfg, progress=False))
+
     def stop(t, row):
-        if t.epoch == after: raise _Stop
+        if t.epoch == after:
+            raise _Stop
+
     with pytest.raises(_Stop):
         tr.fit(progress=False, on_epoch=stop)
     return tr
@@ -79,22 +102,48 @@ def test_resume_equals_uninterrupted(world, tmp_path):
     full = train(base(world, tmp_path / 'full', num_epochs=4), progress=False).history
     cfg = base(world, tmp_path / 'part', num_epochs=4, save_every=1)
     fit_and_stop(cfg, after=2)
-    res = train(base(world, tmp_path / 'part', num_epochs=4, resume=str(tmp_path / 'part' / 'checkpoint_latest.pt')),
-                progress=False)
-    assert res.epoch == 4          # num_epochs is the total, not "4 more"
+    res = train(
+        base(world, tmp_path / 'part', num_epochs=4, resume=str(tmp_path / 'part' / 'checkpoint_latest.pt')),
+        progress=False,
+    )
+    assert res.epoch == 4  # num_epochs is the total, not "4 more"
     assert strip(res.history) == strip(full)
 
 
 def _run_cli(args, **kw):
     code = 'import sys; from geosdm.cli import train_main; sys.exit(train_main(sys.argv[1:]))'
-    return subprocess.Popen([sys.executable, '-c', code, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, 'TQDM_DISABLE': '1'}, **kw)
+    return subprocess.Popen(
+        [sys.executable, '-c', code, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, 'TQDM_DISABLE': '1'},
+        **kw,
+    )
 
 
 def test_sigkill_midepoch_then_resume(world, tmp_path):
-    args = ['--data_path', str(world), '--model_scale', '0.25', '--num_epochs', '4', '--lr_warmup', '0.5',
-            '--min_obs_per_species', '10', '--batch_size', '64', '--device', 'cpu', '--seed', '5', '--save_every', '1']
-    ref = _run_cli(args + ['--checkpoint_dir', str(tmp_path / 'ref')]); out, _ = ref.communicate(timeout=300)
+    args = [
+        '--data_path',
+        str(world),
+        '--model_scale',
+        '0.25',
+        '--num_epochs',
+        '4',
+        '--lr_warmup',
+        '0.5',
+        '--min_obs_per_species',
+        '10',
+        '--batch_size',
+        '64',
+        '--device',
+        'cpu',
+        '--seed',
+        '5',
+        '--save_every',
+        '1',
+    ]
+    ref = _run_cli(args + ['--checkpoint_dir', str(tmp_path / 'ref')])
+    out, _ = ref.communicate(timeout=300)
     assert ref.returncode == 0, out.decode()
     ck = tmp_path / 'killed'
     p = _run_cli(args + ['--checkpoint_dir', str(ck)])
@@ -103,15 +152,18 @@ def test_sigkill_midepoch_then_resume(world, tmp_path):
     while time.time() - t0 < 240:
         if hist.exists():
             try:
-                if len(json.loads(hist.read_text())['val_map']) >= 2: break
+                if len(json.loads(hist.read_text())['val_map']) >= 2:
+                    break
             except (json.JSONDecodeError, KeyError):
                 pytest.fail('history file was not valid JSON: writes are not atomic')
         time.sleep(0.02)
-    time.sleep(0.3)   # into epoch 3
-    p.send_signal(signal.SIGKILL); p.wait()
+    time.sleep(0.3)  # into epoch 3
+    p.send_signal(signal.SIGKILL)
+    p.wait()
     done = len(json.loads(hist.read_text())['val_map'])
     assert 2 <= done < 4, f'the kill came too late ({done} epochs done)'
-    for f in ck.glob('*.pt'): load_checkpoint(f)   # never a half-written checkpoint
+    for f in ck.glob('*.pt'):
+        load_checkpoint(f)  # never a half-written checkpoint
     r = _run_cli(args + ['--checkpoint_dir', str(ck), '--resume', str(ck / 'checkpoint_latest.pt')])
     out, _ = r.communicate(timeout=300)
     assert r.returncode == 0, out.decode()
@@ -124,10 +176,14 @@ def test_truncated_checkpoint_stops_and_keeps_the_run(world, tmp_path):
     "An unreadable --resume checkpoint without a previous generation stops the run (issue 14: no fresh start)."
     train(base(world, tmp_path / 'a', num_epochs=1), progress=False)
     bad = tmp_path / 'a' / 'checkpoint_latest.pt'
-    data = bad.read_bytes(); bad.write_bytes(data[:len(data) // 3])
-    def files(d): return {p.name: p.read_bytes() for p in d.iterdir() if p.is_file() and p.name != '.lock'}
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 3])
+
+    def files(d):
+        return {p.name: p.read_bytes() for p in d.iterdir() if p.is_file() and p.name != '.lock'}
+
     before = files(tmp_path / 'a')
-    for ck in (tmp_path / 'a', tmp_path / 'b'):                 # in its own folder, or into a new one
+    for ck in (tmp_path / 'a', tmp_path / 'b'):  # in its own folder, or into a new one
         with pytest.raises(CheckpointError, match=r'checkpoint_latest\.pt: not a readable.*no previous generation'):
             train(base(world, ck, num_epochs=2, resume=str(bad)), progress=False)
     assert files(tmp_path / 'a') == before
@@ -142,36 +198,55 @@ def test_truncated_checkpoint_falls_back_to_previous(world, tmp_path, caplog):
     assert load_checkpoint(latest.with_name('checkpoint_latest.prev.pt'))['epoch'] == 1
     latest.write_bytes(latest.read_bytes()[:500])
     res = train(base(world, tmp_path / 'a', num_epochs=3, resume=str(latest)), progress=False)
-    assert strip(res.history) == strip(full)                    # epochs 2 and 3 replayed exactly
-    assert load_checkpoint(latest)['epoch'] == 3 and load_checkpoint(latest.with_name('checkpoint_latest.prev.pt'))['epoch'] == 1
+    assert strip(res.history) == strip(full)  # epochs 2 and 3 replayed exactly
+    assert (
+        load_checkpoint(latest)['epoch'] == 3
+        and load_checkpoint(latest.with_name('checkpoint_latest.prev.pt'))['epoch'] == 1
+    )
 
 
 def test_resume_refuses_other_data(world, tmp_path):
     train(base(world, tmp_path / 'a', num_epochs=1), progress=False)
     with pytest.raises(ConfigError, match='vocabulary'):
-        train(base(world, tmp_path / 'b', num_epochs=2, min_obs_per_species=40,
-                   resume=str(tmp_path / 'a' / 'checkpoint_latest.pt')), progress=False)
+        train(
+            base(
+                world,
+                tmp_path / 'b',
+                num_epochs=2,
+                min_obs_per_species=40,
+                resume=str(tmp_path / 'a' / 'checkpoint_latest.pt'),
+            ),
+            progress=False,
+        )
     with pytest.raises(ConfigError, match='split'):
-        train(base(world, tmp_path / 'c', num_epochs=2, val_size=0.3,
-                   resume=str(tmp_path / 'a' / 'checkpoint_latest.pt')), progress=False)
+        train(
+            base(
+                world, tmp_path / 'c', num_epochs=2, val_size=0.3, resume=str(tmp_path / 'a' / 'checkpoint_latest.pt')
+            ),
+            progress=False,
+        )
 
 
-@pytest.mark.parametrize('flags,msg', [
-    (['--val_size', '0'], '--val_size'),
-    (['--holdout_regions', 'atlantis'], 'atlantis'),
-    (['--data_path', '/nonexistent/x.parquet'], 'no such file'),
-    (['--resume', '/nonexistent/ck.pt'], 'no such checkpoint'),
-    (['--lr_min', '1', '--lr', '0.1'], '--lr_min'),
-    (['--holdout_box', '10', '0', '5', '1'], '--holdout_box'),
-    (['--batch_size', '0'], '--batch_size'),
-])
+@pytest.mark.parametrize(
+    'flags,msg',
+    [
+        (['--val_size', '0'], '--val_size'),
+        (['--holdout_regions', 'atlantis'], 'atlantis'),
+        (['--data_path', '/nonexistent/x.parquet'], 'no such file'),
+        (['--resume', '/nonexistent/ck.pt'], 'no such checkpoint'),
+        (['--lr_min', '1', '--lr', '0.1'], '--lr_min'),
+        (['--holdout_box', '10', '0', '5', '1'], '--holdout_box'),
+        (['--batch_size', '0'], '--batch_size'),
+    ],
+)
 def test_bad_flags_exit_clearly(flags, msg, capsys, tmp_path):
     assert exit_code(main, flags + ['--checkpoint_dir', str(tmp_path)]) == 2
     assert msg in capsys.readouterr().err
 
 
 def test_bad_data_file_exits_clearly(tmp_path, capsys):
-    f = tmp_path / 'not.parquet'; f.write_text('hello')
+    f = tmp_path / 'not.parquet'
+    f.write_text('hello')
     assert exit_code(main, ['--data_path', str(f), '--checkpoint_dir', str(tmp_path / 'ck')]) == 2
     assert 'not.parquet' in capsys.readouterr().err
 
@@ -180,28 +255,98 @@ def test_every_flag_is_a_config_field():
     p = build_parser()
     assert vars(p.parse_args([])) == asdict(TrainConfig())
     dests = {a.dest for a in p._actions if a.dest != 'help'}
-    seed_flags = {'data_path', 'taxonomy', 'model_scale', 'coord_harmonics', 'week_harmonics', 'habitat_head',
-                  'habitat_weight', 'batch_size', 'num_epochs', 'lr', 'weight_decay', 'species_weight', 'env_weight',
-                  'species_loss', 'asl_gamma_pos', 'asl_gamma_neg', 'asl_clip', 'focal_alpha', 'focal_gamma',
-                  'pos_lambda', 'neg_samples', 'label_smoothing', 'max_obs_per_species', 'min_obs_per_species',
-                  'ocean_sample_rate', 'no_yearly', 'no_cache', 'jitter', 'label_freq_weight',
-                  'label_freq_weight_min', 'label_freq_weight_pct_lo', 'label_freq_weight_pct_hi',
-                  'propagate_labels', 'propagate_k', 'propagate_max_radius', 'propagate_max_spread',
-                  'propagate_min_obs', 'propagate_env_dist_max', 'propagate_range_cap', 'lr_schedule', 'lr_min',
-                  'lr_warmup', 'patience', 'val_size', 'sample_fraction', 'holdout_regions', 'checkpoint_dir',
-                  'resume', 'save_every', 'device', 'num_workers'}
+    seed_flags = {
+        'data_path',
+        'taxonomy',
+        'model_scale',
+        'coord_harmonics',
+        'week_harmonics',
+        'habitat_head',
+        'habitat_weight',
+        'batch_size',
+        'num_epochs',
+        'lr',
+        'weight_decay',
+        'species_weight',
+        'env_weight',
+        'species_loss',
+        'asl_gamma_pos',
+        'asl_gamma_neg',
+        'asl_clip',
+        'focal_alpha',
+        'focal_gamma',
+        'pos_lambda',
+        'neg_samples',
+        'label_smoothing',
+        'max_obs_per_species',
+        'min_obs_per_species',
+        'ocean_sample_rate',
+        'no_yearly',
+        'no_cache',
+        'jitter',
+        'label_freq_weight',
+        'label_freq_weight_min',
+        'label_freq_weight_pct_lo',
+        'label_freq_weight_pct_hi',
+        'propagate_labels',
+        'propagate_k',
+        'propagate_max_radius',
+        'propagate_max_spread',
+        'propagate_min_obs',
+        'propagate_env_dist_max',
+        'propagate_range_cap',
+        'lr_schedule',
+        'lr_min',
+        'lr_warmup',
+        'patience',
+        'val_size',
+        'sample_fraction',
+        'holdout_regions',
+        'checkpoint_dir',
+        'resume',
+        'save_every',
+        'device',
+        'num_workers',
+    }
     assert seed_flags <= dests
     d = TrainConfig()
-    assert (d.model_scale, d.batch_size, d.num_epochs, d.lr, d.weight_decay, d.env_weight, d.species_loss,
-            d.label_smoothing, d.min_obs_per_species, d.patience, d.val_size, d.save_every, d.lr_warmup,
-            d.lr_min, d.neg_samples, d.pos_lambda) == (0.75, 'auto', 50, 1e-3, 1e-3, 0.1, 'bce', 0.05, 50, 10, 0.1,
-                                                       5, 3, 1e-6, 1024, 4.0)
+    assert (
+        d.model_scale,
+        d.batch_size,
+        d.num_epochs,
+        d.lr,
+        d.weight_decay,
+        d.env_weight,
+        d.species_loss,
+        d.label_smoothing,
+        d.min_obs_per_species,
+        d.patience,
+        d.val_size,
+        d.save_every,
+        d.lr_warmup,
+        d.lr_min,
+        d.neg_samples,
+        d.pos_lambda,
+    ) == (0.75, 'auto', 50, 1e-3, 1e-3, 0.1, 'bce', 0.05, 50, 10, 0.1, 5, 3, 1e-6, 1024, 4.0)
 
 
 def test_flags_reach_the_code(world, tmp_path):
-    cfg = base(world, tmp_path, species_loss='focal', focal_alpha=0.3, focal_gamma=1.5, model_scale=0.5,
-               coord_harmonics=4, week_harmonics=3, habitat_head=True, lr=0.02, weight_decay=0.05,
-               batch_size=100, holdout_regions=['california'], label_smoothing=0.0)
+    cfg = base(
+        world,
+        tmp_path,
+        species_loss='focal',
+        focal_alpha=0.3,
+        focal_gamma=1.5,
+        model_scale=0.5,
+        coord_harmonics=4,
+        week_harmonics=3,
+        habitat_head=True,
+        lr=0.02,
+        weight_decay=0.05,
+        batch_size=100,
+        holdout_regions=['california'],
+        label_smoothing=0.0,
+    )
     tr = Trainer(cfg, prepare(cfg, progress=False))
     mc = tr.model.config
     assert (mc['model_scale'], mc['coord_harmonics'], mc['week_harmonics'], mc['habitat_head']) == (0.5, 4, 3, True)
@@ -219,8 +364,12 @@ def test_jitter_flag_moves_training_coordinates_only(world, tmp_path):
     tr = Trainer(cfg, prep)
     seen = []
     orig = tr.train_data.inputs
+
     def spy(idx, **kw):
-        out = orig(idx, **kw); seen.append((kw.get('jitter_std', 0.0), out[0], idx)); return out
+        out = orig(idx, **kw)
+        seen.append((kw.get('jitter_std', 0.0), out[0], idx))
+        return out
+
     tr.train_data.inputs = spy
     tr.train_epoch(progress=False)
     std, lat, idx = seen[0]
@@ -235,22 +384,27 @@ def test_empty_samples_env_only(world, tmp_path):
     npos = tr.prep.train.n_pos()
     n_obs = int((npos > 0).sum())
     assert 0 < n_obs < len(npos)
-    assert tr.split_empty and tr.steps_per_epoch == len(npos) // 64   # same steps per epoch as 'negative'
+    assert tr.split_empty and tr.steps_per_epoch == len(npos) // 64  # same steps per epoch as 'negative'
     seen, env_rows = [], []
     orig_batch, orig_env = tr.train_data.inputs, tr.model.env_head.forward
+
     def spy(idx, **kw):
-        seen.append(idx.clone()); return orig_batch(idx, **kw)
+        seen.append(idx.clone())
+        return orig_batch(idx, **kw)
+
     def env_spy(h):
-        env_rows.append(len(h)); return orig_env(h)
+        env_rows.append(len(h))
+        return orig_env(h)
+
     tr.train_data.inputs = spy
     tr.model.env_head.forward = env_spy
     row = tr.train_epoch(progress=False)
     rows = torch.cat(seen).numpy()
     assert len(rows) == tr.steps_per_epoch * 64
-    assert (npos[rows] > 0).all()                                # no empty sample in a species batch
+    assert (npos[rows] > 0).all()  # no empty sample in a species batch
     counts = np.bincount(rows, minlength=len(npos))[npos > 0]
     assert counts.min() >= 1 and counts.max() - counts.min() <= 1  # cycles evenly through the observed samples
-    assert env_rows[0] == 64 + 32                                # species rows and env-only rows: one pass
+    assert env_rows[0] == 64 + 32  # species rows and env-only rows: one pass
     assert math.isfinite(row['train_env_loss'])
     ref = Trainer(base(world, tmp_path, batch_size=64, empty_samples='negative'), tr.prep)
     assert ref.steps_per_epoch == tr.steps_per_epoch and not ref.split_empty
@@ -260,5 +414,6 @@ def test_help_lists_every_flag(capsys):
     assert exit_code(main, ['--help']) == 0
     out = capsys.readouterr().out
     for a in build_parser()._actions:
-        if a.dest != 'help': assert f'--{a.dest}' in out or any(o in out for o in a.option_strings), a.dest
+        if a.dest != 'help':
+            assert f'--{a.dest}' in out or any(o in out for o in a.option_strings), a.dest
     assert 'water > 90%)' in out and 'default: env_only' in out

@@ -14,7 +14,7 @@ def _():
     import numpy as np
 
     from geosdm import demo, maps, plots
-    from geosdm.core import GeoSDMError, N_WEEKS
+    from geosdm.core import N_WEEKS, GeoSDMError
     from geosdm.predict import Predictor
     return GeoSDMError, N_WEEKS, Path, Predictor, demo, functools, maps, mo, np, os, plots
 
@@ -70,7 +70,7 @@ def _(mo, refresh, run_dir_input):
 
 @app.cell
 def _(GeoSDMError, Path, mo, plots, refresh, run_dir_input):
-    refresh.value  # read again at every refresh
+    _ = refresh.value  # read again at every refresh
     _text = run_dir_input.value.strip()
     mo.stop(not _text, mo.callout(mo.md("Give the checkpoint folder of a training run."), kind="info"))
     run_dir = Path(_text).expanduser()
