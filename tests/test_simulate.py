@@ -13,15 +13,8 @@ import pytest
 from geosdm.core import N_WEEKS, WEEK_COLS, demo_data_dir, demo_parquet
 from geosdm.geo import unit_xyz
 from geosdm.inputs import read_columns
-from geosdm.simulate import (
-    DEMO_BBOX,
-    DEMO_KWARGS,
-    ISLAND_GROUPS,
-    WHOCRA_BREEDING,
-    WHOCRA_WINTER,
-    grid_cells,
-    simulate_world,
-)
+from geosdm.planet import DEMO_BBOX, ISLAND_GROUPS, WHOCRA_BREEDING, WHOCRA_WINTER, grid_cells
+from geosdm.simulate import DEMO_KWARGS, simulate_world
 from geosdm.worldfiles import ENV_COLUMNS, TRUTH_WEEKS, write_world
 
 WORLD_A = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'world_a'
