@@ -50,7 +50,8 @@ def build(rows: int, work: Path) -> dict:
     import pyarrow.parquet as pq
 
     from geosdm.core import WEEK_COLS
-    from geosdm.gbif import synthetic_records, write_dwca
+    from geosdm.gbif import write_dwca
+    from geosdm.synthetic import synthetic_records
 
     z, p = work / f'world_a_{rows // 10**6}M.zip', work / f'world_a_{rows // 10**6}M.parquet'
     if not (z.exists() and p.exists()):

@@ -20,6 +20,7 @@ FLOORS = {
     'worldfiles': 2,
     'inputs': 2,
     'gbif': 2,
+    'synthetic': 2,
     'losses': 3,
     'model': 3,
     'metrics': 3,
