@@ -431,7 +431,8 @@ def ingest_main(argv: list[str] | None = None) -> int:
     _check_ingest(p, a)
 
     def body():
-        from geosdm.ingest import BASIS, Filters, ingest  # after the arguments are checked
+        from geosdm.ingest import ingest  # after the arguments are checked
+        from geosdm.tally import BASIS, Filters
 
         f = Filters(
             rank=a.rank,

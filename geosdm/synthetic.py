@@ -6,15 +6,63 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import h3
 import numpy as np
 import polars as pl
 
 from .core import N_WEEKS, WEEK_COLS
+from .gbif import write_dwca
 
 # %% auto #0
-__all__ = ['BAD_KINDS', 'positives', 'species_keys', 'hotspots', 'checklists', 'spoil', 'synthetic_records']
+__all__ = ['BAD_KINDS', 'tiny_archive', 'positives', 'species_keys', 'hotspots', 'checklists', 'spoil', 'synthetic_records']
+
+# %% ../nbs/93_synthetic_records.ipynb #63985527
+def tiny_archive(folder) -> Path:
+    "Write the six-record Darwin Core Archive `tiny.zip` into `folder`; returns its path."
+    recs = pl.DataFrame(
+        {
+            'gbifID': ['1', '2', '3', '4', '5', '6'],
+            'decimalLatitude': [52.1, 52.1, 48.3, 48.3, 52.1, 40.0],
+            'decimalLongitude': [5.1, 5.1, 2.2, 2.2, 5.1, -3.7],
+            'year': [2020, 2020, 2021, 2021, 2019, 2018],
+            'month': [5, 5, 1, 12, 5, None],
+            'day': [3, 3, 31, 31, 3, None],
+            'taxonKey': [2480242, 9515886, 2480242, 5229490, 2480242, 2480242],
+            'speciesKey': [2480242, 9515886, 2480242, 5229490, 2480242, 2480242],
+            'taxonRank': ['SPECIES'] * 6,
+            'species': [
+                'Accipiter nisus',
+                'Corvus corone',
+                'Accipiter nisus',
+                'Columba palumbus',
+                'Accipiter nisus',
+                'Accipiter nisus',
+            ],
+            'scientificName': [
+                'Accipiter nisus (Linnaeus, 1758)',
+                'Corvus corone Linnaeus, 1758',
+                'Accipiter nisus (Linnaeus, 1758)',
+                'Columba palumbus Linnaeus, 1758',
+                'Accipiter nisus (Linnaeus, 1758)',
+                'Accipiter nisus (Linnaeus, 1758)',
+            ],
+            'class': ['Aves'] * 6,
+            'basisOfRecord': ['HUMAN_OBSERVATION'] * 6,
+            'occurrenceStatus': ['PRESENT', 'PRESENT', 'PRESENT', 'PRESENT', 'ABSENT', 'PRESENT'],
+            'eventID': ['e1', 'e1', 'e2', 'e3', 'e4', None],
+            'recordedBy': ['ann', 'ann', 'bob', 'bob', 'cy', 'dee'],
+        }
+    )
+    vern = pl.DataFrame(
+        {
+            'gbifID': ['1', '2', '4'],
+            'vernacularName': ['Eurasian Sparrowhawk', 'Carrion Crow', 'Common Wood-Pigeon'],
+            'language': ['en', 'en', 'en'],
+        }
+    )
+    return write_dwca(Path(folder) / 'tiny.zip', recs, vern, order=list(reversed(recs.columns)))
 
 # %% ../nbs/93_synthetic_records.ipynb #e38898dc
 def positives(combined: pl.DataFrame) -> pl.DataFrame:
