@@ -6,140 +6,21 @@
 from __future__ import annotations
 
 import argparse
-import math
-import re
-from dataclasses import dataclass, field, make_dataclass
-from pathlib import Path
-from typing import Any
 
 from .core import ConfigError
 from .geo import HOLDOUT_REGIONS
+from .options import Option, Param, option_group, options_class, options_parser
 from .propagation import PropagationParams
 
 # %% auto #0
-__all__ = ['OPTIONS', 'TrainConfig', 'DEMO_DEFAULTS', 'SEARCH_SPACE', 'EXTRA_SPACE', 'in_range', 'Param', 'Option', 'config_from',
-           'propagation_params', 'check_config', 'build_parser', 'parse_config', 'option_words', 'config_argv']
-
-# %% ../nbs/11_config.ipynb #93b5c506
-_RANGE = re.compile(r'^\s*(?:([\[(])\s*(\S+)\s*,\s*(\S+)\s*([\])])|(>=|>)\s*(\S+))\s*$')
-
-
-def in_range(v: float, spec: str) -> bool:
-    "Whether `v` lies in the range `spec` ('[a, b)', '(a, b]', '> a', '>= a', ...)."
-    m = _RANGE.match(spec)
-    if not m:
-        raise ValueError(f'bad range {spec!r}')
-    if m[5]:
-        lo, lo_in, hi, hi_in = float(m[6]), m[5] == '>=', math.inf, False
-    else:
-        lo, lo_in, hi, hi_in = float(m[2]), m[1] == '[', float(m[3]), m[4] == ']'
-    if not (v == v):
-        return False  # NaN is in no range
-    return (v >= lo if lo_in else v > lo) and (v <= hi if hi_in else v < hi)
-
-# %% ../nbs/11_config.ipynb #76a2625a
-@dataclass(frozen=True)
-class Param:
-    "One dimension of the search space: `kind` is 'float', 'int' or 'cat'."
-
-    kind: str
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    choices: tuple | None = None
-
-    def suggest(self, trial, name: str):
-        "A value for `name` from an Optuna trial."
-        if self.kind == 'float':
-            return trial.suggest_float(name, self.low, self.high, log=self.log)
-        if self.kind == 'int':
-            return trial.suggest_int(name, int(self.low), int(self.high), log=self.log)
-        return trial.suggest_categorical(name, list(self.choices))
-
-    def __str__(self):
-        if self.kind == 'cat':
-            return '{' + ', '.join(map(str, self.choices)) + '}'
-        return (
-            f"{self.low:g} → {self.high:g}" + (' (log)' if self.log else '') + (' (int)' if self.kind == 'int' else '')
-        )
-
-# %% ../nbs/11_config.ipynb #9393c35f
-@dataclass(frozen=True, eq=False)
-class Option:
-    "One training option: flag name, default, help text, group, type, accepted values, autotune range."
-
-    name: str
-    default: Any
-    help: str
-    group: str = ''
-    type: type | None = None
-    choices: tuple | None = None
-    range: str | None = None
-    file: str | None = None  # 'file', 'checkpoint', …: a path that must exist
-    cli: dict = field(default_factory=dict)
-    tune: Param | None = None
-    tune_all: bool = False
-    words: tuple = ()  # accepted instead of a value of the type, e.g. ('auto',)
-
-    @property
-    def kind(self) -> type:
-        "The value type: bool, int, float, str or list."
-        return self.type or type(self.default)
-
-    @property
-    def flag(self) -> str:
-        return self.cli.get('flag', f'--{self.name}')
-
-# %% ../nbs/11_config.ipynb #1a80cfbf
-def _typed(o: Option, v):
-    "`v` as the option's type, or raise ConfigError."
-    k = o.kind
-    if v is None and o.default is None:
-        return None
-    if isinstance(v, str) and v in o.words:
-        return v
-    if k is bool and isinstance(v, bool):
-        return v
-    if k is int and isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer():
-        return int(v)
-    if k is float and isinstance(v, (int, float)) and not isinstance(v, bool):
-        return float(v)
-    if k is str and isinstance(v, str):
-        return v
-    if k is list and isinstance(v, (list, tuple)):
-        return list(v)
-    raise ConfigError(f'{o.flag}: expected {k.__name__}, got {v!r}')
-
-# %% ../nbs/11_config.ipynb #f8146d80
-def _check(self: Option, v):
-    "`v` converted to the option's type; a `ConfigError` naming the flag if it is not accepted."
-    v = _typed(self, v)
-    if v is None or (isinstance(v, str) and v in self.words):
-        return v
-    if self.choices is not None and v not in self.choices:
-        raise ConfigError(f'{self.flag}: must be one of {", ".join(map(str, self.choices))}; got {v!r}')
-    if self.range is not None and not in_range(v, self.range):
-        raise ConfigError(
-            f'{self.flag}: must be in {self.range}, got {v!r}'
-            if self.range[0] in '[('
-            else f'{self.flag}: must be {self.range.replace(">=", "≥")}, got {v!r}'
-        )
-    if self.file and not Path(v).is_file():
-        raise ConfigError(f'{self.flag}: no such {self.file}: {v}')
-    return v
-
-
-Option.check = _check
+__all__ = ['OPTIONS', 'TrainConfig', 'DEMO_DEFAULTS', 'SEARCH_SPACE', 'EXTRA_SPACE', 'config_from', 'propagation_params',
+           'check_config', 'build_parser', 'parse_config', 'option_words', 'config_argv']
 
 # %% ../nbs/11_config.ipynb #34584168
-def _group(name: str, *opts: Option) -> list[Option]:
-    return [Option(**{**o.__dict__, 'group': name}) for o in opts]
-
-
 _PP = PropagationParams()  # propagation's defaults and checks live with propagation
 
 # %% ../nbs/11_config.ipynb #7ad167ba
-_DATA = _group(
+_DATA = option_group(
     'Data',
     Option('data_path', None, 'Combined parquet file (default: the bundled demo world)', type=str, file='file'),
     Option(
@@ -151,7 +32,7 @@ _DATA = _group(
     ),
 )
 
-_MODEL = _group(
+_MODEL = option_group(
     'Model',
     Option(
         'model_scale',
@@ -325,7 +206,7 @@ _PROPAGATE = [
 ]
 
 # %% ../nbs/11_config.ipynb #f0c4a267
-_TRAINING = _group(
+_TRAINING = option_group(
     'Training',
     Option(
         'batch_size',
@@ -357,7 +238,7 @@ _TRAINING = _group(
 )
 
 # %% ../nbs/11_config.ipynb #10e1d4b8
-_SCHEDULE = _group(
+_SCHEDULE = option_group(
     'Learning Rate Schedule',
     Option('lr_schedule', 'cosine', 'cosine (single decay to lr_min) or none', choices=('cosine', 'none')),
     Option('lr_min', 1e-6, 'Minimum learning rate', range='>= 0'),
@@ -372,18 +253,18 @@ _SCHEDULE = _group(
     ),
 )
 
-_STOPPING = _group(
+_STOPPING = option_group(
     'Early Stopping',
     Option('patience', 10, 'Stop after N epochs without GeoScore improvement (0 = disabled)', range='>= 0'),
 )
 
-_SPLIT = _group(
+_SPLIT = option_group(
     'Data Split',
     Option('val_size', 0.1, 'Validation set fraction', range='(0, 1)'),
     Option('sample_fraction', 1.0, 'Fraction of locations to keep (0–1)', range='(0, 1]'),
 )
 
-_HOLDOUT = _group(
+_HOLDOUT = option_group(
     'Region Hold-Out',
     Option(
         'holdout_regions',
@@ -406,7 +287,7 @@ _HOLDOUT = _group(
 )
 
 # %% ../nbs/11_config.ipynb #48c45490
-_RUNTIME = _group(
+_RUNTIME = option_group(
     'Checkpoints',
     Option('checkpoint_dir', './checkpoints', 'Directory for checkpoint files'),
     Option('resume', None, 'Path to checkpoint to resume training from', type=str, file='checkpoint'),
@@ -459,7 +340,7 @@ _RUNTIME = _group(
     Option('eval_batch_size', 4096, 'Batch size for validation and prediction', range='>= 1'),
 )
 
-_AUTOTUNE = _group(
+_AUTOTUNE = option_group(
     'Autotune',
     Option(
         'autotune',
@@ -493,21 +374,12 @@ OPTIONS: dict[str, Option] = {
 }
 
 # %% ../nbs/11_config.ipynb #f6397d7c
-def _field(o: Option):
-    if isinstance(o.default, list):
-        return (o.name, list, field(default_factory=list))
-    kind = o.kind | str if o.words else o.kind
-    return (o.name, kind if o.default is not None else kind | None, field(default=o.default))
-
-
-TrainConfig = make_dataclass(
+TrainConfig = options_class(
     'TrainConfig',
-    [_field(o) for o in OPTIONS.values()],
-    namespace={
-        '__doc__': 'Every option of a training run; field names are the CLI flags (see `geosdm.config.OPTIONS`).'
-    },
+    OPTIONS,
+    'Every option of a training run; field names are the CLI flags (see `geosdm.config.OPTIONS`).',
+    __name__,
 )
-TrainConfig.__module__ = __name__
 
 # %% ../nbs/11_config.ipynb #44f7e5c3
 def config_from(d: dict | None = None, strict: bool = True, **overrides) -> TrainConfig:
@@ -576,32 +448,9 @@ def check_config(cfg):
 # %% ../nbs/11_config.ipynb #ace533ba
 def build_parser() -> argparse.ArgumentParser:
     "The `geosdm_train` argument parser, grouped like the BirdNET geomodel training script's CLI reference."
-    p = argparse.ArgumentParser(
-        prog='geosdm_train',
-        description='Train a geosdm species distribution model.',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    return options_parser(
+        OPTIONS.values(), prog='geosdm_train', description='Train a geosdm species distribution model.'
     )
-    groups = {}
-    for o in OPTIONS.values():
-        g = groups.get(o.group) or groups.setdefault(o.group, p.add_argument_group(o.group))
-        h = o.help.replace('%', '%%')  # argparse formats help texts with %
-        kw = {k: v for k, v in o.cli.items() if k != 'flag'}
-        if o.kind is bool:
-            g.add_argument(o.flag, dest=o.name, action='store_true', help=h)
-        elif o.kind is list:
-            g.add_argument(o.flag, dest=o.name, default=o.default, help=h, **kw)
-        else:
-            g.add_argument(o.flag, dest=o.name, type=_arg_type(o), default=o.default, choices=o.choices, help=h, **kw)
-    return p
-
-# %% ../nbs/11_config.ipynb #d418b7c8
-def _arg_type(o: Option):
-    "The argparse converter of `o`: its type, or one of its words."
-    if not o.words:
-        return o.kind
-    conv = lambda s: s if s in o.words else o.kind(s)
-    conv.__name__ = o.kind.__name__  # argparse names it in "invalid int value"
-    return conv
 
 # %% ../nbs/11_config.ipynb #2a4f63b8
 DEMO_DEFAULTS = dict(model_scale=0.5, num_epochs=12, lr_warmup=1.0, min_obs_per_species=20)
@@ -624,16 +473,7 @@ def parse_config(argv: list[str]) -> tuple[TrainConfig, bool]:
 # %% ../nbs/11_config.ipynb #d21f5ca3
 def option_words(name: str, v) -> list[str]:
     "Command-line words that set option `name` to `v`."
-    o = OPTIONS[name]
-    if o.kind is bool:
-        return [o.flag] if v else []
-    if name == 'holdout_boxes':
-        return [w for b in v for w in [o.flag, *(f'{x:g}' for x in b)]]
-    if isinstance(v, (list, tuple)):
-        return [o.flag, *map(str, v)] if v else []
-    if isinstance(v, float):
-        return [o.flag, f'{v:.6g}']
-    return [o.flag, str(v)]
+    return OPTIONS[name].argv(v)
 
 # %% ../nbs/11_config.ipynb #462e87a6
 def config_argv(cfg, keep=()) -> list[str]:

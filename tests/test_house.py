@@ -15,6 +15,7 @@ PKG = Path(__file__).resolve().parents[1] / 'geosdm'
 # Each module and its floor: a module may import only modules on lower floors (see nbs/index.ipynb).
 FLOORS = {
     'core': 0,
+    'options': 1,
     'geo': 1,
     'batches': 1,
     'worldfiles': 2,

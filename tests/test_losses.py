@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from geosdm.config import OPTIONS, in_range
+from geosdm.config import OPTIONS
 from geosdm.core import N_WEEKS
 from geosdm.losses import (
     LOSS_KINDS,
@@ -18,6 +18,7 @@ from geosdm.losses import (
     smooth_targets,
     total_loss,
 )
+from geosdm.options import in_range
 
 
 def _np_sig(z):
