@@ -188,5 +188,7 @@ def options_parser(options, **kw) -> argparse.ArgumentParser:
         elif o.kind is list:
             g.add_argument(o.flag, dest=o.name, default=o.default, help=h, **extra)
         else:
-            g.add_argument(o.flag, dest=o.name, type=_arg_type(o), default=o.default, choices=o.choices, help=h, **extra)
+            g.add_argument(
+                o.flag, dest=o.name, type=_arg_type(o), default=o.default, choices=o.choices, help=h, **extra
+            )
     return p
