@@ -20,7 +20,16 @@ import optuna
 import torch
 
 from .checkpoint import split_identity
-from .config import EXTRA_SPACE, SEARCH_SPACE, Param, TrainConfig, check_config, config_from, option_words
+from geosdm.config import (
+    EXTRA_SPACE,
+    OPTIONS,
+    SEARCH_SPACE,
+    Param,
+    TrainConfig,
+    check_config,
+    config_from,
+    option_words,
+)
 from .core import ConfigError, clean_temp_files, jsonable, pid_alive, write_json
 from .data import Prepared
 from .trainer import Trainer, log, prepare, setup_logging
@@ -69,11 +78,14 @@ def inactive_params(params: dict, cfg: TrainConfig) -> list[str]:
 HISTORY_SKIP = ('val_ap_', 'holdout_ap_')  # per-species watchlist APs: too many for every epoch of every trial
 
 
+def _trial_overrides(cfg: TrainConfig) -> dict:
+    "What every trial sets whatever the command line says: its epochs, no early stopping, a fresh model."
+    return dict(num_epochs=cfg.autotune_epochs, patience=0, resume=None, autotune=None)
+
+
 def trial_config(cfg: TrainConfig, params: dict) -> TrainConfig:
     "The training configuration of one trial."
-    return check_config(
-        config_from(asdict(cfg), **params, num_epochs=cfg.autotune_epochs, patience=0, resume=None, autotune=None)
-    )
+    return check_config(config_from(asdict(cfg), **params, **_trial_overrides(cfg)))
 
 # %% ../nbs/21_autotune.ipynb #ed0ba00a
 def _history_row(row: dict) -> dict:
@@ -165,28 +177,8 @@ def redact(url: str) -> str:
     return re.sub(r'(://[^:/@]+:)[^@]*@', r'\1***@', url)
 
 # %% ../nbs/21_autotune.ipynb #bc6f973f
-_NOT_FIXED = {
-    'data_path',
-    'taxonomy',
-    'data_cache_dir',
-    'no_cache',
-    'checkpoint_dir',
-    'resume',
-    'finetune',
-    'overwrite',
-    'save_every',
-    'device',
-    'num_workers',
-    'amp',
-    'eval_batch_size',
-    'num_epochs',
-    'patience',
-    'autotune',
-    'autotune_trials',
-    'autotune_storage',
-    'autotune_study',
-}
-
+# free between trials: options that do not change what a trial learns (see `EFFECTS`), and those a trial sets
+_NOT_FIXED = {n for n, o in OPTIONS.items() if o.effect in ('input', 'runtime')} | set(_trial_overrides(TrainConfig()))
 
 def study_signature(cfg: TrainConfig, prep: Prepared, names: list[str]) -> dict:
     "What a study measures: trials from different signatures must not be mixed."

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import TrainConfig, config_from
+from .config import OPTIONS, TrainConfig, config_from
 from .core import CheckpointError, ConfigError, atomic_path, atomic_write
 from .model import create_model
 
@@ -237,9 +237,6 @@ def training_cells(prep) -> list[str]:
     return sorted(set(np.asarray(prep.cells)[np.unique(prep.train.cell)].tolist())) if len(prep.train) else []
 
 # %% ../nbs/12_checkpoint.ipynb #271d4752
-_FLAGS = {'propagate': 'propagate_labels/--propagate_*', 'holdout_boxes': 'holdout_box'}
-
-
 def _digest(d) -> str:
     return f'sha256 {d[:12]}…' if d else 'none'
 
@@ -258,7 +255,7 @@ def data_changes(ck: dict, prep) -> list[str]:
     oo, no = d.get('options') or {}, prep.options or {}
     for k in sorted((set(oo) | set(no)) - {'data_path', 'taxonomy'}):
         if oo.get(k) != no.get(k):
-            out.append(f'--{_FLAGS.get(k, k)} {oo.get(k)!r} → {no.get(k)!r}')
+            out.append(f'{OPTIONS[k].flag if k in OPTIONS else k} {oo.get(k)!r} → {no.get(k)!r}')
     return out
 
 # %% ../nbs/12_checkpoint.ipynb #a4b38319

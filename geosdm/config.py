@@ -10,25 +10,29 @@ import argparse
 from .core import ConfigError
 from .geo import HOLDOUT_REGIONS
 from .options import Option, Param, option_group, options_class, options_parser
-from .propagation import PropagationParams
 
 # %% auto #0
-__all__ = ['OPTIONS', 'TrainConfig', 'DEMO_DEFAULTS', 'SEARCH_SPACE', 'EXTRA_SPACE', 'config_from', 'propagation_params',
-           'check_config', 'build_parser', 'parse_config', 'option_words', 'config_argv']
-
-# %% ../nbs/11_config.ipynb #34584168
-_PP = PropagationParams()  # propagation's defaults and checks live with propagation
+__all__ = ['OPTIONS', 'TrainConfig', 'DATA_OPTIONS', 'DEMO_DEFAULTS', 'SEARCH_SPACE', 'EXTRA_SPACE', 'config_from',
+           'check_config', 'data_options', 'build_parser', 'parse_config', 'option_words', 'config_argv']
 
 # %% ../nbs/11_config.ipynb #7ad167ba
 _DATA = option_group(
     'Data',
-    Option('data_path', None, 'Combined parquet file (default: the bundled demo world)', type=str, file='file'),
+    Option(
+        'data_path',
+        None,
+        'Combined parquet file (default: the bundled demo world)',
+        type=str,
+        file='file',
+        effect='input',
+    ),
     Option(
         'taxonomy',
         None,
         'Taxonomy CSV for species name labels (default: auto-detected next to the parquet)',
         type=str,
         file='file',
+        effect='input',
     ),
 )
 
@@ -125,14 +129,32 @@ _LOSS = [
 
 # %% ../nbs/11_config.ipynb #ce7428c9
 _SAMPLES = [
-    Option('max_obs_per_species', 0, 'Cap training observations per species (0 = no cap)', range='>= 0'),
-    Option('min_obs_per_species', 50, 'Exclude species with fewer than N observations (0 = keep all)', range='>= 0'),
-    Option('max_species', 0, 'Keep a random subset of N species (random seed 42; 0 = all)', range='>= 0'),
-    Option('ocean_sample_rate', 1.0, 'Fraction of ocean cells (water > 90%) to keep (1.0 = keep all)', range='[0, 1]'),
-    Option('no_yearly', False, 'Exclude week-0 (yearly) samples from training'),
-    Option('no_cache', False, 'Disable data preprocessing cache (force reprocessing)'),
+    Option('max_obs_per_species', 0, 'Cap training observations per species (0 = no cap)', range='>= 0', effect='data'),
     Option(
-        'data_cache_dir', None, 'Directory of the preprocessing cache (default: <checkpoint_dir>/.data_cache)', type=str
+        'min_obs_per_species',
+        50,
+        'Exclude species with fewer than N observations (0 = keep all)',
+        range='>= 0',
+        effect='data',
+    ),
+    Option(
+        'max_species', 0, 'Keep a random subset of N species (random seed 42; 0 = all)', range='>= 0', effect='data'
+    ),
+    Option(
+        'ocean_sample_rate',
+        1.0,
+        'Fraction of ocean cells (water > 90%) to keep (1.0 = keep all)',
+        range='[0, 1]',
+        effect='data',
+    ),
+    Option('no_yearly', False, 'Exclude week-0 (yearly) samples from training', effect='data'),
+    Option('no_cache', False, 'Disable data preprocessing cache (force reprocessing)', effect='runtime'),
+    Option(
+        'data_cache_dir',
+        None,
+        'Directory of the preprocessing cache (default: <checkpoint_dir>/.data_cache)',
+        type=str,
+        effect='runtime',
     ),
     Option(
         'jitter',
@@ -188,20 +210,41 @@ _WEIGHTS = [
 ]
 
 _PROPAGATE = [
-    Option('propagate_labels', False, 'Propagate species labels from observed to sparse cells via env similarity'),
-    Option('propagate_k', _PP.k, 'Number of nearest env-space neighbors for propagation'),
-    Option('propagate_max_radius', _PP.max_radius_km, 'Geographic radius cap in km for propagation'),
-    Option('propagate_max_spread', _PP.max_spread, 'Species range expansion multiplier (0 = disable range check)'),
-    Option('propagate_min_obs', _PP.min_obs, 'Samples with fewer species than this receive propagated labels'),
+    Option(
+        'propagate_labels',
+        False,
+        'Propagate species labels from observed to sparse cells via env similarity',
+        effect='data',
+    ),
+    Option('propagate_k', 10, 'Number of nearest env-space neighbors for propagation', range='>= 1', effect='data'),
+    Option('propagate_max_radius', 1000.0, 'Geographic radius cap in km for propagation', range='> 0', effect='data'),
+    Option(
+        'propagate_max_spread',
+        2.0,
+        'Species range expansion multiplier (0 = disable range check)',
+        range='>= 0',
+        effect='data',
+    ),
+    Option(
+        'propagate_min_obs',
+        10,
+        'Samples with fewer species than this receive propagated labels',
+        range='>= 1',
+        effect='data',
+    ),
     Option(
         'propagate_env_dist_max',
-        _PP.env_dist_max,
+        2.0,
         'Max env-space Euclidean distance (after standardising) for a neighbor to contribute labels (0 = disabled)',
+        range='>= 0',
+        effect='data',
     ),
     Option(
         'propagate_range_cap',
-        _PP.range_cap_km,
+        500.0,
         'Hard cap in km on per-species propagation distance from nearest observation (0 = disabled)',
+        range='>= 0',
+        effect='data',
     ),
 ]
 
@@ -260,8 +303,8 @@ _STOPPING = option_group(
 
 _SPLIT = option_group(
     'Data Split',
-    Option('val_size', 0.1, 'Validation set fraction', range='(0, 1)'),
-    Option('sample_fraction', 1.0, 'Fraction of locations to keep (0–1)', range='(0, 1]'),
+    Option('val_size', 0.1, 'Validation set fraction', range='(0, 1)', effect='data'),
+    Option('sample_fraction', 1.0, 'Fraction of locations to keep (0–1)', range='(0, 1]', effect='data'),
 )
 
 _HOLDOUT = option_group(
@@ -271,6 +314,7 @@ _HOLDOUT = option_group(
         [],
         f'Space-separated region names to mask from training and evaluate separately ({", ".join(HOLDOUT_REGIONS)})',
         cli=dict(nargs='+', metavar='NAME'),
+        effect='data',
     ),
     Option(
         'holdout_boxes',
@@ -283,19 +327,21 @@ _HOLDOUT = option_group(
             action='append',
             metavar=('LON_MIN', 'LAT_MIN', 'LON_MAX', 'LAT_MAX'),
         ),
+        effect='data',
     ),
 )
 
 # %% ../nbs/11_config.ipynb #48c45490
 _RUNTIME = option_group(
     'Checkpoints',
-    Option('checkpoint_dir', './checkpoints', 'Directory for checkpoint files'),
-    Option('resume', None, 'Path to checkpoint to resume training from', type=str, file='checkpoint'),
+    Option('checkpoint_dir', './checkpoints', 'Directory for checkpoint files', effect='runtime'),
+    Option('resume', None, 'Path to checkpoint to resume training from', type=str, file='checkpoint', effect='input'),
     Option(
         'overwrite',
         False,
         'Start a new run in a --checkpoint_dir that holds one (its checkpoints and history are '
         'deleted first); without it such a folder is only resumed',
+        effect='runtime',
     ),
     Option(
         'finetune',
@@ -304,9 +350,10 @@ _RUNTIME = option_group(
         'env targets are matched by name)',
         type=str,
         file='checkpoint',
+        effect='input',
     ),
-    Option('save_every', 5, 'Save checkpoint every N epochs', range='>= 1'),
-    Option('device', 'auto', 'auto, cuda, or cpu', choices=('auto', 'cuda', 'cpu')),
+    Option('save_every', 5, 'Save checkpoint every N epochs', range='>= 1', effect='runtime'),
+    Option('device', 'auto', 'auto, cuda, or cpu', choices=('auto', 'cuda', 'cpu'), effect='runtime'),
     Option(
         'cpu_threads',
         'auto',
@@ -316,12 +363,14 @@ _RUNTIME = option_group(
         type=int,
         range='>= 1',
         words=('auto',),
+        effect='runtime',
     ),
     Option(
         'num_workers',
         None,
         'Accepted for compatibility; geosdm builds batches on the device and needs no DataLoader workers',
         type=int,
+        effect='runtime',
     ),
     Option('seed', 0, 'Random seed for weights, shuffling, dropout, jitter and negative sampling'),
     Option(
@@ -329,6 +378,7 @@ _RUNTIME = option_group(
         'auto',
         'Mixed precision: auto (CUDA: bf16 where supported, else fp16; CPU: off), bf16 (also on CPU), fp16, or off',
         choices=('auto', 'bf16', 'fp16', 'off'),
+        effect='runtime',
     ),
     Option(
         'compile',
@@ -336,8 +386,9 @@ _RUNTIME = option_group(
         'torch.compile the training step: off, default, reduce-overhead (CUDA: also captures CUDA graphs) '
         'or max-autotune; auto = off (see the trainer notebook for the measurements)',
         choices=('auto', 'off', 'default', 'reduce-overhead', 'max-autotune'),
+        effect='runtime',
     ),
-    Option('eval_batch_size', 4096, 'Batch size for validation and prediction', range='>= 1'),
+    Option('eval_batch_size', 4096, 'Batch size for validation and prediction', range='>= 1', effect='runtime'),
 )
 
 _AUTOTUNE = option_group(
@@ -350,22 +401,26 @@ _AUTOTUNE = option_group(
         '(an unknown name lists the valid ones)',
         type=list,
         cli=dict(nargs='*', metavar='PARAM'),
+        effect='runtime',
     ),
     Option(
         'autotune_trials',
         30,
         "Number of Optuna trials (the study's total: a resumed or shared study runs only the missing ones)",
         range='>= 1',
+        effect='runtime',
     ),
-    Option('autotune_epochs', 15, 'Epochs per trial', range='>= 1'),
+    Option('autotune_epochs', 15, 'Epochs per trial', range='>= 1', effect='runtime'),
     Option(
         'autotune_storage',
         None,
         'Optuna storage that makes a study resumable and shareable by several processes/machines: '
         'a journal file path, or an SQLAlchemy URL (sqlite:///x.db, postgresql://...); default: in memory',
         type=str,
+        effect='runtime',
+        secret=True,
     ),
-    Option('autotune_study', 'geosdm_autotune', 'Optuna study name within --autotune_storage'),
+    Option('autotune_study', 'geosdm_autotune', 'Optuna study name within --autotune_storage', effect='runtime'),
 )
 
 # %% ../nbs/11_config.ipynb #273737b3
@@ -391,50 +446,34 @@ def config_from(d: dict | None = None, strict: bool = True, **overrides) -> Trai
         raise ConfigError(f'unknown option(s) {", ".join(unknown)}')
     return TrainConfig(**{k: v for k, v in d.items() if k in OPTIONS})
 
-# %% ../nbs/11_config.ipynb #a14a2ea5
-_PROPAGATE_FLAGS = {
-    'k': 'propagate_k',
-    'max_radius_km': 'propagate_max_radius',
-    'max_spread': 'propagate_max_spread',
-    'min_obs': 'propagate_min_obs',
-    'env_dist_max': 'propagate_env_dist_max',
-    'range_cap_km': 'propagate_range_cap',
-}  # PropagationParams field → option
-
-
-def propagation_params(cfg) -> PropagationParams | None:
-    "The `PropagationParams` of the `propagate_*` options (None without `propagate_labels`)."
-    if not cfg.propagate_labels:
-        return None
-    return PropagationParams(**{f: getattr(cfg, flag) for f, flag in _PROPAGATE_FLAGS.items()})
-
 # %% ../nbs/11_config.ipynb #d583922b
-def _check_rules(cfg):
-    "The rules that tie options together."
+def _check_holdout(v: dict):
+    "The hold-out rules: known region names, boxes with min < max."
+
+    unknown = [r for r in v['holdout_regions'] if str(r).lower() not in HOLDOUT_REGIONS]
+    if unknown:
+        raise ConfigError(f'--holdout_regions: unknown region(s) {unknown}; valid: {sorted(HOLDOUT_REGIONS)}')
+    for b in v['holdout_boxes']:
+        if len(b) != 4 or not (b[0] < b[2] and b[1] < b[3]):
+            raise ConfigError(f'--holdout_box: expected LON_MIN LAT_MIN LON_MAX LAT_MAX with min < max, got {b}')
+
+# %% ../nbs/11_config.ipynb #57028d0f
+def _check_rules(v: dict):
+    "The rules that tie options together (`v`: name → checked value)."
 
     def bad(flag, msg):
         raise ConfigError(f'--{flag}: {msg}')
 
-    if cfg.lr_min > cfg.lr:
-        bad('lr_min', f'must be in [0, lr={cfg.lr}], got {cfg.lr_min}')
-    if cfg.resume and cfg.finetune:
+    if v['lr_min'] > v['lr']:
+        bad('lr_min', f'must be in [0, lr={v["lr"]}], got {v["lr_min"]}')
+    if v['resume'] and v['finetune']:
         bad(
             'finetune',
             'cannot be combined with --resume (resume continues a run, finetune starts a new one from its weights)',
         )
-    if cfg.label_freq_weight and not cfg.label_freq_weight_pct_lo < cfg.label_freq_weight_pct_hi:
-        bad('label_freq_weight_pct_lo', f'must be below --label_freq_weight_pct_hi ({cfg.label_freq_weight_pct_hi})')
-    unknown = [r for r in cfg.holdout_regions if str(r).lower() not in HOLDOUT_REGIONS]
-    if unknown:
-        bad('holdout_regions', f'unknown region(s) {unknown}; valid: {sorted(HOLDOUT_REGIONS)}')
-    for b in cfg.holdout_boxes:
-        if len(b) != 4 or not (b[0] < b[2] and b[1] < b[3]):
-            bad('holdout_box', f'expected LON_MIN LAT_MIN LON_MAX LAT_MAX with min < max, got {b}')
-    if cfg.propagate_labels:
-        try:
-            propagation_params(cfg).checked()
-        except ValueError as e:
-            bad(_PROPAGATE_FLAGS[e.param], str(e).split(': ', 1)[-1])
+    if v['label_freq_weight'] and not v['label_freq_weight_pct_lo'] < v['label_freq_weight_pct_hi']:
+        bad('label_freq_weight_pct_lo', f'must be below --label_freq_weight_pct_hi ({v["label_freq_weight_pct_hi"]})')
+    _check_holdout(v)
 
 # %% ../nbs/11_config.ipynb #ce550a49
 def check_config(cfg):
@@ -442,8 +481,25 @@ def check_config(cfg):
     naming the flag."""
     for o in OPTIONS.values():
         setattr(cfg, o.name, o.check(getattr(cfg, o.name)))
-    _check_rules(cfg)
+    _check_rules(vars(cfg))
     return cfg
+
+# %% ../nbs/11_config.ipynb #7e86b0ac
+DATA_OPTIONS: tuple[str, ...] = tuple(n for n, o in OPTIONS.items() if o.effect == 'data')
+
+
+def data_options(**values) -> dict:
+    "The options that make the prepared data: `values` checked, the others at their defaults, normalised for the key."
+    unknown = sorted(set(values) - set(DATA_OPTIONS))
+    if unknown:
+        raise ConfigError(f'unknown data option(s) {", ".join(unknown)}; valid: {", ".join(DATA_OPTIONS)}')
+    v = {n: OPTIONS[n].check(values.get(n, OPTIONS[n].default)) for n in DATA_OPTIONS}
+    _check_holdout(v)
+    v['holdout_regions'] = sorted({str(r).strip().lower() for r in v['holdout_regions']})
+    v['holdout_boxes'] = [[float(x) for x in b] for b in v['holdout_boxes']]
+    if not v['propagate_labels']:
+        v.update({n: None for n in DATA_OPTIONS if n.startswith('propagate_') and n != 'propagate_labels'})
+    return v
 
 # %% ../nbs/11_config.ipynb #ace533ba
 def build_parser() -> argparse.ArgumentParser:

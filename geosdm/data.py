@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
+from .config import data_options
 from .core import N_WEEKS, WATCHLIST, WEEK_COLS, GeoSDMDataError, clean_temp_files, sorted_unique
 from .geo import cell_centres, in_boxes, resolve_boxes
 from .inputs import encode_env, find_taxonomy, load_combined, read_taxonomy
@@ -374,7 +375,7 @@ def _names(fl: _Flat, kept: np.ndarray, tax: dict | None) -> tuple[list[str], li
 # %% ../nbs/04_data.ipynb #62f7d804
 def _build(data_path: Path, tax_path: Path | None, opts: dict, boxes, fp: str, progress: bool) -> Prepared:
     "Run the pipeline on `data_path` (steps 1–8 above), one timed stage at a time."
-    prop = PropagationParams(**opts['propagate']) if opts.get('propagate') else None
+    prop = PropagationParams.of(opts)
     yearly = not opts['no_yearly']
     st = _Stages(
         ['load', 'flatten', 'env', 'split'] + ['propagate'] * (prop is not None) + ['vocabulary', 'samples'], progress
@@ -429,31 +430,6 @@ def _build(data_path: Path, tax_path: Path | None, opts: dict, boxes, fp: str, p
     finally:
         st.close()
 
-# %% ../nbs/04_data.ipynb #1eccaef1
-def _options(data_path, taxonomy, **kw) -> dict:
-    "The options that shape the prepared arrays, checked and normalised (the cache key is made from them)."
-    o = {'data_path': str(Path(data_path).resolve()), 'taxonomy': str(Path(taxonomy).resolve()) if taxonomy else None}
-    for k in ('min_obs_per_species', 'max_obs_per_species', 'max_species'):
-        o[k] = int(kw[k])
-    o['ocean_sample_rate'], o['no_yearly'] = float(kw['ocean_sample_rate']), bool(kw['no_yearly'])
-    o['val_size'], o['sample_fraction'] = float(kw['val_size']), float(kw['sample_fraction'])
-    hr = kw['holdout_regions'] or ()
-    o['holdout_regions'] = sorted({str(r).strip().lower() for r in ([hr] if isinstance(hr, str) else hr)})
-    o['holdout_boxes'] = [[float(x) for x in b] for b in (kw['holdout_boxes'] or ())]
-    pr = kw.get('propagate')
-    pr = PropagationParams() if pr is True else PropagationParams(**pr) if isinstance(pr, dict) else pr
-    o['propagate'] = pr.checked().as_dict() if pr else None  # off: its parameters do not enter the cache key
-    for k in ('min_obs_per_species', 'max_obs_per_species', 'max_species'):
-        if o[k] < 0:
-            raise ValueError(f'{k} must be ≥ 0, got {o[k]}')
-    if not 0.0 <= o['ocean_sample_rate'] <= 1.0:
-        raise ValueError(f'ocean_sample_rate must be in [0, 1], got {o["ocean_sample_rate"]}')
-    if not 0.0 <= o['val_size'] < 1.0:
-        raise ValueError(f'val_size must be in [0, 1), got {o["val_size"]}')
-    if not 0.0 < o['sample_fraction'] <= 1.0:
-        raise ValueError(f'sample_fraction must be in (0, 1], got {o["sample_fraction"]}')
-    return o
-
 # %% ../nbs/04_data.ipynb #6039a6b7
 def _from_cache(cache_file: Path, fp: str, progress: bool) -> Prepared | None:
     "The cached `Prepared` of key `fp`, or None after deleting an unreadable cache file (with a warning)."
@@ -477,46 +453,30 @@ def _from_cache(cache_file: Path, fp: str, progress: bool) -> Prepared | None:
     return prep
 
 # %% ../nbs/04_data.ipynb #b4cabaee
-def prepare_data(
-    data_path,
-    taxonomy=None,
-    *,
-    min_obs_per_species: int = 50,
-    max_obs_per_species: int = 0,
-    max_species: int = 0,
-    ocean_sample_rate: float = 1.0,
-    no_yearly: bool = False,
-    val_size: float = 0.1,
-    sample_fraction: float = 1.0,
-    holdout_regions: Sequence[str] = (),
-    holdout_boxes: Sequence = (),
-    propagate: PropagationParams | dict | bool | None = None,
-    cache_dir=None,
-    no_cache: bool = False,
-    progress: bool = True,
-) -> Prepared:
-    "Load a combined parquet and prepare train/val(/hold-out) samples, vocabulary and env targets (cached)."
+def _input_files(data_path, taxonomy) -> tuple[Path, Path | None]:
+    "The data file and the taxonomy file (given, or found beside the data), both checked to exist."
     data_path = Path(data_path)
     if not data_path.is_file():
         raise GeoSDMDataError(f'{data_path}: data file not found')
     tax_path = Path(taxonomy) if taxonomy else find_taxonomy(data_path)
     if tax_path is not None and not tax_path.is_file():
         raise GeoSDMDataError(f'{tax_path}: taxonomy file not found')
-    opts = _options(
-        data_path,
-        tax_path,
-        min_obs_per_species=min_obs_per_species,
-        max_obs_per_species=max_obs_per_species,
-        max_species=max_species,
-        ocean_sample_rate=ocean_sample_rate,
-        no_yearly=no_yearly,
-        val_size=val_size,
-        sample_fraction=sample_fraction,
-        holdout_regions=holdout_regions,
-        holdout_boxes=holdout_boxes,
-        propagate=propagate,
-    )
-    boxes = resolve_boxes(holdout_regions, holdout_boxes)  # unknown names fail before any work
+    return data_path, tax_path
+
+# %% ../nbs/04_data.ipynb #4e082bbb
+def prepare_data(
+    data_path, taxonomy=None, *, cache_dir=None, no_cache: bool = False, progress: bool = True, **options
+) -> Prepared:
+    """Load a combined parquet and prepare train/val(/hold-out) samples, vocabulary and env targets (cached).
+
+    `options`: the options that make the prepared data (`geosdm.config.DATA_OPTIONS`), the others at their defaults."""
+    data_path, tax_path = _input_files(data_path, taxonomy)
+    opts = {
+        'data_path': str(data_path.resolve()),
+        'taxonomy': str(tax_path.resolve()) if tax_path else None,
+        **data_options(**options),
+    }
+    boxes = resolve_boxes(opts['holdout_regions'], opts['holdout_boxes'])
     t0 = time.perf_counter()
     content = content_ids(opts)
     t_hash = round(time.perf_counter() - t0, 4)

@@ -31,7 +31,7 @@ from geosdm.checkpoint import (
     transfer_weights,
     write_labels,
 )
-from .config import TrainConfig, check_config, config_from, propagation_params
+from .config import DATA_OPTIONS, TrainConfig, check_config, config_from
 from .core import N_WEEKS, ConfigError, CpuShare, GeoSDMDataError, clean_temp_files, demo_parquet, write_json
 from .data import Prepared, prepare_data
 from .losses import SpeciesLoss, random_latlon
@@ -67,19 +67,10 @@ def prepare(cfg: TrainConfig, progress=True) -> Prepared:
     return prepare_data(
         data_path(cfg),
         cfg.taxonomy,
-        min_obs_per_species=cfg.min_obs_per_species,
-        max_obs_per_species=cfg.max_obs_per_species,
-        max_species=cfg.max_species,
-        ocean_sample_rate=cfg.ocean_sample_rate,
-        no_yearly=cfg.no_yearly,
-        val_size=cfg.val_size,
-        sample_fraction=cfg.sample_fraction,
-        holdout_regions=tuple(cfg.holdout_regions),
-        holdout_boxes=tuple(tuple(b) for b in cfg.holdout_boxes),
-        propagate=propagation_params(cfg),
         cache_dir=cache,
         no_cache=cfg.no_cache,
         progress=progress,
+        **{n: getattr(cfg, n) for n in DATA_OPTIONS},
     )
 
 # %% ../nbs/13_trainer.ipynb #8834c66c
