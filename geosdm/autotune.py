@@ -32,6 +32,7 @@ from geosdm.config import (
 )
 from .core import ConfigError, clean_temp_files, jsonable, pid_alive, write_json
 from .data import Prepared
+from .losskinds import LOSS_KINDS
 from .trainer import Trainer, log, prepare, setup_logging
 
 # %% auto #0
@@ -56,14 +57,7 @@ def resolve_params(names: list[str] | None, space: dict[str, Param] | None = Non
     return [n for n in space if n in set(names)]
 
 # %% ../nbs/21_autotune.ipynb #52023b3e
-LOSS_PARAMS = {
-    'pos_lambda': ('an',),
-    'neg_samples': ('an',),
-    'asl_gamma_neg': ('asl',),
-    'asl_clip': ('asl',),
-    'focal_alpha': ('focal',),
-    'focal_gamma': ('focal',),
-}
+LOSS_PARAMS = {o.name: (k.name,) for k in LOSS_KINDS.values() for o in k.options}  # option → the loss using it
 
 
 def inactive_params(params: dict, cfg: TrainConfig) -> list[str]:
@@ -179,6 +173,7 @@ def redact(url: str) -> str:
 # %% ../nbs/21_autotune.ipynb #bc6f973f
 # free between trials: options that do not change what a trial learns (see `EFFECTS`), and those a trial sets
 _NOT_FIXED = {n for n, o in OPTIONS.items() if o.effect in ('input', 'runtime')} | set(_trial_overrides(TrainConfig()))
+
 
 def study_signature(cfg: TrainConfig, prep: Prepared, names: list[str]) -> dict:
     "What a study measures: trials from different signatures must not be mixed."

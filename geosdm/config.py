@@ -9,6 +9,7 @@ import argparse
 
 from .core import ConfigError
 from .geo import HOLDOUT_REGIONS
+from .losskinds import loss_options
 from .options import Option, Param, option_group, options_class, options_parser
 
 # %% auto #0
@@ -67,64 +68,7 @@ _LOSS = [
         tune=Param('float', 0.01, 1.0, log=True),
         tune_all=True,
     ),
-    Option(
-        'species_loss',
-        'bce',
-        'Loss function: bce (default), asl (asymmetric), focal, or an (assume negative)',
-        choices=('bce', 'asl', 'focal', 'an'),
-        tune=Param('cat', choices=('asl', 'an', 'bce', 'focal')),
-        tune_all=True,
-    ),
-    Option('asl_gamma_pos', 0.0, 'ASL positive focusing parameter (0 = no down-weighting)', range='>= 0'),
-    Option(
-        'asl_gamma_neg',
-        2.0,
-        'ASL negative focusing parameter (higher = more aggressive)',
-        range='>= 0',
-        tune=Param('float', 1.0, 8.0),
-        tune_all=True,
-    ),
-    Option(
-        'asl_clip',
-        0.05,
-        'ASL probability margin for negatives (0 = disable)',
-        range='[0, 1)',
-        tune=Param('float', 0.0, 0.2),
-        tune_all=True,
-    ),
-    Option(
-        'focal_alpha',
-        0.5,
-        'Focal loss alpha (weight for positive class; only with --species_loss focal)',
-        range='[0, 1]',
-        tune=Param('float', 0.1, 0.9),
-        tune_all=True,
-    ),
-    Option('focal_gamma', 2.0, 'Focal loss gamma', range='>= 0', tune=Param('float', 0.5, 5.0), tune_all=True),
-    Option(
-        'pos_lambda',
-        4.0,
-        'Positive up-weighting λ for AN loss',
-        range='> 0',
-        tune=Param('float', 1.0, 64.0, log=True),
-        tune_all=True,
-    ),
-    Option(
-        'neg_samples',
-        1024,
-        'Negative species to sample per example for AN loss (0 = all)',
-        range='>= 0',
-        tune=Param('cat', choices=(128, 256, 512, 1024, 2048, 4096)),
-        tune_all=True,
-    ),
-    Option(
-        'label_smoothing',
-        0.05,
-        'Smooth binary targets to prevent overconfidence, for every loss (0 = off)',
-        range='[0, 0.5)',
-        tune=Param('float', 0.0, 0.1),
-        tune_all=True,
-    ),
+    *loss_options(),  # --species_loss, each loss's own options, --label_smoothing: see the loss kinds notebook
 ]
 
 # %% ../nbs/11_config.ipynb #ce7428c9

@@ -47,7 +47,7 @@ class ProbabilityModel(nn.Module):
 
     def forward(self, lat: torch.Tensor, lon: torch.Tensor, week: torch.Tensor) -> torch.Tensor:
         out = self.model(lat.float(), lon.float(), torch.round(week.float()))
-        return torch.sigmoid(out['species_logits'].float())
+        return torch.sigmoid(out.species.dense().float())
 
 # %% ../nbs/18_export.ipynb #c071e16d
 _SPECIES_ROWS = ('species_head.out.3.', 'habitat_head.out.3.', 'gate.')

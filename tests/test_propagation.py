@@ -292,7 +292,7 @@ def test_region_counts_bins():
 
 def test_trainer_uses_weights_on_positive_labels(tmp_path):
     from geosdm.config import TrainConfig, check_config
-    from geosdm.losses import total_loss
+    from geosdm.losses import smooth_targets, total_loss
     from geosdm.trainer import Trainer, prepare
 
     cfg = TrainConfig(
@@ -322,7 +322,7 @@ def test_trainer_uses_weights_on_positive_labels(tmp_path):
     with torch.no_grad():
         out = tr.model(lat, lon, week, return_env=True)
         got = total_loss(out, y, tr.env[cell], tr.loss_fn, env_weight=0.0, label_weights=tr.label_weights)['species']
-        elem = tr.loss_fn.elementwise(out['species_logits'], y)
+        elem = tr.loss_fn.elementwise(out.species.dense(), smooth_targets(y, tr.loss_fn.label_smoothing))
         hand = (elem * torch.where(y > 0.5, tr.label_weights, torch.ones(()))).mean()
         plain = total_loss(out, y, tr.env[cell], tr.loss_fn, env_weight=0.0)['species']
     assert float(got) == pytest.approx(float(hand), rel=1e-5)
