@@ -9,7 +9,6 @@ import gc
 import importlib.util
 import math
 import os
-import re
 import shlex
 import socket
 import warnings
@@ -33,12 +32,13 @@ from geosdm.config import (
 from .core import ConfigError, clean_temp_files, jsonable, pid_alive, write_json
 from .data import Prepared
 from .losskinds import LOSS_KINDS
+from .options import redact  # the password of a storage URL hidden, as in a run's config.toml
 from .trainer import Trainer, log, prepare, setup_logging
 
 # %% auto #0
 __all__ = ['FREQ_PARAMS', 'LOSS_PARAMS', 'HISTORY_SKIP', 'resolve_params', 'inactive_params', 'trial_config', 'make_objective',
-           'open_storage', 'redact', 'study_signature', 'check_signature', 'finished', 'claimed', 'SurplusTrial',
-           'best_command', 'study_results', 'AutotuneResult', 'run_autotune']
+           'open_storage', 'study_signature', 'check_signature', 'finished', 'claimed', 'SurplusTrial', 'best_command',
+           'study_results', 'AutotuneResult', 'run_autotune']
 
 # %% ../nbs/21_autotune.ipynb #d316ef52
 FREQ_PARAMS = ('label_freq_weight', 'label_freq_weight_min', 'label_freq_weight_pct_lo', 'label_freq_weight_pct_hi')
@@ -164,11 +164,6 @@ def open_storage(spec: str | None):
         raise ConfigError(f'--autotune_storage {spec}: is a directory; give a journal file path')
     p.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(JournalFileBackend(str(p)))
-
-# %% ../nbs/21_autotune.ipynb #daf9b042
-def redact(url: str) -> str:
-    "A storage URL with its password hidden."
-    return re.sub(r'(://[^:/@]+:)[^@]*@', r'\1***@', url)
 
 # %% ../nbs/21_autotune.ipynb #bc6f973f
 # free between trials: options that do not change what a trial learns (see `EFFECTS`), and those a trial sets

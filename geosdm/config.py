@@ -13,8 +13,8 @@ from .losskinds import loss_options
 from .options import Option, Param, option_group, options_class, options_parser
 
 # %% auto #0
-__all__ = ['OPTIONS', 'TrainConfig', 'DATA_OPTIONS', 'DEMO_DEFAULTS', 'SEARCH_SPACE', 'EXTRA_SPACE', 'config_from',
-           'check_config', 'data_options', 'build_parser', 'parse_config', 'option_words', 'config_argv']
+__all__ = ['OPTIONS', 'TrainConfig', 'DATA_OPTIONS', 'SEARCH_SPACE', 'EXTRA_SPACE', 'config_from', 'check_config', 'data_options',
+           'build_parser', 'option_words', 'config_argv']
 
 # %% ../nbs/11_config.ipynb #7ad167ba
 _DATA = option_group(
@@ -309,13 +309,6 @@ _RUNTIME = option_group(
         words=('auto',),
         effect='runtime',
     ),
-    Option(
-        'num_workers',
-        None,
-        'Accepted for compatibility; geosdm builds batches on the device and needs no DataLoader workers',
-        type=int,
-        effect='runtime',
-    ),
     Option('seed', 0, 'Random seed for weights, shuffling, dropout, jitter and negative sampling'),
     Option(
         'amp',
@@ -451,24 +444,6 @@ def build_parser() -> argparse.ArgumentParser:
     return options_parser(
         OPTIONS.values(), prog='geosdm_train', description='Train a geosdm species distribution model.'
     )
-
-# %% ../nbs/11_config.ipynb #2a4f63b8
-DEMO_DEFAULTS = dict(model_scale=0.5, num_epochs=12, lr_warmup=1.0, min_obs_per_species=20)
-
-
-def parse_config(argv: list[str]) -> tuple[TrainConfig, bool]:
-    "The `TrainConfig` of a `geosdm_train` command line, and whether the demo world's defaults were applied."
-    p = build_parser()
-    args = p.parse_args(argv)
-    words = {w.split('=')[0] for w in argv}
-    given = {a.dest for a in p._actions if words & set(a.option_strings)}
-    cfg = TrainConfig(**vars(args))
-    demo = cfg.data_path is None
-    if demo:
-        for k, v in DEMO_DEFAULTS.items():
-            if k not in given:
-                setattr(cfg, k, v)
-    return cfg, demo
 
 # %% ../nbs/11_config.ipynb #d21f5ca3
 def option_words(name: str, v) -> list[str]:

@@ -190,7 +190,7 @@ def export_metadata(pred: Predictor, idx, dtype: str, how: str) -> dict:
         'format': 'geosdm-onnx',
         'format_version': 1,
         'geosdm_version': __version__,
-        'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+        'created': datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds'),
         'inputs': {
             'lat': 'float32 [n], degrees -90..90',
             'lon': 'float32 [n], degrees -180..180',

@@ -15,7 +15,7 @@ from typing import Any
 from .core import ConfigError
 
 # %% auto #0
-__all__ = ['EFFECTS', 'in_range', 'Param', 'Option', 'option_group', 'options_class', 'options_parser']
+__all__ = ['EFFECTS', 'in_range', 'Param', 'Option', 'redact', 'option_group', 'options_class', 'options_parser']
 
 # %% ../nbs/01_options.ipynb #1b2da245
 _RANGE = re.compile(r'^\s*(?:([\[(])\s*(\S+)\s*,\s*(\S+)\s*([\])])|(>=|>)\s*(\S+))\s*$')
@@ -145,6 +145,11 @@ def _typed(o: Option, v):
     if k is list and isinstance(v, (list, tuple)):
         return list(v)
     raise ConfigError(f'{o.flag}: expected {k.__name__}, got {v!r}')
+
+# %% ../nbs/01_options.ipynb #668e528e
+def redact(value: str) -> str:
+    "`value` with the password of a URL in it hidden (`scheme://user:***@host`)."
+    return re.sub(r'(://[^:/@]+:)[^@]*@', r'\1***@', value)
 
 # %% ../nbs/01_options.ipynb #0e849ad8
 def option_group(name: str, *opts: Option) -> list[Option]:

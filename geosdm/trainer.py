@@ -26,13 +26,14 @@ from geosdm.checkpoint import (
     write_labels,
 )
 from .config import DATA_OPTIONS, TrainConfig, check_config, config_from
-from .core import N_WEEKS, CpuShare, GeoSDMDataError, clean_temp_files, demo_parquet, write_json
+from .core import N_WEEKS, CpuShare, GeoSDMDataError, atomic_write, clean_temp_files, demo_parquet, write_json
 from .data import Prepared, prepare_data
 from .geoscore import geoscore, merge_holdout
 from .losses import make_loss, random_latlon
 from .metrics import MetricAccumulator
 from .model import count_parameters, create_model, resolve_device
 from .propagation import label_freq_weights
+from .runconfig import config_toml
 from .runlog import figure, format_epoch, log, setup_logging
 from geosdm.steps import (
     LossScale,
@@ -49,7 +50,7 @@ from geosdm.steps import (
 )
 
 # %% auto #0
-__all__ = ['data_path', 'prepare', 'label_weights', 'EmptySplit', 'Trainer', 'train']
+__all__ = ['data_path', 'prepare', 'label_weights', 'EmptySplit', 'Trainer', 'write_run_config', 'train']
 
 # %% ../nbs/13_trainer.ipynb #727b3050
 def data_path(cfg: TrainConfig) -> str:
@@ -445,6 +446,15 @@ def _log_start(tr: Trainer):
         + (f', AMP {str(tr.amp_dtype).replace("torch.", "")}' if tr.amp_dtype else '')
     )
 
+# %% ../nbs/13_trainer.ipynb #4ca96113
+_AMP_NAMES = {None: 'off', torch.bfloat16: 'bf16', torch.float16: 'fp16'}
+
+
+def write_run_config(tr: Trainer) -> Path:
+    "`config.toml` in the run's folder: its options as resolved when it started (atomically)."
+    resolved = dict(batch_size=tr.batch_size, device=tr.device.type, amp=_AMP_NAMES[tr.amp_dtype], compile=tr.compile)
+    return atomic_write(tr.ckpt_dir / 'config.toml', config_toml(tr.cfg, **resolved))
+
 # %% ../nbs/13_trainer.ipynb #e5bee069
 def train(cfg: TrainConfig | None = None, prep: Prepared | None = None, progress=True, **overrides) -> Trainer:
     "Run a full training according to `cfg` (a `TrainConfig`; keyword overrides allowed)."
@@ -468,6 +478,7 @@ def train(cfg: TrainConfig | None = None, prep: Prepared | None = None, progress
         if old:
             log.info(f"--overwrite: deleted the previous run's {', '.join(p.name for p in old)}.")
         write_labels(tr.ckpt_dir / 'labels.txt', prep)
+        write_run_config(tr)
         if cfg.resume:
             write_json(tr.ckpt_dir / 'training_history.json', tr.history)  # the history follows the checkpoint
         _log_start(tr)

@@ -35,6 +35,7 @@ FLOORS = {
     'tally': 3,
     'ingest': 4,
     'config': 3,
+    'runconfig': 4,
     'checkpoint': 6,
     'evaluate': 6,
     'steps': 6,
