@@ -22,15 +22,26 @@ import optuna
 import torch
 
 from .checkpoint import split_identity
-from .config import EXTRA_SPACE, SEARCH_SPACE, Param, TrainConfig, check_config, config_from, option_words
+from geosdm.config import (
+    EXTRA_SPACE,
+    OPTIONS,
+    SEARCH_SPACE,
+    Param,
+    TrainConfig,
+    check_config,
+    config_from,
+    option_words,
+)
 from .core import ConfigError, clean_temp_files, jsonable, pid_alive, write_json
 from .data import Prepared
+from .losskinds import LOSS_KINDS
+from .options import redact  # the password of a storage URL hidden, as in a run's config.toml
 from .trainer import Trainer, log, prepare, setup_logging
 
 # %% auto #0
 __all__ = ['FREQ_PARAMS', 'LOSS_PARAMS', 'HISTORY_SKIP', 'HEARTBEAT_ENV', 'resolve_params', 'inactive_params', 'trial_config',
-           'make_objective', 'heartbeat', 'redact', 'open_storage', 'study_signature', 'check_signature', 'finished',
-           'claimed', 'SurplusTrial', 'best_command', 'study_results', 'AutotuneResult', 'run_autotune']
+           'make_objective', 'heartbeat', 'open_storage', 'study_signature', 'check_signature', 'finished', 'claimed',
+           'SurplusTrial', 'best_command', 'study_results', 'AutotuneResult', 'run_autotune']
 
 # %% ../nbs/21_autotune.ipynb #d316ef52
 FREQ_PARAMS = ('label_freq_weight', 'label_freq_weight_min', 'label_freq_weight_pct_lo', 'label_freq_weight_pct_hi')
@@ -49,14 +60,7 @@ def resolve_params(names: list[str] | None, space: dict[str, Param] | None = Non
     return [n for n in space if n in set(names)]
 
 # %% ../nbs/21_autotune.ipynb #52023b3e
-LOSS_PARAMS = {
-    'pos_lambda': ('an',),
-    'neg_samples': ('an',),
-    'asl_gamma_neg': ('asl',),
-    'asl_clip': ('asl',),
-    'focal_alpha': ('focal',),
-    'focal_gamma': ('focal',),
-}
+LOSS_PARAMS = {o.name: (k.name,) for k in LOSS_KINDS.values() for o in k.options}  # option → the loss using it
 
 
 def inactive_params(params: dict, cfg: TrainConfig) -> list[str]:
@@ -71,10 +75,14 @@ def inactive_params(params: dict, cfg: TrainConfig) -> list[str]:
 HISTORY_SKIP = ('val_ap_', 'holdout_ap_')  # per-species watchlist APs: too many for every epoch of every trial
 
 
+def _trial_overrides(cfg: TrainConfig) -> dict:
+    "What every trial sets whatever the command line says: its epochs, no early stopping, a fresh model."
+    return dict(num_epochs=cfg.autotune_epochs, patience=0, resume=None, autotune=None, autotune_storage=None)
+
+
 def trial_config(cfg: TrainConfig, params: dict) -> TrainConfig:
-    "The training configuration of one trial (it holds no storage URL, so no password)."
-    run = dict(num_epochs=cfg.autotune_epochs, patience=0, resume=None, autotune=None, autotune_storage=None)
-    return check_config(config_from(asdict(cfg), **params, **run))
+    "The training configuration of one trial."
+    return check_config(config_from(asdict(cfg), **params, **_trial_overrides(cfg)))
 
 # %% ../nbs/21_autotune.ipynb #ed0ba00a
 def _history_row(row: dict) -> dict:
@@ -145,11 +153,6 @@ def heartbeat(env: dict | None = None) -> tuple[int, int]:
         raise ConfigError(f'{HEARTBEAT_ENV}={v}: give INTERVAL,GRACE in whole seconds, 0 < INTERVAL < GRACE')
     return int(p[0]), int(p[1])
 
-# %% ../nbs/21_autotune.ipynb #daf9b042
-def redact(url: str) -> str:
-    "A storage URL with its password hidden (after the user name, or in a `password=` query parameter)."
-    return re.sub(r'([?&]password=)[^&]*', r'\1***', re.sub(r'(://[^:/@]*:)[^@]*@', r'\1***@', url))
-
 # %% ../nbs/21_autotune.ipynb #bb27dc30
 def _db_error(spec: str, e: BaseException) -> str:
     "A database error as one line, without the URL's password (a driver may quote what it could not use)."
@@ -203,11 +206,8 @@ def open_storage(spec: str | None):
     return optuna.storages.JournalStorage(JournalFileBackend(str(p)))
 
 # %% ../nbs/21_autotune.ipynb #bc6f973f
-# options that do not change what a trial measures (where data and checkpoints live, the device, the run's length)
-_NOT_FIXED = set(
-    'data_path taxonomy data_cache_dir no_cache checkpoint_dir resume finetune overwrite save_every device num_workers '
-    'amp eval_batch_size num_epochs patience autotune autotune_trials autotune_storage autotune_study'.split()
-)
+# free between trials: options that do not change what a trial learns (see `EFFECTS`), and those a trial sets
+_NOT_FIXED = {n for n, o in OPTIONS.items() if o.effect in ('input', 'runtime')} | set(_trial_overrides(TrainConfig()))
 
 
 def study_signature(cfg: TrainConfig, prep: Prepared, names: list[str]) -> dict:
