@@ -202,7 +202,7 @@ class OutputSet:
     def path(self, target) -> Path:
         "The temporary file to write for `target` (the same one when asked again); refuses an input of the run."
         target = Path(target)
-        key = target.absolute()
+        key = Path(os.path.abspath(target))  # `a/../b` and `b` are one target; a link stays a link
         if key not in self.temps:
             for i in self.inputs:
                 if same_file(i, target):
