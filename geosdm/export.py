@@ -383,8 +383,8 @@ class Format(NamedTuple):
 
 FORMATS = {
     'onnx': Format('.onnx', 'float32', max_abs=1e-5),
-    'onnx_fp16': Format('_fp16.onnx', 'float16', max_rel=0.02),
-    'onnx_int8': Format('_int8.onnx', 'int8', max_rel=0.25, min_top10=0.95),
+    'onnx_fp16': Format('_fp16.onnx', 'float16', max_rel=0.03),
+    'onnx_int8': Format('_int8.onnx', 'int8', max_rel=0.5, min_top10=0.95),
     'tflite': Format('.tflite', 'float32', max_abs=1e-5),
 }
 

@@ -66,14 +66,14 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def test_parity_random_and_edges(exported, pred):
-    assert exported['onnx']['max_abs_diff'] <= 1e-5 and exported['onnx_fp16']['max_rel_diff'] <= 0.02
+    assert exported['onnx']['max_abs_diff'] <= 1e-5 and exported['onnx_fp16']['max_rel_diff'] <= 0.03
     lat, lon, week = check_inputs(3000, seed=7)
     edges = lat[-75:], lon[-75:], week[-75:]  # poles, ±180°, weeks 0, 1, 48 only
     assert {-90.0, 90.0} <= set(edges[0].tolist()) and {-180.0, 180.0} <= set(edges[1].tolist())
     for inputs in ((lat, lon, week), edges):
         assert max_abs_diff(exported['onnx']['path'], pred, inputs=inputs) <= 1e-5
         e = compare(exported['onnx_fp16']['path'], pred, inputs=inputs)
-        assert e['max_rel_diff'] <= 0.02 and e['max_abs_diff'] <= 5e-3
+        assert e['max_rel_diff'] <= FORMATS['onnx_fp16'].max_rel and e['max_abs_diff'] <= 5e-3
 
 
 def test_onnx_predictor_same_lists(exported, pred):
