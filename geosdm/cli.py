@@ -207,8 +207,9 @@ def _export_parser() -> argparse.ArgumentParser:
         '--formats',
         nargs='+',
         default=['onnx', 'onnx_fp16'],
-        choices=['onnx', 'onnx_fp16', 'tflite'],
-        help='onnx (fp32), onnx_fp16 (half the size), tflite (needs the tflite extra)',
+        choices=['onnx', 'onnx_fp16', 'onnx_int8', 'tflite'],
+        help='onnx (float32), onnx_fp16 (float16 weights: half the size), onnx_int8 (int8 weights: about a quarter), '
+        'tflite (needs the tflite extra)',
     )
     p.add_argument('--species', nargs='+', default=None, help='Only these species (codes, scientific or common names)')
     p.add_argument(
@@ -222,6 +223,18 @@ def _export_parser() -> argparse.ArgumentParser:
     p.add_argument('--exporter', default='torchscript', choices=['torchscript', 'dynamo'], help='torch ONNX exporter')
     p.add_argument('--tflite_batch', type=int, default=1, help='The fixed batch size of a TFLite model')
     return p
+
+# %% ../nbs/23_cli.ipynb #0fcc14bd
+def _export_line(r: dict) -> str:
+    "One line per exported model: file, size, species, and the measures of its check with their limits."
+    lim = r['limits']
+    of = lambda k, op: f' ({op} {lim[k]:g})' if 0 < lim[k] < float('inf') else ''
+    return (
+        f"{r['format']:<9}  {r['path']}  {r['bytes'] / 1e6:.2f} MB  {r['n_species']} species  "
+        f"max |Δp| {r['max_abs_diff']:.1e}{of('max_abs_diff', '≤')}  "
+        f"relative error {r['max_rel_diff']:.1e}{of('max_rel_diff', '≤')}  "
+        f"top-10 overlap {r['top10_overlap']:.1%}{of('top10_overlap', '≥')}"
+    )
 
 # %% ../nbs/23_cli.ipynb #66e4f6c2
 def export_main(argv: list[str] | None = None) -> int:
@@ -244,10 +257,7 @@ def export_main(argv: list[str] | None = None) -> int:
             a.checkpoint, a.outdir, a.formats, a.species, a.common_species, a.name, a.exporter, a.tflite_batch
         )
         for r in rows:
-            print(
-                f"{r['format']:<9}  {r['path']}  {r['bytes'] / 1e6:.2f} MB  {r['n_species']} species  "
-                f"max |Δp| {r['max_abs_diff']:.1e} (tolerance {r['tolerance']:g})"
-            )
+            print(_export_line(r))
         print(
             f"labels and metadata beside each model: {Path(rows[0]['labels']).name}, {Path(rows[0]['metadata']).name}"
         )
