@@ -59,6 +59,7 @@ def hex_layer(cells, values, colors, fmt: str = '.3f', layer_id: str = 'cells') 
         'lineWidthMinPixels': 0.4,
         'stroked': True,
         'extruded': False,
+        'highPrecision': False,  # one hexagon shape per view, instanced: no polygon tessellation in the browser
         'pickable': True,
     }
 
@@ -145,7 +146,10 @@ function render({ model, el }) {
   const reset = box(root, 'right:8px;bottom:8px;cursor:pointer;border:1px solid #999');
   reset.textContent = 'whole map';
   const start = () => fit(model.get('bounds'), root.getBoundingClientRect().width || 900, model.get('height'));
-  let timer = null, seq = 0;
+  let timer = null, seq = 0, touched = false;
+  for (const e of ['pointerdown', 'wheel', 'keydown', 'touchstart']) {  // views before these are deck.gl's own
+    root.addEventListener(e, () => { touched = true; }, { capture: true, passive: true });
+  }
   const ask = (view) => {  // tell Python what the map shows; it answers with the cells of that view
     seq += 1;
     globalThis.__geosdm_asked = seq;
@@ -154,7 +158,7 @@ function render({ model, el }) {
     model.save_changes();
   };
   const handleEvent = (type, e) => {
-    if (type !== 'deck-view-state-change-event') return;
+    if (type !== 'deck-view-state-change-event' || !touched) return;
     clearTimeout(timer);
     timer = setTimeout(() => ask({ west: e.nw[0], north: e.nw[1], east: e.se[0], south: e.se[1], zoom: e.zoom }), 300);
   };
@@ -173,18 +177,24 @@ function render({ model, el }) {
   const show = () => {
     const g = model.get('legend');
     title.textContent = model.get('title');
-    caption.textContent = model.get('caption');
+    const waiting = (model.get('status').seq || 0) < seq;  // an answer to an older view: a newer one is coming
+    caption.textContent = waiting ? 'drawing the cells in view…' : model.get('caption');
     legend.style.display = g.colors ? '' : 'none';
     if (g.colors) {
       const bar = `height:10px;margin:3px 0;background:linear-gradient(to right,${g.colors.join(',')})`;
       legend.innerHTML = `<div>${g.label}</div><div style="${bar}"></div>` +
         `<div style="display:flex;justify-content:space-between"><span>${g.vmin}</span><span>${g.vmax}</span></div>`;
     }
-    globalThis.__geosdm_map = { ...model.get('status'), shown_at: performance.now() };  // what is drawn now, for
-    globalThis.__geosdm_deck = deck;  // benchmarks and debugging
+    // what is drawn now, and since when (ms from the page's start), for benchmarks and debugging
+    const now = performance.now(), status = model.get('status');
+    const first = globalThis.__geosdm_map?.first_at ?? (status.cells ? now : null);
+    globalThis.__geosdm_map = { ...status, shown_at: now, first_at: first };
+    globalThis.__geosdm_deck = deck;
   };
-  model.on('change:layers', () => { globalThis.updateDeck({ layers: layers() }, deck); show(); });
-  model.on('change:overlays', () => globalThis.updateDeck({ layers: layers() }, deck));
+  const redraw = () => globalThis.updateDeck({ layers: layers() }, deck);
+  model.on('change:layers', redraw);
+  model.on('change:overlays', redraw);
+  model.on('change:status', show);  // every answer has a new status, even when its cells are the same
   model.on('change:title', show);
   show();
   return () => { clearTimeout(timer); deck.finalize(); };
