@@ -59,7 +59,7 @@ def hex_layer(cells, values, colors, fmt: str = '.3f', layer_id: str = 'cells') 
         'lineWidthMinPixels': 0.4,
         'stroked': True,
         'extruded': False,
-        'highPrecision': False,  # one hexagon shape per view, instanced: no polygon tessellation in the browser
+        'highPrecision': 'auto' if len(text) <= 2000 else False,  # many cells: one instanced shape, no triangulation
         'pickable': True,
     }
 

@@ -159,7 +159,7 @@ def _(evaluate, evaluation_t, evaluations, maps, np, region_t, threshold):
 
 @app.cell
 def _(mo, reliability_chart, tables):
-    mo.hstack([reliability_chart, tables], widths=[1, 2], align="start")
+    mo.vstack([reliability_chart, tables])
     return
 
 
