@@ -179,23 +179,21 @@ def yearly_rule(pred) -> str:
 def _column_fn(pred, index: int):
     "A function (lat, lon, week) → probabilities of species `index`, and its batch size."
     m = pred.model
-    if m is not None and m.habitat_head is None:  # the last layer for one species only
-        last = m.species_head.out[-1]
-        w, b = last.weight[index].detach(), last.bias[index].detach()
-        dev = w.device
+    if m is None:  # an ONNX model: every species, one column kept
 
-        def one(la, lo, wk):
-            t = [torch.as_tensor(x, dtype=torch.float32, device=dev) for x in (la, lo)]
-            week = torch.full((len(la),), int(wk), dtype=torch.long, device=dev)
-            f = m(*t, week, species_features=True)['species_features']
-            return torch.sigmoid((f @ w + b).float()).cpu().numpy()
+        def column(la, lo, wk):
+            return pred.predict(la, lo, np.full(len(la), wk), yearly='model')[:, index]
 
-        return one, 16384
+        return column, max(256, 2**24 // max(1, pred.n_species))
+    dev = next(m.parameters()).device
 
-    def column(la, lo, wk):
-        return pred.predict(la, lo, np.full(len(la), wk), yearly='model')[:, index]
+    def one(la, lo, wk):
+        t = [torch.as_tensor(x, dtype=torch.float32, device=dev) for x in (la, lo)]
+        s = m(*t, torch.full((len(la),), int(wk), dtype=torch.long, device=dev)).species
+        z = s.value[:, index] if s.value is not None else s.features @ s.weight[index] + s.bias[index]
+        return torch.sigmoid(z.float()).cpu().numpy()
 
-    return column, max(256, 2**24 // max(1, pred.n_species))
+    return one, 16384 if m.habitat_head is None else max(256, 2**24 // max(1, pred.n_species))
 
 # %% ../nbs/16_zoom.ipynb #83d9e1a3
 @torch.no_grad()
