@@ -277,15 +277,31 @@ def _plot_parser() -> argparse.ArgumentParser:
     common.add_argument('--formats', nargs='+', default=['png', 'svg', 'html'], choices=['png', 'svg', 'html', 'json'])
     model = argparse.ArgumentParser(add_help=False, parents=[common])
     model.add_argument('--checkpoint', default='checkpoints/checkpoint_best.pt', help='Checkpoint (or exported .onnx)')
-    model.add_argument('--max_cells', type=int, default=5000, help='Coarsen the map to at most this many H3 cells')
     model.add_argument('--device', default='auto', choices=['auto', 'cuda', 'cpu'])
+    where = argparse.ArgumentParser(add_help=False, parents=[model])  # the map figures
+    where.add_argument(
+        '--max_cells', type=int, default=5000, help="Draw the model's own cells if at most this many, else parents"
+    )
+    where.add_argument(
+        '--box',
+        nargs=4,
+        type=float,
+        metavar=('LON_MIN', 'LAT_MIN', 'LON_MAX', 'LAT_MAX'),
+        help="Draw this box only (default: all the model's cells)",
+    )
+    where.add_argument(
+        '--agg',
+        default='auto',
+        choices=['auto', 'max', 'mean', 'centre'],
+        help='What a parent cell shows: the max or mean of its cells, the model at its centre, or auto (max if cheap)',
+    )
     sub.add_parser('training', parents=[common], help='training curves').add_argument(
         'run_dir', help='Checkpoint folder'
     )
-    r = sub.add_parser('range', parents=[model], help='range maps of species')
+    r = sub.add_parser('range', parents=[where], help='range maps of species')
     r.add_argument('--species', nargs='+', required=True)
     r.add_argument('--weeks', nargs='+', type=int, default=[1, 13, 26, 39])
-    r = sub.add_parser('richness', parents=[model], help='species richness map')
+    r = sub.add_parser('richness', parents=[where], help='species richness map')
     r.add_argument('--week', type=int, default=0)
     r.add_argument('--threshold', type=float, default=0.1)
     r = sub.add_parser('phenology', parents=[model], help='weekly bars per species at a place')
@@ -294,7 +310,7 @@ def _plot_parser() -> argparse.ArgumentParser:
     r.add_argument('--species', nargs='+', default=None)
     r.add_argument('--top_k', type=int, default=6)
     r.add_argument('--threshold', type=float, default=0.05)
-    r = sub.add_parser('weekly', parents=[model], help='a map per week and an animated GIF')
+    r = sub.add_parser('weekly', parents=[where], help='a map per week and an animated GIF')
     r.add_argument('--species', required=True)
     r.add_argument('--weeks', nargs='+', type=int, default=list(range(1, N_WEEKS + 1)))
     r.add_argument('--fps', type=float, default=4.0)
@@ -318,6 +334,9 @@ def _check_plot_args(p, a):
         p.error(f'weeks must be 0 (the year) or 1..{N_WEEKS}, got {weeks}')
     if not 0 < getattr(a, 'threshold', 0.5) < 1:
         p.error(f'--threshold {a.threshold}: must be in (0, 1)')
+    box = getattr(a, 'box', None)
+    if box and not (-90 <= box[1] < box[3] <= 90 and -180 <= min(box[0], box[2]) <= max(box[0], box[2]) <= 180):
+        p.error(f'--box {" ".join(map(str, box))}: expected LON_MIN LAT_MIN LON_MAX LAT_MAX within ±180 and ±90')
     if hasattr(a, 'lat') and not (-90 <= a.lat <= 90 and -180 <= a.lon <= 180):
         p.error(f'--lat {a.lat} --lon {a.lon}: lat must be in [-90, 90] and lon in [-180, 180]')
 
