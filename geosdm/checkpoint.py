@@ -13,7 +13,7 @@ import socket
 import time
 import zipfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from .config import OPTIONS, TrainConfig, config_from
-from .core import CheckpointError, ConfigError, atomic_path, atomic_write
+from .core import CheckpointError, ConfigError, atomic_path, atomic_write, missing_folders
 from .model import create_model
+from .options import stored
 
 try:
     import fcntl
@@ -33,7 +34,8 @@ except ImportError:
 __all__ = ['CHECKPOINT_FORMAT', 'RUN_FILES', 'SCHEDULE_OPTIONS', 'plain', 'previous_path', 'save_checkpoint', 'load_checkpoint',
            'checkpoint_config', 'write_labels', 'load_resumable', 'run_files', 'run_lock', 'check_run_folder',
            'source_checkpoint', 'split_identity', 'training_cells', 'data_changes', 'schedule_changes',
-           'checkpoint_batch_size', 'check_schedule', 'check_fits', 'checkpoint_state', 'transfer_weights']
+           'checkpoint_batch_size', 'check_schedule', 'check_fits', 'stored_config', 'checkpoint_state',
+           'transfer_weights']
 
 # %% ../nbs/12_checkpoint.ipynb #ec3a5e5d
 CHECKPOINT_FORMAT = 1
@@ -130,10 +132,31 @@ def load_checkpoint(path, map_location='cpu') -> dict:
         )
     return ck
 
+# %% ../nbs/12_checkpoint.ipynb #4d3e89b0
+def _found(v: str, path: Path, checkpoint_dir: str) -> str:
+    "Where relative path `v` of checkpoint `path` (trained with `checkpoint_dir` as typed) is, made absolute."
+    folder, typed = path.resolve().parent, Path(checkpoint_dir or '.')
+    n = len(typed.parts)
+    starts = [Path.cwd()]
+    if not typed.is_absolute() and (n == 0 or folder.parts[-n:] == typed.parts):
+        starts.append(Path(*folder.parts[: len(folder.parts) - n]))  # where the run started
+    starts.append(folder)
+    for s in starts:
+        if (s / v).exists():
+            return str((s / v).resolve())
+    return str((starts[1] / v).resolve()) if len(starts) == 3 else str(Path(v).resolve())
+
 # %% ../nbs/12_checkpoint.ipynb #95237380
-def checkpoint_config(ck: dict) -> TrainConfig:
-    "The `TrainConfig` a checkpoint was trained with."
-    return config_from(ck.get('config') or {}, strict=False)
+def checkpoint_config(ck: dict, path=None) -> TrainConfig:
+    "The `TrainConfig` a checkpoint (read from `path`) was trained with; relative paths of older ones found (above)."
+    cfg = config_from(ck.get('config') or {}, strict=False)
+    if path is not None:
+        typed = cfg.checkpoint_dir
+        for o in OPTIONS.values():
+            v = getattr(cfg, o.name)
+            if o.is_path and isinstance(v, str) and not Path(v).expanduser().is_absolute():
+                setattr(cfg, o.name, _found(v, Path(path), typed))
+    return cfg
 
 # %% ../nbs/12_checkpoint.ipynb #2014980f
 def write_labels(path, prep) -> Path:
@@ -169,29 +192,51 @@ def run_files(folder) -> list[Path]:
     return [Path(folder) / n for n in RUN_FILES if (Path(folder) / n).is_file()]
 
 # %% ../nbs/12_checkpoint.ipynb #7c5f4cb9
-@contextmanager
-def run_lock(folder) -> Iterator[Path]:
-    "Hold the exclusive lock of run folder `folder` during the block; `ConfigError` naming the holder if it is taken."
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / '.lock', 'a+') as f:
+def _locked(lock: Path):
+    "The file `lock`, open and exclusively locked; `ConfigError` naming its holder if another run has it."
+    for _ in range(100):
+        f = open(lock, 'a+')
         try:
             if fcntl is not None:
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or 'another process'
+            f.close()
             raise ConfigError(
-                f'--checkpoint_dir {folder}: another run is using this folder ({holder}); wait for it '
+                f'--checkpoint_dir {lock.parent}: another run is using this folder ({holder}); wait for it '
                 'to finish, or choose another --checkpoint_dir'
             ) from None
         except OSError:
-            pass  # a file system without locks: run unlocked
+            return f  # a file system without locks: run unlocked
+        with suppress(FileNotFoundError):
+            if os.stat(lock).st_ino == os.fstat(f.fileno()).st_ino:
+                return f
+        f.close()  # its last holder removed it meanwhile: lock the file of that name now
+    raise ConfigError(f'--checkpoint_dir {lock.parent}: cannot lock {lock.name}: other runs keep taking it')
+
+# %% ../nbs/12_checkpoint.ipynb #b2785c25
+@contextmanager
+def run_lock(folder) -> Iterator[Path]:
+    "Hold the exclusive lock of run folder `folder` during the block; `ConfigError` naming the holder if it is taken."
+    folder = Path(folder)
+    made, f = missing_folders(folder), None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        f = _locked(folder / '.lock')
         f.seek(0)
         f.truncate()
         f.write(f'pid {os.getpid()} on {socket.gethostname()}, since {time.strftime("%Y-%m-%d %H:%M:%S")}\n')
         f.flush()
         yield folder / '.lock'
+    finally:
+        if f is not None:
+            with suppress(OSError):
+                (folder / '.lock').unlink()  # while it is still held
+            f.close()
+        for d in made:
+            with suppress(OSError):
+                d.rmdir()  # only if nothing was written into it
 
 # %% ../nbs/12_checkpoint.ipynb #69e4c610
 def check_run_folder(cfg: TrainConfig) -> list[Path]:
@@ -328,6 +373,11 @@ def check_fits(ck: dict, prep, model_config: dict):
     if why:
         raise ConfigError(f"--resume: the data differ from the checkpoint's: {'; '.join(why)}. {_OTHER_DATA}")
 
+# %% ../nbs/12_checkpoint.ipynb #5c4580ce
+def stored_config(cfg: TrainConfig) -> dict:
+    "The options a checkpoint keeps: every option of `cfg`, paths absolute and passwords hidden (`options.stored`)."
+    return {n: stored(OPTIONS[n], v) if n in OPTIONS else v for n, v in asdict(cfg).items()}
+
 # %% ../nbs/12_checkpoint.ipynb #06c78ea6
 def checkpoint_state(model, opt, scaler, prep, cfg: TrainConfig, **run) -> dict:
     "The checkpoint dict of a run (`run`: epoch, step, steps_per_epoch, best_geoscore, best_epoch, history)."
@@ -349,7 +399,7 @@ def checkpoint_state(model, opt, scaler, prep, cfg: TrainConfig, **run) -> dict:
             'best_geoscore': bg if math.isfinite(bg) else None,
             'best_epoch': run['best_epoch'],
             'history': run['history'],
-            'config': asdict(cfg),
+            'config': stored_config(cfg),  # paths absolute, no password
             'species_vocab': {
                 'codes': list(prep.vocab),
                 'sci_names': list(prep.sci_names),

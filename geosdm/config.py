@@ -99,6 +99,7 @@ _SAMPLES = [
         'Directory of the preprocessing cache (default: <checkpoint_dir>/.data_cache)',
         type=str,
         effect='runtime',
+        path=True,
     ),
     Option(
         'jitter',
@@ -278,7 +279,7 @@ _HOLDOUT = option_group(
 # %% ../nbs/11_config.ipynb #48c45490
 _RUNTIME = option_group(
     'Checkpoints',
-    Option('checkpoint_dir', './checkpoints', 'Directory for checkpoint files', effect='runtime'),
+    Option('checkpoint_dir', './checkpoints', 'Directory for checkpoint files', effect='runtime', path=True),
     Option('resume', None, 'Path to checkpoint to resume training from', type=str, file='checkpoint', effect='input'),
     Option(
         'overwrite',

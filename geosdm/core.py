@@ -5,6 +5,7 @@
 # %% ../nbs/00_core.ipynb #ee6dc326
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import math
@@ -16,16 +17,17 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
 
 # %% auto #0
 __all__ = ['N_WEEKS', 'YEAR', 'WEEK_COLS', 'WATCHLIST', 'GeoSDMError', 'GeoSDMDataError', 'ConfigError', 'CheckpointError',
-           'atomic_path', 'atomic_write', 'is_temp_file', 'stale_temp_files', 'pid_alive', 'clean_temp_files',
-           'same_file', 'OutputSet', 'file_digest', 'jsonable', 'write_json', 'csr_gather', 'sorted_unique', 'week_of',
-           'week_label', 'cache_dir', 'demo_data_dir', 'demo_parquet', 'peak_rss_mb', 'usable_cpus', 'CpuShare']
+           'ArgParser', 'atomic_path', 'atomic_write', 'is_temp_file', 'stale_temp_files', 'pid_alive',
+           'clean_temp_files', 'same_file', 'missing_folders', 'OutputSet', 'file_digest', 'jsonable', 'write_json',
+           'csr_gather', 'sorted_unique', 'week_of', 'week_label', 'cache_dir', 'demo_data_dir', 'demo_parquet',
+           'peak_rss_mb', 'usable_cpus', 'CpuShare']
 
 # %% ../nbs/00_core.ipynb #005b42b3
 class GeoSDMError(Exception):
@@ -42,6 +44,15 @@ class ConfigError(GeoSDMError, ValueError):
 # %% ../nbs/00_core.ipynb #60b318b8
 class CheckpointError(GeoSDMError, ValueError):
     "A checkpoint that cannot be read or does not fit: the message names the file."
+
+# %% ../nbs/00_core.ipynb #015cdc21
+class ArgParser(argparse.ArgumentParser):
+    "An `argparse.ArgumentParser` whose errors are one line: `<program>: error: <what> (see --help)`, exit 2."
+
+    def error(self, message: str):
+        prog, *sub = self.prog.split()
+        see = f'{self.prog} --help' if sub else '--help'
+        self.exit(2, f'{prog}: error: {message} (see {see})\n')
 
 # %% ../nbs/00_core.ipynb #0a0f7afe
 _UMASK = os.umask(0)
@@ -77,6 +88,15 @@ def _temp_beside(path: Path) -> Path:
     os.close(fd)
     return Path(tmp)
 
+# %% ../nbs/00_core.ipynb #32c06207
+def _own_temps(path: Path) -> list[Path]:
+    "This process's temporary files for `path` (one whose creation was interrupted has no other record)."
+    start = f'.{path.name}.{_writer_tag()}.'
+    try:
+        return [p for p in path.parent.iterdir() if p.name.startswith(start) and is_temp_file(p.name)]
+    except OSError:
+        return []
+
 # %% ../nbs/00_core.ipynb #0a466be3
 def _finish(tmp: Path):
     "Give a written temporary file the mode a plain `open` would have, and flush it to disk."
@@ -101,8 +121,8 @@ def atomic_path(path) -> Iterator[Path]:
             e.filename = str(path)  # name the file we could not write
         raise
     finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
+        for t in [tmp] if tmp is not None else _own_temps(path):
+            t.unlink(missing_ok=True)
 
 # %% ../nbs/00_core.ipynb #c1d86a9f
 def atomic_write(path, data: bytes | str | Callable) -> Path:
@@ -191,13 +211,24 @@ def _link_aside(target: Path) -> Path | None:
             return None
     return None
 
+# %% ../nbs/00_core.ipynb #ba8ca3ae
+def missing_folders(folder: Path) -> list[Path]:
+    "The folders that making `folder` would create, deepest first."
+    out = []
+    while not folder.exists() and folder != folder.parent:
+        out.append(folder)
+        folder = folder.parent
+    return out
+
 # %% ../nbs/00_core.ipynb #71cda02a
 class OutputSet:
     "The outputs of one run: temporary files beside their targets, renamed into place together when the block succeeds."
 
     def __init__(self, inputs=()):
-        self.inputs = [Path(p) for p in inputs]
+        self.inputs = [Path(p) for p in inputs if p is not None]
         self.temps: dict[Path, Path] = {}  # target → its temporary file
+        self.made: list[Path] = []  # folders made for the targets (removed again if nothing is written)
+        self._making = None  # the target whose temporary file is being made
 
     def path(self, target) -> Path:
         "The temporary file to write for `target` (the same one when asked again); refuses an input of the run."
@@ -209,7 +240,10 @@ class OutputSet:
                     raise GeoSDMError(f'{target}: is an input of this run ({i}); refusing to write over it')
             if all(t.parent != key.parent for t in self.temps):
                 clean_temp_files(key.parent)  # leftovers of killed runs
-            self.temps[key] = _temp_beside(target)
+            self.made += missing_folders(key.parent)
+            self._making = key
+            self.temps[key] = _temp_beside(key)
+            self._making = None
         return self.temps[key]
 
     def __enter__(self):
@@ -223,10 +257,15 @@ class OutputSet:
         return False
 
     def discard(self):
-        "Remove every temporary file; the targets stay as they were."
-        for tmp in self.temps.values():
+        "Remove every temporary file, and the folders made for them; the targets stay as they were."
+        lost = _own_temps(self._making) if self._making is not None else []  # interrupted while made
+        for tmp in [*self.temps.values(), *lost]:
             tmp.unlink(missing_ok=True)
         self.temps.clear()
+        for d in sorted(self.made, key=lambda d: len(d.parts), reverse=True):
+            with suppress(OSError):
+                d.rmdir()  # only if empty
+        self.made.clear()
 
 # %% ../nbs/00_core.ipynb #a586ef73
 def _rename_all(temps: dict[Path, Path], backup: dict[Path, Path | None]):
@@ -254,6 +293,7 @@ def _commit(self: OutputSet):
         for target in self.temps:
             backup[target] = _link_aside(target)
         _rename_all(self.temps, backup)
+        self.made.clear()  # they hold the outputs now
         for folder in {t.parent for t in self.temps}:
             _fsync_dir(folder)
     finally:

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any
 
-from .core import ConfigError
+from .core import ArgParser, ConfigError
 
 # %% auto #0
-__all__ = ['EFFECTS', 'in_range', 'Param', 'Option', 'redact', 'option_group', 'options_class', 'options_parser']
+__all__ = ['EFFECTS', 'in_range', 'Param', 'Option', 'redact', 'stored', 'option_group', 'options_class', 'options_parser']
 
 # %% ../nbs/01_options.ipynb #1b2da245
 _RANGE = re.compile(r'^\s*(?:([\[(])\s*(\S+)\s*,\s*(\S+)\s*([\])])|(>=|>)\s*(\S+))\s*$')
@@ -87,6 +87,7 @@ class Option:
     words: tuple = ()  # accepted instead of a value of the type, e.g. ('auto',)
     effect: str = 'training'  # one of EFFECTS
     secret: bool = False  # may hold a password: never written into a run's files
+    path: bool = False  # a file or folder name (as `file` options are): a run's files keep it absolute
 
     @property
     def kind(self) -> type:
@@ -96,6 +97,11 @@ class Option:
     @property
     def flag(self) -> str:
         return self.cli.get('flag', f'--{self.name}')
+
+    @property
+    def is_path(self) -> bool:
+        "Whether the value names a file or folder."
+        return self.path or self.file is not None
 
     def check(self, v):
         "`v` converted to the option's type; a `ConfigError` naming the flag if it is not accepted."
@@ -151,6 +157,15 @@ def redact(value: str) -> str:
     "`value` with the password of a URL in it hidden (after the user name, or in a `password=` query parameter)."
     return re.sub(r'([?&]password=)[^&]*', r'\1***', re.sub(r'(://[^:/@]*:)[^@]*@', r'\1***@', value))
 
+# %% ../nbs/01_options.ipynb #855cb04a
+def stored(o: Option, v):
+    "What a run's files keep of option `o`'s value `v`: a path absolute, a password hidden, the rest as it is."
+    if v is None:
+        return None
+    if o.secret:
+        return redact(str(v))
+    return str(Path(v).expanduser().resolve()) if o.is_path else v
+
 # %% ../nbs/01_options.ipynb #0e849ad8
 def option_group(name: str, *opts: Option) -> list[Option]:
     "`opts` with their `group` set to `name`."
@@ -182,7 +197,7 @@ def _arg_type(o: Option):
 # %% ../nbs/01_options.ipynb #9d85e44e
 def options_parser(options, **kw) -> argparse.ArgumentParser:
     "An argument parser with one flag per option of `options` (an iterable of `Option`), grouped by `group`."
-    p = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kw)
+    p = ArgParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kw)  # its errors: one line
     groups = {}
     for o in options:
         g = groups.get(o.group) or groups.setdefault(o.group, p.add_argument_group(o.group))

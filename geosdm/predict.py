@@ -115,8 +115,8 @@ class Predictor:
         v = meta['species_vocab']
         self.vocab, self.sci_names, self.common_names = list(v['codes']), list(v['sci_names']), list(v['common_names'])
         self.env_names = list(meta['env']['names'])
-        self.config = checkpoint_config(meta)  # the TrainConfig it was trained with (an export: the options that
-        self.epoch, self.history = meta.get('epoch'), meta.get('history', [])  # shape predictions, no paths)
+        self.config = checkpoint_config(meta, self.path)  # its TrainConfig (an export: the options that shape
+        self.epoch, self.history = meta.get('epoch'), meta.get('history', [])  # predictions, no paths)
         self.data_identity = {k: (meta.get('data') or {}).get(k) for k in ('fingerprint', 'split')}
         self.coverage = list((meta.get('coverage') or {}).get('cells') or [])  # training cells (H3 ids)
         self._tree = None

@@ -8,11 +8,10 @@ from __future__ import annotations
 import json
 import math
 import tomllib
-from pathlib import Path
 
 from .config import OPTIONS, TrainConfig, build_parser
 from .core import ConfigError
-from .options import Option, redact
+from .options import Option, redact, stored
 
 # %% auto #0
 __all__ = ['REMOVED_FLAGS', 'DEMO_DEFAULTS', 'read_config_file', 'parse_config', 'toml_value', 'config_toml']
@@ -95,9 +94,7 @@ def _line(o: Option, v) -> str:
         return f'# {o.name} =  (not set)'
     if o.secret and redact(str(v)) != str(v):
         return f'# {o.name} = {toml_value(redact(str(v)))}  (holds a password: not written; give {o.flag} again)'
-    if o.file:
-        v = str(Path(v).resolve())
-    return f'{o.name} = {toml_value(v)}'
+    return f'{o.name} = {toml_value(stored(o, v))}'  # paths absolute
 
 
 def config_toml(cfg: TrainConfig, **resolved) -> str:
