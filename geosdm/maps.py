@@ -122,10 +122,10 @@ def hex_map(
     )
 
 # %% ../nbs/16_maps.ipynb #b777a385
-def save_chart(chart, path, scale: float = 1.0) -> Path:
-    "Save an altair chart to `.png` (vl-convert) or self-contained `.html` (inline JS), atomically."
+def save_chart(chart, path, scale: float = 1.0, fmt: str | None = None) -> Path:
+    "Save an altair chart as `.png`, `.svg`, `.json` or self-contained `.html` (by its suffix, or `fmt`), atomically."
     path = Path(path)
-    ext = path.suffix.lower().lstrip('.')
+    ext = fmt or path.suffix.lower().lstrip('.')
     if ext not in ('png', 'html', 'svg', 'json'):
         raise ValueError(f'{path}: expected .png, .html, .svg or .json')
     kw = {'inline': True} if ext == 'html' else {'scale_factor': scale} if ext == 'png' else {}

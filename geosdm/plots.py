@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import altair as alt
@@ -15,7 +17,7 @@ import polars as pl
 import pyarrow.parquet as pq
 from PIL import Image
 
-from .core import N_WEEKS, GeoSDMError, atomic_path, week_label, write_json
+from .core import N_WEEKS, GeoSDMError, OutputSet, week_label, write_json
 from .geo import cell_wkb, cells_geojson
 from .geoscore import GEOSCORE_PARTS
 from .inputs import load_combined
@@ -52,11 +54,17 @@ def read_history(run) -> pl.DataFrame:
         raise GeoSDMError(f'{path}: no training history there') from None
     except ValueError as e:
         raise GeoSDMError(f'{path}: not a readable training history ({e})') from None
-    if isinstance(h, list):
+    if isinstance(h, list) and all(isinstance(r, dict) for r in h):
         h = {k: [r.get(k) for r in h] for k in dict.fromkeys(k for r in h for k in r)}
+    if not isinstance(h, dict):
+        raise GeoSDMError(f'{path}: not a training history (it holds {json.dumps(h)[:40]})')
     cols = {
         k: v for k, v in h.items() if isinstance(v, list) and all(x is None or isinstance(x, (int, float)) for x in v)
     }
+    n = max(map(len, cols.values()), default=0)
+    cols = {k: [None] * (n - len(v)) + v for k, v in cols.items()}  # shorter: the last epochs (a metric added later)
+    if None in cols.get('epoch', [None]):
+        cols['epoch'] = list(range(1, n + 1))
     return pl.DataFrame({k: pl.Series(k, v, dtype=pl.Float64, strict=False) for k, v in cols.items()})
 
 # %% ../nbs/17_plots.ipynb #52db194b
@@ -85,14 +93,14 @@ PANELS = [  # (title, metrics, options)
 
 
 def history_long(h: pl.DataFrame, metrics) -> pl.DataFrame:
-    "Long frame (epoch, metric, value) of the `metrics` present in the history, missing values dropped."
+    "Long frame (epoch, metric, value) of the `metrics` present in the history; missing values null (a gap)."
     keep = [m for m in metrics if m in h.columns]
     if not keep or 'epoch' not in h.columns:
         return pl.DataFrame(schema={'epoch': pl.Int64, 'metric': pl.String, 'value': pl.Float64})
     return (
         h.select(pl.col('epoch').cast(pl.Int64), *keep)
         .unpivot(index='epoch', variable_name='metric')
-        .filter(pl.col('value').is_not_null() & pl.col('value').is_finite())
+        .with_columns(value=pl.when(pl.col('value').is_finite()).then(pl.col('value')))
     )
 
 # %% ../nbs/17_plots.ipynb #43395d34
@@ -107,10 +115,10 @@ def curve_panel(
 ):
     "Line chart of the `metrics` of history `h` over epochs, or None when none of them is there."
     d = history_long(h, metrics)
-    if d.is_empty():
+    if d['value'].null_count() == len(d):
         return None
     if log:
-        d = d.filter(pl.col('value') > 0)
+        d = d.filter(pl.col('value').is_null() | (pl.col('value') > 0))
     y = alt.Y('value:Q', title=None, scale=alt.Scale(type='log') if log else alt.Undefined)
     lines = (
         alt.Chart(d)
@@ -143,24 +151,40 @@ def chart_values(chart, metric: str) -> list[tuple[int, float]]:
     "(epoch, value) pairs of `metric` in the data of a training chart (what is drawn)."
     spec = chart.to_dict()
     rows = [r for v in spec.get('datasets', {}).values() for r in v if r.get('metric') == metric]
-    return sorted({(int(r['epoch']), float(r['value'])) for r in rows})
+    return sorted({(int(r['epoch']), float(r['value'])) for r in rows if r['value'] is not None})
+
+# %% ../nbs/17_plots.ipynb #480a3b11
+@contextmanager
+def _outputs(out: OutputSet | None, inputs=()) -> Iterator[OutputSet]:
+    "`out`, or a new `OutputSet` (of `inputs`) committed when the block succeeds."
+    if out is not None:
+        yield out
+    else:
+        with OutputSet(inputs) as new:
+            yield new
 
 # %% ../nbs/17_plots.ipynb #421faf86
 FIGURE_FORMATS = ('png', 'svg', 'html')
 
 
-def save_figure(chart, stem, formats=FIGURE_FORMATS, scale: float = 2.0) -> list[Path]:
+def save_figure(chart, stem, formats=FIGURE_FORMATS, scale: float = 2.0, out: OutputSet | None = None) -> list[Path]:
     "Write `chart` to `<stem>.<format>` for each of `formats` (png, svg, html, json)."
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    return [save_chart(chart, stem.with_name(f'{stem.name}.{f}'), scale=scale) for f in formats]
+    files = [stem.with_name(f'{stem.name}.{f}') for f in formats]
+    with _outputs(out) as o:
+        for f, path in zip(formats, files):
+            save_chart(chart, o.path(path), scale=scale, fmt=f)
+    return files
 
 # %% ../nbs/17_plots.ipynb #74e1be29
 def plot_training(run, outdir=None, formats=FIGURE_FORMATS) -> list[Path]:
     "Draw the training curves of a run into `outdir` (default: the run folder) as training_curves.*."
     run = Path(run)
     out = Path(outdir) if outdir else (run if run.is_dir() else run.parent)
-    return save_figure(training_chart(run), out / 'training_curves', formats)
+    history = run / 'training_history.json' if run.is_dir() else run
+    chart = training_chart(history)
+    with OutputSet([history]) as o:
+        return save_figure(chart, out / 'training_curves', formats, out=o)
 
 # %% ../nbs/17_plots.ipynb #b85ae966
 def cell_values(cells, values: dict) -> pl.DataFrame:
@@ -176,7 +200,7 @@ def cell_values(cells, values: dict) -> pl.DataFrame:
 
 # %% ../nbs/17_plots.ipynb #4aa7d58e
 def write_geoparquet(df: pl.DataFrame, path) -> Path:
-    "Write a `cell_values` frame as GeoParquet 1.0 (WKB `geometry`, longitude/latitude), atomically."
+    "Write a `cell_values` frame as GeoParquet 1.0 (WKB `geometry`, longitude/latitude)."
     t = df.to_arrow()
     geo = {
         'version': '1.0.0',
@@ -184,17 +208,19 @@ def write_geoparquet(df: pl.DataFrame, path) -> Path:
         'columns': {'geometry': {'encoding': 'WKB', 'geometry_types': ['Polygon']}},
     }
     t = t.replace_schema_metadata({**(t.schema.metadata or {}), b'geo': json.dumps(geo).encode()})
-    with atomic_path(path) as tmp:
-        pq.write_table(t, tmp)
+    with _outputs(None) as o:
+        pq.write_table(t, o.path(path))
     return Path(path)
 
 # %% ../nbs/17_plots.ipynb #355f5714
-def write_cell_values(cells, values: dict, stem) -> list[Path]:
+def write_cell_values(cells, values: dict, stem, out: OutputSet | None = None) -> list[Path]:
     "`<stem>.geojson` and `<stem>.parquet` (GeoParquet) of H3 cells with `values` columns."
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    gj = write_json(stem.with_name(stem.name + '.geojson'), cells_geojson(cells, values), indent=None)
-    return [gj, write_geoparquet(cell_values(cells, values), stem.with_name(stem.name + '.parquet'))]
+    gj, gp = stem.with_name(stem.name + '.geojson'), stem.with_name(stem.name + '.parquet')
+    with _outputs(out) as o:
+        write_json(o.path(gj), cells_geojson(cells, values), indent=None)
+        write_geoparquet(cell_values(cells, values), o.path(gp))
+    return [gj, gp]
 
 # %% ../nbs/17_plots.ipynb #323968ae
 def _grid(charts, columns: int = 2):
@@ -257,7 +283,11 @@ def phenology_figure(
     else:
         idx = [i for i in np.argsort(-ph.max(0), kind='stable')[:top_k] if ph[:, i].max() >= threshold]
     if not idx:
-        raise GeoSDMError(f'no species reaches p ≥ {threshold} at ({lat}, {lon}) in any week')
+        b = int(np.argmax(ph.max(0)))
+        raise GeoSDMError(
+            f'no species reaches p ≥ {threshold:g} at ({lat:g}, {lon:g}) in any week: none of the {pred.n_species} '
+            f'species does; the most probable is {pred.common_names[b]} ({pred.vocab[b]}) at p = {ph[:, b].max():.3g}'
+        )
     df = pl.DataFrame(
         {
             'species': np.repeat([pred.common_names[i] for i in idx], N_WEEKS),
@@ -292,20 +322,24 @@ def weekly_frames(
     height: int = 300,
     box=None,
     agg: str = 'auto',
+    out: OutputSet | None = None,
 ) -> tuple[list[Path], list[str], dict]:
     "One PNG map of `species` per week in `outdir/frames/` and an animated `<code>_weekly.gif`; also the values."
+    if not 0 < fps < float('inf') or not len(weeks):
+        raise GeoSDMError(f'an animation needs weeks and a frame rate > 0 (got {len(weeks)} weeks at {fps:g} fps)')
     outdir = Path(outdir)
-    (outdir / 'frames').mkdir(parents=True, exist_ok=True)
     (grid, drawn), i = model_view(pred, box, max_cells), pred.index(species)
     frames, values, code = [], {}, pred.vocab[i]
-    for w in weeks:
-        src, kw = ModelValues(pred, grid, i, w), dict(label='probability', domain=(0, 1), width=width, height=height)
-        chart, values[f'p_week_{w}'] = _cell_map(grid, drawn, src, agg, map_title(pred, i, w), **kw)
-        frames.append(save_chart(chart, outdir / 'frames' / f'{code}_week_{w:02d}.png'))
-    imgs = [Image.open(f).convert('RGB') for f in frames]
-    gif = outdir / f'{code}_weekly.gif'
-    with atomic_path(gif) as tmp:
-        imgs[0].save(tmp, format='GIF', save_all=True, append_images=imgs[1:], duration=int(1000 / fps), loop=0)
+    with _outputs(out) as o:
+        for w in weeks:
+            src = ModelValues(pred, grid, i, w)
+            kw = dict(label='probability', domain=(0, 1), width=width, height=height)
+            chart, values[f'p_week_{w}'] = _cell_map(grid, drawn, src, agg, map_title(pred, i, w), **kw)
+            frames.append(outdir / 'frames' / f'{code}_week_{w:02d}.png')
+            save_chart(chart, o.path(frames[-1]), fmt='png')
+        imgs = [Image.open(o.path(f)).convert('RGB') for f in frames]
+        gif = outdir / f'{code}_weekly.gif'
+        imgs[0].save(o.path(gif), format='GIF', save_all=True, append_images=imgs[1:], duration=int(1000 / fps), loop=0)
     return frames + [gif], drawn.cells(), values
 
 # %% ../nbs/17_plots.ipynb #1437c44a
@@ -331,47 +365,64 @@ def env_figure(data_path, columns=None, max_cells: int = 5000, width: int = 380,
     return _grid(charts).resolve_scale(color='independent'), cells, values
 
 # %% ../nbs/17_plots.ipynb #1dbeed62
-def _model_figure(kind: str, pred: Predictor, outdir: Path, formats, o: dict) -> list[Path]:
+def _model_figure(kind: str, pred: Predictor, outdir: Path, formats, o: dict, out: OutputSet) -> list[Path]:
     mc, where = o.get('max_cells', 5000), dict(box=o.get('box'), agg=o.get('agg') or 'auto')
     if kind == 'range':
-        out = []
+        files = []
         for s in o['species']:
             chart, cells, vals = range_figure(pred, s, o.get('weeks', (1, 13, 26, 39)), mc, **where)
             stem = outdir / f'range_{pred.vocab[pred.index(s)]}'
-            out += save_figure(chart, stem, formats) + write_cell_values(cells, vals, stem)
-        return out
+            files += save_figure(chart, stem, formats, out=out) + write_cell_values(cells, vals, stem, out)
+        return files
     if kind == 'richness':
         chart, cells, vals = richness_figure(pred, o.get('week', 0), o.get('threshold', 0.1), mc, **where)
         stem = outdir / f"richness_week_{o.get('week', 0)}"
-        return save_figure(chart, stem, formats) + write_cell_values(cells, vals, stem)
+        return save_figure(chart, stem, formats, out=out) + write_cell_values(cells, vals, stem, out)
     if kind == 'phenology':
         chart, df = phenology_figure(
             pred, o['lat'], o['lon'], o.get('species'), o.get('top_k', 6), o.get('threshold', 0.05)
         )
         stem = outdir / f"phenology_{o['lat']:.3f}_{o['lon']:.3f}"
-        with atomic_path(stem.with_name(stem.name + '.csv')) as tmp:
-            df.write_csv(tmp)
-        return save_figure(chart, stem, formats) + [stem.with_name(stem.name + '.csv')]
+        df.write_csv(out.path(stem.with_name(stem.name + '.csv')))
+        return save_figure(chart, stem, formats, out=out) + [stem.with_name(stem.name + '.csv')]
     files, cells, vals = weekly_frames(
-        pred, o['species'], outdir, o.get('weeks', range(1, N_WEEKS + 1)), o.get('fps', 4.0), mc, **where
+        pred, o['species'], outdir, o.get('weeks', range(1, N_WEEKS + 1)), o.get('fps', 4.0), mc, **where, out=out
     )
-    return files + write_cell_values(cells, vals, outdir / f"weekly_{pred.vocab[pred.index(o['species'])]}")
+    return files + write_cell_values(cells, vals, outdir / f"weekly_{pred.vocab[pred.index(o['species'])]}", out)
+
+# %% ../nbs/17_plots.ipynb #fbc412b6
+def _named_species(pred: Predictor, names) -> list[int]:
+    "The vocabulary index of each of `names`; a `GeoSDMError` naming every name the model does not have."
+    idx, unknown = [], []
+    for s in names:
+        try:
+            idx.append(pred.index(s))
+        except KeyError:
+            unknown.append(s)
+    if unknown:
+        raise GeoSDMError(
+            f'{", ".join(map(repr, unknown))}: not in the model vocabulary ({pred.n_species} species; codes, '
+            'scientific or common names)'
+        )
+    return idx
 
 # %% ../nbs/17_plots.ipynb #e0879bd8
 def figure_files(kind: str, outdir='figures', formats=FIGURE_FORMATS, **opts) -> list[Path]:
-    "Write the figure `kind` (range, richness, phenology, weekly, env) and its values into `outdir`."
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    "Write the figure `kind` (range, richness, phenology, weekly, env) and its values into `outdir`: all or none."
+    outdir, out = Path(outdir), OutputSet(inputs=[opts.get('checkpoint'), opts.get('data_path')])
     if kind == 'env':
         chart, cells, vals = env_figure(opts['data_path'], opts.get('columns'), opts.get('max_cells', 5000))
-        return save_figure(chart, outdir / 'env_maps', formats) + write_cell_values(cells, vals, outdir / 'env_maps')
+        with out:
+            return save_figure(chart, outdir / 'env_maps', formats, out=out) + write_cell_values(
+                cells, vals, outdir / 'env_maps', out
+            )
     if kind not in ('range', 'richness', 'phenology', 'weekly'):
         raise GeoSDMError(f'unknown figure {kind!r}')
     try:
         pred = Predictor(opts['checkpoint'], device=opts.get('device', 'auto'))
     except (KeyError, ValueError) as e:
         raise GeoSDMError(str(e).strip('"')) from None
-    try:
-        return _model_figure(kind, pred, outdir, formats, opts)
-    except KeyError as e:
-        raise GeoSDMError(str(e).strip('"')) from None
+    species = opts.get('species') or []
+    _named_species(pred, [species] if isinstance(species, str) else species)  # every name, before any drawing
+    with out:
+        return _model_figure(kind, pred, outdir, formats, opts, out)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -80,11 +79,9 @@ def test_train_succeeds_on_stdout(run_dir):
     ],
 )
 def test_train_bad_flags(args, words, tmp_path):
-    t0 = time.perf_counter()
     r = run('geosdm_train', *args, '--checkpoint_dir', tmp_path)
     user_error(r, 'geosdm_train', *words)
-    assert r.stdout == ''  # nothing said before the answer (not even the demo-world note)
-    assert time.perf_counter() - t0 < 30  # answered before any data work (the bound is loose: shared CI machines)
+    assert r.stdout == ''  # nothing said before the answer, not even the demo-world note (speed: bench/wall_clock.py)
 
 
 def test_train_bad_files(tmp_path):
@@ -106,13 +103,11 @@ def test_predict(run_dir):
         '--week',
         20,
         '--threshold',
-        0,
+        1e-9,
     )
     assert r.returncode == 0 and r.stderr == '', r.stderr
     lines = r.stdout.splitlines()
-    assert (
-        lines[0].startswith('25 species with p ≥ 0.0 at (40.0000, -110.0000), week 20') or 'species with p' in lines[0]
-    )
+    assert lines[0].startswith('25 species with p ≥ 1e-09 at (40.0000, -110.0000), week 20'), lines[0]
     assert len(lines) > 1 and lines[1].split()[0] == '1'
 
 

@@ -143,6 +143,12 @@ ARG_ERRORS = [
     ('geosdm_export', ['--common_species', '-1'], ['--common_species']),
     ('geosdm_ingest', [], ['input']),
     ('geosdm_ingest', ['.', '--resolution', '16'], ['--resolution 16']),
+    ('geosdm_plot', ['nope'], ['invalid choice']),
+    ('geosdm_plot', ['range'], ['--species']),
+    ('geosdm_plot', ['weekly', '--species', 'x', '--fps', '0'], ['--fps 0']),
+    ('geosdm_plot', ['richness', '--threshold', '1.5'], ['--threshold 1.5', '(0, 1)']),
+    ('geosdm_plot', ['phenology', '--lat', '1', '--lon', '2', '--top_k', '0'], ['--top_k 0', '≥ 1']),
+    ('geosdm_plot', ['range', '--species', 'x', '--weeks', '49'], ['--weeks 49']),
 ]
 
 
@@ -153,7 +159,7 @@ def test_argument_errors_are_one_line(prog, args, words, model, tmp_path):
         args = [*args, '--checkpoint', model]
     r = script(prog, *args, cwd=tmp_path)
     line = one_line(r, prog, *words)
-    assert line.endswith('(see --help)') and r.stdout == '', line
+    assert re.search(r'\(see (geosdm_plot \w+ )?--help\)$', line) and r.stdout == '', line
     assert tree(tmp_path) == {}
 
 
@@ -177,6 +183,17 @@ def test_export_refuses_its_checkpoint_as_an_output(model, tmp_path):
     one_line(script('geosdm_export', '--checkpoint', ck, '--outdir', tmp_path, '--formats', 'onnx'),
              'geosdm_export', 'input of this run')  # fmt: skip
     assert tree(tmp_path) == before
+
+
+def test_plot_refuses_its_data_file_as_an_output(world, tmp_path):
+    "env maps into the folder of their data file, which has the name of one of the outputs."
+    figs = tmp_path / 'figs'
+    figs.mkdir()
+    shutil.copy(world / 'w' / 'combined.parquet', figs / 'env_maps.parquet')
+    before = tree(figs)
+    r = script('geosdm_plot', 'env', '--data_path', figs / 'env_maps.parquet', '--outdir', figs, '--max_cells', 50)
+    one_line(r, 'geosdm_plot', 'env_maps.parquet', 'input of this run')
+    assert tree(figs) == before
 
 
 # ---------------------------------------------------------------- an empty result
@@ -205,6 +222,13 @@ def test_export_of_an_unknown_species(model, tmp_path):
     assert tree(tmp_path) == before
 
 
+def test_plot_phenology_with_no_species_above_the_threshold(model, tmp_path):
+    r = script('geosdm_plot', 'phenology', '--checkpoint', model, '--lat', 45, '--lon', -120, '--threshold', 0.999999,
+               '--outdir', tmp_path / 'figs', '--device', 'cpu')  # fmt: skip
+    one_line(r, 'geosdm_plot', 'no species reaches p ≥ 0.999999', 'the most probable')
+    assert tree(tmp_path) == {}
+
+
 # ---------------------------------------------------------------- a failure after the first output is written
 
 
@@ -231,6 +255,34 @@ def test_train_failure_after_the_first_checkpoint(world, tmp_path):
     assert (ck / 'training_history.json').is_dir()
 
 
+def test_plot_range_with_an_unknown_second_species(model, tmp_path):
+    "Every name is looked up before anything is drawn: no file of the first species either."
+    from geosdm.predict import Predictor
+
+    good = Predictor(model, device='cpu').vocab[0]
+    figs = tmp_path / 'figs'
+    r = script('geosdm_plot', 'range', '--checkpoint', model, '--species', good, 'Unknown', '--outdir', figs,
+               '--max_cells', 50, '--device', 'cpu')  # fmt: skip
+    one_line(r, 'geosdm_plot', "'Unknown'", 'not in the model')
+    assert tree(tmp_path) == {}
+
+
+def test_plot_failure_after_the_first_file(model, tmp_path):
+    "A folder where a later file must go: every figure file is written, then the last is refused; the old stay."
+    from geosdm.predict import Predictor
+
+    code = Predictor(model, device='cpu').vocab[0]
+    figs = tmp_path / 'figs'
+    figs.mkdir()
+    (figs / f'range_{code}.png').write_bytes(b'an earlier figure')
+    (figs / f'range_{code}.parquet').mkdir()
+    before = tree(figs)
+    r = script('geosdm_plot', 'range', '--checkpoint', model, '--species', code, '--outdir', figs, '--weeks', 20,
+               '--max_cells', 50, '--formats', 'png', 'svg', '--device', 'cpu')  # fmt: skip
+    one_line(r, 'geosdm_plot', f'range_{code}.parquet')
+    assert tree(figs) == before
+
+
 # ---------------------------------------------------------------- malformed inputs
 
 
@@ -251,25 +303,56 @@ def test_train_with_a_malformed_options_file(tmp_path):
     assert sorted(tree(tmp_path)) == ['opts.toml']
 
 
+def test_plot_env_of_a_foreign_parquet(tmp_path):
+    import polars as pl
+
+    pl.DataFrame({'x': [1, 2]}).write_parquet(tmp_path / 'foreign.parquet')
+    before = tree(tmp_path)
+    r = script('geosdm_plot', 'env', '--data_path', tmp_path / 'foreign.parquet', '--outdir', tmp_path / 'figs')
+    one_line(r, 'geosdm_plot', 'foreign.parquet')
+    assert tree(tmp_path) == before
+
+
+# ---------------------------------------------------------------- odd training histories
+
+
+def test_plot_training_of_a_resumed_run_with_a_metric_added_later(tmp_path):
+    "Lists of different lengths (a metric a newer version added after a resume): drawn, the missing epochs a gap."
+    import json
+
+    h = {'epoch': [1, 2, 3, 4], 'val_loss': [0.9, 0.7, 0.6, 0.5], 'val_geoscore': [0.2, 0.3, 0.35, 0.4],
+         'holdout_map': [0.5, 0.6], 'lr': [1e-3, 8e-4, None, 2e-4]}  # fmt: skip
+    (tmp_path / 'training_history.json').write_text(json.dumps(h))
+    r = script('geosdm_plot', 'training', tmp_path, '--formats', 'svg', 'json')
+    assert r.returncode == 0 and r.stderr == '', r.stderr
+    spec = json.loads((tmp_path / 'training_curves.json').read_text())
+    rows = [x for v in spec['datasets'].values() for x in v if x.get('metric') == 'holdout_map']
+    assert [(x['epoch'], x['value']) for x in rows] == [(1, None), (2, None), (3, 0.5), (4, 0.6)]
+
+
+@pytest.mark.parametrize('text', ['null', '[1, 2]', '{"val_loss": [0.5, nul'])
+def test_plot_training_of_a_file_that_holds_no_history(text, tmp_path):
+    (tmp_path / 'training_history.json').write_text(text)
+    (tmp_path / 'training_curves.svg').write_text('an earlier figure')
+    before = tree(tmp_path)
+    r = script('geosdm_plot', 'training', tmp_path)
+    one_line(r, 'geosdm_plot', 'training_history.json', 'training history')
+    assert tree(tmp_path) == before
+
+
 # ---------------------------------------------------------------- damaged model files
 
 
-@pytest.mark.parametrize('prog', ['geosdm_predict', 'geosdm_export', 'geosdm_app', 'geosdm_train'])
+@pytest.mark.parametrize('prog', ['geosdm_predict', 'geosdm_export', 'geosdm_app', 'geosdm_train', 'geosdm_plot'])
 def test_damaged_checkpoint(prog, cut_model, world, tmp_path):
     args = {
         'geosdm_predict': ['--checkpoint', cut_model, '--lat', 45, '--lon', -120],
         'geosdm_export': ['--checkpoint', cut_model, '--outdir', tmp_path / 'out'],
         'geosdm_app': ['explorer', '--checkpoint', cut_model, '--print'],
-        'geosdm_train': [
-            '--data_path',
-            world / 'w' / 'combined.parquet',
-            '--checkpoint_dir',
-            tmp_path / 'run',
-            '--finetune',
-            cut_model,
-            *TINY,
-        ],  # fmt: skip
-    }[prog]
+        'geosdm_train': ['--data_path', world / 'w' / 'combined.parquet', '--checkpoint_dir', tmp_path / 'run',
+                         '--finetune', cut_model, *TINY],
+        'geosdm_plot': ['richness', '--checkpoint', cut_model, '--outdir', tmp_path / 'figs'],
+    }[prog]  # fmt: skip
     one_line(script(prog, *args, cwd=tmp_path), prog, 'cut.pt', 'not a readable geosdm checkpoint')
     assert tree(tmp_path) == {}
 
@@ -340,8 +423,28 @@ def test_ctrl_c_export(model, tmp_path):
     assert tree(tmp_path) == before
 
 
+def test_ctrl_c_plot(model, tmp_path):
+    "Interrupted while the weekly frames are written: the earlier files as they were, no temporary file."
+    from geosdm.core import is_temp_file
+    from geosdm.predict import Predictor
+
+    figs = tmp_path / 'figs'
+    (figs / 'frames').mkdir(parents=True)
+    (figs / 'frames' / 'old.png').write_bytes(b'an earlier frame')
+    before = tree(figs)
+
+    def drawing(pid):
+        return any(is_temp_file(p.name) for p in figs.rglob('*'))
+
+    code = Predictor(model, device='cpu').vocab[0]
+    args = ['geosdm_plot', 'weekly', '--checkpoint', model, '--species', code, '--outdir', figs,
+            '--max_cells', 50, '--device', 'cpu']  # fmt: skip
+    one_line(interrupt(args, drawing), 'geosdm_plot', code=130)
+    assert tree(figs) == before
+
+
 def test_ctrl_c_ingest(tmp_path):
-    "Interrupted while it reads: exit 130, the earlier output as it was."
+    "Interrupted while it unpacks the archive: exit 130, the earlier output as it was."
     from geosdm.core import WEEK_COLS, demo_parquet
     from geosdm.gbif import write_dwca
     from geosdm.inputs import read_columns
@@ -353,7 +456,14 @@ def test_ctrl_c_ingest(tmp_path):
     out.mkdir()
     (out / 'combined.parquet').write_bytes(b'an earlier output')
     before = tree(out)
-    r = interrupt(['geosdm_ingest', z, '-o', out / 'combined.parquet', '--grid', demo_parquet()], loaded('polars'))
+    work = tmp_path / 'work'
+    work.mkdir()
+
+    def reading(pid):  # the archive is being unpacked (Python code; see geosdm.cli.run for Ctrl-C in native code)
+        return any(p.is_file() for p in work.rglob('*'))
+
+    args = ['geosdm_ingest', z, '-o', out / 'combined.parquet', '--grid', demo_parquet(), '--work_dir', work]
+    r = interrupt(args, reading)
     one_line(r, 'geosdm_ingest', code=130)
     assert tree(out) == before
 
@@ -399,6 +509,9 @@ def test_paths_are_absolute_and_old_relative_ones_are_found(trained, tmp_path):
                    '--formats', 'onnx', cwd=elsewhere)  # fmt: skip
         assert r.returncode == 0, r.stderr
         assert '3 species' in r.stdout
+        r = script('geosdm_plot', 'range', '--checkpoint', old, '--species', ck['species_vocab']['codes'][0],
+                   '--weeks', 20, '--max_cells', 50, '--formats', 'svg', '--device', 'cpu', cwd=elsewhere)  # fmt: skip
+        assert r.returncode == 0 and (elsewhere / 'figures').is_dir(), r.stderr
     finally:
         old.unlink()
 

@@ -17,7 +17,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 from maps_support import pred, root, tiny_checkpoint  # noqa: E402,F401
 
-from geosdm.cli import plot_main  # noqa: E402
+from geosdm.cli_plot import plot_main  # noqa: E402
 from geosdm.inputs import read_columns
 from geosdm.plots import PANELS, chart_values, training_chart  # noqa: E402
 

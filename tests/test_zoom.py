@@ -158,7 +158,7 @@ def test_map_loads_nothing_from_the_network():
 # ---------------------------------------------------------------- geosdm_plot on the same cells
 def plot_parquet(*argv) -> pl.DataFrame:
     "Run geosdm_plot; the GeoParquet values file it wrote."
-    from geosdm.cli import plot_main
+    from geosdm.cli_plot import plot_main
     from geosdm.inputs import read_columns
 
     with contextlib.redirect_stdout(io.StringIO()) as out:
