@@ -169,8 +169,14 @@ def bce_pairs(
     return _PairBCE.apply(logits.float().contiguous(), *_pair_args(pos, eps, label_weights))
 
 # %% ../nbs/08_losses.ipynb #eb9ae390
-_Z_CAP = 80.0  # a logit above it counts as 80 in the loss value (σ(−80) = 2e-35 is still a normal fp32 number)
+_Z_CAP = 80.0  # Q is computed at logits up to 80 (σ(−80) = 2e-35 is a normal fp32 number); the loss adds z − 80 above
 _LOG_ROWS = 64  # rows per block of the log pass: ~1.4 MB at 5,656 species, so its temporary stays in the cache
+
+
+def _log_q(c: torch.Tensor) -> torch.Tensor:
+    "Σ log σ(c) of a block `c` of −z, exact at any logit; `c` becomes Q = σ(c), with z capped at 80 (in place)."
+    above = c.clamp_max(-_Z_CAP).sum() + _Z_CAP * c.numel()  # Σ min(80 − z, 0): log σ(−z) = −z for z > 80
+    return c.clamp_min_(-_Z_CAP).sigmoid_().log().sum() + above
 
 
 class _LinearPairBCE(torch.autograd.Function):
@@ -183,9 +189,8 @@ class _LinearPairBCE(torch.autograd.Function):
         zp = q.view(-1).index_select(0, idx).neg_()  # the pairs' logits
         sp, sg = F.softplus(zp), torch.sigmoid(zp)
         zs = h.sum(0).double() @ w.sum(0).double() + h.shape[0] * b.double().sum()  # Σ z, without a pass over z
-        q.clamp_min_(-_Z_CAP).sigmoid_()  # Q = σ(−z) = 1 − σ(z), exact where σ(z) ≈ 1
         rows = _LOG_ROWS if q.device.type == 'cpu' else q.shape[0]  # a GPU takes it in one launch
-        log_q = sum(c.log().sum() for c in q.split(rows))  # Σ softplus(z) = −Σ log σ(−z)
+        log_q = sum(_log_q(c) for c in q.split(rows))  # Σ softplus(z) = −Σ log σ(−z); q is Q from here on
         total = (vw * (sp - hi * zp) - v * (sp - lo * zp)).sum() - log_q - lo * zs
         q.view(-1).index_add_(0, idx, v * (sg - lo) - vw * (sg - hi))  # G = (1 − lo) − Q: the pairs' correction
         c = 1.0 - lo

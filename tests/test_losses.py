@@ -288,6 +288,32 @@ def test_extreme_logits_finite(kind):
     assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
 
 
+@pytest.mark.parametrize('eps', [0.0, 0.05])
+def test_fused_bce_value_and_gradients_at_large_logits(eps):
+    "The logged loss of the fused BCE is torch's at logits of either sign far past fp32's sigmoid (|z| up to 400)."
+    from geosdm.batches import Positives
+    from geosdm.losses import bce_linear_pairs
+
+    z = torch.tensor([-400.0, -150.0, -88.0, -81.0, -20.0, 0.5, 20.0, 79.0, 81.0, 88.0, 150.0, 400.0])
+    pos = Positives(torch.tensor([0, 0, 0, 1, 1, 1]), torch.tensor([0, 5, 11, 1, 6, 10]), torch.ones(6), 2, 12)
+    h = torch.tensor([[1.0], [-1.0]])  # row 2 has the logits of row 1, negated
+
+    def leaves(dtype):
+        return (x.to(dtype).clone().requires_grad_() for x in (h, z[:, None], torch.zeros(12)))
+
+    hr, wr, br = leaves(torch.float64)  # torch's BCE in float64: the reference
+    ref = torch.nn.functional.binary_cross_entropy_with_logits(
+        hr @ wr.t() + br, smooth_targets(pos.dense(), eps).double()
+    )
+    ref.backward()
+    hf, wf, bf = leaves(torch.float32)
+    loss = bce_linear_pairs(SpeciesLogits(hf, wf, bf), pos, eps)
+    loss.backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
+    for g, r in zip((hf.grad, wf.grad, bf.grad), (hr.grad, wr.grad, br.grad)):
+        np.testing.assert_allclose(g.double().numpy(), r.numpy(), rtol=1e-5, atol=1e-6)
+
+
 def _half_dtype():
     try:
         with torch.autocast('cpu', dtype=torch.float16):
