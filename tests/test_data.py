@@ -6,7 +6,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -657,9 +656,8 @@ def test_progress_lines_and_stats(world, capsys, monkeypatch):
 
 @pytest.mark.skipif(not WORLD_A.exists(), reason='shared world_a data absent')
 def test_world_a(tmp_path):
-    t = time.perf_counter()
+    "world_a's figures, and the same data from the cache (how fast: bench/data_prep.py)."
     p = prepare_data(WORLD_A, progress=False, cache_dir=tmp_path)
-    cold = time.perf_counter() - t
     assert len(p.cells) == 5794 and p.h3_res == 2 and p.stats['samples_total'] == 5794 * 49
     assert len(p.train) + len(p.val) == 5794 * 49 and p.stats['cells_val'] == math.ceil(0.1 * 5794) == 580
     assert p.stats['detections_raw'] == 5451226 and p.stats['species_before_filter'] == 6509
@@ -668,12 +666,9 @@ def test_world_a(tmp_path):
     # counts of the kept species are >= 50 in samples
     cnt = np.bincount(np.concatenate([p.train.species, p.val.species]), minlength=p.n_species)
     assert cnt.min() >= 50
-    t = time.perf_counter()
     q = prepare_data(WORLD_A, progress=False, cache_dir=tmp_path)
-    warm = time.perf_counter() - t
-    assert q.stats['from_cache'] and warm < 0.5, warm
+    assert q.stats['from_cache']
     _assert_same(p, q)
-    assert cold < 20
 
 
 def test_watchlist_warning_after_sample_fraction(tmp_path):

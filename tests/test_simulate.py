@@ -1,7 +1,6 @@
 "Tests of geosdm.simulate: determinism, file formats (world_a's), environment, species, observation process."
 
 import json
-import time
 from pathlib import Path
 
 import h3
@@ -323,9 +322,7 @@ def test_bad_arguments():
         simulate_world(0)
 
 
-def test_speed_5000_cells_300_species():
-    t0 = time.perf_counter()
+def test_5000_cells_300_species():
+    "A world of world_a's size (how fast: bench/wall_clock.py)."
     w = simulate_world(n_species=300, res=2, seed=11)
-    secs = time.perf_counter() - t0
     assert w.n_cells >= 5000 and w.n_species == 300
-    assert secs < 20, secs

@@ -149,19 +149,18 @@ def test_sigkill_midepoch_then_resume(world, tmp_path):
     p = _run_cli(args + ['--checkpoint_dir', str(ck)])
     hist = ck / 'training_history.json'
     t0 = time.time()
-    while time.time() - t0 < 240:
+    while time.time() - t0 < 240 and p.poll() is None:  # (a guard against a hang, not a measurement)
         if hist.exists():
             try:
                 if len(json.loads(hist.read_text())['val_map']) >= 2:
-                    break
+                    break  # epoch 2 is saved: the kill lands in epoch 3 (or in the writes of its end)
             except (json.JSONDecodeError, KeyError):
                 pytest.fail('history file was not valid JSON: writes are not atomic')
         time.sleep(0.02)
-    time.sleep(0.3)  # into epoch 3
     p.send_signal(signal.SIGKILL)
     p.wait()
-    done = len(json.loads(hist.read_text())['val_map'])
-    assert 2 <= done < 4, f'the kill came too late ({done} epochs done)'
+    assert p.returncode == -signal.SIGKILL, 'the run ended before the kill'
+    assert len(json.loads(hist.read_text())['val_map']) >= 2
     for f in ck.glob('*.pt'):
         load_checkpoint(f)  # never a half-written checkpoint
     r = _run_cli(args + ['--checkpoint_dir', str(ck), '--resume', str(ck / 'checkpoint_latest.pt')])
