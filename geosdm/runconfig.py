@@ -89,7 +89,12 @@ def toml_value(v) -> str:
     return '[' + ', '.join(toml_value(x) for x in v) + ']'
 
 # %% ../nbs/11a_run_config.ipynb #53773030
+_HOW_STARTED = ('resume', 'overwrite')  # how a run was started, not what it is: not written
+
+
 def _line(o: Option, v) -> str:
+    if o.name in _HOW_STARTED:
+        return f'# {o.name}: how this run was started; give {o.flag} again to do it again'
     if v is None:
         return f'# {o.name} =  (not set)'
     if o.secret and redact(str(v)) != str(v):

@@ -518,3 +518,43 @@ def test_paths_are_absolute_and_old_relative_ones_are_found(trained, tmp_path):
 
 def test_a_finished_run_leaves_no_lock(trained):
     assert not (trained / '.lock').exists() and no_temp_files(trained)
+
+
+# ---------------------------------------------------------------- README's commands
+
+
+def readme_commands() -> list[list[str]]:
+    "The `geosdm_*` command lines of README's shell blocks, as words (continued lines joined)."
+    import shlex
+
+    text = (Path(__file__).resolve().parents[1] / 'README.md').read_text()
+    blocks = re.findall(r'```sh\n(.*?)```', text, re.S)
+    lines = [ln for b in blocks for ln in b.replace('\\\n', ' ').splitlines()]
+    return [
+        w
+        for ln in lines
+        for c in ln.split('&&')
+        if (w := shlex.split(c, comments=True))[:1] and w[0].startswith('geosdm_')
+    ]
+
+
+def test_readme_commands_parse():
+    "Each command of README's examples names flags its script has, with values they take (files aside)."
+    from geosdm.cli import _export_parser, _ingest_parser, _predict_parser
+    from geosdm.cli_plot import _plot_parser
+    from geosdm.runconfig import REMOVED_FLAGS, parse_config
+
+    parsers = {'geosdm_predict': _predict_parser, 'geosdm_export': _export_parser, 'geosdm_ingest': _ingest_parser}
+    parsers['geosdm_plot'] = _plot_parser
+    cmds = readme_commands()
+    assert {c[0] for c in cmds} >= {'geosdm_train', 'geosdm_predict', 'geosdm_ingest'}, cmds
+    for prog, *args in cmds:
+        if prog == 'geosdm_train':
+            if '--config' in args:  # (a file of the run above)
+                i = args.index('--config')
+                args = args[:i] + args[i + 2 :]
+            cfg, _ = parse_config([a for a in args if a.lstrip('-') not in REMOVED_FLAGS])
+            assert not (cfg.resume and cfg.finetune), args
+            assert not (cfg.resume and '--num_epochs' in args), f'{args}: a resume keeps its schedule'
+        elif prog in parsers:
+            parsers[prog]().parse_args(args)
