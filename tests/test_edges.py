@@ -7,6 +7,7 @@ tests/test_ingest.py; the figures' (odd histories, frames) in tests/test_plots.p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -441,6 +442,31 @@ def test_ctrl_c_plot(model, tmp_path):
             '--max_cells', 50, '--device', 'cpu']  # fmt: skip
     one_line(interrupt(args, drawing), 'geosdm_plot', code=130)
     assert tree(figs) == before
+
+
+def test_ctrl_c_app(model, tmp_path):
+    "Ctrl-C in a terminal reaches the app and the marimo server it runs (one process group): 130, one line."
+    import socket
+
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    args = [exe('geosdm_app'), 'explorer', '--checkpoint', model, '--headless', '--port', port]
+    p = subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                         start_new_session=True)  # fmt: skip
+    try:
+        t0 = time.monotonic()
+        while p.poll() is None and time.monotonic() - t0 < 300:  # until it serves (a guard, not a measurement)
+            with contextlib.suppress(OSError), socket.create_connection(('127.0.0.1', port), timeout=0.2):
+                break
+            time.sleep(0.1)
+        assert p.poll() is None, p.stderr.read()[-2000:]
+        os.killpg(p.pid, signal.SIGINT)
+        out, err = p.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
+    one_line(subprocess.CompletedProcess(p.args, p.returncode, out, err), 'geosdm_app', code=130)
 
 
 def test_ctrl_c_ingest(tmp_path):
