@@ -31,6 +31,8 @@ FLOORS = {
     'tally': 3,
     'ingest': 4,
     'config': 5,
+    'names': 3,  # aliases, languages, always-plausible labels
+    'calibrate': 5,  # thresholds learned on the validation cells
     'checkpoint': 6,
     'evaluate': 6,
     'steps': 6,
