@@ -13,7 +13,6 @@ import polars as pl
 from scipy.spatial import cKDTree
 
 from .core import N_WEEKS
-from .data import Prepared, Samples
 from .geo import unit_xyz
 from .model import predict_proba
 
@@ -77,7 +76,7 @@ class EffortProxy:
         return self.log_records[np.asarray(j).reshape(len(lat), k)].mean(1)
 
 # %% ../nbs/25_calibrate.ipynb #922600cb
-def effort_proxy(prep: Prepared, k: int = 7) -> EffortProxy:
+def effort_proxy(prep, k: int = 7) -> EffortProxy:
     "The `EffortProxy` of a `Prepared`'s training cells (records in weeks 1..48)."
     t = prep.train
     rec = np.bincount(t.cell, weights=t.n_pos() * (t.week > 0), minlength=len(prep.cells))
@@ -192,13 +191,13 @@ def fit_calibration(
     return Calibration(float(sigmoid(record_level(lp, y, keep))), edges, levels, off, n, effort, info)
 
 # %% ../nbs/25_calibrate.ipynb #745fd05f
-def validation_lists(prep: Prepared) -> Samples:
-    "The weekly validation samples with at least one record."
+def validation_lists(prep):
+    "The weekly validation samples (`geosdm.data.Samples`) of a `Prepared` with at least one record."
     v = prep.val
     return v.subset((v.week > 0) & (v.n_pos() > 0))
 
 
-def calibrate(model, prep: Prepared, **kw) -> Calibration:
+def calibrate(model, prep, **kw) -> Calibration:
     "A `Calibration` of `model` on the validation cells of `prep` (keyword arguments: see `fit_calibration`)."
     s = validation_lists(prep)
     probs = predict_proba(model, s.lat, s.lon, s.week, yearly='model')

@@ -74,7 +74,15 @@ def _predict_parser() -> argparse.ArgumentParser:
     p.add_argument('--lon', type=float, required=True, help='Longitude in degrees, -180 to 180')
     p.add_argument('--week', type=int, default=0, help='Week 1-48, or 0 for the whole year (max over weeks)')
     p.add_argument('--top_k', type=int, default=100, help='At most this many species')
-    p.add_argument('--threshold', type=float, default=0.15, help='Minimum probability to list a species')
+    p.add_argument(
+        '--lists',
+        choices=['species', 'global'],
+        help="species: each species at its calibrated threshold (default when the model has them); global: one threshold",
+    )
+    p.add_argument(
+        '--threshold', type=float, help='The one threshold of --lists global (default: the calibrated one, else 0.15)'
+    )
+    p.add_argument('--lang', help='Common names in this language (a language of the taxonomy, e.g. de)')
     p.add_argument('--device', default='auto', choices=['auto', 'cuda', 'cpu'])
     return p
 
@@ -89,6 +97,10 @@ def _check_place(p, a):
         p.error(f'--week {a.week}: must be 0 (whole year) or 1..{N_WEEKS}')
     if not Path(a.checkpoint).is_file():
         p.error(f'--checkpoint {a.checkpoint}: no such file')
+    if a.threshold is not None and a.lists == 'species':
+        p.error('--threshold is the one threshold of --lists global; --lists species uses the calibrated ones')
+    if a.threshold is not None and not 0 <= a.threshold <= 1:
+        p.error(f'--threshold {a.threshold}: must be in [0, 1]')
 
 # %% ../nbs/23_cli.ipynb #bb84f755
 def predict_main(argv: list[str] | None = None) -> int:
@@ -101,7 +113,8 @@ def predict_main(argv: list[str] | None = None) -> int:
         from geosdm.predict import Predictor  # after the arguments are checked
 
         pr = Predictor(a.checkpoint, device=a.device)
-        rows = pr.species_list(a.lat, a.lon, a.week, top_k=a.top_k, threshold=a.threshold)
+        mode = a.lists or ('global' if a.threshold is not None or pr.calibration is None else 'species')
+        rows = pr.species_list(a.lat, a.lon, a.week, top_k=a.top_k, threshold=a.threshold, mode=mode, lang=a.lang)
         far = float(pr.distance_km(a.lat, a.lon)[0])
         if far > pr.far_km:
             print(
@@ -109,7 +122,9 @@ def predict_main(argv: list[str] | None = None) -> int:
                 f'trained on (more than {pr.far_km:,.0f} km): these probabilities are an extrapolation',
                 file=sys.stderr,
             )
-        print(f'{len(rows)} species with p ≥ {a.threshold} at ({a.lat:.4f}, {a.lon:.4f}), {week_label(a.week)}:')
+        t = pr.thresholds([a.lat], [a.lon], mode, a.threshold)[0]
+        how = f'p ≥ {t[0]:.3g}' if mode == 'global' else "p ≥ the species' calibrated threshold"
+        print(f'{len(rows)} species with {how} at ({a.lat:.4f}, {a.lon:.4f}), {week_label(a.week)}:')
         w = max([len(r[2]) for r in rows] + [11])
         for rank, (code, sci, com, prob) in enumerate(rows, 1):
             print(f'{rank:4d}  {prob:6.3f}  {com:<{w}}  {sci}  ({code})')

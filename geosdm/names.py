@@ -15,8 +15,8 @@ from .core import GeoSDMDataError, atomic_write
 
 # %% auto #0
 __all__ = ['norm_name', 'read_strings', 'read_aliases', 'find_aliases', 'language_names', 'taxonomy_version', 'read_label_list',
-           'SpeciesNames', 'lookup', 'is_always', 'subset', 'as_dict', 'names_from', 'species_names', 'labels_text',
-           'write_label_files']
+           'SpeciesNames', 'lookup', 'is_always', 'subset', 'as_dict', 'names_from', 'species_names', 'names_record',
+           'labels_text', 'write_label_files']
 
 # %% ../nbs/24_names.ipynb #7bb3e39a
 def norm_name(x) -> str:
@@ -234,6 +234,13 @@ def species_names(codes, sci_names, common_names, taxonomy=None, aliases=None, a
         read_label_list(always) if always else [],
         taxonomy_version(taxonomy) if taxonomy else None,
     )
+
+# %% ../nbs/24_names.ipynb #8b441ba4
+def names_record(prep) -> dict:
+    "The `SpeciesNames.as_dict()` of a `Prepared`'s vocabulary, from its taxonomy and alias files."
+    tax = prep.options.get('taxonomy')
+    al = (find_aliases(tax) if tax else None) or find_aliases(prep.options['data_path'])
+    return species_names(prep.vocab, prep.sci_names, prep.common_names, tax, al).as_dict()
 
 # %% ../nbs/24_names.ipynb #77286614
 def labels_text(names: SpeciesNames, lang: str | None = None) -> str:

@@ -17,8 +17,10 @@ from pathlib import Path
 import torch
 
 from .batches import DeviceSamples, jitter_latlon, pairs_size
+from .calibrate import calibrate, calibration_dict, validation_lists
 from geosdm.checkpoint import (
     CHECKPOINT_FORMAT,
+    load_checkpoint,
     check_run_folder,
     check_schedule,
     data_changes,
@@ -37,6 +39,7 @@ from .data import Prepared, prepare_data
 from .losses import SpeciesLoss, random_latlon
 from .metrics import MetricAccumulator, geoscore, merge_holdout
 from .model import count_parameters, create_model, param_groups, resolve_device
+from .names import names_record
 from .propagation import label_freq_weights
 from geosdm.steps import (
     REF_BATCH,
@@ -53,7 +56,7 @@ from geosdm.steps import (
 # %% auto #0
 __all__ = ['log', 'data_path', 'prepare', 'lr_at', 'resolve_amp', 'epoch_seed', 'make_optimizer', 'make_loss', 'label_weights',
            'EmptySplit', 'Trainer', 'train_epoch', 'evaluate', 'validate', 'state', 'save', 'load_state',
-           'load_weights', 'fit', 'setup_logging', 'format_epoch', 'train']
+           'load_weights', 'fit', 'setup_logging', 'format_epoch', 'calibrate_run', 'train']
 
 # %% ../nbs/13_trainer.ipynb #727b3050
 def data_path(cfg: TrainConfig) -> str:
@@ -423,6 +426,7 @@ def state(self: Trainer) -> dict:
                 'options': prep.options,
             },
             'coverage': {'cells': training_cells(prep)},
+            'names': names_record(prep),  # aliases, languages, taxonomy version
         }
     )
 
@@ -660,6 +664,22 @@ def _log_start(tr: Trainer):
         + (f', AMP {str(tr.amp_dtype).replace("torch.", "")}' if tr.amp_dtype else '')
     )
 
+# %% ../nbs/13_trainer.ipynb #b3d38076
+def calibrate_run(folder, prep: Prepared) -> list[Path]:
+    "Store the list thresholds learned on `prep`'s validation cells in the run's best and latest checkpoints."
+    if not len(validation_lists(prep)):
+        return []
+    done = []
+    for name in ('checkpoint_best.pt', 'checkpoint_latest.pt'):
+        path = Path(folder) / name
+        if path.is_file():
+            ck = load_checkpoint(path)
+            model = create_model(**ck['model_config'])
+            model.load_state_dict(ck['model_state_dict'])
+            ck['calibration'] = calibration_dict(calibrate(model, prep))
+            done.append(save_checkpoint(path, ck))
+    return done
+
 # %% ../nbs/13_trainer.ipynb #e5bee069
 def train(cfg: TrainConfig | None = None, prep: Prepared | None = None, progress=True, **overrides) -> Trainer:
     "Run a full training according to `cfg` (a `TrainConfig`; keyword overrides allowed)."
@@ -690,6 +710,7 @@ def train(cfg: TrainConfig | None = None, prep: Prepared | None = None, progress
         tr.fit(progress)
         if not (tr.ckpt_dir / 'checkpoint_latest.pt').is_file():
             tr.save('checkpoint_latest.pt')  # resumed, nothing left
+        calibrate_run(tr.ckpt_dir, prep)
         log.info(
             f'Done: {tr.epoch} epochs in {time.perf_counter() - t0:.1f}s. Best GeoScore '
             f'{_f(tr.best_geoscore, ".4f")} at epoch {tr.best_epoch}. Checkpoints in {tr.ckpt_dir}.'
