@@ -77,7 +77,7 @@ def _predict_parser() -> argparse.ArgumentParser:
     p.add_argument(
         '--lists',
         choices=['species', 'global'],
-        help="species: each species at its calibrated threshold (default when the model has them); global: one threshold",
+        help="species: each species at its calibrated threshold (default if the model has them); global: one threshold",
     )
     p.add_argument(
         '--threshold', type=float, help='The one threshold of --lists global (default: the calibrated one, else 0.15)'

@@ -20,10 +20,10 @@ from .batches import DeviceSamples, jitter_latlon, pairs_size
 from .calibrate import calibrate, calibration_dict, validation_lists
 from geosdm.checkpoint import (
     CHECKPOINT_FORMAT,
-    load_checkpoint,
     check_run_folder,
     check_schedule,
     data_changes,
+    load_checkpoint,
     plain,
     run_lock,
     save_checkpoint,
