@@ -44,8 +44,10 @@ FLOORS = {
     'plots': 8,
     'export': 8,  # export runs a Predictor on its files
     'cli': 9,
+    'filter': 8,  # geosdm_filter's library: detections, places, verdicts
+    'cli_filter': 10,  # geosdm_filter itself (uses cli.run)
 }
-LAZY_OK = {'cli'}  # imports after argument parsing, so that a typo is answered before torch loads
+LAZY_OK = {'cli', 'cli_filter'}  # imports after argument parsing, so that a typo is answered before torch loads
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 500, 60
 
 
