@@ -18,9 +18,9 @@ from .predict import Predictor
 
 # %% auto #0
 __all__ = ['KINDS', 'PLACE_COLUMNS', 'GEO_COLUMNS', 'Detections', 'read_detections', 'Place', 'date_week', 'row_places',
-           'check_places', 'read_places', 'file_place', 'row_labels', 'filter_names', 'Verdicts', 'candidates',
-           'place_pairs', 'probabilities', 'reasons', 'judge', 'with_geo', 'output_path', 'detection_files',
-           'FilterRun', 'filter_files']
+           'check_places', 'read_places', 'file_place', 'row_labels', 'filter_names', 'Verdicts', 'label_ids',
+           'candidates', 'place_pairs', 'probabilities', 'reasons', 'judge', 'with_geo', 'output_path',
+           'detection_files', 'FilterRun', 'filter_files']
 
 # %% ../nbs/26_filter.ipynb #13059edd
 KINDS = {  # kind → separator, the column that tells it, name columns (scientific, common, code)
@@ -177,10 +177,10 @@ def file_place(d: Detections, places: dict[str, Place], default: Place) -> Place
     return default
 
 # %% ../nbs/26_filter.ipynb #17b8a34d
-def row_labels(d: Detections) -> list[list]:
-    "Per row the labels to match, scientific name first, then code, then common name (None where absent)."
+def row_labels(d: Detections) -> list[pl.Series]:
+    "Per row the labels to match, scientific name first, then code, then common name (null where absent)."
     cols = [d.col(n) for n in ('scientific name', 'species code', 'common name')]
-    return [d.frame[c].to_list() if c else [None] * d.frame.height for c in cols]
+    return [d.frame[c] if c else pl.Series([None] * d.frame.height, dtype=pl.String) for c in cols]
 
 # %% ../nbs/26_filter.ipynb #754a369d
 def filter_names(pred: Predictor, aliases=None, always=None):
@@ -202,25 +202,39 @@ class Verdicts:
     reason: list
     score: np.ndarray
     unmatched: dict  # label → rows
+    pairs: int = 0  # distinct (place, week) the model ran on
 
 # %% ../nbs/26_filter.ipynb #7aa4f324
-def candidates(names, keys: list) -> tuple[np.ndarray, np.ndarray]:
-    "Per row (label tuple) its candidate outputs (n, k; -1: none) and whether it is always plausible (n,)."
-    uniq = {k: (names.lookup(*k), bool(names.always) and names.is_always(*k)) for k in dict.fromkeys(keys)}
-    k = max([len(v[0]) for v in uniq.values()] + [1])
-    rows = {key: list(v[0]) + [-1] * (k - len(v[0])) for key, v in uniq.items()}
-    cand = np.array([rows[key] for key in keys], np.int64).reshape(len(keys), k)
-    return cand, np.array([uniq[key][1] for key in keys], bool)
+def label_ids(labels) -> tuple[np.ndarray, list[tuple]]:
+    "Each row's index into the distinct label tuples (string Series), and those tuples."
+    if not len(labels[0]):
+        return np.zeros(0, np.int64), []
+    key = pl.select(pl.concat_str([x.fill_null('') for x in labels], separator='\x1f')).to_series()
+    _, first, ids = np.unique(key.cast(pl.Categorical).to_physical().to_numpy(), return_index=True, return_inverse=True)
+    cols = [x.gather(first).to_list() for x in labels]
+    return ids.reshape(-1), list(zip(*cols))
+
+
+def candidates(names, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+    """Per row its candidate outputs (n, k; -1: none) and whether it is always plausible (n,); the row's label id
+    and the distinct label tuples."""
+    ids, uniq = label_ids(labels)
+    found = [names.lookup(*k) for k in uniq]
+    k = max([len(f) for f in found] + [1])
+    table = np.array([list(f) + [-1] * (k - len(f)) for f in found], np.int64).reshape(len(uniq), k)
+    always = np.array([bool(names.always) and names.is_always(*key) for key in uniq], bool)
+    return table[ids], always[ids], ids, uniq
 
 # %% ../nbs/26_filter.ipynb #b330f443
 def place_pairs(lat, lon, week) -> tuple[np.ndarray, np.ndarray]:
     "Distinct (lat, lon, week) of the rows with a place (unknown week: 0), and each row's index (-1: no place)."
     ok = ~np.isnan(lat) & ~np.isnan(lon)
-    key = np.stack([lat, lon, np.maximum(week, 0)], 1)
-    uniq, inv = np.unique(key[ok], axis=0, return_inverse=True)
+    key = np.stack([lat, lon, np.maximum(week, 0)], 1)[ok]
+    h = pl.DataFrame(key, schema=['lat', 'lon', 'week'], orient='row').hash_rows().to_numpy()  # one sort of ints
+    _, first, inv = np.unique(h, return_index=True, return_inverse=True)
     idx = np.full(len(lat), -1)
     idx[ok] = inv.reshape(-1)
-    return uniq, idx
+    return key[first], idx
 
 # %% ../nbs/26_filter.ipynb #bba7ee85
 def probabilities(pred: Predictor, cand, pair, uniq, mode=None, threshold=None) -> tuple[np.ndarray, np.ndarray]:
@@ -251,10 +265,9 @@ def reasons(p, t, keep, week, which: str, status) -> list[str]:
 # %% ../nbs/26_filter.ipynb #2bba6726
 def judge(pred: Predictor, names, labels, lat, lon, week, conf, mode=None, threshold=None) -> Verdicts:
     "geo_p, geo_keep, geo_reason and geo_score of detections (labels: see `row_labels`; names: `filter_names`)."
-    keys = list(zip(*labels))
-    cand, always = candidates(names, keys)
-    uniq, pair = place_pairs(lat, lon, week)
-    p, t = probabilities(pred, cand, pair, uniq, mode, threshold)
+    cand, always, ids, uniq = candidates(names, labels)
+    places, pair = place_pairs(lat, lon, week)
+    p, t = probabilities(pred, cand, pair, places, mode, threshold)
     known = cand[:, 0] >= 0
     status = np.where(
         always, 'always plausible', np.where(~known, 'not in the model', np.where(pair < 0, 'no place', ''))
@@ -263,11 +276,9 @@ def judge(pred: Predictor, names, labels, lat, lon, week, conf, mode=None, thres
     mode = mode or ('species' if pred.calibration is not None and threshold is None else 'global')
     which = 'the species threshold' if mode == 'species' else 'the threshold'
     score = np.where(np.isnan(p), np.nan, combined_score(conf, np.nan_to_num(p, nan=0.5), np.nan_to_num(t, nan=0.5)))
-    unmatched = {}
-    for i in np.flatnonzero(~known & ~always):
-        lab = next((x for x in keys[i] if x), '')
-        unmatched[lab] = unmatched.get(lab, 0) + 1
-    return Verdicts(p, keep, reasons(p, t, keep, week, which, status.tolist()), score, unmatched)
+    lost = np.bincount(ids[~known & ~always], minlength=len(uniq))
+    unmatched = {next((x for x in uniq[i] if x), ''): int(lost[i]) for i in np.flatnonzero(lost)}
+    return Verdicts(p, keep, reasons(p, t, keep, week, which, status.tolist()), score, unmatched, len(places))
 
 # %% ../nbs/26_filter.ipynb #f27efddc
 def _fmt(x: np.ndarray) -> pl.Series:
@@ -344,23 +355,25 @@ def filter_files(
     score: bool = False, output=None,
 ) -> FilterRun:  # fmt: skip
     "Filter BirdNET Analyzer result files (or folders of them); returns what was done."
-    names, place, run, done = names or pred.names, place or Place(), FilterRun(), []
+    names, place, run, files = names or pred.names, place or Place(), FilterRun(), []
     for src, dst in _plan(inputs, output):
         d = read_detections(src)
         lat, lon, week = row_places(d, file_place(d, places or {}, place))
         check_places(d, lat, lon, week)
-        v = judge(pred, names, row_labels(d), lat, lon, week, _confidence(d), mode, threshold)
-        done.append((d, v, dst))
-        run.pairs += len(place_pairs(lat, lon, week)[0])
-    for d, v, dst in done:
+        files.append((d, dst, lat, lon, week, row_labels(d), _confidence(d)))
+    cat = lambda i: np.concatenate([f[i] for f in files]) if files else np.zeros(0)
+    labels = [pl.concat([f[5][j] for f in files]) if files else pl.Series([], dtype=pl.String) for j in range(3)]
+    v = judge(pred, names, labels, cat(2), cat(3), cat(4), cat(6), mode, threshold)  # all files at once
+    run.pairs, run.unmatched = v.pairs, v.unmatched
+    start = 0
+    for d, dst, *_ in files:
+        end = start + d.frame.height
+        part = Verdicts(v.p[start:end], v.keep[start:end], v.reason[start:end], v.score[start:end], {})
         dst.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(dst) as tmp:
-            with_geo(d, v, score).write_csv(tmp, separator=d.sep, quote_style='necessary')
+            with_geo(d, part, score).write_csv(tmp, separator=d.sep, quote_style='necessary')
         run.files.append((str(d.path), str(dst), d.frame.height))
-        run.detections += d.frame.height
-        run.kept += int(v.keep.sum())
-        run.always += sum(r == 'always plausible' for r in v.reason)
-        run.no_place += sum(r == 'no place' for r in v.reason)
-        for k, c in v.unmatched.items():
-            run.unmatched[k] = run.unmatched.get(k, 0) + c
+        start = end
+    run.detections, run.kept = len(v.keep), int(v.keep.sum())
+    run.always, run.no_place = v.reason.count('always plausible'), v.reason.count('no place')
     return run
