@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from geosdm.metrics import WATCHLIST, MetricAccumulator, geoscore
+from geosdm.geoscore import geoscore
+from geosdm.metrics import WATCHLIST, MetricAccumulator
 
 
 def make_data(n, s, pos_per_sample, device, seed=0):

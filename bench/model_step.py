@@ -46,7 +46,7 @@ def run_one(device: str, scale: float, n_species: int, n_env: int, batch: int, s
     import torch
 
     from geosdm.core import N_WEEKS
-    from geosdm.losses import SpeciesLoss, total_loss
+    from geosdm.losses import BCELoss, total_loss
     from geosdm.model import count_parameters, create_model
 
     if v['threads']:
@@ -62,7 +62,7 @@ def run_one(device: str, scale: float, n_species: int, n_env: int, batch: int, s
     else:
         opt_kw['fused'] = True
     opt = torch.optim.AdamW(model.parameters(), **opt_kw)
-    loss_fn = SpeciesLoss('bce', label_smoothing=0.05)
+    loss_fn = BCELoss(label_smoothing=0.05)
     g = torch.Generator(device='cpu').manual_seed(0)
     n_batches = 4
     lat = (torch.rand(n_batches, batch, generator=g) * 180 - 90).to(dev)

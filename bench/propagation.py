@@ -23,11 +23,10 @@ DEFAULT = HERE.parents[1] / 'shared' / 'data' / 'world_a' / 'combined.parquet'
 CHILD = r'''
 import json, resource, sys, time
 import geosdm.data as D
-from geosdm.propagation import PropagationParams
 import hashlib, numpy as np
 path, prop, vocab_file = sys.argv[1], sys.argv[2] == '1', sys.argv[3]
 t0 = time.perf_counter()
-p = D.prepare_data(path, no_cache=True, progress=False, propagate=PropagationParams() if prop else None)
+p = D.prepare_data(path, no_cache=True, progress=False, propagate_labels=bool(prop))
 out = {'prepare_s': round(time.perf_counter() - t0, 3),
        'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
        'stage_seconds': p.stats['seconds'], 'n_species': p.n_species, 'samples_train': len(p.train),

@@ -6,29 +6,42 @@
 from __future__ import annotations
 
 import gc
-import importlib.util
 import math
 import os
+import random
 import re
 import shlex
 import socket
+import time
 import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from urllib.parse import unquote
 
 import optuna
 import torch
 
 from .checkpoint import split_identity
-from .config import EXTRA_SPACE, SEARCH_SPACE, Param, TrainConfig, check_config, config_from, option_words
+from geosdm.config import (
+    EXTRA_SPACE,
+    OPTIONS,
+    SEARCH_SPACE,
+    Param,
+    TrainConfig,
+    check_config,
+    config_from,
+    option_words,
+)
 from .core import ConfigError, clean_temp_files, jsonable, pid_alive, write_json
 from .data import Prepared
+from .losskinds import LOSS_KINDS
+from .options import redact  # the password of a storage URL hidden, as in a run's config.toml
 from .trainer import Trainer, log, prepare, setup_logging
 
 # %% auto #0
-__all__ = ['FREQ_PARAMS', 'LOSS_PARAMS', 'HISTORY_SKIP', 'resolve_params', 'inactive_params', 'trial_config', 'make_objective',
-           'open_storage', 'redact', 'study_signature', 'check_signature', 'finished', 'claimed', 'SurplusTrial',
-           'best_command', 'study_results', 'AutotuneResult', 'run_autotune']
+__all__ = ['FREQ_PARAMS', 'LOSS_PARAMS', 'HISTORY_SKIP', 'HEARTBEAT_ENV', 'resolve_params', 'inactive_params', 'trial_config',
+           'make_objective', 'heartbeat', 'open_storage', 'study_signature', 'check_signature', 'finished', 'claimed',
+           'SurplusTrial', 'best_command', 'study_results', 'AutotuneResult', 'run_autotune']
 
 # %% ../nbs/21_autotune.ipynb #d316ef52
 FREQ_PARAMS = ('label_freq_weight', 'label_freq_weight_min', 'label_freq_weight_pct_lo', 'label_freq_weight_pct_hi')
@@ -47,14 +60,7 @@ def resolve_params(names: list[str] | None, space: dict[str, Param] | None = Non
     return [n for n in space if n in set(names)]
 
 # %% ../nbs/21_autotune.ipynb #52023b3e
-LOSS_PARAMS = {
-    'pos_lambda': ('an',),
-    'neg_samples': ('an',),
-    'asl_gamma_neg': ('asl',),
-    'asl_clip': ('asl',),
-    'focal_alpha': ('focal',),
-    'focal_gamma': ('focal',),
-}
+LOSS_PARAMS = {o.name: (k.name,) for k in LOSS_KINDS.values() for o in k.options}  # option → the loss using it
 
 
 def inactive_params(params: dict, cfg: TrainConfig) -> list[str]:
@@ -69,11 +75,14 @@ def inactive_params(params: dict, cfg: TrainConfig) -> list[str]:
 HISTORY_SKIP = ('val_ap_', 'holdout_ap_')  # per-species watchlist APs: too many for every epoch of every trial
 
 
+def _trial_overrides(cfg: TrainConfig) -> dict:
+    "What every trial sets whatever the command line says: its epochs, no early stopping, a fresh model."
+    return dict(num_epochs=cfg.autotune_epochs, patience=0, resume=None, autotune=None, autotune_storage=None)
+
+
 def trial_config(cfg: TrainConfig, params: dict) -> TrainConfig:
     "The training configuration of one trial."
-    return check_config(
-        config_from(asdict(cfg), **params, num_epochs=cfg.autotune_epochs, patience=0, resume=None, autotune=None)
-    )
+    return check_config(config_from(asdict(cfg), **params, **_trial_overrides(cfg)))
 
 # %% ../nbs/21_autotune.ipynb #ed0ba00a
 def _history_row(row: dict) -> dict:
@@ -133,24 +142,61 @@ def make_objective(cfg: TrainConfig, prep: Prepared, names: list[str], space: di
     return objective
 
 # %% ../nbs/21_autotune.ipynb #f9822a39
+HEARTBEAT_ENV = 'GEOSDM_AUTOTUNE_HEARTBEAT'
+
+
+def heartbeat(env: dict | None = None) -> tuple[int, int]:
+    "A database study's heartbeat interval and grace period in seconds: 60 and 180, or `$GEOSDM_AUTOTUNE_HEARTBEAT`."
+    v = (os.environ if env is None else env).get(HEARTBEAT_ENV, '60,180')
+    p = v.replace(' ', '').split(',')
+    if len(p) != 2 or not all(x.isdigit() for x in p) or not 0 < int(p[0]) < int(p[1]):
+        raise ConfigError(f'{HEARTBEAT_ENV}={v}: give INTERVAL,GRACE in whole seconds, 0 < INTERVAL < GRACE')
+    return int(p[0]), int(p[1])
+
+# %% ../nbs/21_autotune.ipynb #bb27dc30
+def _db_error(spec: str, e: BaseException) -> str:
+    "A database error as one line, without the URL's password (a driver may quote what it could not use)."
+    msg = ' '.join(str(e).split('(Background on this error')[0].split())
+    for pw in re.findall(r'://[^:/@]*:([^@]*)@', spec) + re.findall(r'[?&]password=([^&]*)', spec):
+        for s in filter(None, (pw, unquote(pw))):
+            msg = msg.replace(s, '***')
+    return f'{type(e).__name__}: {msg}'
+
+# %% ../nbs/21_autotune.ipynb #7ead3f50
+def _creation_race(e: Exception) -> bool:
+    "Whether `e` is another worker creating Optuna's tables at the same moment (a retry then finds them)."
+    return type(e).__name__ == 'IntegrityError' or 'already exists' in str(e)
+
+# %% ../nbs/21_autotune.ipynb #5e3761c2
+def _rdb_storage(spec: str, tries: int = 5):
+    "An `RDBStorage` with the heartbeat; every failure is one line that names no password."
+    interval, grace = heartbeat()
+    for i in range(tries):
+        try:
+            with warnings.catch_warnings():  # the heartbeat is flagged experimental; it has been stable since Optuna 2
+                warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(spec, heartbeat_interval=interval, grace_period=grace)
+        except ImportError as e:  # SQLAlchemy found no driver for the URL's database
+            c = e.__cause__ or e
+            why = f'{c.name} is not installed' if isinstance(c, ModuleNotFoundError) else _db_error(spec, c)
+            raise ConfigError(
+                f'--autotune_storage {redact(spec)}: no database driver ({why}); '
+                'for postgresql:// URLs: pip install "geosdm[cluster]"'
+            ) from None
+        except Exception as e:
+            if i == tries - 1 or not _creation_race(e):
+                raise ConfigError(
+                    f'--autotune_storage {redact(spec)}: cannot open the database ({_db_error(spec, e)})'
+                ) from None
+            time.sleep(0.2 + random.random())
+
+# %% ../nbs/21_autotune.ipynb #b64adc02
 def open_storage(spec: str | None):
     "An Optuna storage for `--autotune_storage` (None = in memory)."
     if not spec:
         return None
     if '://' in spec:
-        if importlib.util.find_spec('sqlalchemy') is None:
-            raise ConfigError(
-                f'--autotune_storage {redact(spec)}: database URLs need SQLAlchemy '
-                '(pip install sqlalchemy); or pass a journal file path instead'
-            )
-        try:
-            with warnings.catch_warnings():  # the heartbeat is flagged experimental; it has been stable since Optuna 2
-                warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(spec, heartbeat_interval=60, grace_period=180)
-        except Exception as e:
-            raise ConfigError(
-                f'--autotune_storage {redact(spec)}: cannot open the database ({type(e).__name__}: {e})'
-            ) from e
+        return _rdb_storage(spec)
     from optuna.storages.journal import JournalFileBackend
 
     p = Path(spec).expanduser()
@@ -159,33 +205,9 @@ def open_storage(spec: str | None):
     p.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(JournalFileBackend(str(p)))
 
-# %% ../nbs/21_autotune.ipynb #daf9b042
-def redact(url: str) -> str:
-    "A storage URL with its password hidden."
-    return re.sub(r'(://[^:/@]+:)[^@]*@', r'\1***@', url)
-
 # %% ../nbs/21_autotune.ipynb #bc6f973f
-_NOT_FIXED = {
-    'data_path',
-    'taxonomy',
-    'data_cache_dir',
-    'no_cache',
-    'checkpoint_dir',
-    'resume',
-    'finetune',
-    'overwrite',
-    'save_every',
-    'device',
-    'num_workers',
-    'amp',
-    'eval_batch_size',
-    'num_epochs',
-    'patience',
-    'autotune',
-    'autotune_trials',
-    'autotune_storage',
-    'autotune_study',
-}
+# free between trials: options that do not change what a trial learns (see `EFFECTS`), and those a trial sets
+_NOT_FIXED = {n for n, o in OPTIONS.items() if o.effect in ('input', 'runtime')} | set(_trial_overrides(TrainConfig()))
 
 
 def study_signature(cfg: TrainConfig, prep: Prepared, names: list[str]) -> dict:
@@ -238,6 +260,9 @@ def _live(t) -> bool:
 # %% ../nbs/21_autotune.ipynb #d24d7d75
 def claimed(study: optuna.Study, below: int | None = None) -> int:
     "Trials finished or running in a live process (with `below`: only those numbered below it)."
+    with warnings.catch_warnings():  # a database first fails the running trials whose heartbeat is too old
+        warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
     S = optuna.trial.TrialState
     return sum(
         1
@@ -395,17 +420,47 @@ def _log_outcome(res: dict, out_path: Path, cfg: TrainConfig, interrupted: bool)
     )
 
 # %% ../nbs/21_autotune.ipynb #e1e0cdf0
-def _optimize(study, objective, todo: int, target: int, on_trial) -> bool:
-    "Run `todo` trials (the study's total stops at `target`); returns whether Ctrl-C interrupted it."
+def _optimize(study, objective, todo: int, target: int, on_trial):
+    "Run up to `todo` trials, stopping when the study has `target` claimed (Ctrl-C raises `KeyboardInterrupt`)."
 
     def stop_at_target(study, t):
         if claimed(study) >= target:
             study.stop()
 
+    study.optimize(
+        objective, n_trials=todo, catch=(RuntimeError,), gc_after_trial=True, callbacks=[on_trial, stop_at_target]
+    )
+
+# %% ../nbs/21_autotune.ipynb #db161275
+def _own_failures(study: optuna.Study) -> int:
+    "Failed trials of this process (or untagged) that ran (surplus ones did not)."
+    me, fails = f'{socket.gethostname()}:{os.getpid()}', study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    return sum(t.user_attrs.get('worker', me) == me and not t.user_attrs.get('surplus') for t in fails)
+
+# %% ../nbs/21_autotune.ipynb #4c2958bf
+def _run_trials(study, objective, target: int, on_trial, storage) -> bool:
+    """Run trials until the study has `target` finished ones, replacing failed ones; returns whether Ctrl-C stopped
+    it. With a database, wait while other workers' trials run: a dead worker's trial fails and is replaced here."""
+    db = isinstance(storage, optuna.storages.RDBStorage)
+    waiting = False
     try:
-        study.optimize(
-            objective, n_trials=todo, catch=(RuntimeError,), gc_after_trial=True, callbacks=[on_trial, stop_at_target]
-        )
+        while target - finished(study) > 0:
+            if claimed(study) < target:
+                before = (finished(study), _own_failures(study))
+                _optimize(study, objective, target - finished(study), target, on_trial)
+                if finished(study) == before[0] and _own_failures(study) > before[1]:
+                    log.info('Every trial of this round failed (see "error" in the results); stopping.')
+                    return False
+            elif not db:
+                return False
+            else:
+                if not waiting:
+                    log.info(
+                        f'Waiting for the {target - finished(study)} trial(s) other workers are running (a dead '
+                        f"worker's trial fails once its heartbeat is {storage.grace_period} s old, and is replaced)."
+                    )
+                waiting = True
+                time.sleep(min(storage.get_heartbeat_interval(), 5))
         return False
     except KeyboardInterrupt:
         gc.collect()
@@ -465,9 +520,8 @@ def run_autotune(
         + f': {finished(study)} of {cfg.autotune_trials} trials finished, running {max(0, todo)}. '
         f'Data: {len(prep.train):,} train / {len(prep.val):,} val samples, {prep.n_species:,} species.'
     )
-    interrupted = todo > 0 and _optimize(
-        study, make_objective(cfg, prep, names, space, progress), todo, cfg.autotune_trials, on_trial
-    )
+    objective = make_objective(cfg, prep, names, space, progress)
+    interrupted = _run_trials(study, objective, cfg.autotune_trials, on_trial, storage)
     res = save()
     _log_outcome(res, out_path, cfg, interrupted)
     return AutotuneResult(study, res, out_path, interrupted)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 import socket
@@ -13,14 +14,16 @@ import time
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .config import TrainConfig, config_from
+from .config import OPTIONS, TrainConfig, config_from
 from .core import CheckpointError, ConfigError, atomic_path, atomic_write
 from .model import create_model
+from .names import names_record
 
 try:
     import fcntl
@@ -31,7 +34,7 @@ except ImportError:
 __all__ = ['CHECKPOINT_FORMAT', 'RUN_FILES', 'SCHEDULE_OPTIONS', 'plain', 'previous_path', 'save_checkpoint', 'load_checkpoint',
            'checkpoint_config', 'write_labels', 'load_resumable', 'run_files', 'run_lock', 'check_run_folder',
            'source_checkpoint', 'split_identity', 'training_cells', 'data_changes', 'schedule_changes',
-           'checkpoint_batch_size', 'check_schedule', 'transfer_weights']
+           'checkpoint_batch_size', 'check_schedule', 'check_fits', 'checkpoint_state', 'transfer_weights']
 
 # %% ../nbs/12_checkpoint.ipynb #ec3a5e5d
 CHECKPOINT_FORMAT = 1
@@ -237,9 +240,6 @@ def training_cells(prep) -> list[str]:
     return sorted(set(np.asarray(prep.cells)[np.unique(prep.train.cell)].tolist())) if len(prep.train) else []
 
 # %% ../nbs/12_checkpoint.ipynb #271d4752
-_FLAGS = {'propagate': 'propagate_labels/--propagate_*', 'holdout_boxes': 'holdout_box'}
-
-
 def _digest(d) -> str:
     return f'sha256 {d[:12]}…' if d else 'none'
 
@@ -258,7 +258,7 @@ def data_changes(ck: dict, prep) -> list[str]:
     oo, no = d.get('options') or {}, prep.options or {}
     for k in sorted((set(oo) | set(no)) - {'data_path', 'taxonomy'}):
         if oo.get(k) != no.get(k):
-            out.append(f'--{_FLAGS.get(k, k)} {oo.get(k)!r} → {no.get(k)!r}')
+            out.append(f'{OPTIONS[k].flag if k in OPTIONS else k} {oo.get(k)!r} → {no.get(k)!r}')
     return out
 
 # %% ../nbs/12_checkpoint.ipynb #a4b38319
@@ -301,6 +301,74 @@ def check_schedule(ck: dict, cfg: TrainConfig, source=None, batch_size: int | No
             "to train with other values (more epochs, say), "
             f'start a new schedule from its weights with --finetune {source or "CHECKPOINT"} in a new --checkpoint_dir.'
         )
+
+# %% ../nbs/12_checkpoint.ipynb #ffa97892
+_OTHER_DATA = (
+    'Resume needs the data the checkpoint was trained on; --finetune starts a new run from its weights on these data.'
+)
+
+
+def check_fits(ck: dict, prep, model_config: dict):
+    "Raise `ConfigError` unless checkpoint `ck` was trained on the data `prep` with a model of `model_config`."
+    why = data_changes(ck, prep)
+    vocab = list(ck['species_vocab']['codes'])
+    if vocab != list(prep.vocab):
+        a, b = set(vocab), set(prep.vocab)
+        raise ConfigError(
+            f"--resume: the checkpoint's species vocabulary ({len(vocab)} species) differs from the "
+            f"data's ({len(prep.vocab)}): {len(a - b)} only in the checkpoint, {len(b - a)} only "
+            f"in the data{''.join('; ' + w for w in why)}. Use the same data and preprocessing options."
+        )
+    if ck['data']['split'] != split_identity(prep):
+        raise ConfigError(
+            "--resume: the train/val/hold-out split of the data differs from the checkpoint's "
+            f"({'; '.join(why) or 'different data, val_size, sample_fraction or hold-out regions'})."
+        )
+    if ck['model_config'] != dict(model_config):
+        raise ConfigError(f'--resume: model config differs: checkpoint {ck["model_config"]} vs {dict(model_config)}')
+    if why:
+        raise ConfigError(f"--resume: the data differ from the checkpoint's: {'; '.join(why)}. {_OTHER_DATA}")
+
+# %% ../nbs/12_checkpoint.ipynb #06c78ea6
+def checkpoint_state(model, opt, scaler, prep, cfg: TrainConfig, **run) -> dict:
+    "The checkpoint dict of a run (`run`: epoch, step, steps_per_epoch, best_geoscore, best_epoch, history)."
+    bg = run['best_geoscore']
+    return plain(
+        {
+            'format': CHECKPOINT_FORMAT,
+            'epoch': run['epoch'],
+            'step': run['step'],
+            'model_state_dict': model.state_dict(),
+            'model_config': dict(model.config),
+            'optimizer_state_dict': opt.state_dict(),
+            'scheduler_state_dict': {'step': run['step'], 'steps_per_epoch': run['steps_per_epoch']},
+            'scaler_state_dict': scaler.state_dict(),
+            'rng_state': {
+                'torch': torch.get_rng_state(),
+                'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+            'best_geoscore': bg if math.isfinite(bg) else None,
+            'best_epoch': run['best_epoch'],
+            'history': run['history'],
+            'config': asdict(cfg),
+            'species_vocab': {
+                'codes': list(prep.vocab),
+                'sci_names': list(prep.sci_names),
+                'common_names': list(prep.common_names),
+            },
+            'env': {'names': list(prep.env_names), 'stats': prep.env_stats},
+            'data': {
+                'fingerprint': prep.fingerprint,
+                'content': prep.content,
+                'split': split_identity(prep),
+                'jitter_std': prep.jitter_std,
+                'h3_res': prep.h3_res,
+                'options': prep.options,
+            },
+            'coverage': {'cells': training_cells(prep)},
+            'names': names_record(prep),  # aliases, common names per language, taxonomy version
+        }
+    )
 
 # %% ../nbs/12_checkpoint.ipynb #74b6b810
 _ARCH = ('model_scale', 'coord_harmonics', 'week_harmonics', 'habitat_head')

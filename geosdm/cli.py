@@ -11,8 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .config import DEMO_DEFAULTS, check_config, parse_config
+from .config import check_config
 from .core import N_WEEKS, GeoSDMError, cache_dir, week_label
+from .runconfig import DEMO_DEFAULTS, parse_config
 
 # %% auto #0
 __all__ = ['APPS', 'run', 'train_main', 'predict_main', 'app_path', 'app_command', 'app_main', 'export_main', 'plot_main',
@@ -44,9 +45,9 @@ def run(prog: str, body) -> int:
 def train_main(argv: list[str] | None = None) -> int:
     "Entry point of `geosdm_train`."
     argv = sys.argv[1:] if argv is None else list(argv)
-    cfg, demo = parse_config(argv)
 
     def body():
+        cfg, demo = parse_config(argv)  # the flags and a --config file
         check_config(cfg)  # a bad flag is answered before anything is said
         if demo:
             print(

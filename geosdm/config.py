@@ -6,152 +6,38 @@
 from __future__ import annotations
 
 import argparse
-import math
-import re
-from dataclasses import dataclass, field, make_dataclass
-from pathlib import Path
-from typing import Any
 
 from .core import ConfigError
 from .geo import HOLDOUT_REGIONS
-from .propagation import PropagationParams
+from .losskinds import loss_options
+from .options import Option, Param, option_group, options_class, options_parser
 
 # %% auto #0
-__all__ = ['OPTIONS', 'TrainConfig', 'DEMO_DEFAULTS', 'SEARCH_SPACE', 'EXTRA_SPACE', 'in_range', 'Param', 'Option', 'config_from',
-           'propagation_params', 'check_config', 'build_parser', 'parse_config', 'option_words', 'config_argv']
-
-# %% ../nbs/11_config.ipynb #93b5c506
-_RANGE = re.compile(r'^\s*(?:([\[(])\s*(\S+)\s*,\s*(\S+)\s*([\])])|(>=|>)\s*(\S+))\s*$')
-
-
-def in_range(v: float, spec: str) -> bool:
-    "Whether `v` lies in the range `spec` ('[a, b)', '(a, b]', '> a', '>= a', ...)."
-    m = _RANGE.match(spec)
-    if not m:
-        raise ValueError(f'bad range {spec!r}')
-    if m[5]:
-        lo, lo_in, hi, hi_in = float(m[6]), m[5] == '>=', math.inf, False
-    else:
-        lo, lo_in, hi, hi_in = float(m[2]), m[1] == '[', float(m[3]), m[4] == ']'
-    if not (v == v):
-        return False  # NaN is in no range
-    return (v >= lo if lo_in else v > lo) and (v <= hi if hi_in else v < hi)
-
-# %% ../nbs/11_config.ipynb #76a2625a
-@dataclass(frozen=True)
-class Param:
-    "One dimension of the search space: `kind` is 'float', 'int' or 'cat'."
-
-    kind: str
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    choices: tuple | None = None
-
-    def suggest(self, trial, name: str):
-        "A value for `name` from an Optuna trial."
-        if self.kind == 'float':
-            return trial.suggest_float(name, self.low, self.high, log=self.log)
-        if self.kind == 'int':
-            return trial.suggest_int(name, int(self.low), int(self.high), log=self.log)
-        return trial.suggest_categorical(name, list(self.choices))
-
-    def __str__(self):
-        if self.kind == 'cat':
-            return '{' + ', '.join(map(str, self.choices)) + '}'
-        return (
-            f"{self.low:g} → {self.high:g}" + (' (log)' if self.log else '') + (' (int)' if self.kind == 'int' else '')
-        )
-
-# %% ../nbs/11_config.ipynb #9393c35f
-@dataclass(frozen=True, eq=False)
-class Option:
-    "One training option: flag name, default, help text, group, type, accepted values, autotune range."
-
-    name: str
-    default: Any
-    help: str
-    group: str = ''
-    type: type | None = None
-    choices: tuple | None = None
-    range: str | None = None
-    file: str | None = None  # 'file', 'checkpoint', …: a path that must exist
-    cli: dict = field(default_factory=dict)
-    tune: Param | None = None
-    tune_all: bool = False
-    words: tuple = ()  # accepted instead of a value of the type, e.g. ('auto',)
-
-    @property
-    def kind(self) -> type:
-        "The value type: bool, int, float, str or list."
-        return self.type or type(self.default)
-
-    @property
-    def flag(self) -> str:
-        return self.cli.get('flag', f'--{self.name}')
-
-# %% ../nbs/11_config.ipynb #1a80cfbf
-def _typed(o: Option, v):
-    "`v` as the option's type, or raise ConfigError."
-    k = o.kind
-    if v is None and o.default is None:
-        return None
-    if isinstance(v, str) and v in o.words:
-        return v
-    if k is bool and isinstance(v, bool):
-        return v
-    if k is int and isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer():
-        return int(v)
-    if k is float and isinstance(v, (int, float)) and not isinstance(v, bool):
-        return float(v)
-    if k is str and isinstance(v, str):
-        return v
-    if k is list and isinstance(v, (list, tuple)):
-        return list(v)
-    raise ConfigError(f'{o.flag}: expected {k.__name__}, got {v!r}')
-
-# %% ../nbs/11_config.ipynb #f8146d80
-def _check(self: Option, v):
-    "`v` converted to the option's type; a `ConfigError` naming the flag if it is not accepted."
-    v = _typed(self, v)
-    if v is None or (isinstance(v, str) and v in self.words):
-        return v
-    if self.choices is not None and v not in self.choices:
-        raise ConfigError(f'{self.flag}: must be one of {", ".join(map(str, self.choices))}; got {v!r}')
-    if self.range is not None and not in_range(v, self.range):
-        raise ConfigError(
-            f'{self.flag}: must be in {self.range}, got {v!r}'
-            if self.range[0] in '[('
-            else f'{self.flag}: must be {self.range.replace(">=", "≥")}, got {v!r}'
-        )
-    if self.file and not Path(v).is_file():
-        raise ConfigError(f'{self.flag}: no such {self.file}: {v}')
-    return v
-
-
-Option.check = _check
-
-# %% ../nbs/11_config.ipynb #34584168
-def _group(name: str, *opts: Option) -> list[Option]:
-    return [Option(**{**o.__dict__, 'group': name}) for o in opts]
-
-
-_PP = PropagationParams()  # propagation's defaults and checks live with propagation
+__all__ = ['OPTIONS', 'TrainConfig', 'DATA_OPTIONS', 'SEARCH_SPACE', 'EXTRA_SPACE', 'config_from', 'check_config', 'data_options',
+           'build_parser', 'option_words', 'config_argv']
 
 # %% ../nbs/11_config.ipynb #7ad167ba
-_DATA = _group(
+_DATA = option_group(
     'Data',
-    Option('data_path', None, 'Combined parquet file (default: the bundled demo world)', type=str, file='file'),
+    Option(
+        'data_path',
+        None,
+        'Combined parquet file (default: the bundled demo world)',
+        type=str,
+        file='file',
+        effect='input',
+    ),
     Option(
         'taxonomy',
         None,
         'Taxonomy CSV for species name labels (default: auto-detected next to the parquet)',
         type=str,
         file='file',
+        effect='input',
     ),
 )
 
-_MODEL = _group(
+_MODEL = option_group(
     'Model',
     Option(
         'model_scale',
@@ -182,76 +68,37 @@ _LOSS = [
         tune=Param('float', 0.01, 1.0, log=True),
         tune_all=True,
     ),
-    Option(
-        'species_loss',
-        'bce',
-        'Loss function: bce (default), asl (asymmetric), focal, or an (assume negative)',
-        choices=('bce', 'asl', 'focal', 'an'),
-        tune=Param('cat', choices=('asl', 'an', 'bce', 'focal')),
-        tune_all=True,
-    ),
-    Option('asl_gamma_pos', 0.0, 'ASL positive focusing parameter (0 = no down-weighting)', range='>= 0'),
-    Option(
-        'asl_gamma_neg',
-        2.0,
-        'ASL negative focusing parameter (higher = more aggressive)',
-        range='>= 0',
-        tune=Param('float', 1.0, 8.0),
-        tune_all=True,
-    ),
-    Option(
-        'asl_clip',
-        0.05,
-        'ASL probability margin for negatives (0 = disable)',
-        range='[0, 1)',
-        tune=Param('float', 0.0, 0.2),
-        tune_all=True,
-    ),
-    Option(
-        'focal_alpha',
-        0.5,
-        'Focal loss alpha (weight for positive class; only with --species_loss focal)',
-        range='[0, 1]',
-        tune=Param('float', 0.1, 0.9),
-        tune_all=True,
-    ),
-    Option('focal_gamma', 2.0, 'Focal loss gamma', range='>= 0', tune=Param('float', 0.5, 5.0), tune_all=True),
-    Option(
-        'pos_lambda',
-        4.0,
-        'Positive up-weighting λ for AN loss',
-        range='> 0',
-        tune=Param('float', 1.0, 64.0, log=True),
-        tune_all=True,
-    ),
-    Option(
-        'neg_samples',
-        1024,
-        'Negative species to sample per example for AN loss (0 = all)',
-        range='>= 0',
-        tune=Param('cat', choices=(128, 256, 512, 1024, 2048, 4096)),
-        tune_all=True,
-    ),
-    Option(
-        'label_smoothing',
-        0.05,
-        'Smooth binary targets to prevent overconfidence, for every loss (0 = off)',
-        range='[0, 0.5)',
-        tune=Param('float', 0.0, 0.1),
-        tune_all=True,
-    ),
+    *loss_options(),  # --species_loss, each loss's own options, --label_smoothing: see the loss kinds notebook
 ]
 
 # %% ../nbs/11_config.ipynb #ce7428c9
 _SAMPLES = [
-    Option('max_obs_per_species', 0, 'Cap training observations per species (0 = no cap)', range='>= 0'),
-    Option('min_obs_per_species', 50, 'Exclude species with fewer than N observations (0 = keep all)', range='>= 0'),
-    Option('max_species', 0, 'Keep a random subset of N species (random seed 42; 0 = all)', range='>= 0'),
-    Option('ocean_sample_rate', 1.0, 'Fraction of ocean cells (water > 90%) to keep (1.0 = keep all)', range='[0, 1]'),
-    Option('no_yearly', False, 'Exclude week-0 (yearly) samples from training'),
-    Option('no_cache', False, 'Disable data preprocessing cache (force reprocessing)'),
+    Option('max_obs_per_species', 0, 'Cap training observations per species (0 = no cap)', range='>= 0', effect='data'),
     Option(
-        'data_cache_dir', None, 'Directory of the preprocessing cache (default: <checkpoint_dir>/.data_cache)', type=str
+        'min_obs_per_species',
+        50,
+        'Exclude species with fewer than N observations (0 = keep all)',
+        range='>= 0',
+        effect='data',
+    ),
+    Option(
+        'max_species', 0, 'Keep a random subset of N species (random seed 42; 0 = all)', range='>= 0', effect='data'
+    ),
+    Option(
+        'ocean_sample_rate',
+        1.0,
+        'Fraction of ocean cells (water > 90%) to keep (1.0 = keep all)',
+        range='[0, 1]',
+        effect='data',
+    ),
+    Option('no_yearly', False, 'Exclude week-0 (yearly) samples from training', effect='data'),
+    Option('no_cache', False, 'Disable data preprocessing cache (force reprocessing)', effect='runtime'),
+    Option(
+        'data_cache_dir',
+        None,
+        'Directory of the preprocessing cache (default: <checkpoint_dir>/.data_cache)',
+        type=str,
+        effect='runtime',
     ),
     Option(
         'jitter',
@@ -307,25 +154,46 @@ _WEIGHTS = [
 ]
 
 _PROPAGATE = [
-    Option('propagate_labels', False, 'Propagate species labels from observed to sparse cells via env similarity'),
-    Option('propagate_k', _PP.k, 'Number of nearest env-space neighbors for propagation'),
-    Option('propagate_max_radius', _PP.max_radius_km, 'Geographic radius cap in km for propagation'),
-    Option('propagate_max_spread', _PP.max_spread, 'Species range expansion multiplier (0 = disable range check)'),
-    Option('propagate_min_obs', _PP.min_obs, 'Samples with fewer species than this receive propagated labels'),
+    Option(
+        'propagate_labels',
+        False,
+        'Propagate species labels from observed to sparse cells via env similarity',
+        effect='data',
+    ),
+    Option('propagate_k', 10, 'Number of nearest env-space neighbors for propagation', range='>= 1', effect='data'),
+    Option('propagate_max_radius', 1000.0, 'Geographic radius cap in km for propagation', range='> 0', effect='data'),
+    Option(
+        'propagate_max_spread',
+        2.0,
+        'Species range expansion multiplier (0 = disable range check)',
+        range='>= 0',
+        effect='data',
+    ),
+    Option(
+        'propagate_min_obs',
+        10,
+        'Samples with fewer species than this receive propagated labels',
+        range='>= 1',
+        effect='data',
+    ),
     Option(
         'propagate_env_dist_max',
-        _PP.env_dist_max,
+        2.0,
         'Max env-space Euclidean distance (after standardising) for a neighbor to contribute labels (0 = disabled)',
+        range='>= 0',
+        effect='data',
     ),
     Option(
         'propagate_range_cap',
-        _PP.range_cap_km,
+        500.0,
         'Hard cap in km on per-species propagation distance from nearest observation (0 = disabled)',
+        range='>= 0',
+        effect='data',
     ),
 ]
 
 # %% ../nbs/11_config.ipynb #f0c4a267
-_TRAINING = _group(
+_TRAINING = option_group(
     'Training',
     Option(
         'batch_size',
@@ -357,7 +225,7 @@ _TRAINING = _group(
 )
 
 # %% ../nbs/11_config.ipynb #10e1d4b8
-_SCHEDULE = _group(
+_SCHEDULE = option_group(
     'Learning Rate Schedule',
     Option('lr_schedule', 'cosine', 'cosine (single decay to lr_min) or none', choices=('cosine', 'none')),
     Option('lr_min', 1e-6, 'Minimum learning rate', range='>= 0'),
@@ -372,24 +240,25 @@ _SCHEDULE = _group(
     ),
 )
 
-_STOPPING = _group(
+_STOPPING = option_group(
     'Early Stopping',
     Option('patience', 10, 'Stop after N epochs without GeoScore improvement (0 = disabled)', range='>= 0'),
 )
 
-_SPLIT = _group(
+_SPLIT = option_group(
     'Data Split',
-    Option('val_size', 0.1, 'Validation set fraction', range='(0, 1)'),
-    Option('sample_fraction', 1.0, 'Fraction of locations to keep (0–1)', range='(0, 1]'),
+    Option('val_size', 0.1, 'Validation set fraction', range='(0, 1)', effect='data'),
+    Option('sample_fraction', 1.0, 'Fraction of locations to keep (0–1)', range='(0, 1]', effect='data'),
 )
 
-_HOLDOUT = _group(
+_HOLDOUT = option_group(
     'Region Hold-Out',
     Option(
         'holdout_regions',
         [],
         f'Space-separated region names to mask from training and evaluate separately ({", ".join(HOLDOUT_REGIONS)})',
         cli=dict(nargs='+', metavar='NAME'),
+        effect='data',
     ),
     Option(
         'holdout_boxes',
@@ -402,19 +271,21 @@ _HOLDOUT = _group(
             action='append',
             metavar=('LON_MIN', 'LAT_MIN', 'LON_MAX', 'LAT_MAX'),
         ),
+        effect='data',
     ),
 )
 
 # %% ../nbs/11_config.ipynb #48c45490
-_RUNTIME = _group(
+_RUNTIME = option_group(
     'Checkpoints',
-    Option('checkpoint_dir', './checkpoints', 'Directory for checkpoint files'),
-    Option('resume', None, 'Path to checkpoint to resume training from', type=str, file='checkpoint'),
+    Option('checkpoint_dir', './checkpoints', 'Directory for checkpoint files', effect='runtime'),
+    Option('resume', None, 'Path to checkpoint to resume training from', type=str, file='checkpoint', effect='input'),
     Option(
         'overwrite',
         False,
         'Start a new run in a --checkpoint_dir that holds one (its checkpoints and history are '
         'deleted first); without it such a folder is only resumed',
+        effect='runtime',
     ),
     Option(
         'finetune',
@@ -423,9 +294,10 @@ _RUNTIME = _group(
         'env targets are matched by name)',
         type=str,
         file='checkpoint',
+        effect='input',
     ),
-    Option('save_every', 5, 'Save checkpoint every N epochs', range='>= 1'),
-    Option('device', 'auto', 'auto, cuda, or cpu', choices=('auto', 'cuda', 'cpu')),
+    Option('save_every', 5, 'Save checkpoint every N epochs', range='>= 1', effect='runtime'),
+    Option('device', 'auto', 'auto, cuda, or cpu', choices=('auto', 'cuda', 'cpu'), effect='runtime'),
     Option(
         'cpu_threads',
         'auto',
@@ -435,12 +307,7 @@ _RUNTIME = _group(
         type=int,
         range='>= 1',
         words=('auto',),
-    ),
-    Option(
-        'num_workers',
-        None,
-        'Accepted for compatibility; geosdm builds batches on the device and needs no DataLoader workers',
-        type=int,
+        effect='runtime',
     ),
     Option('seed', 0, 'Random seed for weights, shuffling, dropout, jitter and negative sampling'),
     Option(
@@ -448,6 +315,7 @@ _RUNTIME = _group(
         'auto',
         'Mixed precision: auto (CUDA: bf16 where supported, else fp16; CPU: off), bf16 (also on CPU), fp16, or off',
         choices=('auto', 'bf16', 'fp16', 'off'),
+        effect='runtime',
     ),
     Option(
         'compile',
@@ -455,11 +323,12 @@ _RUNTIME = _group(
         'torch.compile the training step: off, default, reduce-overhead (CUDA: also captures CUDA graphs) '
         'or max-autotune; auto = off (see the trainer notebook for the measurements)',
         choices=('auto', 'off', 'default', 'reduce-overhead', 'max-autotune'),
+        effect='runtime',
     ),
-    Option('eval_batch_size', 4096, 'Batch size for validation and prediction', range='>= 1'),
+    Option('eval_batch_size', 4096, 'Batch size for validation and prediction', range='>= 1', effect='runtime'),
 )
 
-_AUTOTUNE = _group(
+_AUTOTUNE = option_group(
     'Autotune',
     Option(
         'autotune',
@@ -469,22 +338,26 @@ _AUTOTUNE = _group(
         '(an unknown name lists the valid ones)',
         type=list,
         cli=dict(nargs='*', metavar='PARAM'),
+        effect='runtime',
     ),
     Option(
         'autotune_trials',
         30,
         "Number of Optuna trials (the study's total: a resumed or shared study runs only the missing ones)",
         range='>= 1',
+        effect='runtime',
     ),
-    Option('autotune_epochs', 15, 'Epochs per trial', range='>= 1'),
+    Option('autotune_epochs', 15, 'Epochs per trial', range='>= 1', effect='runtime'),
     Option(
         'autotune_storage',
         None,
         'Optuna storage that makes a study resumable and shareable by several processes/machines: '
         'a journal file path, or an SQLAlchemy URL (sqlite:///x.db, postgresql://...); default: in memory',
         type=str,
+        effect='runtime',
+        secret=True,
     ),
-    Option('autotune_study', 'geosdm_autotune', 'Optuna study name within --autotune_storage'),
+    Option('autotune_study', 'geosdm_autotune', 'Optuna study name within --autotune_storage', effect='runtime'),
 )
 
 # %% ../nbs/11_config.ipynb #273737b3
@@ -493,21 +366,12 @@ OPTIONS: dict[str, Option] = {
 }
 
 # %% ../nbs/11_config.ipynb #f6397d7c
-def _field(o: Option):
-    if isinstance(o.default, list):
-        return (o.name, list, field(default_factory=list))
-    kind = o.kind | str if o.words else o.kind
-    return (o.name, kind if o.default is not None else kind | None, field(default=o.default))
-
-
-TrainConfig = make_dataclass(
+TrainConfig = options_class(
     'TrainConfig',
-    [_field(o) for o in OPTIONS.values()],
-    namespace={
-        '__doc__': 'Every option of a training run; field names are the CLI flags (see `geosdm.config.OPTIONS`).'
-    },
+    OPTIONS,
+    'Every option of a training run; field names are the CLI flags (see `geosdm.config.OPTIONS`).',
+    __name__,
 )
-TrainConfig.__module__ = __name__
 
 # %% ../nbs/11_config.ipynb #44f7e5c3
 def config_from(d: dict | None = None, strict: bool = True, **overrides) -> TrainConfig:
@@ -519,50 +383,34 @@ def config_from(d: dict | None = None, strict: bool = True, **overrides) -> Trai
         raise ConfigError(f'unknown option(s) {", ".join(unknown)}')
     return TrainConfig(**{k: v for k, v in d.items() if k in OPTIONS})
 
-# %% ../nbs/11_config.ipynb #a14a2ea5
-_PROPAGATE_FLAGS = {
-    'k': 'propagate_k',
-    'max_radius_km': 'propagate_max_radius',
-    'max_spread': 'propagate_max_spread',
-    'min_obs': 'propagate_min_obs',
-    'env_dist_max': 'propagate_env_dist_max',
-    'range_cap_km': 'propagate_range_cap',
-}  # PropagationParams field → option
-
-
-def propagation_params(cfg) -> PropagationParams | None:
-    "The `PropagationParams` of the `propagate_*` options (None without `propagate_labels`)."
-    if not cfg.propagate_labels:
-        return None
-    return PropagationParams(**{f: getattr(cfg, flag) for f, flag in _PROPAGATE_FLAGS.items()})
-
 # %% ../nbs/11_config.ipynb #d583922b
-def _check_rules(cfg):
-    "The rules that tie options together."
+def _check_holdout(v: dict):
+    "The hold-out rules: known region names, boxes with min < max."
+
+    unknown = [r for r in v['holdout_regions'] if str(r).lower() not in HOLDOUT_REGIONS]
+    if unknown:
+        raise ConfigError(f'--holdout_regions: unknown region(s) {unknown}; valid: {sorted(HOLDOUT_REGIONS)}')
+    for b in v['holdout_boxes']:
+        if len(b) != 4 or not (b[0] < b[2] and b[1] < b[3]):
+            raise ConfigError(f'--holdout_box: expected LON_MIN LAT_MIN LON_MAX LAT_MAX with min < max, got {b}')
+
+# %% ../nbs/11_config.ipynb #57028d0f
+def _check_rules(v: dict):
+    "The rules that tie options together (`v`: name → checked value)."
 
     def bad(flag, msg):
         raise ConfigError(f'--{flag}: {msg}')
 
-    if cfg.lr_min > cfg.lr:
-        bad('lr_min', f'must be in [0, lr={cfg.lr}], got {cfg.lr_min}')
-    if cfg.resume and cfg.finetune:
+    if v['lr_min'] > v['lr']:
+        bad('lr_min', f'must be in [0, lr={v["lr"]}], got {v["lr_min"]}')
+    if v['resume'] and v['finetune']:
         bad(
             'finetune',
             'cannot be combined with --resume (resume continues a run, finetune starts a new one from its weights)',
         )
-    if cfg.label_freq_weight and not cfg.label_freq_weight_pct_lo < cfg.label_freq_weight_pct_hi:
-        bad('label_freq_weight_pct_lo', f'must be below --label_freq_weight_pct_hi ({cfg.label_freq_weight_pct_hi})')
-    unknown = [r for r in cfg.holdout_regions if str(r).lower() not in HOLDOUT_REGIONS]
-    if unknown:
-        bad('holdout_regions', f'unknown region(s) {unknown}; valid: {sorted(HOLDOUT_REGIONS)}')
-    for b in cfg.holdout_boxes:
-        if len(b) != 4 or not (b[0] < b[2] and b[1] < b[3]):
-            bad('holdout_box', f'expected LON_MIN LAT_MIN LON_MAX LAT_MAX with min < max, got {b}')
-    if cfg.propagate_labels:
-        try:
-            propagation_params(cfg).checked()
-        except ValueError as e:
-            bad(_PROPAGATE_FLAGS[e.param], str(e).split(': ', 1)[-1])
+    if v['label_freq_weight'] and not v['label_freq_weight_pct_lo'] < v['label_freq_weight_pct_hi']:
+        bad('label_freq_weight_pct_lo', f'must be below --label_freq_weight_pct_hi ({v["label_freq_weight_pct_hi"]})')
+    _check_holdout(v)
 
 # %% ../nbs/11_config.ipynb #ce550a49
 def check_config(cfg):
@@ -570,70 +418,37 @@ def check_config(cfg):
     naming the flag."""
     for o in OPTIONS.values():
         setattr(cfg, o.name, o.check(getattr(cfg, o.name)))
-    _check_rules(cfg)
+    _check_rules(vars(cfg))
     return cfg
+
+# %% ../nbs/11_config.ipynb #7e86b0ac
+DATA_OPTIONS: tuple[str, ...] = tuple(n for n, o in OPTIONS.items() if o.effect == 'data')
+
+
+def data_options(**values) -> dict:
+    "The options that make the prepared data: `values` checked, the others at their defaults, normalised for the key."
+    unknown = sorted(set(values) - set(DATA_OPTIONS))
+    if unknown:
+        raise ConfigError(f'unknown data option(s) {", ".join(unknown)}; valid: {", ".join(DATA_OPTIONS)}')
+    v = {n: OPTIONS[n].check(values.get(n, OPTIONS[n].default)) for n in DATA_OPTIONS}
+    _check_holdout(v)
+    v['holdout_regions'] = sorted({str(r).strip().lower() for r in v['holdout_regions']})
+    v['holdout_boxes'] = [[float(x) for x in b] for b in v['holdout_boxes']]
+    if not v['propagate_labels']:
+        v.update({n: None for n in DATA_OPTIONS if n.startswith('propagate_') and n != 'propagate_labels'})
+    return v
 
 # %% ../nbs/11_config.ipynb #ace533ba
 def build_parser() -> argparse.ArgumentParser:
     "The `geosdm_train` argument parser, grouped like the BirdNET geomodel training script's CLI reference."
-    p = argparse.ArgumentParser(
-        prog='geosdm_train',
-        description='Train a geosdm species distribution model.',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    return options_parser(
+        OPTIONS.values(), prog='geosdm_train', description='Train a geosdm species distribution model.'
     )
-    groups = {}
-    for o in OPTIONS.values():
-        g = groups.get(o.group) or groups.setdefault(o.group, p.add_argument_group(o.group))
-        h = o.help.replace('%', '%%')  # argparse formats help texts with %
-        kw = {k: v for k, v in o.cli.items() if k != 'flag'}
-        if o.kind is bool:
-            g.add_argument(o.flag, dest=o.name, action='store_true', help=h)
-        elif o.kind is list:
-            g.add_argument(o.flag, dest=o.name, default=o.default, help=h, **kw)
-        else:
-            g.add_argument(o.flag, dest=o.name, type=_arg_type(o), default=o.default, choices=o.choices, help=h, **kw)
-    return p
-
-# %% ../nbs/11_config.ipynb #d418b7c8
-def _arg_type(o: Option):
-    "The argparse converter of `o`: its type, or one of its words."
-    if not o.words:
-        return o.kind
-    conv = lambda s: s if s in o.words else o.kind(s)
-    conv.__name__ = o.kind.__name__  # argparse names it in "invalid int value"
-    return conv
-
-# %% ../nbs/11_config.ipynb #2a4f63b8
-DEMO_DEFAULTS = dict(model_scale=0.5, num_epochs=12, lr_warmup=1.0, min_obs_per_species=20)
-
-
-def parse_config(argv: list[str]) -> tuple[TrainConfig, bool]:
-    "The `TrainConfig` of a `geosdm_train` command line, and whether the demo world's defaults were applied."
-    p = build_parser()
-    args = p.parse_args(argv)
-    words = {w.split('=')[0] for w in argv}
-    given = {a.dest for a in p._actions if words & set(a.option_strings)}
-    cfg = TrainConfig(**vars(args))
-    demo = cfg.data_path is None
-    if demo:
-        for k, v in DEMO_DEFAULTS.items():
-            if k not in given:
-                setattr(cfg, k, v)
-    return cfg, demo
 
 # %% ../nbs/11_config.ipynb #d21f5ca3
 def option_words(name: str, v) -> list[str]:
     "Command-line words that set option `name` to `v`."
-    o = OPTIONS[name]
-    if o.kind is bool:
-        return [o.flag] if v else []
-    if name == 'holdout_boxes':
-        return [w for b in v for w in [o.flag, *(f'{x:g}' for x in b)]]
-    if isinstance(v, (list, tuple)):
-        return [o.flag, *map(str, v)] if v else []
-    if isinstance(v, float):
-        return [o.flag, f'{v:.6g}']
-    return [o.flag, str(v)]
+    return OPTIONS[name].argv(v)
 
 # %% ../nbs/11_config.ipynb #462e87a6
 def config_argv(cfg, keep=()) -> list[str]:

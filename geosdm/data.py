@@ -5,8 +5,6 @@
 # %% ../nbs/04_data.ipynb #f4c98557
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import os
@@ -21,124 +19,20 @@ import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
-from geosdm.core import (
-    N_WEEKS,
-    WATCHLIST,
-    WEEK_COLS,
-    GeoSDMDataError,
-    atomic_write,
-    clean_temp_files,
-    csr_gather,
-    file_digest,
-    sorted_unique,
-)
+from .config import data_options
+from .core import N_WEEKS, WATCHLIST, WEEK_COLS, GeoSDMDataError, clean_temp_files, sorted_unique
 from .geo import cell_centres, in_boxes, resolve_boxes
 from .inputs import encode_env, find_taxonomy, load_combined, read_taxonomy
+from .prepared import Prepared, Samples, cache_key, content_ids, load_prepared, save_prepared
 from .propagation import PropagationParams, env_space, key_region_counts, propagate_keys
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'SEED', 'log', 'Samples', 'Prepared', 'flatten_lists', 'split_cells', 'watchlist_check',
-           'content_ids', 'cache_key', 'save_prepared', 'load_prepared', 'jitter_std_for_res', 'prepare_data']
+__all__ = ['SEED', 'log', 'flatten_lists', 'split_cells', 'watchlist_check', 'jitter_std_for_res', 'prepare_data']
 
 # %% ../nbs/04_data.ipynb #2a64848f
-CACHE_VERSION = 5  # bump whenever the prepared arrays change meaning
 SEED = 42
 
 log = logging.getLogger(__name__)
-
-# %% ../nbs/04_data.ipynb #eb0ebd70
-@dataclass
-class Samples:
-    "Flattened (cell, week) samples with CSR species lists (vocab indices, sorted within a row)."
-
-    lat: np.ndarray  # float32[n] cell-centre latitude (degrees)
-    lon: np.ndarray  # float32[n] cell-centre longitude (degrees)
-    week: np.ndarray  # int64[n], 0 = yearly union, 1..N_WEEKS
-    cell: np.ndarray  # int32[n], row into Prepared.cells / Prepared.env
-    offsets: np.ndarray  # int64[n+1]
-    species: np.ndarray  # int32[nnz]
-    obs_density: np.ndarray  # float32[n], total raw detections of the sample's cell
-    n_species: int = 0  # width of the multi-hot targets (vocabulary size)
-
-    def __len__(self) -> int:
-        return len(self.week)
-
-    @property
-    def nnz(self) -> int:
-        return int(self.offsets[-1])
-
-    def n_pos(self) -> np.ndarray:
-        "Number of positive labels per sample (int64[n])."
-        return np.diff(self.offsets)
-
-    def subset(self, idx) -> Samples:
-        "Rows `idx` (int array or bool mask) as a new `Samples` (vectorised CSR gather)."
-        idx = np.asarray(idx)
-        if idx.dtype == bool:
-            idx = np.flatnonzero(idx)
-        off, sp = csr_gather(self.offsets, self.species, idx)
-        return Samples(
-            self.lat[idx], self.lon[idx], self.week[idx], self.cell[idx], off, sp, self.obs_density[idx], self.n_species
-        )
-
-    def rows(self) -> np.ndarray:
-        "Row index of every stored label (int64[nnz])."
-        return np.repeat(np.arange(len(self), dtype=np.int64), self.n_pos())
-
-    def __repr__(self) -> str:
-        return f'Samples(n={len(self)}, nnz={self.nnz}, cells={len(np.unique(self.cell))}, n_species={self.n_species})'
-
-    @classmethod
-    def empty(cls, n_species: int = 0) -> Samples:
-        f, i = np.zeros(0, np.float32), np.zeros(0, np.int64)
-        return cls(
-            f, f.copy(), i, np.zeros(0, np.int32), np.zeros(1, np.int64), np.zeros(0, np.int32), f.copy(), n_species
-        )
-
-# %% ../nbs/04_data.ipynb #ee52cf0d
-@dataclass
-class Prepared:
-    "Result of `prepare_data`: the splits, the per-cell env targets, the vocabulary and bookkeeping."
-
-    train: Samples
-    val: Samples
-    holdout: Samples | None
-    cells: list[str]  # H3 ids, row i = cell index i
-    cell_lat: np.ndarray  # float32[n_cells]
-    cell_lon: np.ndarray  # float32[n_cells]
-    env: np.ndarray  # float32[n_cells, F]: standardised env targets, NaN = missing
-    env_names: list[str]
-    env_stats: dict  # how to de-normalise (see `encode_env`)
-    vocab: list[str]  # species codes sorted as strings; index = model output
-    sci_names: list[str]
-    common_names: list[str]
-    jitter_std: float  # degrees: 0.4 × average edge length / 111
-    h3_res: int
-    options: dict
-    fingerprint: str  # the cache key
-    stats: dict
-    region_counts: np.ndarray | None = (
-        None  # int32[36, S]: training samples per species per 30°×60° bin, before propagation
-    )
-    content: dict | None = (
-        None  # SHA-256 of the bytes of the data and taxonomy files: {'data': …, 'taxonomy': … or None}
-    )
-
-    @property
-    def n_species(self) -> int:
-        return len(self.vocab)
-
-    @property
-    def n_env(self) -> int:
-        return len(self.env_names)
-
-    def __repr__(self) -> str:
-        ho = len(self.holdout) if self.holdout is not None else None
-        return (
-            f'Prepared(cells={len(self.cells)}, train={len(self.train)}, val={len(self.val)}, holdout={ho}, '
-            f'n_species={self.n_species}, n_env={self.n_env}, h3_res={self.h3_res}, '
-            f'fingerprint={self.fingerprint[:12]}…)'
-        )
 
 # %% ../nbs/04_data.ipynb #4d5c6b3a
 @dataclass
@@ -237,97 +131,6 @@ def watchlist_check(fl: _Flat, tr_c, va_c, sample_fraction: float, data_path: Pa
             stacklevel=2,
         )
     return lost
-
-# %% ../nbs/04_data.ipynb #28a49009
-def content_ids(options: dict) -> dict:
-    "SHA-256 of the bytes of the data file and of the taxonomy file (None without one) of `options`."
-    tax = options.get('taxonomy')
-    return {'data': file_digest(options['data_path']), 'taxonomy': file_digest(tax) if tax else None}
-
-# %% ../nbs/04_data.ipynb #1a1876ac
-def cache_key(options: dict, content: dict | None = None) -> str:
-    "SHA-256 hex digest of the cache version, the content of the data/taxonomy files and the options."
-    doc = {
-        'cache_version': CACHE_VERSION,
-        'content': content or content_ids(options),
-        'options': {k: v for k, v in options.items() if k not in ('data_path', 'taxonomy')},
-    }
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=list).encode()).hexdigest()
-
-# %% ../nbs/04_data.ipynb #80cfa446
-_SAMPLE_FIELDS = ('lat', 'lon', 'week', 'cell', 'offsets', 'species', 'obs_density')
-
-
-def save_prepared(prep: Prepared, path) -> None:
-    "Write `prep` atomically to `path` (.npz)."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arrs = {
-        'cell_lat': prep.cell_lat,
-        'cell_lon': prep.cell_lon,
-        'env': prep.env,
-        'cells': np.array(prep.cells, dtype=str),
-        'vocab': np.array(prep.vocab, dtype=str),
-        'sci_names': np.array(prep.sci_names, dtype=str),
-        'common_names': np.array(prep.common_names, dtype=str),
-    }
-    for nm in ('train', 'val', 'holdout'):
-        s = getattr(prep, nm)
-        if s is None:
-            continue
-        for f in _SAMPLE_FIELDS:
-            arrs[f'{nm}.{f}'] = getattr(s, f)
-    meta = {
-        'env_names': prep.env_names,
-        'env_stats': prep.env_stats,
-        'jitter_std': prep.jitter_std,
-        'h3_res': prep.h3_res,
-        'options': prep.options,
-        'fingerprint': prep.fingerprint,
-        'stats': prep.stats,
-        'has_holdout': prep.holdout is not None,
-        'cache_version': CACHE_VERSION,
-        'content': prep.content,
-    }
-    arrs['meta'] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    if prep.region_counts is not None:
-        arrs['region_counts'] = prep.region_counts
-    atomic_write(path, lambda f: np.savez(f, **arrs))
-
-# %% ../nbs/04_data.ipynb #fd1377e6
-def load_prepared(path) -> Prepared:
-    "Read a `Prepared` written by `save_prepared` (raises on a corrupt or foreign file)."
-    with np.load(path, allow_pickle=False) as z:
-        a = {k: z[k] for k in z.files}
-    meta = json.loads(a['meta'].tobytes().decode())
-    if meta.get('cache_version') != CACHE_VERSION:
-        raise ValueError(f'cache version {meta.get("cache_version")} != {CACHE_VERSION}')
-    S = len(a['vocab'])
-
-    def samples(nm):
-        return Samples(*(a[f'{nm}.{f}'] for f in _SAMPLE_FIELDS), n_species=S)
-
-    return Prepared(
-        train=samples('train'),
-        val=samples('val'),
-        holdout=samples('holdout') if meta['has_holdout'] else None,
-        cells=a['cells'].tolist(),
-        cell_lat=a['cell_lat'],
-        cell_lon=a['cell_lon'],
-        env=a['env'],
-        env_names=meta['env_names'],
-        env_stats=meta['env_stats'],
-        vocab=a['vocab'].tolist(),
-        sci_names=a['sci_names'].tolist(),
-        common_names=a['common_names'].tolist(),
-        jitter_std=meta['jitter_std'],
-        h3_res=meta['h3_res'],
-        options=meta['options'],
-        fingerprint=meta['fingerprint'],
-        stats=meta['stats'],
-        region_counts=a.get('region_counts'),
-        content=meta.get('content'),
-    )
 
 # %% ../nbs/04_data.ipynb #457462b5
 class _Stages:
@@ -534,23 +337,51 @@ def jitter_std_for_res(res: int) -> float:
     return 0.4 * h3.average_hexagon_edge_length(res, unit='km') / 111.0
 
 # %% ../nbs/04_data.ipynb #8ca2dac7
+def _load(data_path: Path, tax_path: Path | None, rate: float, st: _Stages):
+    "Step 1: the combined parquet with its ocean cells down-sampled, its env columns, H3 resolution and taxonomy."
+    df, env_cols, res = load_combined(data_path)
+    tax = read_taxonomy(tax_path) if tax_path is not None else None
+    if tax is None:
+        st.note(f'no taxonomy CSV found beside {data_path.name}: species names = codes')
+    n_file = df.height
+    df, *ocean = _drop_ocean(df, rate)
+    if df.height == 0:
+        raise GeoSDMDataError(f'{data_path}: no cells left after ocean down-sampling (rate {rate})')
+    st.done('load')
+    return df, env_cols, res, tax, (n_file, *ocean)
+
+# %% ../nbs/04_data.ipynb #1733686d
+def _propagated(fl: _Flat, is_train, env, env_names, cell_lat, cell_lon, prop, yearly: bool, st: _Stages):
+    "Step 5: the label keys with propagated labels added (as they are without `prop`), and its report."
+    if prop is None:
+        return fl.w_key, fl.y_key, None
+    w_key, y_key, report = propagate_keys(
+        fl.w_key, fl.y_key, fl.n_codes, is_train, env_space(env, env_names), cell_lat, cell_lon, prop, yearly=yearly
+    )
+    st.note(
+        f'propagation added {report["labels_added"]:,} labels to {report["samples_changed"]:,} of '
+        f'{report["sparse_samples"]:,} sparse training samples ({report["seconds"]:.1f}s)'
+    )
+    st.done('propagate')
+    return w_key, y_key, report
+
+# %% ../nbs/04_data.ipynb #ddc7c820
+def _names(fl: _Flat, kept: np.ndarray, tax: dict | None) -> tuple[list[str], list[str], list[str]]:
+    "The vocabulary (the codes kept) and its scientific and common names (the codes without a taxonomy)."
+    vocab = [fl.codes[i] for i in kept]
+    names = [tax.get(c, (c, c)) if tax is not None else (c, c) for c in vocab]
+    return vocab, [n[0] for n in names], [n[1] for n in names]
+
+# %% ../nbs/04_data.ipynb #62f7d804
 def _build(data_path: Path, tax_path: Path | None, opts: dict, boxes, fp: str, progress: bool) -> Prepared:
     "Run the pipeline on `data_path` (steps 1–8 above), one timed stage at a time."
-    prop = PropagationParams(**opts['propagate']) if opts.get('propagate') else None
-    yearly, rate = not opts['no_yearly'], opts['ocean_sample_rate']
+    prop = PropagationParams.of(opts)
+    yearly = not opts['no_yearly']
     st = _Stages(
         ['load', 'flatten', 'env', 'split'] + ['propagate'] * (prop is not None) + ['vocabulary', 'samples'], progress
     )
     try:
-        df, env_cols, res = load_combined(data_path)  # 1. load
-        tax = read_taxonomy(tax_path) if tax_path is not None else None
-        if tax is None:
-            st.note(f'no taxonomy CSV found beside {data_path.name}: species names = codes')
-        n_file = df.height
-        df, *ocean = _drop_ocean(df, rate)
-        if df.height == 0:
-            raise GeoSDMDataError(f'{data_path}: no cells left after ocean down-sampling (rate {rate})')
-        st.done('load')
+        df, env_cols, res, tax, (n_file, *ocean) = _load(data_path, tax_path, opts['ocean_sample_rate'], st)
         fl = flatten_lists(df)  # 2. flatten
         if tax is not None:
             _check_taxonomy(fl, tax, data_path, tax_path)
@@ -564,47 +395,18 @@ def _build(data_path: Path, tax_path: Path | None, opts: dict, boxes, fp: str, p
         is_train = np.zeros(len(cells), bool)
         is_train[tr_c] = True
         st.done('split')
-        reg_raw = key_region_counts(
-            fl.w_key, fl.y_key, fl.n_codes, cell_lat, cell_lon, is_train, yearly
-        )  # 5. propagation
-        w_key, y_key, report = fl.w_key, fl.y_key, None
-        if prop is not None:
-            w_key, y_key, report = propagate_keys(
-                fl.w_key,
-                fl.y_key,
-                fl.n_codes,
-                is_train,
-                env_space(env, env_names),
-                cell_lat,
-                cell_lon,
-                prop,
-                yearly=yearly,
-            )
-            st.note(
-                f'propagation added {report["labels_added"]:,} labels to {report["samples_changed"]:,} of '
-                f'{report["sparse_samples"]:,} sparse training samples ({report["seconds"]:.1f}s)'
-            )
-            st.done('propagate')
+        reg_raw = key_region_counts(fl.w_key, fl.y_key, fl.n_codes, cell_lat, cell_lon, is_train, yearly)
+        w_key, y_key, report = _propagated(fl, is_train, env, env_names, cell_lat, cell_lon, prop, yearly, st)
         kept, offsets, species = _label_csr(w_key, y_key, fl, opts, yearly, data_path)  # 6. vocabulary, CSR
         st.done('vocabulary')
         all_s = _all_samples(fl, cell_lat, cell_lon, offsets, species, len(kept), yearly)  # 7. samples
         train, val, holdout = _split_samples(all_s, tr_c, va_c, ho_c, yearly)
         train, n_capped = _cap_labels(train, opts['max_obs_per_species'])
-        vocab = [fl.codes[i] for i in kept]
-        names = [tax.get(c, (c, c)) if tax is not None else (c, c) for c in vocab]
         st.done('samples')
+        vocab, sci_names, common_names = _names(fl, kept, tax)
         stats = _stats(
-            n_file,
-            ocean,
-            fl,
-            (tr_c, va_c, ho_c),
-            (train, val, holdout),
-            n_capped,
-            yearly,  # 8. stats
-            tax_path,
-            report,
-            st.seconds,
-        )
+            n_file, ocean, fl, (tr_c, va_c, ho_c), (train, val, holdout), n_capped, yearly, tax_path, report, st.seconds
+        )  # 8. stats
         return Prepared(
             train=train,
             val=val,
@@ -616,8 +418,8 @@ def _build(data_path: Path, tax_path: Path | None, opts: dict, boxes, fp: str, p
             env_names=env_names,
             env_stats=env_stats,
             vocab=vocab,
-            sci_names=[n[0] for n in names],
-            common_names=[n[1] for n in names],
+            sci_names=sci_names,
+            common_names=common_names,
             jitter_std=jitter_std_for_res(res),
             h3_res=res,
             options=opts,
@@ -627,31 +429,6 @@ def _build(data_path: Path, tax_path: Path | None, opts: dict, boxes, fp: str, p
         )
     finally:
         st.close()
-
-# %% ../nbs/04_data.ipynb #1eccaef1
-def _options(data_path, taxonomy, **kw) -> dict:
-    "The options that shape the prepared arrays, checked and normalised (the cache key is made from them)."
-    o = {'data_path': str(Path(data_path).resolve()), 'taxonomy': str(Path(taxonomy).resolve()) if taxonomy else None}
-    for k in ('min_obs_per_species', 'max_obs_per_species', 'max_species'):
-        o[k] = int(kw[k])
-    o['ocean_sample_rate'], o['no_yearly'] = float(kw['ocean_sample_rate']), bool(kw['no_yearly'])
-    o['val_size'], o['sample_fraction'] = float(kw['val_size']), float(kw['sample_fraction'])
-    hr = kw['holdout_regions'] or ()
-    o['holdout_regions'] = sorted({str(r).strip().lower() for r in ([hr] if isinstance(hr, str) else hr)})
-    o['holdout_boxes'] = [[float(x) for x in b] for b in (kw['holdout_boxes'] or ())]
-    pr = kw.get('propagate')
-    pr = PropagationParams() if pr is True else PropagationParams(**pr) if isinstance(pr, dict) else pr
-    o['propagate'] = pr.checked().as_dict() if pr else None  # off: its parameters do not enter the cache key
-    for k in ('min_obs_per_species', 'max_obs_per_species', 'max_species'):
-        if o[k] < 0:
-            raise ValueError(f'{k} must be ≥ 0, got {o[k]}')
-    if not 0.0 <= o['ocean_sample_rate'] <= 1.0:
-        raise ValueError(f'ocean_sample_rate must be in [0, 1], got {o["ocean_sample_rate"]}')
-    if not 0.0 <= o['val_size'] < 1.0:
-        raise ValueError(f'val_size must be in [0, 1), got {o["val_size"]}')
-    if not 0.0 < o['sample_fraction'] <= 1.0:
-        raise ValueError(f'sample_fraction must be in (0, 1], got {o["sample_fraction"]}')
-    return o
 
 # %% ../nbs/04_data.ipynb #6039a6b7
 def _from_cache(cache_file: Path, fp: str, progress: bool) -> Prepared | None:
@@ -676,46 +453,30 @@ def _from_cache(cache_file: Path, fp: str, progress: bool) -> Prepared | None:
     return prep
 
 # %% ../nbs/04_data.ipynb #b4cabaee
-def prepare_data(
-    data_path,
-    taxonomy=None,
-    *,
-    min_obs_per_species: int = 50,
-    max_obs_per_species: int = 0,
-    max_species: int = 0,
-    ocean_sample_rate: float = 1.0,
-    no_yearly: bool = False,
-    val_size: float = 0.1,
-    sample_fraction: float = 1.0,
-    holdout_regions: Sequence[str] = (),
-    holdout_boxes: Sequence = (),
-    propagate: PropagationParams | dict | bool | None = None,
-    cache_dir=None,
-    no_cache: bool = False,
-    progress: bool = True,
-) -> Prepared:
-    "Load a combined parquet and prepare train/val(/hold-out) samples, vocabulary and env targets (cached)."
+def _input_files(data_path, taxonomy) -> tuple[Path, Path | None]:
+    "The data file and the taxonomy file (given, or found beside the data), both checked to exist."
     data_path = Path(data_path)
     if not data_path.is_file():
         raise GeoSDMDataError(f'{data_path}: data file not found')
     tax_path = Path(taxonomy) if taxonomy else find_taxonomy(data_path)
     if tax_path is not None and not tax_path.is_file():
         raise GeoSDMDataError(f'{tax_path}: taxonomy file not found')
-    opts = _options(
-        data_path,
-        tax_path,
-        min_obs_per_species=min_obs_per_species,
-        max_obs_per_species=max_obs_per_species,
-        max_species=max_species,
-        ocean_sample_rate=ocean_sample_rate,
-        no_yearly=no_yearly,
-        val_size=val_size,
-        sample_fraction=sample_fraction,
-        holdout_regions=holdout_regions,
-        holdout_boxes=holdout_boxes,
-        propagate=propagate,
-    )
-    boxes = resolve_boxes(holdout_regions, holdout_boxes)  # unknown names fail before any work
+    return data_path, tax_path
+
+# %% ../nbs/04_data.ipynb #4e082bbb
+def prepare_data(
+    data_path, taxonomy=None, *, cache_dir=None, no_cache: bool = False, progress: bool = True, **options
+) -> Prepared:
+    """Load a combined parquet and prepare train/val(/hold-out) samples, vocabulary and env targets (cached).
+
+    `options`: the options that make the prepared data (`geosdm.config.DATA_OPTIONS`), the others at their defaults."""
+    data_path, tax_path = _input_files(data_path, taxonomy)
+    opts = {
+        'data_path': str(data_path.resolve()),
+        'taxonomy': str(tax_path.resolve()) if tax_path else None,
+        **data_options(**options),
+    }
+    boxes = resolve_boxes(opts['holdout_regions'], opts['holdout_boxes'])
     t0 = time.perf_counter()
     content = content_ids(opts)
     t_hash = round(time.perf_counter() - t0, 4)

@@ -9,9 +9,9 @@ import numpy as np
 import polars as pl
 import torch
 
-from .data import Prepared, Samples
 from .geo import HOLDOUT_REGIONS, in_boxes, region_name, region_of
 from .metrics import per_sample_ap
+from .prepared import Prepared, Samples
 
 # %% auto #0
 __all__ = ['dense_targets', 'sample_probs', 'sample_ap', 'sample_scores', 'evaluate_split', 'cell_table', 'region_labels',

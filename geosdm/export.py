@@ -47,7 +47,7 @@ class ProbabilityModel(nn.Module):
 
     def forward(self, lat: torch.Tensor, lon: torch.Tensor, week: torch.Tensor) -> torch.Tensor:
         out = self.model(lat.float(), lon.float(), torch.round(week.float()))
-        return torch.sigmoid(out['species_logits'].float())
+        return torch.sigmoid(out.species.dense().float())
 
 # %% ../nbs/18_export.ipynb #c071e16d
 _SPECIES_ROWS = ('species_head.out.3.', 'habitat_head.out.3.', 'gate.')
@@ -190,7 +190,7 @@ def export_metadata(pred: Predictor, idx, dtype: str, how: str) -> dict:
         'format': 'geosdm-onnx',
         'format_version': 1,
         'geosdm_version': __version__,
-        'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+        'created': datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds'),
         'inputs': {
             'lat': 'float32 [n], degrees -90..90',
             'lon': 'float32 [n], degrees -180..180',

@@ -6,17 +6,18 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from .batches import Positives
+from .losskinds import LABEL_SMOOTHING, LOSS_KINDS, LossKind
+from .model import GeoOutput, SpeciesLogits
 
 # %% auto #0
-__all__ = ['LOSS_KINDS', 'smooth_targets', 'bce_elementwise', 'asl_elementwise', 'focal_elementwise', 'sample_negatives',
-           'softplus_sum', 'bce_pairs', 'LinearLogits', 'bce_linear_pairs', 'SpeciesLoss', 'random_latlon',
-           'masked_mse', 'total_loss']
+__all__ = ['LOSSES', 'smooth_targets', 'bce_elementwise', 'asl_elementwise', 'focal_elementwise', 'sample_negatives',
+           'softplus_sum', 'bce_pairs', 'bce_linear_pairs', 'SpeciesLoss', 'BCELoss', 'ASLLoss', 'FocalLoss', 'ANLoss',
+           'make_loss', 'random_latlon', 'masked_mse', 'total_loss']
 
 # %% ../nbs/08_losses.ipynb #f01e706e
 def smooth_targets(targets: torch.Tensor, eps: float) -> torch.Tensor:
@@ -70,24 +71,6 @@ def sample_negatives(pos: torch.Tensor, k: int, generator: torch.Generator | Non
     mask = torch.zeros_like(pos)
     mask.scatter_(1, top.indices, torch.isfinite(top.values))
     return mask
-
-# %% ../nbs/08_losses.ipynb #c987573f
-LOSS_KINDS = ('bce', 'asl', 'focal', 'an')
-
-
-def _check_loss_options(kind: str, label_smoothing: float, asl_clip: float, neg_samples: int):
-    "Raise `ValueError` naming the option if one is outside the range the command line accepts."
-    if kind not in LOSS_KINDS:
-        raise ValueError(f"species loss kind must be one of {LOSS_KINDS}, got {kind!r}")
-    if not 0 <= label_smoothing < 0.5:
-        raise ValueError(
-            f"label_smoothing must be in [0, 0.5), got {label_smoothing} "
-            "(from 0.5 on, absent species would be trained towards p >= 0.25)"
-        )
-    if not 0 <= asl_clip < 1:
-        raise ValueError(f"asl_clip must be in [0, 1), got {asl_clip}")
-    if neg_samples < 0:
-        raise ValueError(f"neg_samples must be >= 0, got {neg_samples}")
 
 # %% ../nbs/08_losses.ipynb #9006530f
 def _pos_weights(targets: torch.Tensor, label_weights: torch.Tensor) -> torch.Tensor:
@@ -185,21 +168,6 @@ def bce_pairs(
     "Mean BCE of `logits` at the smoothed multi-hot targets of `pos` (`label_weights` on positive labels)."
     return _PairBCE.apply(logits.float().contiguous(), *_pair_args(pos, eps, label_weights))
 
-# %% ../nbs/08_losses.ipynb #0c47f9b7
-class LinearLogits(NamedTuple):
-    "Logits not yet computed: `features @ weight.T + bias`."
-
-    features: torch.Tensor
-    weight: torch.Tensor
-    bias: torch.Tensor
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.features.shape[0], self.weight.shape[0])
-
-    def logits(self) -> torch.Tensor:
-        return F.linear(self.features, self.weight, self.bias)
-
 # %% ../nbs/08_losses.ipynb #eb9ae390
 _Z_CAP = 80.0  # a logit above it counts as 80 in the loss value (σ(−80) = 2e-35 is still a normal fp32 number)
 _LOG_ROWS = 64  # rows per block of the log pass: ~1.4 MB at 5,656 species, so its temporary stays in the cache
@@ -235,7 +203,7 @@ class _LinearPairBCE(torch.autograd.Function):
 
 # %% ../nbs/08_losses.ipynb #643f5e39
 def bce_linear_pairs(
-    ll: LinearLogits, pos: Positives, eps: float, label_weights: torch.Tensor | None = None
+    ll: SpeciesLogits, pos: Positives, eps: float, label_weights: torch.Tensor | None = None
 ) -> torch.Tensor:
     "Mean BCE of the logits `ll` at the smoothed multi-hot targets of `pos`, fused with the output layer (fp32)."
     with torch.autocast(ll.features.device.type, enabled=False):
@@ -244,87 +212,109 @@ def bce_linear_pairs(
         )
 
 # %% ../nbs/08_losses.ipynb #ef5a9e25
-class SpeciesLoss:
-    "Multi-label species loss: `kind` in 'bce' | 'asl' | 'focal' | 'an'; returns a scalar fp32 tensor."
+LOSSES: dict[str, type] = {}  # kind name → its `SpeciesLoss` subclass
 
-    def __init__(
-        self,
-        kind: str = 'bce',
-        label_smoothing: float = 0.05,
-        asl_gamma_pos: float = 0.0,
-        asl_gamma_neg: float = 2.0,
-        asl_clip: float = 0.05,
-        focal_alpha: float = 0.5,
-        focal_gamma: float = 2.0,
-        pos_lambda: float = 4.0,
-        neg_samples: int = 1024,
-    ):
-        _check_loss_options(kind, label_smoothing, asl_clip, neg_samples)
-        self.kind, self.label_smoothing = kind, float(label_smoothing)
-        self.asl_gamma_pos, self.asl_gamma_neg, self.asl_clip = (
-            float(asl_gamma_pos),
-            float(asl_gamma_neg),
-            float(asl_clip),
-        )
-        self.focal_alpha, self.focal_gamma = float(focal_alpha), float(focal_gamma)
-        self.pos_lambda, self.neg_samples = float(pos_lambda), int(neg_samples)
+
+def _dense_targets(targets: torch.Tensor | Positives) -> torch.Tensor:
+    return targets.dense() if isinstance(targets, Positives) else targets
+
+
+class SpeciesLoss:
+    "A multi-label species loss; returns a scalar fp32 tensor. Subclasses: `class X(SpeciesLoss, kind='x')`."
+
+    kind: LossKind
+    spatial_negatives = False  # whether it wants the logits of random places (`rand_logits`) and a generator
+
+    def __init_subclass__(cls, kind: str, **kw):
+        super().__init_subclass__(**kw)
+        cls.kind = LOSS_KINDS[kind]  # declared in the loss kinds notebook
+        LOSSES[kind] = cls
+
+    def __init__(self, label_smoothing: float = LABEL_SMOOTHING.default, **options):
+        own = {o.name: o.default for o in self.kind.options}
+        unknown = sorted(set(options) - set(own))
+        if unknown:
+            raise TypeError(f'{type(self).__name__}: unknown option(s) {", ".join(unknown)}; its own: {list(own)}')
+        self.label_smoothing = float(label_smoothing)
+        for name, v in {**own, **options}.items():
+            setattr(self, name, v)
 
     def __repr__(self):
-        return (
-            f"SpeciesLoss(kind={self.kind!r}, label_smoothing={self.label_smoothing}, "
-            f"asl_gamma_pos={self.asl_gamma_pos}, "
-            f"asl_gamma_neg={self.asl_gamma_neg}, asl_clip={self.asl_clip}, focal_alpha={self.focal_alpha}, "
-            f"focal_gamma={self.focal_gamma}, pos_lambda={self.pos_lambda}, neg_samples={self.neg_samples})"
-        )
+        opts = ', '.join(f'{o.name}={getattr(self, o.name)!r}' for o in self.kind.options)
+        return f'{type(self).__name__}(label_smoothing={self.label_smoothing}' + (f', {opts})' if opts else ')')
 
-    def elementwise(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        "Unreduced (B,S) loss for bce/asl/focal at the smoothed targets."
-        y = smooth_targets(targets, self.label_smoothing)
-        if self.kind == 'asl':
-            return asl_elementwise(logits, y, self.asl_gamma_pos, self.asl_gamma_neg, self.asl_clip)
-        if self.kind == 'focal':
-            return focal_elementwise(logits, y, self.focal_alpha, self.focal_gamma)
-        return bce_elementwise(logits, y)
+    def elementwise(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        "Unreduced (B,S) loss at the smoothed targets `y`."
+        raise NotImplementedError
 
-    def __call__(
-        self,
-        logits: torch.Tensor | LinearLogits,
-        targets: torch.Tensor | Positives,
-        label_weights: torch.Tensor | None = None,
-        rand_logits: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        if tuple(logits.shape) != tuple(targets.shape):
-            raise ValueError(
-                f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must have the same shape"
-            )
-        if isinstance(logits, LinearLogits):
-            if self.kind == 'bce' and isinstance(targets, Positives):
-                return bce_linear_pairs(logits, targets, self.label_smoothing, label_weights)
-            logits = logits.logits()
-        if isinstance(targets, Positives):
-            if self.kind == 'bce':
-                return bce_pairs(logits, targets, self.label_smoothing, label_weights)
-            targets = targets.dense()
-        if self.kind == 'an':
-            return _an_loss(
-                logits,
-                targets,
-                self.label_smoothing,
-                self.pos_lambda,
-                self.neg_samples,
-                label_weights,
-                rand_logits,
-                generator,
-            )
-        if self.kind == 'bce':  # fused kernel: one pass, no (B,S) temporaries beyond the weight
-            y = smooth_targets(targets, self.label_smoothing)
-            w = None if label_weights is None else _pos_weights(targets, label_weights)
-            return F.binary_cross_entropy_with_logits(logits.float(), y, weight=w)
-        loss = self.elementwise(logits, targets)
+    def __call__(self, logits, targets, label_weights=None, rand_logits=None, generator=None) -> torch.Tensor:
+        "Mean over the B·S elements of `logits` (tensor or `SpeciesLogits`) at `targets` (tensor or `Positives`)."
+        _check_shapes(logits, targets)
+        z, targets = _dense(logits), _dense_targets(targets)
+        loss = self.elementwise(z, smooth_targets(targets, self.label_smoothing))
         if label_weights is not None:
             loss = loss * _pos_weights(targets, label_weights)
         return loss.mean()
+
+# %% ../nbs/08_losses.ipynb #8f5e005e
+def _dense(logits: torch.Tensor | SpeciesLogits) -> torch.Tensor:
+    return logits.dense() if isinstance(logits, SpeciesLogits) else logits
+
+
+def _check_shapes(logits, targets):
+    if tuple(logits.shape) != tuple(targets.shape):
+        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must have the same shape")
+
+# %% ../nbs/08_losses.ipynb #f273e31f
+class BCELoss(SpeciesLoss, kind='bce'):
+    "Binary cross-entropy at the smoothed targets; fused with the output layer where it can be."
+
+    def elementwise(self, logits, y):
+        return bce_elementwise(logits, y)
+
+    def __call__(self, logits, targets, label_weights=None, rand_logits=None, generator=None) -> torch.Tensor:
+        _check_shapes(logits, targets)
+        eps = self.label_smoothing
+        if isinstance(targets, Positives):
+            if isinstance(logits, SpeciesLogits) and logits.value is None:
+                return bce_linear_pairs(logits, targets, eps, label_weights)
+            return bce_pairs(_dense(logits), targets, eps, label_weights)
+        w = None if label_weights is None else _pos_weights(targets, label_weights)  # one pass, no temporaries
+        return F.binary_cross_entropy_with_logits(_dense(logits).float(), smooth_targets(targets, eps), weight=w)
+
+# %% ../nbs/08_losses.ipynb #60f93ae4
+class ASLLoss(SpeciesLoss, kind='asl'):
+    "Asymmetric loss (Ridnik et al. 2021)."
+
+    def elementwise(self, logits, y):
+        return asl_elementwise(logits, y, self.asl_gamma_pos, self.asl_gamma_neg, self.asl_clip)
+
+# %% ../nbs/08_losses.ipynb #a2b50a36
+class FocalLoss(SpeciesLoss, kind='focal'):
+    "Focal loss (Lin et al. 2017)."
+
+    def elementwise(self, logits, y):
+        return focal_elementwise(logits, y, self.focal_alpha, self.focal_gamma)
+
+# %% ../nbs/08_losses.ipynb #5602736d
+class ANLoss(SpeciesLoss, kind='an'):
+    "The location-aware assume-negative loss (Cole et al. 2023), with spatial pseudo-negatives at random places."
+
+    spatial_negatives = True
+
+    def __call__(self, logits, targets, label_weights=None, rand_logits=None, generator=None) -> torch.Tensor:
+        _check_shapes(logits, targets)
+        rand = None if rand_logits is None else _dense(rand_logits)
+        return _an_loss(
+            _dense(logits), _dense_targets(targets), self.label_smoothing, self.pos_lambda, self.neg_samples,
+            label_weights, rand, generator,
+        )  # fmt: skip
+
+# %% ../nbs/08_losses.ipynb #9e5217d2
+def make_loss(cfg) -> SpeciesLoss:
+    "The species loss `cfg.species_loss` with label smoothing and its own options from `cfg` (e.g. a `TrainConfig`)."
+    cls = LOSSES[cfg.species_loss]
+    return cls(label_smoothing=cfg.label_smoothing, **{o.name: getattr(cfg, o.name) for o in cls.kind.options})
 
 # %% ../nbs/08_losses.ipynb #b1a6f1b2
 def random_latlon(n: int, generator: torch.Generator | None = None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -342,25 +332,24 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 # %% ../nbs/08_losses.ipynb #aaeb42a3
 def total_loss(
-    outputs: dict,
-    targets: torch.Tensor,
+    outputs: GeoOutput,
+    targets: torch.Tensor | Positives,
     env_targets: torch.Tensor | None,
-    species_loss_fn,
+    species_loss_fn: SpeciesLoss,
     species_weight: float = 1.0,
     env_weight: float = 0.1,
     habitat_weight: float = 0.1,
-    rand_logits: torch.Tensor | None = None,
+    rand_logits: SpeciesLogits | None = None,
     label_weights: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> dict:
     "Weighted multi-task loss; returns dict(loss, species, env, habitat) of scalar tensors."
-    logits = outputs['species_logits']
     species = species_loss_fn(
-        logits, targets, label_weights=label_weights, rand_logits=rand_logits, generator=generator
+        outputs.species, targets, label_weights=label_weights, rand_logits=rand_logits, generator=generator
     )
     zero = torch.zeros((), device=species.device)
-    env = masked_mse(outputs['env_pred'], env_targets) if ('env_pred' in outputs and env_targets is not None) else zero
-    hab = outputs.get('habitat_logits')
+    env = masked_mse(outputs.env, env_targets) if outputs.env is not None and env_targets is not None else zero
+    hab = outputs.habitat
     habitat = (
         species_loss_fn(hab, targets, label_weights=label_weights, generator=generator) if hab is not None else zero
     )

@@ -17,10 +17,10 @@ import polars as pl
 import pydeck as pdk
 
 from .core import atomic_path, atomic_write, cache_dir, demo_parquet, jsonable, week_label
-from .data import Prepared
 from .evaluate import cell_table
 from .geo import HOLDOUT_REGIONS, _close_cw, cells_bbox, cells_geojson
 from .inputs import read_columns
+from .prepared import Prepared
 
 # %% auto #0
 __all__ = ['land_cells', 'land_layer', 'hex_map', 'save_chart', 'colormap', 'deck_html', 'coarsen', 'model_cells',

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 from itertools import islice
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -18,9 +19,10 @@ from .core import N_WEEKS, ConfigError
 
 # %% auto #0
 __all__ = ['LN_EPS', 'SPECIES_PRIOR', 'BIRDNET_PARAMS', 'circular_encoding', 'coord_features', 'week_features', 'Dropout',
-           'ResidualBlock', 'FiLM', 'SpatioTemporalEncoder', 'WideLinear', 'SpeciesHead', 'EnvHead', 'HabitatHead',
-           'scale_dims', 'GeoModel', 'create_model', 'count_parameters', 'parameter_table', 'param_groups',
-           'resolve_device', 'predict_proba', 'ExportWrapper']
+           'ResidualBlock', 'FiLM', 'SpatioTemporalEncoder', 'wide_linear', 'WideLinear', 'SpeciesHead', 'EnvHead',
+           'HabitatHead', 'scale_dims', 'SpeciesLogits', 'GeoOutput', 'GeoModel', 'create_model', 'count_parameters',
+           'parameter_table', 'param_groups', 'resolve_device', 'flat_inputs', 'weekly_or_yearly', 'predict_proba',
+           'ExportWrapper']
 
 # %% ../nbs/07_model.ipynb #df6d655b
 def circular_encoding(theta: torch.Tensor, n_harmonics: int) -> torch.Tensor:
@@ -139,20 +141,25 @@ class _WideLinearFn(torch.autograd.Function):
         return gx, gw, g.sum(0) if ctx.needs_input_grad[2] else None
 
 # %% ../nbs/07_model.ipynb #82b9a4ff
+def wide_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    "`F.linear(x, weight, bias)`, with the faster weight gradient where training on the CPU in fp32 (eager)."
+    if (
+        x.device.type != 'cpu'
+        or x.dim() != 2
+        or not torch.is_grad_enabled()
+        or torch.is_autocast_enabled('cpu')
+        or torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+    ):
+        return F.linear(x, weight, bias)
+    return _WideLinearFn.apply(x, weight, bias)
+
+
 class WideLinear(nn.Linear):
     "An `nn.Linear` to many outputs whose weight gradient is the faster GEMM on the CPU (eager fp32 training)."
 
     def forward(self, x):
-        if (
-            x.device.type != 'cpu'
-            or x.dim() != 2
-            or not torch.is_grad_enabled()
-            or torch.is_autocast_enabled('cpu')
-            or torch.jit.is_tracing()
-            or torch.compiler.is_compiling()
-        ):
-            return super().forward(x)
-        return _WideLinearFn.apply(x, self.weight, self.bias)
+        return wide_linear(x, self.weight, self.bias)
 
 # %% ../nbs/07_model.ipynb #7b88282e
 SPECIES_PRIOR = 0.01
@@ -247,9 +254,34 @@ def _habitat_gate(embed_dim: int, n_species: int) -> nn.Linear:
     nn.init.constant_(gate.bias, 3.0)
     return gate
 
+# %% ../nbs/07_model.ipynb #56e84cba
+class SpeciesLogits(NamedTuple):
+    "Species logits: `features @ weight.T + bias` computed on `dense()`, or computed already (`value`)."
+
+    features: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    value: torch.Tensor | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.value.shape) if self.value is not None else (self.features.shape[0], self.weight.shape[0])
+
+    def dense(self) -> torch.Tensor:
+        "The (batch, species) logits."
+        return self.value if self.value is not None else wide_linear(self.features, self.weight, self.bias)
+
+
+class GeoOutput(NamedTuple):
+    "What `GeoModel` returns for a batch: species logits, env predictions and habitat logits (None where not made)."
+
+    species: SpeciesLogits
+    env: torch.Tensor | None = None
+    habitat: torch.Tensor | None = None
+
 # %% ../nbs/07_model.ipynb #4a2e88ae
 class GeoModel(nn.Module):
-    "Species distribution model on (lat, lon, week); `forward` returns a dict of logits (and env predictions)."
+    "Species distribution model on (lat, lon, week); `forward` returns a `GeoOutput`."
 
     def __init__(
         self,
@@ -297,32 +329,19 @@ class GeoModel(nn.Module):
         week: torch.Tensor,
         return_env: bool = False,
         species_rows: int | None = None,
-        species_features: bool = False,
-    ) -> dict:
+    ) -> GeoOutput:
         "Outputs for every row; with `species_rows=n` only the first n rows get species (and habitat) logits."
         h = self.encoder(lat, lon, week)
         hs = h if species_rows is None else h[:species_rows]
         feats = self.species_head.features(hs)
-        out = {}
-        env = (
-            self.env_head(h) if (self.env_head is not None and (return_env or self.habitat_head is not None)) else None
-        )
-        if species_features and self.habitat_head is None:  # the loss applies the last layer itself
-            out['species_features'] = feats
-            if return_env and env is not None:
-                out['env_pred'] = env
-            return out
-        logits = self.species_head.out[-1](feats)
-        if self.habitat_head is not None:
-            hab = self.habitat_head((env if species_rows is None else env[:species_rows]).detach())
-            gate = torch.sigmoid(self.gate(hs))
-            logits = hab + gate * (logits - hab)  # = gate·direct + (1 − gate)·habitat
-            if return_env:
-                out['habitat_logits'] = hab
-        out['species_logits'] = logits
-        if return_env and env is not None:
-            out['env_pred'] = env
-        return out
+        env = self.env_head(h) if self.env_head is not None and (return_env or self.habitat_head is not None) else None
+        last = self.species_head.out[-1]
+        if self.habitat_head is None:  # the last layer is left to whoever needs the logits
+            return GeoOutput(SpeciesLogits(feats, last.weight, last.bias), env if return_env else None)
+        hab = self.habitat_head((env if species_rows is None else env[:species_rows]).detach())
+        gate = torch.sigmoid(self.gate(hs))
+        logits = hab + gate * (last(feats) - hab)  # = gate·direct + (1 − gate)·habitat
+        return GeoOutput(SpeciesLogits(value=logits), env if return_env else None, hab if return_env else None)
 
 # %% ../nbs/07_model.ipynb #d43185d2
 def create_model(
@@ -398,57 +417,53 @@ def resolve_device(name: str = 'auto') -> torch.device:
     return torch.device(name)
 
 # %% ../nbs/07_model.ipynb #a759ca06
-def _as_tensor(x, dtype) -> torch.Tensor:
-    return x.detach().cpu().to(dtype) if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x), dtype=dtype)
+def _as_array(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 # %% ../nbs/07_model.ipynb #f74b1f55
-def _flat_inputs(lat, lon, week) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    "(lat, lon) float32 and integer weeks, flattened and broadcast to one length; `ValueError` for a bad week."
-    lat, lon, week = torch.broadcast_tensors(
-        _as_tensor(lat, torch.float32).reshape(-1),
-        _as_tensor(lon, torch.float32).reshape(-1),
-        _as_tensor(week, torch.float32).reshape(-1),
-    )
-    week = week.round().long()
+def flat_inputs(lat, lon, week) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "(lat, lon) float32 and int64 weeks, flattened and broadcast to one length; `ValueError` for a bad week."
+    lat, lon, week = np.broadcast_arrays(*(_as_array(x).astype(np.float32).reshape(-1) for x in (lat, lon, week)))
+    week = np.rint(week).astype(np.int64)
     if ((week < 0) | (week > N_WEEKS)).any():
         raise ValueError(f"week must be in 0..{N_WEEKS} (0 = yearly)")
     return lat, lon, week
 
 # %% ../nbs/07_model.ipynb #f91d092e
-def _yearly_max(run, lat, lon, rows: torch.Tensor, out: np.ndarray, batch_size: int):
-    "Fill `out[rows]` with the max over weeks 1..N_WEEKS of `run(lat, lon, week)`, in batches of whole rows."
-    weeks = torch.arange(1, N_WEEKS + 1)
-    step = max(1, batch_size // N_WEEKS)
-    for i in range(0, len(rows), step):
+def weekly_or_yearly(run, lat, lon, week, n_out: int, batch_size: int, yearly: str = 'max') -> np.ndarray:
+    "float32 (n, n_out) of `run(lat, lon, week)` in batches; week 0 with `yearly='max'`: the max over weeks 1..48."
+    if yearly not in ('max', 'model'):
+        raise ValueError(f"yearly must be 'max' or 'model', got {yearly!r}")
+    out = np.empty((len(lat), n_out), np.float32)
+    is_year = (week == 0) if yearly == 'max' else np.zeros(len(week), bool)
+    direct, rows = np.flatnonzero(~is_year), np.flatnonzero(is_year)
+    for i in range(0, len(direct), batch_size):
+        j = direct[i : i + batch_size]
+        out[j] = run(lat[j], lon[j], week[j])
+    weeks, step = np.arange(1, N_WEEKS + 1, dtype=week.dtype), max(1, batch_size // N_WEEKS)
+    for i in range(0, len(rows), step):  # whole year: the max over weeks 1..N_WEEKS
         j = rows[i : i + step]
-        p = run(lat[j].repeat_interleave(N_WEEKS), lon[j].repeat_interleave(N_WEEKS), weeks.repeat(len(j)))
-        out[j.numpy()] = p.view(len(j), N_WEEKS, -1).amax(1).cpu().numpy()
+        p = run(np.repeat(lat[j], N_WEEKS), np.repeat(lon[j], N_WEEKS), np.tile(weeks, len(j)))
+        out[j] = p.reshape(len(j), N_WEEKS, -1).max(1)
+    return out
 
 # %% ../nbs/07_model.ipynb #6369b1e8
 @torch.no_grad()
 def predict_proba(model: GeoModel, lat, lon, week, batch_size: int = 4096, yearly: str = 'max') -> np.ndarray:
     "σ(species logits) as float32 (N, S); week 0 → max over all weeks (`yearly='max'`) or the model's yearly output."
-    if yearly not in ('max', 'model'):
-        raise ValueError(f"yearly must be 'max' or 'model', got {yearly!r}")
-    lat, lon, week = _flat_inputs(lat, lon, week)
+    lat, lon, week = flat_inputs(lat, lon, week)
     dev = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    out = np.empty((lat.shape[0], model.n_species), dtype=np.float32)
 
-    def run(la, lo, wk):
-        return torch.sigmoid(model(la.to(dev), lo.to(dev), wk.to(dev))['species_logits'].float())
+    def run(*arrays):
+        la, lo, wk = (torch.from_numpy(a).to(dev) for a in arrays)
+        return torch.sigmoid(model(la, lo, wk).species.dense().float()).cpu().numpy()
 
     try:
-        is_year = (week == 0) if yearly == 'max' else torch.zeros_like(week, dtype=torch.bool)
-        direct = (~is_year).nonzero().squeeze(1)
-        for i in range(0, len(direct), batch_size):
-            j = direct[i : i + batch_size]
-            out[j.numpy()] = run(lat[j], lon[j], week[j]).cpu().numpy()
-        _yearly_max(run, lat, lon, is_year.nonzero().squeeze(1), out, batch_size)
+        return weekly_or_yearly(run, lat, lon, week, model.n_species, batch_size, yearly)
     finally:
         model.train(was_training)
-    return out
 
 # %% ../nbs/07_model.ipynb #bdc46ae4
 class ExportWrapper(nn.Module):
@@ -460,4 +475,4 @@ class ExportWrapper(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
-        return torch.sigmoid(self.model(x[:, 0], x[:, 1], x[:, 2])['species_logits'].float())
+        return torch.sigmoid(self.model(x[:, 0], x[:, 1], x[:, 2]).species.dense().float())

@@ -17,6 +17,7 @@ from PIL import Image
 
 from .core import N_WEEKS, GeoSDMError, atomic_path, write_json
 from .geo import cell_wkb, cells_geojson
+from .geoscore import GEOSCORE_PARTS
 from .inputs import load_combined
 from .maps import coarsen, hex_map, model_cells, probability_map, richness_map, save_chart
 from .predict import Predictor
@@ -55,17 +56,7 @@ PANELS = [  # (title, metrics, options)
     ('Learning rate', ['lr'], {'log': True}),
     (
         'GeoScore and its parts',
-        [
-            'val_geoscore',
-            'geoscore_map',
-            'geoscore_f1_10',
-            'geoscore_list_ratio_rom_10',
-            'geoscore_list_ratio_10',
-            'geoscore_watchlist_mean_ap',
-            'geoscore_holdout_map',
-            'geoscore_map_density_ratio',
-            'geoscore_pred_density_corr',
-        ],
+        ['val_geoscore', *(f'geoscore_{p.key}' for p in GEOSCORE_PARTS)],  # the parts, from the GeoScore table
         {},
     ),
     ('Ranking', ['val_map', 'val_species_map', 'val_top10_recall', 'val_top30_recall', 'val_watchlist_mean_ap'], {}),

@@ -24,7 +24,7 @@ from .calibrate import calibration_from
 from .checkpoint import checkpoint_config, load_checkpoint
 from .core import N_WEEKS, CheckpointError, ConfigError
 from .geo import EARTH_RADIUS_KM, cell_centres, unit_xyz
-from .model import create_model, predict_proba, resolve_device
+from .model import create_model, flat_inputs, predict_proba, resolve_device, weekly_or_yearly
 from .names import names_from
 
 # %% auto #0
@@ -58,24 +58,12 @@ def _onnx_rows(session, lat, lon, week) -> np.ndarray:
 # %% ../nbs/15_predict.ipynb #dfe7b896
 def onnx_proba(session, lat, lon, week, batch_size: int = 8192, yearly: str = 'max') -> np.ndarray:
     "Probabilities (n, S) of an exported model, with the week handling of `geosdm.model.predict_proba`."
-    if yearly not in ('max', 'model'):
-        raise ValueError(f"yearly must be 'max' or 'model', got {yearly!r}")
-    lat, lon, week = (np.asarray(x, np.float32).reshape(-1) for x in (lat, lon, week))
-    lat, lon, week = np.broadcast_arrays(lat, lon, np.rint(week))
-    if ((week < 0) | (week > N_WEEKS)).any():
-        raise ValueError(f'week must be in 0..{N_WEEKS} (0 = yearly)')
-    out = np.empty((len(lat), session.get_outputs()[0].shape[1]), np.float32)
-    is_year = (week == 0) if yearly == 'max' else np.zeros(len(week), bool)
-    direct, rows = np.flatnonzero(~is_year), np.flatnonzero(is_year)
-    for i in range(0, len(direct), batch_size):
-        j = direct[i : i + batch_size]
-        out[j] = _onnx_rows(session, lat[j], lon[j], week[j])
-    weeks, step = np.arange(1, N_WEEKS + 1, dtype=np.float32), max(1, batch_size // N_WEEKS)
-    for i in range(0, len(rows), step):  # whole year: the max over weeks 1..N_WEEKS
-        j = rows[i : i + step]
-        p = _onnx_rows(session, np.repeat(lat[j], N_WEEKS), np.repeat(lon[j], N_WEEKS), np.tile(weeks, len(j)))
-        out[j] = p.reshape(len(j), N_WEEKS, -1).max(1)
-    return out
+
+    def run(la, lo, wk):
+        return _onnx_rows(session, la, lo, wk.astype(np.float32))
+
+    n_out = session.get_outputs()[0].shape[1]
+    return weekly_or_yearly(run, *flat_inputs(lat, lon, week), n_out, batch_size, yearly)
 
 # %% ../nbs/15_predict.ipynb #6ceda4ac
 class Predictor:

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 from scipy.spatial import cKDTree
 
+from .config import OPTIONS
 from .core import N_WEEKS, csr_gather, sorted_unique
 from .geo import EARTH_RADIUS_KM, N_REGIONS, haversine_km, km_to_chord, region_of, unit_xyz
 
@@ -51,46 +52,27 @@ def env_space(env: np.ndarray, names: list[str]) -> np.ndarray:
     return np.ascontiguousarray(F)
 
 # %% ../nbs/05_propagation.ipynb #a0160e16
+def _default(name: str):
+    return OPTIONS[f'propagate_{name}'].default
+
+
 @dataclass
 class PropagationParams:
-    "Environmental-neighbour propagation settings (the `--propagate_*` flags and their defaults)."
+    "Environmental-neighbour propagation settings: the `--propagate_*` options (defaults from the option table)."
 
-    k: int = 10  # nearest env-space neighbours per sparse sample
-    max_radius_km: float = 1000.0  # geographic radius cap for a neighbour
-    max_spread: float = 2.0  # species range expansion multiplier (0 = no range check)
-    min_obs: int = 10  # samples with fewer species than this receive labels
-    env_dist_max: float = 2.0  # env-space distance cap for a neighbour (0 = none)
-    range_cap_km: float = 500.0  # hard cap on the per-species distance (0 = none)
+    k: int = _default('k')  # nearest env-space neighbours per sparse sample
+    max_radius: float = _default('max_radius')  # geographic radius cap (km) for a neighbour
+    max_spread: float = _default('max_spread')  # species range expansion multiplier (0 = no range check)
+    min_obs: int = _default('min_obs')  # samples with fewer species than this receive labels
+    env_dist_max: float = _default('env_dist_max')  # env-space distance cap for a neighbour (0 = none)
+    range_cap: float = _default('range_cap')  # hard cap (km) on the per-species distance (0 = none)
 
-    def checked(self) -> PropagationParams:
-        "Self, after checking every value (ValueError naming the parameter)."
-
-        def bad(name, msg):
-            e = ValueError(f'propagate {name}: {msg}, got {getattr(self, name)!r}')
-            e.param = name  # which parameter: callers map it to their own flag names
-            raise e
-
-        if int(self.k) != self.k or self.k < 1:
-            bad('k', 'must be an integer ≥ 1')
-        if int(self.min_obs) != self.min_obs or self.min_obs < 1:
-            bad('min_obs', 'must be an integer ≥ 1')
-        if not self.max_radius_km > 0:
-            bad('max_radius_km', 'must be > 0')
-        for n in ('max_spread', 'env_dist_max', 'range_cap_km'):
-            v = getattr(self, n)
-            if not (v >= 0 and math.isfinite(v)):
-                bad(n, 'must be a finite number ≥ 0')
-        return self
-
-    def as_dict(self) -> dict:
-        return {
-            'k': int(self.k),
-            'max_radius_km': float(self.max_radius_km),
-            'max_spread': float(self.max_spread),
-            'min_obs': int(self.min_obs),
-            'env_dist_max': float(self.env_dist_max),
-            'range_cap_km': float(self.range_cap_km),
-        }
+    @classmethod
+    def of(cls, options: dict) -> PropagationParams | None:
+        "The parameters of the `propagate_*` entries of `options` (checked values); None without `propagate_labels`."
+        if not options.get('propagate_labels'):
+            return None
+        return cls(**{f.name: options[f'propagate_{f.name}'] for f in fields(cls)})
 
 # %% ../nbs/05_propagation.ipynb #61a917a4
 def range_threshold_km(
@@ -108,8 +90,8 @@ def range_threshold_km(
     far = np.zeros(n_codes)
     np.maximum.at(far, code, ang * EARTH_RADIUS_KM)
     thr[has] = p.max_spread * np.maximum(far[has], MIN_RANGE_KM)
-    if p.range_cap_km > 0:
-        thr = np.minimum(thr, p.range_cap_km)
+    if p.range_cap > 0:
+        thr = np.minimum(thr, p.range_cap)
     return thr
 
 # %% ../nbs/05_propagation.ipynb #874bac5c
@@ -158,7 +140,7 @@ def propagate_week(
     rec = np.broadcast_to(sparse[:, None], d.shape)[ok]
     don = donors[j[ok]]
     geo = haversine_km(lat[rec], lon[rec], lat[don], lon[don])
-    g = geo <= p.max_radius_km
+    g = geo <= p.max_radius
     rec, don, geo = rec[g], don[g], geo[g]
     if len(rec) == 0:
         return none, none, len(sparse), 0
@@ -201,7 +183,6 @@ def propagate_keys(
 ):
     "Propagate labels among the training cells of `flatten_lists` keys: returns (w_key, y_key, report)."
     t0 = time.perf_counter()
-    p = p.checked()
     nc = max(int(n_codes), 1)
     train = np.asarray(train, bool)
     xyz = unit_xyz(lat, lon)
@@ -237,7 +218,7 @@ def propagate_keys(
         'labels_before': int(m.sum() + (ytr.sum() if yearly else 0)),
         'sparse_samples': int(n_sparse),
         'samples_changed': int(n_changed),
-        'params': p.as_dict(),
+        'params': asdict(p),
         'seconds': round(time.perf_counter() - t0, 3),
     }
     return merge(w_key, add_w), merge(y_key, add_y), report

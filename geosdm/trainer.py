@@ -5,11 +5,8 @@
 # %% ../nbs/13_trainer.ipynb #b836d11e
 from __future__ import annotations
 
-import hashlib
-import logging
 import math
 import os
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -19,44 +16,43 @@ import torch
 from .batches import DeviceSamples, jitter_latlon, pairs_size
 from .calibrate import calibrate, calibration_dict, validation_lists
 from geosdm.checkpoint import (
-    CHECKPOINT_FORMAT,
+    check_fits,
     check_run_folder,
     check_schedule,
-    data_changes,
+    checkpoint_state,
     load_checkpoint,
-    plain,
     run_lock,
     save_checkpoint,
     source_checkpoint,
-    split_identity,
-    training_cells,
     transfer_weights,
     write_labels,
 )
-from .config import TrainConfig, check_config, config_from, propagation_params
-from .core import N_WEEKS, ConfigError, CpuShare, GeoSDMDataError, clean_temp_files, demo_parquet, write_json
+from .config import DATA_OPTIONS, TrainConfig, check_config, config_from
+from .core import N_WEEKS, CpuShare, GeoSDMDataError, atomic_write, clean_temp_files, demo_parquet, write_json
 from .data import Prepared, prepare_data
-from .losses import SpeciesLoss, random_latlon
-from .metrics import MetricAccumulator, geoscore, merge_holdout
-from .model import count_parameters, create_model, param_groups, resolve_device
-from .names import names_record
+from .geoscore import geoscore, merge_holdout
+from .losses import make_loss, random_latlon
+from .metrics import MetricAccumulator
+from .model import count_parameters, create_model, resolve_device
 from .propagation import label_freq_weights
+from .runconfig import config_toml
+from .runlog import figure, format_epoch, log, setup_logging
 from geosdm.steps import (
-    REF_BATCH,
     LossScale,
-    adam_betas,
     compiled,
+    epoch_seed,
     forward_losses,
     keep_freed_memory,
+    lr_at,
+    make_optimizer,
     peak_lr,
+    resolve_amp,
     resolve_batch_size,
     resolve_compile,
 )
 
 # %% auto #0
-__all__ = ['log', 'data_path', 'prepare', 'lr_at', 'resolve_amp', 'epoch_seed', 'make_optimizer', 'make_loss', 'label_weights',
-           'EmptySplit', 'Trainer', 'train_epoch', 'evaluate', 'validate', 'state', 'save', 'load_state',
-           'load_weights', 'fit', 'setup_logging', 'format_epoch', 'calibrate_run', 'train']
+__all__ = ['data_path', 'prepare', 'label_weights', 'EmptySplit', 'Trainer', 'write_run_config', 'calibrate_run', 'train']
 
 # %% ../nbs/13_trainer.ipynb #727b3050
 def data_path(cfg: TrainConfig) -> str:
@@ -70,73 +66,10 @@ def prepare(cfg: TrainConfig, progress=True) -> Prepared:
     return prepare_data(
         data_path(cfg),
         cfg.taxonomy,
-        min_obs_per_species=cfg.min_obs_per_species,
-        max_obs_per_species=cfg.max_obs_per_species,
-        max_species=cfg.max_species,
-        ocean_sample_rate=cfg.ocean_sample_rate,
-        no_yearly=cfg.no_yearly,
-        val_size=cfg.val_size,
-        sample_fraction=cfg.sample_fraction,
-        holdout_regions=tuple(cfg.holdout_regions),
-        holdout_boxes=tuple(tuple(b) for b in cfg.holdout_boxes),
-        propagate=propagation_params(cfg),
         cache_dir=cache,
         no_cache=cfg.no_cache,
         progress=progress,
-    )
-
-# %% ../nbs/13_trainer.ipynb #8834c66c
-def lr_at(step: int, steps_per_epoch: int, cfg: TrainConfig, batch_size: int = REF_BATCH) -> float:
-    "Learning rate at global optimiser `step` (0-based) of a run with batches of `batch_size`."
-    lr = peak_lr(cfg.lr, batch_size, cfg.lr_scaling)
-    if cfg.lr_schedule == 'none':
-        return lr
-    total = max(1, cfg.num_epochs * steps_per_epoch)
-    warm = int(round(cfg.lr_warmup * steps_per_epoch))
-    warm = min(warm, total - 1) if total > 1 else 0
-    if step < warm:
-        return lr * (0.01 + 0.99 * step / warm)
-    t = min(1.0, (step - warm) / max(1, total - warm))
-    return cfg.lr_min + 0.5 * (lr - cfg.lr_min) * (1 + math.cos(math.pi * t))
-
-# %% ../nbs/13_trainer.ipynb #cdb5a4b6
-def resolve_amp(amp: str, device: torch.device):
-    "The autocast dtype for `device` (None = fp32)."
-    if amp == 'off':
-        return None
-    if device.type == 'cpu':
-        return torch.bfloat16 if amp == 'bf16' else None
-    if device.type != 'cuda':
-        return None
-    if amp == 'auto':
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {'bf16': torch.bfloat16, 'fp16': torch.float16}[amp]
-
-# %% ../nbs/13_trainer.ipynb #81ea788d
-def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
-    "A seed for `stream` of `epoch`, independent of how many epochs ran before in this process."
-    return int(hashlib.sha256(f'{seed}/{epoch}/{stream}'.encode()).hexdigest()[:15], 16)
-
-# %% ../nbs/13_trainer.ipynb #e7b52fcd
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, batch_size: int = REF_BATCH) -> torch.optim.AdamW:
-    "Fused AdamW; weight decay on weight matrices only; betas for `batch_size` (`geosdm.steps.adam_betas`)."
-    return torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay), lr=cfg.lr, fused=True, betas=adam_betas(batch_size, cfg.lr_scaling)
-    )
-
-# %% ../nbs/13_trainer.ipynb #556f1f50
-def make_loss(cfg: TrainConfig) -> SpeciesLoss:
-    "The species loss the options describe."
-    return SpeciesLoss(
-        kind=cfg.species_loss,
-        label_smoothing=cfg.label_smoothing,
-        asl_gamma_pos=cfg.asl_gamma_pos,
-        asl_gamma_neg=cfg.asl_gamma_neg,
-        asl_clip=cfg.asl_clip,
-        focal_alpha=cfg.focal_alpha,
-        focal_gamma=cfg.focal_gamma,
-        pos_lambda=cfg.pos_lambda,
-        neg_samples=cfg.neg_samples,
+        **{n: getattr(cfg, n) for n in DATA_OPTIONS},
     )
 
 # %% ../nbs/13_trainer.ipynb #aa284b84
@@ -171,9 +104,32 @@ class EmptySplit:
         "`k` random empty rows (with replacement)."
         return self.empty[torch.randint(len(self.empty), (k,), device=self.empty.device, generator=gen)]
 
+# %% ../nbs/13_trainer.ipynb #567a395d
+_LOSS_KEYS = ('loss', 'species', 'env', 'habitat')
+
+
+def _loss_vector(losses: dict, keep: torch.Tensor | None = None) -> torch.Tensor:
+    "float64[4] of (loss, species, env, habitat) on the device; zeros where `keep` is False."
+    d = losses['loss'].device
+    v = torch.stack(
+        [
+            losses[k].detach().double() if k in losses else torch.zeros((), device=d, dtype=torch.float64)
+            for k in _LOSS_KEYS
+        ]
+    )
+    return v if keep is None else torch.where(keep, v, torch.zeros_like(v))
+
+# %% ../nbs/13_trainer.ipynb #aa6504dc
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, unit='batch', dynamic_ncols=True, disable=not enabled)
+
 # %% ../nbs/13_trainer.ipynb #620d9d4f
 class Trainer:
     "Train a `GeoModel` on a `Prepared` dataset according to a `TrainConfig`."
+
+    keep_previous = True  # False while the folder's latest checkpoint is known to be unreadable (not worth keeping)
 
     def __init__(self, cfg: TrainConfig, prep: Prepared, device=None):
         self.cfg, self.prep = cfg, prep
@@ -215,423 +171,251 @@ class Trainer:
         "Whether env-only rows ride along in the species batches (`--empty_samples env_only` with empty samples)."
         return self.empty.active
 
-# %% ../nbs/13_trainer.ipynb #61d95836
-def _batch(self: Trainer, idx: torch.Tensor, jit: float, gen, size: int | None = None) -> dict:
-    "Inputs and targets (label pairs padded to `size`) of the training rows `idx` (plus env-only rows under env_only)."
-    td = self.train_data
-    lat, lon, week, cell = td.inputs(idx, jitter_std=jit, generator=gen)
-    b = dict(lat=lat, lon=lon, week=week, y=td.positives(idx, size), env=self.env[cell], species_rows=None)
-    if self.empty.active:
-        e = self.empty.draw(max(1, len(idx) // 2), gen)
-        elat, elon = td.lat[e], td.lon[e]
-        if jit > 0:
-            elat, elon = jitter_latlon(elat, elon, jit, gen)
-        b.update(
-            lat=torch.cat([lat, elat]),
-            lon=torch.cat([lon, elon]),
-            week=torch.cat([week, td.week[e]]),
-            env=torch.cat([b['env'], self.env[td.cell[e]]]),
-            species_rows=len(idx),
-        )
-    return b
+    # one batch, its losses, one step
 
-
-Trainer._batch = _batch
-
-# %% ../nbs/13_trainer.ipynb #cff1bc7b
-def _rand_inputs(self: Trainer, b: int, gen) -> tuple:
-    "`b` uniformly random (lat, lon, week) (spatial negatives of the AN loss)."
-    lat, lon = random_latlon(b, gen, self.device)
-    return lat, lon, torch.randint(1, N_WEEKS + 1, (b,), device=self.device, generator=gen).float()
-
-# %% ../nbs/13_trainer.ipynb #7405bb7b
-def _losses(self: Trainer, b: dict, gen, weights=None, train: bool = False) -> dict:
-    "The multi-task losses of batch `b`; with the model's outputs ('out') unless `train`."
-    cfg, an = self.cfg, self.cfg.species_loss == 'an'
-    rand = self._rand_inputs(b['y'].shape[0], gen) if an else None
-    return (self._forward if train else forward_losses)(
-        self.model,
-        self.loss_fn,
-        b,
-        self.amp_dtype,
-        dict(species_weight=cfg.species_weight, env_weight=cfg.env_weight, habitat_weight=cfg.habitat_weight),
-        rand,
-        weights,
-        gen if an else None,
-        outputs=not train,
-    )
-
-
-Trainer._rand_inputs, Trainer._losses = _rand_inputs, _losses
-
-# %% ../nbs/13_trainer.ipynb #b182c98f
-def _step(self: Trainer, loss: torch.Tensor) -> torch.Tensor:
-    "One optimiser step on `loss` at the scheduled learning rate; returns the device flag `ok` (False: skipped)."
-    lr = lr_at(self.step, self.steps_per_epoch, self.cfg, self.batch_size)
-    for g in self.opt.param_groups:
-        g['lr'] = lr
-    self.opt.zero_grad(set_to_none=True)
-    self.step += 1
-    return self.scaler.step(self.opt, self.params, loss)
-
-
-Trainer._step = _step
-
-# %% ../nbs/13_trainer.ipynb #567a395d
-_LOSS_KEYS = ('loss', 'species', 'env', 'habitat')
-
-
-def _loss_vector(losses: dict, keep: torch.Tensor | None = None) -> torch.Tensor:
-    "float64[4] of (loss, species, env, habitat) on the device; zeros where `keep` is False."
-    d = losses['loss'].device
-    v = torch.stack(
-        [
-            losses[k].detach().double() if k in losses else torch.zeros((), device=d, dtype=torch.float64)
-            for k in _LOSS_KEYS
-        ]
-    )
-    return v if keep is None else torch.where(keep, v, torch.zeros_like(v))
-
-# %% ../nbs/13_trainer.ipynb #aa6504dc
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False, unit='batch', dynamic_ncols=True, disable=not enabled)
-
-# %% ../nbs/13_trainer.ipynb #f4b9e3f7
-def train_epoch(self: Trainer, progress=True) -> dict:
-    "Train one epoch; returns its history row (losses, skipped batches, seconds, samples/s, learning rate, batch size)."
-    cfg, d, ep, nb = self.cfg, self.device, self.epoch + 1, self.steps_per_epoch
-    self.model.train()
-    torch.manual_seed(epoch_seed(cfg.seed, ep, 0))  # dropout
-    gen = torch.Generator(device=d)
-    gen.manual_seed(epoch_seed(cfg.seed, ep, 1))
-    B = self.batch_size
-    order = (
-        self.empty.order(nb * B, gen)
-        if self.empty.active
-        else torch.randperm(len(self.prep.train), device=d, generator=gen)
-    )
-    size = pairs_size(self.train_data.n_pos[order[: nb * B]].view(nb, B).sum(1))  # one read per epoch
-    jit = self.prep.jitter_std if cfg.jitter else 0.0
-    sums = torch.zeros(4, device=d, dtype=torch.float64)
-    skipped = torch.zeros((), device=d, dtype=torch.int64)
-    bar, t0, every = _progress(nb, f'Epoch {ep}/{cfg.num_epochs}', progress), time.perf_counter(), max(1, nb // 4)
-    for i in range(nb):
-        losses = self._losses(
-            self._batch(order[i * B : (i + 1) * B], jit, gen, size), gen, self.label_weights, train=True
-        )
-        ok = self._step(losses['loss'])
-        sums += _loss_vector(losses, ok)
-        skipped += (~ok).long()
-        bar.update(1)
-        if progress and (i % every == 0 or i == nb - 1):
-            bar.set_postfix(
-                loss=f'{(sums[0] / (i + 1)).item():.4f}',
-                sps=f'{(i + 1) * B / max(time.perf_counter() - t0, 1e-9):,.0f}',
+    def _batch(self, idx: torch.Tensor, jit: float, gen, size: int | None = None) -> dict:
+        "Inputs and targets (label pairs padded to `size`) of the training rows `idx` (and env-only rows, env_only)."
+        td = self.train_data
+        lat, lon, week, cell = td.inputs(idx, jitter_std=jit, generator=gen)
+        b = dict(lat=lat, lon=lon, week=week, y=td.positives(idx, size), env=self.env[cell], species_rows=None)
+        if self.empty.active:
+            e = self.empty.draw(max(1, len(idx) // 2), gen)
+            elat, elon = td.lat[e], td.lon[e]
+            if jit > 0:
+                elat, elon = jitter_latlon(elat, elon, jit, gen)
+            b.update(
+                lat=torch.cat([lat, elat]),
+                lon=torch.cat([lon, elon]),
+                week=torch.cat([week, td.week[e]]),
+                env=torch.cat([b['env'], self.env[td.cell[e]]]),
+                species_rows=len(idx),
             )
-    bar.close()
-    if d.type == 'cuda':
-        torch.cuda.synchronize()
-    secs, n_skip = time.perf_counter() - t0, int(skipped)
-    s = (sums / max(1, nb - n_skip)).tolist()
-    return {
-        'train_loss': s[0],
-        'train_species_loss': s[1],
-        'train_env_loss': s[2],
-        'train_habitat_loss': s[3] if cfg.habitat_head else float('nan'),
-        'train_skipped_batches': n_skip,
-        'train_seconds': secs,
-        'train_samples_per_s': nb * B / max(secs, 1e-9),
-        'lr': lr_at(max(0, self.step - 1), nb, cfg, B),
-        'batch_size': B,
-        'lr_peak': peak_lr(cfg.lr, B, cfg.lr_scaling),
-    }
+        return b
 
+    def _rand_inputs(self, b: int, gen) -> tuple:
+        "`b` uniformly random (lat, lon, week): where a loss with `spatial_negatives` wants the model's logits."
+        lat, lon = random_latlon(b, gen, self.device)
+        return lat, lon, torch.randint(1, N_WEEKS + 1, (b,), device=self.device, generator=gen).float()
 
-Trainer.train_epoch = train_epoch
+    def _losses(self, b: dict, gen, weights=None, train: bool = False) -> dict:
+        "The multi-task losses of batch `b`; with the model's outputs ('out') unless `train`."
+        cfg, sn = self.cfg, self.loss_fn.spatial_negatives
+        rand = self._rand_inputs(b['y'].shape[0], gen) if sn else None
+        return (self._forward if train else forward_losses)(
+            self.model,
+            self.loss_fn,
+            b,
+            self.amp_dtype,
+            dict(species_weight=cfg.species_weight, env_weight=cfg.env_weight, habitat_weight=cfg.habitat_weight),
+            rand,
+            weights,
+            gen if sn else None,
+            outputs=not train,
+        )
 
-# %% ../nbs/13_trainer.ipynb #ac931497
-@torch.no_grad()
-def evaluate(self: Trainer, data: DeviceSamples, samples, prefix='val_') -> dict:
-    "Every metric (and the losses) of the model on `data`; keys prefixed with `prefix`."
-    self.model.eval()
-    d = self.device
-    acc = MetricAccumulator(self.prep.n_species, vocab=self.prep.vocab, device=d)
-    gen = torch.Generator(device=d)
-    gen.manual_seed(epoch_seed(self.cfg.seed, 0, 2))  # fixed: val loss deterministic
-    dens = torch.as_tensor(samples.obs_density, dtype=torch.float32, device=d)
-    sums, nbat, eb = torch.zeros(4, device=d, dtype=torch.float64), 0, self.cfg.eval_batch_size
-    for i in range(0, len(samples), eb):
-        idx = torch.arange(i, min(len(samples), i + eb), device=d)
-        lat, lon, week, y, cell = data.batch(idx)
-        losses = self._losses(dict(lat=lat, lon=lon, week=week, y=y, env=self.env[cell], species_rows=None), gen)
-        sums += _loss_vector(losses)
-        nbat += 1
-        acc.update(losses['out']['species_logits'].float(), y, dens[idx])
-    m, s = acc.compute(), (sums / max(1, nbat)).tolist()
-    m.update(loss=s[0], species_loss=s[1], env_loss=s[2], habitat_loss=s[3] if self.cfg.habitat_head else float('nan'))
-    return {f'{prefix}{k}': v for k, v in m.items()}
+    def _step(self, loss: torch.Tensor) -> torch.Tensor:
+        "One optimiser step on `loss` at the scheduled learning rate; returns the device flag `ok` (False: skipped)."
+        lr = lr_at(self.step, self.steps_per_epoch, self.cfg, self.batch_size)
+        for g in self.opt.param_groups:
+            g['lr'] = lr
+        self.opt.zero_grad(set_to_none=True)
+        self.step += 1
+        return self.scaler.step(self.opt, self.params, loss)
 
-# %% ../nbs/13_trainer.ipynb #2d94e101
-def validate(self: Trainer) -> dict:
-    "Metrics on the validation and hold-out sets, and GeoScore with its parts."
-    val = self.evaluate(self.val_data, self.prep.val, '') if self.val_data is not None else {}
-    ho = self.evaluate(self.holdout_data, self.prep.holdout, '') if self.holdout_data is not None else None
-    merged = merge_holdout(val, ho)
-    row = {f'val_{k}': v for k, v in val.items()}
-    if ho:
-        row.update({f'holdout_{k}': v for k, v in ho.items()})
-    row['val_geoscore'] = merged['geoscore']
-    row.update({f'geoscore_{k}': v for k, v in geoscore(merged)[1].items() if isinstance(v, (int, float))})
-    return row
+    # one epoch
 
+    def _epoch_order(self, gen) -> tuple[torch.Tensor, int]:
+        "The epoch's rows in order, and the padded length of its label pairs (the one read of the device)."
+        nb, B = self.steps_per_epoch, self.batch_size
+        if self.empty.active:
+            order = self.empty.order(nb * B, gen)
+        else:
+            order = torch.randperm(len(self.prep.train), device=self.device, generator=gen)
+        return order, pairs_size(self.train_data.n_pos[order[: nb * B]].view(nb, B).sum(1))
 
-Trainer.evaluate, Trainer.validate = evaluate, validate
+    def train_epoch(self, progress=True) -> dict:
+        "Train one epoch; its history row (losses, skipped batches, seconds, samples/s, learning rate, batch size)."
+        cfg, d, ep, nb, B = self.cfg, self.device, self.epoch + 1, self.steps_per_epoch, self.batch_size
+        self.model.train()
+        torch.manual_seed(epoch_seed(cfg.seed, ep, 0))  # dropout
+        gen = torch.Generator(device=d)
+        gen.manual_seed(epoch_seed(cfg.seed, ep, 1))
+        order, size = self._epoch_order(gen)
+        jit = self.prep.jitter_std if cfg.jitter else 0.0
+        sums, skipped = torch.zeros(4, device=d, dtype=torch.float64), torch.zeros((), device=d, dtype=torch.int64)
+        bar, t0, every = _progress(nb, f'Epoch {ep}/{cfg.num_epochs}', progress), time.perf_counter(), max(1, nb // 4)
+        for i in range(nb):
+            b = self._batch(order[i * B : (i + 1) * B], jit, gen, size)
+            losses = self._losses(b, gen, self.label_weights, train=True)
+            ok = self._step(losses['loss'])
+            sums += _loss_vector(losses, ok)
+            skipped += (~ok).long()
+            bar.update(1)
+            if progress and (i % every == 0 or i == nb - 1):
+                sps = (i + 1) * B / max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix(loss=f'{(sums[0] / (i + 1)).item():.4f}', sps=f'{sps:,.0f}')
+        bar.close()
+        if d.type == 'cuda':
+            torch.cuda.synchronize()
+        return self._train_row(sums, int(skipped), time.perf_counter() - t0)
 
-# %% ../nbs/13_trainer.ipynb #5116eb5b
-def state(self: Trainer) -> dict:
-    "The checkpoint dict of the trainer's current state."
-    prep = self.prep
-    return plain(
-        {
-            'format': CHECKPOINT_FORMAT,
-            'epoch': self.epoch,
-            'step': self.step,
-            'model_state_dict': self.model.state_dict(),
-            'model_config': dict(self.model.config),
-            'optimizer_state_dict': self.opt.state_dict(),
-            'scheduler_state_dict': {'step': self.step, 'steps_per_epoch': self.steps_per_epoch},
-            'scaler_state_dict': self.scaler.state_dict(),
-            'rng_state': {
-                'torch': torch.get_rng_state(),
-                'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
-            'best_geoscore': self.best_geoscore if math.isfinite(self.best_geoscore) else None,
-            'best_epoch': self.best_epoch,
-            'history': self.history,
-            'config': asdict(self.cfg),
-            'species_vocab': {
-                'codes': list(prep.vocab),
-                'sci_names': list(prep.sci_names),
-                'common_names': list(prep.common_names),
-            },
-            'env': {'names': list(prep.env_names), 'stats': prep.env_stats},
-            'data': {
-                'fingerprint': prep.fingerprint,
-                'content': prep.content,
-                'split': split_identity(prep),
-                'jitter_std': prep.jitter_std,
-                'h3_res': prep.h3_res,
-                'options': prep.options,
-            },
-            'coverage': {'cells': training_cells(prep)},
-            'names': names_record(prep),  # aliases, languages, taxonomy version
+    def _train_row(self, sums: torch.Tensor, n_skip: int, secs: float) -> dict:
+        cfg, nb, B = self.cfg, self.steps_per_epoch, self.batch_size
+        s = (sums / max(1, nb - n_skip)).tolist()
+        return {
+            'train_loss': s[0],
+            'train_species_loss': s[1],
+            'train_env_loss': s[2],
+            'train_habitat_loss': s[3] if cfg.habitat_head else float('nan'),
+            'train_skipped_batches': n_skip,
+            'train_seconds': secs,
+            'train_samples_per_s': nb * B / max(secs, 1e-9),
+            'lr': lr_at(max(0, self.step - 1), nb, cfg, B),
+            'batch_size': B,
+            'lr_peak': peak_lr(cfg.lr, B, cfg.lr_scaling),
         }
-    )
 
-# %% ../nbs/13_trainer.ipynb #d8c2a364
-def save(self: Trainer, name: str) -> Path:
-    "Write the checkpoint `name` into the checkpoint folder (atomically; the latest one keeps its previous generation)."
-    latest = name == 'checkpoint_latest.pt'
-    path = save_checkpoint(self.ckpt_dir / name, self.state(), keep_previous=latest and self.keep_previous)
-    if latest:
-        self.keep_previous = True
-    return path
+    # validation
 
+    @torch.no_grad()
+    def evaluate(self, data: DeviceSamples, samples, prefix='val_') -> dict:
+        "Every metric (and the losses) of the model on `data`; keys prefixed with `prefix`."
+        self.model.eval()
+        d = self.device
+        acc = MetricAccumulator(self.prep.n_species, vocab=self.prep.vocab, device=d)
+        gen = torch.Generator(device=d)
+        gen.manual_seed(epoch_seed(self.cfg.seed, 0, 2))  # fixed: val loss deterministic
+        dens = torch.as_tensor(samples.obs_density, dtype=torch.float32, device=d)
+        sums, nbat, eb = torch.zeros(4, device=d, dtype=torch.float64), 0, self.cfg.eval_batch_size
+        for i in range(0, len(samples), eb):
+            idx = torch.arange(i, min(len(samples), i + eb), device=d)
+            lat, lon, week, y, cell = data.batch(idx)
+            losses = self._losses(dict(lat=lat, lon=lon, week=week, y=y, env=self.env[cell], species_rows=None), gen)
+            sums += _loss_vector(losses)
+            nbat += 1
+            acc.update(losses['out'].species.value.float(), y, dens[idx])
+        m, s = acc.compute(), (sums / max(1, nbat)).tolist()
+        m.update(loss=s[0], species_loss=s[1], env_loss=s[2], habitat_loss=s[3] if self.cfg.habitat_head else math.nan)
+        return {f'{prefix}{k}': v for k, v in m.items()}
 
-Trainer.state, Trainer.save = state, save
-Trainer.keep_previous = True  # False while the folder's latest checkpoint is known to be unreadable (not worth keeping)
+    def validate(self) -> dict:
+        "Metrics on the validation and hold-out sets, and GeoScore with its parts (computed once)."
+        val = self.evaluate(self.val_data, self.prep.val, '') if self.val_data is not None else {}
+        ho = self.evaluate(self.holdout_data, self.prep.holdout, '') if self.holdout_data is not None else None
+        score, parts = geoscore(merge_holdout(val, ho))
+        row = {f'val_{k}': v for k, v in val.items()}
+        if ho:
+            row.update({f'holdout_{k}': v for k, v in ho.items()})
+        row['val_geoscore'] = score
+        row.update({f'geoscore_{k}': v for k, v in parts.items()})
+        return row
 
-# %% ../nbs/13_trainer.ipynb #5e2b5464
-_OTHER_DATA = (
-    'Resume needs the data the checkpoint was trained on; --finetune starts a new run from its weights on these data.'
-)
+    # checkpoints
 
+    def state(self) -> dict:
+        "The checkpoint dict of the trainer's current state."
+        return checkpoint_state(
+            self.model, self.opt, self.scaler, self.prep, self.cfg, epoch=self.epoch, step=self.step,
+            steps_per_epoch=self.steps_per_epoch, best_geoscore=self.best_geoscore, best_epoch=self.best_epoch,
+            history=self.history,
+        )  # fmt: skip
 
-def _check_fits(self: Trainer, ck: dict):
-    "Raise `ConfigError` unless checkpoint `ck` was trained on these data with this model."
-    why = data_changes(ck, self.prep)
-    vocab = list(ck['species_vocab']['codes'])
-    if vocab != list(self.prep.vocab):
-        a, b = set(vocab), set(self.prep.vocab)
-        raise ConfigError(
-            f"--resume: the checkpoint's species vocabulary ({len(vocab)} species) differs from the "
-            f"data's ({len(self.prep.vocab)}): {len(a - b)} only in the checkpoint, {len(b - a)} only "
-            f"in the data{''.join('; ' + w for w in why)}. Use the same data and preprocessing options."
-        )
-    if ck['data']['split'] != split_identity(self.prep):
-        raise ConfigError(
-            "--resume: the train/val/hold-out split of the data differs from the checkpoint's "
-            f"({'; '.join(why) or 'different data, val_size, sample_fraction or hold-out regions'})."
-        )
-    if ck['model_config'] != dict(self.model.config):
-        raise ConfigError(
-            f'--resume: model config differs: checkpoint {ck["model_config"]} vs {dict(self.model.config)}'
-        )
-    if why:
-        raise ConfigError(f"--resume: the data differ from the checkpoint's: {'; '.join(why)}. {_OTHER_DATA}")
+    def save(self, name: str) -> Path:
+        "Write the checkpoint `name` into the checkpoint folder (atomically; the latest keeps its previous one)."
+        latest = name == 'checkpoint_latest.pt'
+        path = save_checkpoint(self.ckpt_dir / name, self.state(), keep_previous=latest and self.keep_previous)
+        if latest:
+            self.keep_previous = True
+        return path
 
-# %% ../nbs/13_trainer.ipynb #1dbb2261
-def load_state(self: Trainer, ck: dict, source=None):
-    "Restore from a checkpoint dict (read from `source`), after checking it fits these data and options."
-    self._check_fits(ck)
-    check_schedule(ck, self.cfg, source, self.batch_size)
-    self.model.load_state_dict(ck['model_state_dict'])
-    self.opt.load_state_dict(ck['optimizer_state_dict'])
-    if ck.get('scaler_state_dict'):
-        self.scaler.load_state_dict(ck['scaler_state_dict'])
-    self.epoch, self.step = int(ck['epoch']), int(ck['step'])
-    bg = ck.get('best_geoscore')
-    self.best_geoscore = -math.inf if bg is None else float(bg)
-    self.best_epoch = int(ck.get('best_epoch', 0))
-    self.history = {k: list(v) for k, v in ck['history'].items()}
+    def load_state(self, ck: dict, source=None):
+        "Restore from a checkpoint dict (read from `source`), after checking it fits these data and options."
+        check_fits(ck, self.prep, self.model.config)
+        check_schedule(ck, self.cfg, source, self.batch_size)
+        self.model.load_state_dict(ck['model_state_dict'])
+        self.opt.load_state_dict(ck['optimizer_state_dict'])
+        if ck.get('scaler_state_dict'):
+            self.scaler.load_state_dict(ck['scaler_state_dict'])
+        self.epoch, self.step = int(ck['epoch']), int(ck['step'])
+        bg = ck.get('best_geoscore')
+        self.best_geoscore = -math.inf if bg is None else float(bg)
+        self.best_epoch = int(ck.get('best_epoch', 0))
+        self.history = {k: list(v) for k, v in ck['history'].items()}
 
-# %% ../nbs/13_trainer.ipynb #6dcbbac2
-def load_weights(self: Trainer, ck: dict) -> dict:
-    "Start from checkpoint `ck`'s weights (species and env targets matched by name); a new schedule, no history."
-    return transfer_weights(self.model, ck, self.prep.vocab, self.prep.env_names)
+    def load_weights(self, ck: dict) -> dict:
+        "Start from checkpoint `ck`'s weights (species and env targets matched by name); a new schedule, no history."
+        return transfer_weights(self.model, ck, self.prep.vocab, self.prep.env_names)
 
+    # fitting
 
-Trainer._check_fits, Trainer.load_state, Trainer.load_weights = _check_fits, load_state, load_weights
+    def _record(self, row: dict):
+        "Append `row` to the history (keys aligned by epoch; NaN and inf stored as None)."
+        for k in set(self.history) | set(row):
+            self.history.setdefault(k, [None] * (self.epoch - 1))
+            v = row.get(k)
+            self.history[k].append(v if not isinstance(v, float) or math.isfinite(v) else None)
 
-# %% ../nbs/13_trainer.ipynb #12ca27e7
-def _record(self: Trainer, row: dict):
-    "Append `row` to the history (keys aligned by epoch; NaN and inf stored as None)."
-    for k in set(self.history) | set(row):
-        self.history.setdefault(k, [None] * (self.epoch - 1))
-        v = row.get(k)
-        self.history[k].append(v if not isinstance(v, float) or math.isfinite(v) else None)
-
-# %% ../nbs/13_trainer.ipynb #15e0e7fa
-def _end_epoch(self: Trainer, row: dict, t0: float, save: bool = True) -> bool:
-    "Validate, record, save (if `save`); returns whether early stopping triggers."
-    tv = time.perf_counter()
-    row.update(self.validate())
-    row.update(val_seconds=time.perf_counter() - tv, epoch=self.epoch, epoch_seconds=time.perf_counter() - t0)
-    gs = row['val_geoscore']
-    improved = math.isfinite(gs) and gs > self.best_geoscore
-    if improved:
-        self.best_geoscore, self.best_epoch = gs, self.epoch
-    row['best_geoscore'] = self.best_geoscore
-    self._record(row)
-    stop = bool(self.cfg.patience) and self.epoch - self.best_epoch >= self.cfg.patience
-    if not save:
+    def _end_epoch(self, row: dict, t0: float, save: bool = True) -> bool:
+        "Validate, record, save (if `save`); returns whether early stopping triggers."
+        tv = time.perf_counter()
+        row.update(self.validate())
+        row.update(val_seconds=time.perf_counter() - tv, epoch=self.epoch, epoch_seconds=time.perf_counter() - t0)
+        gs = row['val_geoscore']
+        improved = math.isfinite(gs) and gs > self.best_geoscore
+        if improved:
+            self.best_geoscore, self.best_epoch = gs, self.epoch
+        row['best_geoscore'] = self.best_geoscore
+        self._record(row)
+        stop = bool(self.cfg.patience) and self.epoch - self.best_epoch >= self.cfg.patience
+        if not save:
+            return stop
+        if improved:
+            self.save('checkpoint_best.pt')
+        if self.epoch % self.cfg.save_every == 0 or stop or self.epoch >= self.cfg.num_epochs:
+            self.save('checkpoint_latest.pt')
+        write_json(self.ckpt_dir / 'training_history.json', self.history)
         return stop
-    if improved:
-        self.save('checkpoint_best.pt')
-    if self.epoch % self.cfg.save_every == 0 or stop or self.epoch >= self.cfg.num_epochs:
-        self.save('checkpoint_latest.pt')
-    write_json(self.ckpt_dir / 'training_history.json', self.history)
-    return stop
 
+    def _set_threads(self, most: int, quiet: bool):
+        "Before an epoch on the CPU: torch's threads by --cpu_threads (auto: the cores others leave free, ≤ `most`)."
+        if self.device.type != 'cpu':
+            return
+        auto = self.cfg.cpu_threads == 'auto'
+        if auto and self.share is None:
+            return
+        n = min(self.share.free_cores() or most, most) if auto else int(self.cfg.cpu_threads)
+        if n == torch.get_num_threads():
+            return
+        torch.set_num_threads(n)
+        if auto and not quiet:
+            log.info(f'CPU threads: {n} (other processes keep {self.share.cores - n} of {self.share.cores} cores busy)')
 
-Trainer._record, Trainer._end_epoch = _record, _end_epoch
-
-# %% ../nbs/13_trainer.ipynb #b5495dd7
-def _set_threads(self: Trainer, most: int, quiet: bool):
-    """Before an epoch on the CPU: torch's threads by --cpu_threads (auto: the cores other processes leave free, ≤
-    `most`)."""
-    if self.device.type != 'cpu':
-        return
-    auto = self.cfg.cpu_threads == 'auto'
-    if auto and self.share is None:
-        return
-    n = min(self.share.free_cores() or most, most) if auto else int(self.cfg.cpu_threads)
-    if n == torch.get_num_threads():
-        return
-    torch.set_num_threads(n)
-    if auto and not quiet:
-        log.info(f'CPU threads: {n} (other processes keep {self.share.cores - n} of {self.share.cores} cores busy)')
-
-# %% ../nbs/13_trainer.ipynb #808a9037
-def fit(self: Trainer, progress=True, on_epoch=None, save: bool = True, quiet: bool = False) -> dict:
-    """Train until `num_epochs` or early stopping; returns the history. `save=False` writes no files, `quiet` logs
-    nothing."""
-    if save:
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    try:
-        while self.epoch < self.cfg.num_epochs:
-            self._set_threads(threads, quiet)
-            t0 = time.perf_counter()
-            row = self.train_epoch(progress)
-            self.epoch += 1
-            stop = self._end_epoch(row, t0, save)
-            if not quiet:
-                log.info(format_epoch(row, self.cfg))
-            if on_epoch is not None:
-                on_epoch(self, row)
-            if stop:
+    def fit(self, progress=True, on_epoch=None, save: bool = True, quiet: bool = False) -> dict:
+        "Train until `num_epochs` or early stopping; returns the history. `save=False`: no files, `quiet`: no log."
+        if save:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        threads = torch.get_num_threads()
+        try:
+            while self.epoch < self.cfg.num_epochs:
+                self._set_threads(threads, quiet)
+                t0 = time.perf_counter()
+                row = self.train_epoch(progress)
+                self.epoch += 1
+                stop = self._end_epoch(row, t0, save)
                 if not quiet:
-                    log.info(
-                        f'Early stopping: no GeoScore improvement for {self.cfg.patience} epochs '
-                        f'(best {self.best_geoscore:.4f} at epoch {self.best_epoch}).'
-                    )
-                break
-    finally:
-        torch.set_num_threads(threads)
-    return self.history
-
-
-Trainer._set_threads = _set_threads
-Trainer.fit = fit
-
-# %% ../nbs/13_trainer.ipynb #b1b20ecb
-log = logging.getLogger('geosdm')
-
-
-def setup_logging():
-    "Log geosdm's messages to stdout, plain (once)."
-    if not log.handlers:
-        h = logging.StreamHandler(sys.stdout)
-        h.setFormatter(logging.Formatter('%(message)s'))
-        log.addHandler(h)
-        log.setLevel(logging.INFO)
-        log.propagate = False
-
-# %% ../nbs/13_trainer.ipynb #b102bb62
-def _f(v, fmt='.3f'):
-    return 'n/a' if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
-
-# %% ../nbs/13_trainer.ipynb #08802e74
-def _three(g, key, fmt='.2f') -> str:
-    return ' / '.join(_f(g(f'{key}_{t}'), fmt) for t in (5, 10, 25))
-
-# %% ../nbs/13_trainer.ipynb #5a8ea3f9
-def _quality_lines(g) -> list[str]:
-    return [
-        f"  ranking (higher is better)  mAP {_f(g('val_map'))} · top-10 recall {_f(g('val_top10_recall'))}"
-        f" · top-30 recall {_f(g('val_top30_recall'))} · species mAP {_f(g('val_species_map'))}",
-        f"  lists at p ≥ 5 / 10 / 25 %  F1 {_three(g, 'val_f1', '.3f')} (higher is better)"
-        f" · length ratio {_three(g, 'val_list_ratio_rom')} (1 = right length)",
-        f"  effort bias                 mAP sparse {_f(g('val_map_sparse'))} / dense {_f(g('val_map_dense'))}"
-        f" · ratio {_f(g('val_map_density_ratio'))} (1 = no bias) · prediction-effort r"
-        f" {_f(g('val_pred_density_corr'))} (0 = no bias)",
-        f"  watchlist                   mean AP of the endemics {_f(g('val_watchlist_mean_ap'))} (higher is better)",
-    ]
-
-# %% ../nbs/13_trainer.ipynb #d8c6333f
-def format_epoch(r: dict, cfg: TrainConfig) -> str:
-    "A multi-line summary of one epoch's history row, in plain words."
-    g = r.get
-    lines = [
-        f"Epoch {r['epoch']}/{cfg.num_epochs} · lr {g('lr'):.2e} · {g('train_samples_per_s'):,.0f} samples/s"
-        f" · train {_f(g('train_seconds'), '.1f')} s · validation {_f(g('val_seconds'), '.1f')} s",
-        f"  loss (lower is better)      train {_f(g('train_loss'), '.4f')} "
-        f"(species {_f(g('train_species_loss'), '.4f')},"
-        f" env {_f(g('train_env_loss'), '.4f')}) · validation {_f(g('val_loss'), '.4f')}",
-    ]
-    if 'val_map' in r:
-        lines += _quality_lines(g)
-    if 'holdout_map' in r:
-        lines.append(
-            f"  hold-out regions            mAP {_f(g('holdout_map'))} · F1 at 10 % {_f(g('holdout_f1_10'))}"
-            f" · mAP sparse {_f(g('holdout_map_sparse'))} / dense {_f(g('holdout_map_dense'))}"
-        )
-    best = 'best so far' if r.get('val_geoscore') == r.get('best_geoscore') else f"best {_f(g('best_geoscore'), '.4f')}"
-    lines.append(f"  GeoScore                    {_f(g('val_geoscore'), '.4f')} ({best}; 0 to 1, higher is better)")
-    return '\n'.join(lines)
+                    log.info(format_epoch(row, self.cfg))
+                if on_epoch is not None:
+                    on_epoch(self, row)
+                if stop:
+                    if not quiet:
+                        log.info(
+                            f'Early stopping: no GeoScore improvement for {self.cfg.patience} epochs '
+                            f'(best {self.best_geoscore:.4f} at epoch {self.best_epoch}).'
+                        )
+                    break
+        finally:
+            torch.set_num_threads(threads)
+        return self.history
 
 # %% ../nbs/13_trainer.ipynb #5d24b81e
 def _start_from(tr: Trainer, ck: dict, src: Path, why: str | None):
@@ -664,7 +448,16 @@ def _log_start(tr: Trainer):
         + (f', AMP {str(tr.amp_dtype).replace("torch.", "")}' if tr.amp_dtype else '')
     )
 
-# %% ../nbs/13_trainer.ipynb #b3d38076
+# %% ../nbs/13_trainer.ipynb #4ca96113
+_AMP_NAMES = {None: 'off', torch.bfloat16: 'bf16', torch.float16: 'fp16'}
+
+
+def write_run_config(tr: Trainer) -> Path:
+    "`config.toml` in the run's folder: its options as resolved when it started (atomically)."
+    resolved = dict(batch_size=tr.batch_size, device=tr.device.type, amp=_AMP_NAMES[tr.amp_dtype], compile=tr.compile)
+    return atomic_write(tr.ckpt_dir / 'config.toml', config_toml(tr.cfg, **resolved))
+
+# %% ../nbs/13_trainer.ipynb #2eb8927c
 def calibrate_run(folder, prep: Prepared) -> list[Path]:
     "Store the list thresholds learned on `prep`'s validation cells in the run's best and latest checkpoints."
     if not len(validation_lists(prep)):
@@ -703,6 +496,7 @@ def train(cfg: TrainConfig | None = None, prep: Prepared | None = None, progress
         if old:
             log.info(f"--overwrite: deleted the previous run's {', '.join(p.name for p in old)}.")
         write_labels(tr.ckpt_dir / 'labels.txt', prep)
+        write_run_config(tr)
         if cfg.resume:
             write_json(tr.ckpt_dir / 'training_history.json', tr.history)  # the history follows the checkpoint
         _log_start(tr)
@@ -713,6 +507,6 @@ def train(cfg: TrainConfig | None = None, prep: Prepared | None = None, progress
         calibrate_run(tr.ckpt_dir, prep)
         log.info(
             f'Done: {tr.epoch} epochs in {time.perf_counter() - t0:.1f}s. Best GeoScore '
-            f'{_f(tr.best_geoscore, ".4f")} at epoch {tr.best_epoch}. Checkpoints in {tr.ckpt_dir}.'
+            f'{figure(tr.best_geoscore, ".4f")} at epoch {tr.best_epoch}. Checkpoints in {tr.ckpt_dir}.'
         )
     return tr

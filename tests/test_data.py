@@ -19,8 +19,9 @@ import torch
 from conftest import WEEKS, WORLD_A, default_lists, grid_cells, write_world
 
 from geosdm.batches import DeviceSamples, jitter_latlon, multi_hot
-from geosdm.core import GeoSDMDataError
-from geosdm.data import Prepared, Samples, _options, cache_key, jitter_std_for_res, prepare_data, split_cells
+from geosdm.config import DATA_OPTIONS, data_options
+from geosdm.core import ConfigError, GeoSDMDataError
+from geosdm.data import Prepared, Samples, cache_key, jitter_std_for_res, prepare_data, split_cells
 from geosdm.geo import HOLDOUT_REGIONS
 from geosdm.inputs import find_taxonomy, read_taxonomy
 
@@ -258,9 +259,10 @@ def test_split_by_location(world, val_size):
     assert np.array_equal(np.bincount(p.val.cell)[sorted(va)], [49] * len(va))
 
 
-def test_val_size_zero(world):
-    p = prepare_data(world, val_size=0.0, **P)
-    assert len(p.val) == 0 and len(p.train) == 40 * 49
+def test_val_size_zero_is_refused(world):
+    "The option table's range for --val_size, (0, 1), holds for the library too: one range, one place."
+    with pytest.raises(ValueError, match=r'--val_size: must be in \(0, 1\)'):
+        prepare_data(world, val_size=0.0, **P)
 
 
 def test_sample_fraction_before_split(world):
@@ -301,7 +303,7 @@ def test_holdout_named_regions(world_writer):
 
 
 def test_holdout_errors(world):
-    with pytest.raises(GeoSDMDataError, match='atlantis.*valid names.*us_northwest'):
+    with pytest.raises(ConfigError, match='--holdout_regions: unknown.*atlantis.*valid.*us_northwest'):
         prepare_data(world, holdout_regions=['atlantis'], **P)
     with pytest.raises(GeoSDMDataError, match=r'combined\.parquet.*cover every'):
         prepare_data(world, holdout_boxes=[(-180, -90, 180, 90)], **P)
@@ -411,16 +413,35 @@ OPTIONS = [
     ('sample_fraction', 0.8),
     ('holdout_regions', ['uk']),
     ('holdout_boxes', [(0, 45, 10, 55)]),
-    ('propagate', {'k': 3}),
+    ('propagate_labels', True),
 ]
 
 
-@pytest.mark.parametrize('name,value', OPTIONS)
+PROPAGATION = [
+    ('propagate_k', 3),
+    ('propagate_max_radius', 500.0),
+    ('propagate_max_spread', 1.0),
+    ('propagate_min_obs', 5),
+    ('propagate_env_dist_max', 1.0),
+    ('propagate_range_cap', 200.0),
+]
+
+
+def test_every_data_option_is_tried():
+    assert {n for n, _ in OPTIONS + PROPAGATION} == set(DATA_OPTIONS)
+
+
+@pytest.mark.parametrize('name,value', OPTIONS + PROPAGATION)
 def test_cache_key_changes_with_every_option(world, name, value):
-    assert {n for n, _ in OPTIONS} | {'data_path', 'taxonomy'} >= set(prepare_data(world, **P).options)
-    a = prepare_data(world, **P).fingerprint
-    b = prepare_data(world, **{**P, name: value}).fingerprint
+    base = {**P, 'propagate_labels': name.startswith('propagate_') and name != 'propagate_labels'}
+    assert set(prepare_data(world, **base).options) == set(DATA_OPTIONS) | {'data_path', 'taxonomy'}
+    a = prepare_data(world, **base).fingerprint
+    b = prepare_data(world, **{**base, name: value}).fingerprint
     assert a != b
+
+
+def test_propagation_values_do_not_enter_the_key_when_it_is_off(world):
+    assert prepare_data(world, **P).fingerprint == prepare_data(world, propagate_k=3, **P).fingerprint
 
 
 def _key(path, tax=None, **kw):
@@ -435,7 +456,8 @@ def _key(path, tax=None, **kw):
         holdout_regions=(),
         holdout_boxes=(),
     )
-    return cache_key(_options(path, tax, **{**o, **kw}))
+    opts = {'data_path': str(Path(path).resolve()), 'taxonomy': str(Path(tax).resolve()) if tax else None}
+    return cache_key({**opts, **data_options(**{**o, **kw})})
 
 
 def test_cache_key_file_identity(world, tmp_path):

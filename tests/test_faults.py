@@ -340,7 +340,13 @@ def test_fresh_start_in_a_run_folder_needs_overwrite(worlds, run_a, tmp_path, ca
     one_line(capsys, 'holds a run')
     assert exit_code(train_main, argv(worlds['a'], ck, '--overwrite', '--num_epochs', 1, '--seed', 2)) == 0
     capsys.readouterr()
-    assert sorted(files(ck)) == ['checkpoint_best.pt', 'checkpoint_latest.pt', 'labels.txt', 'training_history.json']
+    assert sorted(files(ck)) == [
+        'checkpoint_best.pt',
+        'checkpoint_latest.pt',
+        'config.toml',
+        'labels.txt',
+        'training_history.json',
+    ]
     assert load_checkpoint(ck / 'checkpoint_latest.pt')['config']['seed'] == 2 and len(history(ck)['val_map']) == 1
 
 

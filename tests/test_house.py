@@ -15,27 +15,33 @@ PKG = Path(__file__).resolve().parents[1] / 'geosdm'
 # Each module and its floor: a module may import only modules on lower floors (see nbs/index.ipynb).
 FLOORS = {
     'core': 0,
+    'options': 1,
+    'prepared': 1,
     'geo': 1,
     'batches': 1,
     'worldfiles': 2,
     'inputs': 2,
     'gbif': 2,
     'synthetic': 3,
-    'losses': 3,
+    'losskinds': 2,
+    'losses': 4,
     'model': 3,
     'metrics': 3,
+    'geoscore': 1,
     'planet': 3,
     'simulate': 4,
-    'propagation': 3,
-    'data': 4,
+    'propagation': 4,
+    'data': 5,
     'tally': 3,
     'ingest': 4,
-    'config': 5,
+    'config': 3,
     'names': 3,  # aliases, languages, always-plausible labels
     'calibrate': 4,  # thresholds learned on the validation cells
+    'runconfig': 4,
     'checkpoint': 6,
     'evaluate': 6,
     'steps': 6,
+    'runlog': 4,
     'trainer': 7,
     'predict': 7,
     'maps': 7,
@@ -152,3 +158,63 @@ def test_user_facing_text_has_plain_words():
     files = [*(PKG.parent / 'nbs').glob('*.ipynb'), *PKG.rglob('*.py'), PKG.parent / 'README.md']
     hits = [f'{f.name}: {m.group(0)!r}' for f in files for m in bad.finditer(f.read_text())]
     assert not hits, hits
+
+
+# ---------------------------------------------------------------- one place per idea
+
+
+def _string_constants(path: Path) -> set[str]:
+    return {
+        n.value
+        for n in ast.walk(ast.parse(path.read_text()))
+        if isinstance(n, ast.Constant) and isinstance(n.value, str)
+    }
+
+
+def test_only_the_loss_registry_names_a_loss_kind():
+    "A loss kind is named where it is declared (losskinds) and implemented (losses); everything else reads them."
+    from geosdm.losskinds import LOSS_KINDS
+
+    hits = {
+        name: sorted(set(LOSS_KINDS) & _string_constants(p))
+        for name, p in modules().items()
+        if name not in ('losskinds', 'losses')
+    }
+    assert not {k: v for k, v in hits.items() if v}
+
+
+def test_only_the_option_table_declares_options():
+    "Options are rows of the option table: declared in config, or with their loss in losskinds, nowhere else."
+    found = {
+        name
+        for name, p in modules().items()
+        for n in ast.walk(ast.parse(p.read_text()))
+        if isinstance(n, ast.Call) and getattr(n.func, 'id', None) == 'Option'
+    }
+    assert found <= {'options', 'config', 'losskinds'}, found
+
+
+def test_geoscore_parts_are_one_table():
+    "No module spells a GeoScore part's history key: the parts come from geoscore.GEOSCORE_PARTS."
+    from geosdm.geoscore import GEOSCORE_PARTS
+
+    keys = {f'geoscore_{p.key}' for p in GEOSCORE_PARTS}
+    hits = {name: sorted(keys & _string_constants(p)) for name, p in modules().items()}
+    assert not {k: v for k, v in hits.items() if v}
+    apps = {p.name: sorted(keys & _string_constants(p)) for p in (PKG / 'apps').glob('*.py')}
+    assert not {k: v for k, v in apps.items() if v}
+
+
+def test_readme_glossary_reads_the_geoscore_table():
+    from geosdm.geoscore import geoscore_glossary
+
+    assert geoscore_glossary() in (PKG.parent / 'README.md').read_text()
+
+
+def test_autotune_free_and_fixed_options_come_from_the_table():
+    from geosdm import autotune
+    from geosdm.config import OPTIONS
+
+    free = autotune._NOT_FIXED
+    assert free <= set(OPTIONS)
+    assert {n for n, o in OPTIONS.items() if o.effect in ('data', 'training')} - free == set(OPTIONS) - free

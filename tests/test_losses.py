@@ -6,11 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from geosdm.config import OPTIONS, in_range
 from geosdm.core import N_WEEKS
 from geosdm.losses import (
-    LOSS_KINDS,
-    SpeciesLoss,
+    LOSSES,
     asl_elementwise,
     masked_mse,
     random_latlon,
@@ -18,6 +16,18 @@ from geosdm.losses import (
     smooth_targets,
     total_loss,
 )
+from geosdm.losskinds import LOSS_KINDS
+from geosdm.model import GeoOutput, SpeciesLogits
+
+
+def SpeciesLoss(kind: str, **kw):
+    "The loss `kind` with those of `kw` that it has (label smoothing and its own options)."
+    own = {o.name for o in LOSS_KINDS[kind].options} | {'label_smoothing'}
+    return LOSSES[kind](**{k: v for k, v in kw.items() if k in own})
+
+
+def _out(z, env=None, hab=None) -> GeoOutput:
+    return GeoOutput(SpeciesLogits(value=z), env, hab)
 
 
 def _np_sig(z):
@@ -114,7 +124,7 @@ def test_label_weights_multiply_positive_loss(small, kind, shape):
     g = torch.Generator().manual_seed(3)
     w = torch.rand(S, generator=g) if shape == 'S' else torch.rand(B, S, generator=g)
     fn = SpeciesLoss(kind, label_smoothing=0.05)
-    el = fn.elementwise(z, y)
+    el = fn.elementwise(z, smooth_targets(y, 0.05))
     wf = torch.where(y > 0.5, w.expand(B, S), torch.ones(()))
     assert fn(z, y, label_weights=w).item() == pytest.approx((el * wf).mean().item(), rel=1e-5)
     # weights of ones are a no-op; weights never change the target (negatives unaffected)
@@ -245,15 +255,7 @@ def test_total_loss_combination(small):
     env_t[0, 0] = float('nan')
     hab = torch.randn(4, 7)
     fn = SpeciesLoss('bce')
-    out = total_loss(
-        dict(species_logits=z, env_pred=env_pred, habitat_logits=hab),
-        y,
-        env_t,
-        fn,
-        species_weight=2.0,
-        env_weight=0.5,
-        habitat_weight=0.3,
-    )
+    out = total_loss(_out(z, env_pred, hab), y, env_t, fn, species_weight=2.0, env_weight=0.5, habitat_weight=0.3)
     assert set(out) == {'loss', 'species', 'env', 'habitat'}
     assert all(isinstance(v, torch.Tensor) and v.ndim == 0 for v in out.values())
     assert out['species'].item() == pytest.approx(fn(z, y).item())
@@ -263,7 +265,7 @@ def test_total_loss_combination(small):
         2 * out['species'].item() + 0.5 * out['env'].item() + 0.3 * out['habitat'].item(), rel=1e-6
     )
     # no env, no habitat
-    out = total_loss(dict(species_logits=z), y, None, fn)
+    out = total_loss(_out(z), y, None, fn)
     assert (
         out['env'].item() == 0 and out['habitat'].item() == 0 and out['loss'].item() == pytest.approx(fn(z, y).item())
     )
@@ -273,7 +275,7 @@ def test_total_loss_an_rand_logits(small):
     z, y = small
     rand = torch.randn_like(z)
     fn = SpeciesLoss('an', neg_samples=0)
-    out = total_loss(dict(species_logits=z), y, None, fn, rand_logits=rand)
+    out = total_loss(_out(z), y, None, fn, rand_logits=rand)
     assert out['species'].item() == pytest.approx(fn(z, y, rand_logits=rand).item())
 
 
@@ -309,7 +311,7 @@ def test_gradients_finite_under_autocast(kind):
     dt = _half_dtype()
     with torch.autocast('cpu', dtype=dt):
         out = m(lat, lon, week, return_env=True)
-        rand = m(lat.flip(0), lon.flip(0), week, return_env=False)['species_logits'] if kind == 'an' else None
+        rand = m(lat.flip(0), lon.flip(0), week, return_env=False).species if kind == 'an' else None
         parts = total_loss(
             out, y, env, SpeciesLoss(kind, neg_samples=10), rand_logits=rand, generator=torch.Generator().manual_seed(0)
         )
@@ -320,18 +322,10 @@ def test_gradients_finite_under_autocast(kind):
 
 
 def test_errors():
-    with pytest.raises(ValueError, match='kind'):
-        SpeciesLoss('mse')
-    with pytest.raises(ValueError, match='label_smoothing'):
-        SpeciesLoss('bce', label_smoothing=1.0)
-    # the range of the option table (geosdm.config): [0, 0.5)
-    with pytest.raises(ValueError, match=r'label_smoothing must be in \[0, 0\.5\)'):
-        SpeciesLoss('bce', label_smoothing=0.5)
-    with pytest.raises(ValueError, match='label_smoothing'):
-        SpeciesLoss('an', label_smoothing=-0.01)
-    with pytest.raises(ValueError, match='label_smoothing'):
-        SpeciesLoss('an', label_smoothing=float('nan'))
-    SpeciesLoss('bce', label_smoothing=0.49)
+    with pytest.raises(KeyError):
+        LOSSES['mse']
+    with pytest.raises(TypeError, match='unknown option'):
+        LOSSES['bce'](neg_samples=3)  # a loss takes its own options only
     with pytest.raises(ValueError, match='same shape'):
         SpeciesLoss('bce')(torch.zeros(2, 3), torch.zeros(2, 4))
     with pytest.raises(ValueError, match='rand_logits'):
@@ -367,20 +361,70 @@ def test_fractional_gamma_saturated_logits_finite_grad(kind, kw):
     assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
 
 
-@pytest.mark.parametrize(
-    'name,values',
-    [
-        ('label_smoothing', [-0.01, 0.0, 0.05, 0.49, 0.5, 0.99, 1.0]),
-        ('asl_clip', [-0.01, 0.0, 0.2, 0.99, 1.0, 1.5]),
-        ('neg_samples', [-1, 0, 1, 1024]),
-    ],
-)
-def test_checked_ranges_match_option_table(name, values):
-    "The loss accepts exactly the values the command line accepts (the option table in geosdm.config)."
-    for v in values:
-        ok = True
-        try:
-            SpeciesLoss('asl', **{name: v})
-        except ValueError:
-            ok = False
-        assert ok == in_range(v, OPTIONS[name].range), (name, v)
+def test_every_kind_has_its_loss_and_options():
+    "The registry: each declared kind has a class, whose options are the declaration's, defaults included."
+    assert set(LOSSES) == set(LOSS_KINDS)
+    for name, cls in LOSSES.items():
+        fn = cls()
+        assert cls.kind is LOSS_KINDS[name]
+        assert {o.name: getattr(fn, o.name) for o in cls.kind.options} == {o.name: o.default for o in cls.kind.options}
+
+
+TOY = r"""
+import json, sys
+from geosdm.losskinds import loss_kind
+from geosdm.options import Option, Param
+
+# 1. the declaration (the loss kinds notebook)
+factor = Option('toy_factor', 2.0, 'Factor of the toy loss', range='> 0', tune=Param('float', 1, 4), tune_all=True)
+loss_kind('toy', 'a toy: BCE times a factor', factor)
+
+# 2. the implementation (the losses notebook)
+from geosdm.losses import SpeciesLoss, bce_elementwise
+
+class ToyLoss(SpeciesLoss, kind='toy'):
+    def elementwise(self, logits, y):
+        return self.toy_factor * bce_elementwise(logits, y)
+
+# nothing else: the option table, the command line, autotune and the trainer read the registry
+from geosdm.autotune import LOSS_PARAMS, inactive_params
+from geosdm.cli import train_main
+from geosdm.config import OPTIONS, SEARCH_SPACE, TrainConfig, build_parser
+from geosdm.trainer import Trainer
+
+d = sys.argv[1]
+rc = train_main(['--species_loss', 'toy', '--toy_factor', '3', '--num_epochs', '1', '--model_scale', '0.25',
+                 '--device', 'cpu', '--cpu_threads', '1', '--checkpoint_dir', d, '--batch_size', '512'])
+print(json.dumps(dict(
+    rc=rc, choices=list(OPTIONS['species_loss'].choices), in_space='toy_factor' in SEARCH_SPACE,
+    owner=LOSS_PARAMS['toy_factor'], inactive=inactive_params({'toy_factor': 2.0}, TrainConfig()),
+    help='toy' in build_parser().format_help(), field=TrainConfig().toy_factor,
+    config=open(d + '/config.toml').read(),
+)))
+"""
+
+
+def test_a_new_loss_is_one_declaration_and_one_class(tmp_path):
+    """A toy loss, declared and implemented in a test, trains from the command line: the option table, the
+    parser, TrainConfig, autotune's space and the run's config.toml all know it, and nothing else was edited."""
+    import json
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, '-c', TOY, str(tmp_path / 'run')],
+        capture_output=True,
+        text=True,
+        env={**_env(), 'OMP_NUM_THREADS': '1'},
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out['rc'] == 0 and out['choices'][-1] == 'toy' and out['in_space'] and out['help']
+    assert out['owner'] == ['toy'] and out['inactive'] == ['toy_factor'] and out['field'] == 2.0
+    assert 'species_loss = "toy"' in out['config'] and 'toy_factor = 3.0' in out['config']
+
+
+def _env():
+    import os
+
+    return {k: v for k, v in os.environ.items() if k != 'OMP_NUM_THREADS'}

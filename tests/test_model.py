@@ -12,6 +12,7 @@ from geosdm.model import (
     LN_EPS,
     N_WEEKS,
     ExportWrapper,
+    GeoOutput,
     coord_features,
     count_parameters,
     create_model,
@@ -20,6 +21,12 @@ from geosdm.model import (
     scale_dims,
     week_features,
 )
+
+
+def _outs(o) -> dict:
+    "A model's `GeoOutput` as a dict of its tensors (the logits computed)."
+    d = {'species_logits': o.species.dense(), 'env_pred': o.env, 'habitat_logits': o.habitat}
+    return {k: v for k, v in d.items() if v is not None}
 
 
 def _batch(B=32, seed=0):
@@ -99,7 +106,7 @@ def test_config_round_trip():
         assert m2.config == m.config
         m2.load_state_dict(m.state_dict())  # strict: same architecture
         lat, lon, week = _batch(8)
-        a, b = m(lat, lon, week, return_env=True), m2(lat, lon, week, return_env=True)
+        a, b = _outs(m(lat, lon, week, return_env=True)), _outs(m2(lat, lon, week, return_env=True))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     import json
 
@@ -110,15 +117,16 @@ def test_forward_outputs():
     lat, lon, week = _batch(5)
     m = create_model(12, 4, model_scale=0.25)
     out = m(lat, lon, week)
-    assert list(out) == ['species_logits'] and out['species_logits'].shape == (5, 12)
+    assert isinstance(out, GeoOutput) and out.species.value is None and out.env is None and out.habitat is None
+    assert list(_outs(out)) == ['species_logits'] and out.species.dense().shape == (5, 12)
     out = m(lat, lon, week, return_env=True)
-    assert out['env_pred'].shape == (5, 4)
+    assert out.env.shape == (5, 4)
     mh = create_model(12, 4, model_scale=0.25, habitat_head=True)
     out = mh(lat, lon, week, return_env=True)
-    assert set(out) == {'species_logits', 'env_pred', 'habitat_logits'}
-    assert set(mh(lat, lon, week)) == {'species_logits'}
+    assert type(out) is GeoOutput and set(_outs(out)) == {'species_logits', 'env_pred', 'habitat_logits'}
+    assert set(_outs(mh(lat, lon, week))) == {'species_logits'}
     m0 = create_model(12, 0, model_scale=0.25)
-    assert set(m0(lat, lon, week, return_env=True)) == {'species_logits'}
+    assert set(_outs(m0(lat, lon, week, return_env=True))) == {'species_logits'}
     with pytest.raises(ValueError):
         create_model(12, 0, habitat_head=True)
 
@@ -127,7 +135,7 @@ def test_habitat_gate_mixing_and_detach():
     torch.manual_seed(0)
     m = create_model(10, 3, model_scale=0.25, habitat_head=True).eval()
     lat, lon, week = _batch(6)
-    out = m(lat, lon, week, return_env=True)
+    out = _outs(m(lat, lon, week, return_env=True))
     h = m.encoder(lat, lon, week)
     direct = m.species_head(h)
     g = torch.sigmoid(torch.tensor(3.0))
@@ -154,7 +162,7 @@ def test_week0_not_week48_encoding():
 def test_week0_not_week48_model():
     m = create_model(20, 3, model_scale=0.25).eval()
     lat, lon, _ = _batch(16)
-    y = lambda w: m(lat, lon, torch.full((16,), w))['species_logits']
+    y = lambda w: m(lat, lon, torch.full((16,), w)).species.dense()
     assert torch.allclose(y(0), y(48), atol=1e-6)  # FiLM starts as the identity
     _perturb_film(m)
     assert (y(0) - y(48)).abs().max() > 1e-2
@@ -165,16 +173,16 @@ def test_int_and_float_week_paths_agree():
     m = create_model(20, 3, model_scale=0.5).eval()
     _perturb_film(m)
     lat, lon, week = _batch(64)
-    a = m(lat, lon, week, return_env=True)
-    b = m(lat, lon, week.float(), return_env=True)
+    a = _outs(m(lat, lon, week, return_env=True))
+    b = _outs(m(lat, lon, week.float(), return_env=True))
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5), k
     # gradients agree too (the 49-week table path backpropagates through the gather)
     m.train()
     torch.manual_seed(0)
-    ga = torch.autograd.grad(m(lat, lon, week)['species_logits'].sum(), list(m.encoder.films.parameters()))
+    ga = torch.autograd.grad(m(lat, lon, week).species.dense().sum(), list(m.encoder.films.parameters()))
     torch.manual_seed(0)
-    gb = torch.autograd.grad(m(lat, lon, week.float())['species_logits'].sum(), list(m.encoder.films.parameters()))
+    gb = torch.autograd.grad(m(lat, lon, week.float()).species.dense().sum(), list(m.encoder.films.parameters()))
     for x, y in zip(ga, gb):
         assert torch.allclose(x, y, rtol=1e-4, atol=1e-5)
 
@@ -211,11 +219,6 @@ def test_trace_and_export_match_eager():
     x0[:, 2] = 0
     x48[:, 2] = 48
     assert (ep.module()(x0) - ep.module()(x48)).abs().max() > 1e-4
-    # the dict-returning model traces too
-    tm = torch.jit.trace(m, (lat, lon, week.float()), strict=False)
-    assert torch.allclose(
-        tm(lat, lon, week.float())['species_logits'], m(lat, lon, week.float())['species_logits'], atol=1e-6
-    )
 
 
 def test_autocast_bf16_cpu():
@@ -225,17 +228,17 @@ def test_autocast_bf16_cpu():
     lat, lon, week = _batch(64)
     with torch.no_grad():
         m.eval()
-        ref = m(lat, lon, week, return_env=True)
+        ref = _outs(m(lat, lon, week, return_env=True))
         m.train()
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        out = m(lat, lon, week, return_env=True)
+        out = _outs(m(lat, lon, week, return_env=True))
         loss = sum(v.float().pow(2).mean() for v in out.values())
     assert all(torch.isfinite(v).all() for v in out.values())
     loss.backward()
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in m.parameters())
     m.eval()
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
-        lo = m(lat, lon, week, return_env=True)
+        lo = _outs(m(lat, lon, week, return_env=True))
     assert (lo['species_logits'].float() - ref['species_logits']).abs().max() < 0.25
 
 
@@ -262,7 +265,7 @@ def test_predict_proba_yearly_max():
     # scalars broadcast; 'model' returns the trained yearly output
     m.eval()
     with torch.no_grad():
-        direct = torch.sigmoid(m(torch.tensor([10.0]), torch.tensor([20.0]), torch.tensor([0]))['species_logits'])
+        direct = torch.sigmoid(m(torch.tensor([10.0]), torch.tensor([20.0]), torch.tensor([0])).species.dense())
     np.testing.assert_allclose(predict_proba(m, 10.0, 20.0, 0, yearly='model')[0], direct[0].numpy(), atol=1e-6)
     with pytest.raises(ValueError, match=f'0..{N_WEEKS}'):
         predict_proba(m, 0, 0, N_WEEKS + 1)
@@ -284,7 +287,7 @@ def test_param_groups():
 
 def test_training_reduces_loss():
     """A few AdamW steps on a fixed batch lower the total loss (the model can learn week-dependent targets)."""
-    from geosdm.losses import SpeciesLoss, total_loss
+    from geosdm.losses import BCELoss, total_loss
 
     torch.manual_seed(0)
     m = create_model(8, 2, model_scale=0.25)
@@ -295,7 +298,7 @@ def test_training_reduces_loss():
     y[week == 48, 4:] = 1  # yearly and week 48 differ
     env = torch.randn(64, 2)
     opt = torch.optim.AdamW(param_groups(m, 1e-3), lr=3e-3)
-    fn = SpeciesLoss('bce', label_smoothing=0.0)
+    fn = BCELoss(label_smoothing=0.0)
     losses = []
     for _ in range(150):
         opt.zero_grad()
@@ -305,7 +308,7 @@ def test_training_reduces_loss():
         losses.append(parts['species'].item())
     assert losses[-1] < 0.2 * losses[0]
     m.eval()
-    p = torch.sigmoid(m(lat, lon, week)['species_logits'])
+    p = torch.sigmoid(m(lat, lon, week).species.dense())
     assert (p[week == 0, :4].mean() > 0.8) and (p[week == 48, :4].mean() < 0.2)
 
 
@@ -314,8 +317,8 @@ def test_species_rows_matches_full_forward(habitat):
     torch.manual_seed(0)
     m = create_model(30, 4, model_scale=0.25, habitat_head=habitat).eval()
     lat, lon, week = _batch(12)
-    full = m(lat, lon, week, return_env=True)
-    part = m(lat, lon, week, return_env=True, species_rows=5)
+    full = _outs(m(lat, lon, week, return_env=True))
+    part = _outs(m(lat, lon, week, return_env=True, species_rows=5))
     assert part['species_logits'].shape == (5, 30) and part['env_pred'].shape == (12, 4)
     assert torch.allclose(part['species_logits'], full['species_logits'][:5], atol=1e-5)
     assert torch.allclose(part['env_pred'], full['env_pred'], atol=1e-5)

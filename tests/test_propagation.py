@@ -74,7 +74,7 @@ def brute_force_week(labels: dict, train, feats, lat, lon, thr, p: PropagationPa
             dn = donors[i]
             if p.env_dist_max > 0 and d[i] > p.env_dist_max:
                 continue
-            if haversine_km(lat[r], lon[r], lat[dn], lon[dn]) > p.max_radius_km:
+            if haversine_km(lat[r], lon[r], lat[dn], lon[dn]) > p.max_radius:
                 continue
             cand |= labels[dn]
         cand -= labels.get(r, set())
@@ -92,8 +92,8 @@ def brute_force_week(labels: dict, train, feats, lat, lon, thr, p: PropagationPa
     'params',
     [
         PropagationParams(),
-        PropagationParams(k=4, max_radius_km=600, env_dist_max=1.0, range_cap_km=300),
-        PropagationParams(k=12, max_radius_km=2000, env_dist_max=0, max_spread=0.5, range_cap_km=0, min_obs=5),
+        PropagationParams(k=4, max_radius=600, env_dist_max=1.0, range_cap=300),
+        PropagationParams(k=12, max_radius=2000, env_dist_max=0, max_spread=0.5, range_cap=0, min_obs=5),
     ],
 )
 def test_matches_brute_force(demo_raw, params):
@@ -122,7 +122,7 @@ def test_matches_brute_force(demo_raw, params):
 def test_added_labels_respect_every_cap(demo_raw):
     r = demo_raw
     nc, train = r['nc'], r['train']
-    p = PropagationParams(k=8, max_radius_km=700, env_dist_max=1.5, range_cap_km=350, max_spread=1.5)
+    p = PropagationParams(k=8, max_radius=700, env_dist_max=1.5, range_cap=350, max_spread=1.5)
     w_new, _, rep = propagate_keys(r['fl'].w_key, r['fl'].y_key, nc, train, r['feats'], r['lat'], r['lon'], p)
     assert rep['labels_added_weekly'] > 100
     new = np.setdiff1d(w_new, r['fl'].w_key)
@@ -142,10 +142,10 @@ def test_added_labels_respect_every_cap(demo_raw):
         donors = donors[n_lab[donors, w] >= p.min_obs]
         geo = haversine_km(r['lat'][c], r['lon'][c], r['lat'][donors], r['lon'][donors])
         env = np.linalg.norm(r['feats'][donors] - r['feats'][c], axis=1)
-        assert ((geo <= p.max_radius_km) & (env <= p.env_dist_max + 1e-9)).any()
+        assert ((geo <= p.max_radius) & (env <= p.env_dist_max + 1e-9)).any()
         # the nearest observation of the code that week lies within the hard range cap
         obs = ocell[otrain & (oweek == w) & (ocode == k)]
-        assert haversine_km(r['lat'][c], r['lon'][c], r['lat'][obs], r['lon'][obs]).min() <= p.range_cap_km + 1e-6
+        assert haversine_km(r['lat'][c], r['lon'][c], r['lat'][obs], r['lon'][obs]).min() <= p.range_cap + 1e-6
         assert n_lab[c, w] < p.min_obs  # only sparse samples receive labels
 
 
@@ -186,16 +186,16 @@ def test_island_endemics_stay_on_their_island():
         return int(((k >= 100) & (c >= n_i)).sum())
 
     # the radius lets Hawaii's donors reach California (about 4,000 km): only the range check stands in the way
-    wide = dict(k=20, max_radius_km=5000, env_dist_max=2.0, min_obs=10)
+    wide = dict(k=20, max_radius=5000, env_dist_max=2.0, min_obs=10)
     assert leaked(PropagationParams(**wide, max_spread=0)) > 0  # without it, endemics leak
     assert leaked(PropagationParams(**wide)) == 0  # seed defaults: 2 × range, ≤ 500 km
-    assert leaked(PropagationParams(**wide, max_spread=3.0, range_cap_km=0)) == 0  # no cap: the range alone
+    assert leaked(PropagationParams(**wide, max_spread=3.0, range_cap=0)) == 0  # no cap: the range alone
 
 
 def test_validation_and_holdout_labels_untouched(tmp_path):
     kw = dict(min_obs_per_species=1, holdout_regions=['california'], progress=False)
     a = prepare_data(DEMO, **kw)
-    b = prepare_data(DEMO, propagate=PropagationParams(), **kw)
+    b = prepare_data(DEMO, propagate_labels=True, **kw)
     assert a.vocab == b.vocab
     for split in ('val', 'holdout'):
         sa, sb = getattr(a, split), getattr(b, split)
@@ -211,22 +211,22 @@ def test_validation_and_holdout_labels_untouched(tmp_path):
 def test_cache_key_includes_propagation_options(tmp_path):
     kw = dict(cache_dir=tmp_path, progress=False)
     off1 = prepare_data(DEMO, **kw)
-    off2 = prepare_data(DEMO, propagate=None, **kw)
+    off2 = prepare_data(DEMO, propagate_labels=False, **kw)
     assert off2.stats['from_cache'] and off1.fingerprint == off2.fingerprint
-    on = prepare_data(DEMO, propagate=PropagationParams(), **kw)
+    on = prepare_data(DEMO, propagate_labels=True, **kw)
     assert on.fingerprint != off1.fingerprint and not on.stats['from_cache']
     cap = prepare_data(
-        DEMO, propagate=PropagationParams(range_cap_km=200), **kw
+        DEMO, propagate_labels=True, propagate_range_cap=200, **kw
     )  # not in the key of the BirdNET geomodel training script
-    env = prepare_data(DEMO, propagate=PropagationParams(env_dist_max=1.0), **kw)
+    env = prepare_data(DEMO, propagate_labels=True, propagate_env_dist_max=1.0, **kw)
     assert len({on.fingerprint, cap.fingerprint, env.fingerprint}) == 3
     assert cap.train.nnz < on.train.nnz and env.train.nnz < on.train.nnz
-    again = prepare_data(DEMO, propagate={'range_cap_km': 200}, **kw)
+    again = prepare_data(DEMO, propagate_labels=True, propagate_range_cap=200.0, **kw)
     assert again.stats['from_cache'] and again.train.nnz == cap.train.nnz
     np.testing.assert_array_equal(again.region_counts, cap.region_counts)
     assert again.stats['propagation']['labels_added'] == cap.stats['propagation']['labels_added']
-    with pytest.raises(ValueError, match='propagate k'):
-        prepare_data(DEMO, propagate=PropagationParams(k=0), **kw)
+    with pytest.raises(ValueError, match='--propagate_k: must be ≥ 1'):
+        prepare_data(DEMO, propagate_labels=True, propagate_k=0, **kw)
 
 
 def test_env_space_drops_and_flags():
@@ -292,7 +292,7 @@ def test_region_counts_bins():
 
 def test_trainer_uses_weights_on_positive_labels(tmp_path):
     from geosdm.config import TrainConfig, check_config
-    from geosdm.losses import total_loss
+    from geosdm.losses import smooth_targets, total_loss
     from geosdm.trainer import Trainer, prepare
 
     cfg = TrainConfig(
@@ -311,7 +311,7 @@ def test_trainer_uses_weights_on_positive_labels(tmp_path):
         seed=0,
     )
     prep = prepare(cfg, progress=False)
-    assert prep.options['propagate'] == PropagationParams(k=5, range_cap_km=300).as_dict()
+    assert PropagationParams.of(prep.options) == PropagationParams(k=5, range_cap=300)
     tr = Trainer(cfg, prep)
     expect = label_freq_weights(prep.region_counts, 0.05, 5, 90)
     np.testing.assert_allclose(tr.label_weights.numpy(), expect)
@@ -322,7 +322,7 @@ def test_trainer_uses_weights_on_positive_labels(tmp_path):
     with torch.no_grad():
         out = tr.model(lat, lon, week, return_env=True)
         got = total_loss(out, y, tr.env[cell], tr.loss_fn, env_weight=0.0, label_weights=tr.label_weights)['species']
-        elem = tr.loss_fn.elementwise(out['species_logits'], y)
+        elem = tr.loss_fn.elementwise(out.species.dense(), smooth_targets(y, tr.loss_fn.label_smoothing))
         hand = (elem * torch.where(y > 0.5, tr.label_weights, torch.ones(()))).mean()
         plain = total_loss(out, y, tr.env[cell], tr.loss_fn, env_weight=0.0)['species']
     assert float(got) == pytest.approx(float(hand), rel=1e-5)

@@ -13,10 +13,10 @@ def _():
     import marimo as mo
     import numpy as np
 
-    from geosdm import demo, maps, plots
+    from geosdm import demo, maps, plots, runlog
     from geosdm.core import N_WEEKS, GeoSDMError
     from geosdm.predict import Predictor
-    return GeoSDMError, N_WEEKS, Path, Predictor, demo, functools, maps, mo, np, os, plots
+    return GeoSDMError, N_WEEKS, Path, Predictor, demo, functools, maps, mo, np, os, plots, runlog
 
 
 @app.cell
@@ -86,7 +86,7 @@ def _(GeoSDMError, Path, mo, plots, refresh, run_dir_input):
 
 
 @app.cell
-def _(history, mo, n_epochs, plots, run_dir):
+def _(history, mo, n_epochs, plots, run_dir, runlog):
     if n_epochs == 0:
         curves = None
         curves_view = mo.callout(mo.md(f"Waiting for the first epoch of `{run_dir}`…"), kind="info")
@@ -98,8 +98,10 @@ def _(history, mo, n_epochs, plots, run_dir):
             [
                 mo.md(
                     f"**{n_epochs} epoch{'s' * (n_epochs != 1)}** · last GeoScore {_f('val_geoscore')} · "
-                    f"best {_f('best_geoscore')} · validation mAP {_f('val_map')} · validation loss {_f('val_loss')}"
+                    f"best {_f('best_geoscore')} · validation loss {_f('val_loss')}"
                 ),
+                # GeoScore's parts, named and read as the table of parts says (geosdm.geoscore.GEOSCORE_PARTS)
+                mo.md("GeoScore's parts: " + runlog.geoscore_lines(_last.get, indent="", per_line=99)[0]),
                 curves,
             ]
         )
