@@ -251,10 +251,11 @@ def labels_text(names: SpeciesNames, lang: str | None = None) -> str:
     return ''.join(f'{c}\t{s}\t{n}\n' for c, s, n in zip(names.codes, names.sci_names, common))
 
 
-def write_label_files(names: SpeciesNames, stem) -> list[Path]:
-    "`<stem>_labels.txt` and one `<stem>_labels_<lang>.txt` per language (atomically); the paths written."
-    stem = Path(stem)
-    out = [atomic_write(stem.with_name(f'{stem.name}_labels.txt'), labels_text(names))]
+def write_label_files(names: SpeciesNames, folder, prefix: str = '') -> list[Path]:
+    "`<prefix>labels.txt` and one `<prefix>labels_<lang>.txt` per language in `folder` (atomically); the paths."
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = [atomic_write(folder / f'{prefix}labels.txt', labels_text(names))]
     for lang in names.languages:
-        out.append(atomic_write(stem.with_name(f'{stem.name}_labels_{lang}.txt'), labels_text(names, lang)))
+        out.append(atomic_write(folder / f'{prefix}labels_{lang}.txt', labels_text(names, lang)))
     return out
