@@ -236,6 +236,13 @@ def _export_parser() -> argparse.ArgumentParser:
     p.add_argument('--name', default='geomodel', help='File name stem: geomodel.onnx, geomodel_fp16.onnx, ...')
     p.add_argument('--exporter', default='torchscript', choices=['torchscript', 'dynamo'], help='torch ONNX exporter')
     p.add_argument('--tflite_batch', type=int, default=1, help='The fixed batch size of a TFLite model')
+    p.add_argument(
+        '--layout',
+        default='geosdm',
+        choices=['geosdm', 'birdnet'],
+        help="birdnet: the BirdNET geomodel's calling convention (input (batch, 3), labels.txt); onnx and onnx_fp16",
+    )
+    p.add_argument('--always', help='CSV of labels never rejected (codes or names), stored with the model')
     return p
 
 # %% ../nbs/23_cli.ipynb #66e4f6c2
@@ -249,14 +256,31 @@ def export_main(argv: list[str] | None = None) -> int:
         p.error('give --species or --common_species, not both')
     if a.common_species < 0 or a.tflite_batch < 1:
         p.error('--common_species must be >= 0 and --tflite_batch >= 1')
+    if a.layout == 'birdnet' and (a.common_species or 'tflite' in a.formats):
+        p.error('--layout birdnet: formats onnx and onnx_fp16, species by --species')
+    if a.always is not None and not Path(a.always).is_file():
+        p.error(f'--always {a.always}: no such file')
 
     def body():
         try:
             from geosdm.export import export_model  # after the arguments are checked
         except ImportError as e:
             raise GeoSDMError(f'exporting needs {e.name}: pip install "geosdm[export]"') from None
+        if a.layout == 'birdnet':
+            from geosdm.birdnet import export_birdnet
+
+            for f in a.formats:
+                r = export_birdnet(a.checkpoint, a.outdir, f == 'onnx_fp16', a.species, a.always, a.name)
+                print(f"{f:<9}  {r['path']}  {r['bytes'] / 1e6:.2f} MB  max |Δp| {r['max_abs_diff']:.1e}")
+            print('beside them: labels.txt (code, scientific name, common name), per language labels_<lang>.txt')
+            return
+        always = None
+        if a.always:
+            from geosdm.names import read_label_list
+
+            always = read_label_list(a.always)
         rows = export_model(
-            a.checkpoint, a.outdir, a.formats, a.species, a.common_species, a.name, a.exporter, a.tflite_batch
+            a.checkpoint, a.outdir, a.formats, a.species, a.common_species, a.name, a.exporter, a.tflite_batch, always
         )
         for r in rows:
             print(

@@ -15,8 +15,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-import torch.nn as nn
-from onnxruntime.transformers.float16 import convert_float_to_float16
 
 try:  # the optional `tflite` extra (litert-torch; no TensorFlow)
     import litert_torch
@@ -25,10 +23,13 @@ except ImportError:
     litert_torch = Interpreter = None
 
 from . import __version__
+from .birdnet import WEEK_ZERO, YearProbabilities, export_extras, fp16_weights
+from .calibrate import calibration_dict
 from .core import N_WEEKS, GeoSDMError, atomic_path, atomic_write, demo_parquet, write_json
 from .data import flatten_lists
 from .inputs import load_combined
 from .model import GeoModel, create_model
+from .names import names_from, write_label_files
 from .predict import Predictor, metadata_path
 
 # %% auto #0
@@ -37,17 +38,9 @@ __all__ = ['WEEK_CONVENTION', 'FORMATS', 'ProbabilityModel', 'cut_species', 'spe
            'export_model']
 
 # %% ../nbs/18_export.ipynb #2d7c6187
-class ProbabilityModel(nn.Module):
-    "`(lat, lon, week)` float vectors → (n, S) species probabilities; the module that is exported."
-
-    def __init__(self, model: GeoModel):
-        super().__init__()
-        self.model = model
-        self.eval()
-
-    def forward(self, lat: torch.Tensor, lon: torch.Tensor, week: torch.Tensor) -> torch.Tensor:
-        out = self.model(lat.float(), lon.float(), torch.round(week.float()))
-        return torch.sigmoid(out.species.dense().float())
+class ProbabilityModel(YearProbabilities):
+    """`(lat, lon, week)` float vectors → (n, S) species probabilities, week 0 the maximum over weeks 1..48 (see
+    `geosdm.birdnet.YearProbabilities`); the module that is exported."""
 
 # %% ../nbs/18_export.ipynb #c071e16d
 _SPECIES_ROWS = ('species_head.out.3.', 'habitat_head.out.3.', 'gate.')
@@ -159,19 +152,13 @@ def write_onnx(model: GeoModel, path, fp16: bool = False, exporter: str = 'torch
         _trace(pm, Path(d) / 'model.onnx', exporter, opset)
         g = onnx.load(str(Path(d) / 'model.onnx'))  # loads external data, if any, into the graph
     if fp16:
-        g = convert_float_to_float16(g, keep_io_types=True, op_block_list=['LayerNormalization'])
-        _toposort(g.graph)
+        g = fp16_weights(g)  # float16 weights, float32 arithmetic (full fp16 arithmetic misses 2e-3 on the 48-week max)
     onnx.checker.check_model(g)
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(path, g.SerializeToString())
 
 # %% ../nbs/18_export.ipynb #681651a6
-WEEK_CONVENTION = (
-    f'week 1..{N_WEEKS}: four weeks per month (days 1-7, 8-14, 15-21, 22-end); week 0: the model\'s '
-    f'own yearly output, trained on each place\'s species of the whole year. geosdm_predict\'s whole-year '
-    f'value is instead the maximum over weeks 1..{N_WEEKS}: run the 48 weeks and take the maximum. '
-    'Weeks are rounded to integers.'
-)
+WEEK_CONVENTION = WEEK_ZERO  # week 0: the maximum over weeks 1..48, inside the graph
 
 
 def _sha256(path: Path) -> str:
@@ -182,9 +169,12 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 # %% ../nbs/18_export.ipynb #c6570f59
-def export_metadata(pred: Predictor, idx, dtype: str, how: str) -> dict:
-    "The metadata JSON of an exported model with the species `idx` (None = all)."
+def export_metadata(pred: Predictor, idx, dtype: str, how: str, always=None) -> dict:
+    "The metadata JSON of an exported model with the species `idx` (None = all); `always`: labels never rejected."
     idx = np.arange(pred.n_species) if idx is None else np.asarray(idx)
+    names = {'species_vocab': {'codes': pred.vocab, 'sci_names': pred.sci_names, 'common_names': pred.common_names}}
+    names['names'] = pred.names.as_dict()
+    names['calibration'] = calibration_dict(pred.calibration) if pred.calibration is not None else None
     pick = lambda xs: [xs[i] for i in idx]
     return {
         'format': 'geosdm-onnx',
@@ -212,6 +202,7 @@ def export_metadata(pred: Predictor, idx, dtype: str, how: str) -> dict:
         'epoch': pred.epoch,
         'data': dict(pred.data_identity),
         'source': {'checkpoint': str(Path(pred.path).resolve()), 'sha256': _sha256(Path(pred.path))},
+        **export_extras(names, idx, always),  # names, languages, always-plausible labels, thresholds, week 0
     }
 
 # %% ../nbs/18_export.ipynb #c4ee9fcb
@@ -243,7 +234,7 @@ def max_abs_diff(model_path, pred: Predictor, idx=None, inputs=None) -> float:
         p = tflite_proba(model_path, lat, lon, np.rint(week))
     else:
         p = Predictor(model_path, device='cpu').predict(lat, lon, week, yearly='model')
-    torch_p = pred.predict(lat, lon, week, yearly='model')
+    torch_p = pred.predict(lat, lon, week, yearly='max')  # the exported graph computes the 48-week maximum
     return float(np.abs(p - (torch_p if idx is None else torch_p[:, idx])).max())
 
 # %% ../nbs/18_export.ipynb #0fe6fe0f
@@ -259,7 +250,7 @@ def write_tflite(model: GeoModel, path, batch: int = 1) -> Path:
 
 # %% ../nbs/18_export.ipynb #339c80e7
 def tflite_proba(path, lat, lon, week) -> np.ndarray:
-    "Probabilities (n, S) of a TFLite export (week 0 = the model's yearly output), in chunks of its fixed batch."
+    "Probabilities (n, S) of a TFLite export (week 0 = the 48-week maximum), in chunks of its fixed batch."
     if Interpreter is None:
         raise GeoSDMError('running a TFLite model needs ai-edge-litert: pip install "geosdm[tflite]"')
     run = Interpreter(str(path)).get_signature_runner()
@@ -279,18 +270,18 @@ FORMATS = {
 }  #          tolerance)
 
 
-def _export_one(pred, model, idx, how, outdir, name, fmt, exporter, tflite_batch=1) -> dict:
+def _export_one(pred, model, idx, how, outdir, name, fmt, exporter, tflite_batch=1, always=None) -> dict:
     end, fp16, tol = FORMATS[fmt]
     path = outdir / f'{name}{end}'
     if fmt == 'tflite':
         write_tflite(model, path, tflite_batch)
     else:
         write_onnx(model, path, fp16=fp16, exporter=exporter)
-    meta = export_metadata(pred, idx, 'float16' if fp16 else 'float32', how)
+    meta = export_metadata(pred, idx, 'float16' if fp16 else 'float32', how, always)
     if fmt == 'tflite':
         meta['inputs'] = {k: v.replace('[n]', f'[{tflite_batch}]') for k, v in meta['inputs'].items()}
     write_json(metadata_path(path), meta)
-    labels = write_labels_file(outdir / f'{name}{end.rsplit(".", 1)[0]}_labels.txt', meta)
+    labels = write_label_files(names_from(meta), outdir, f'{name}{end.rsplit(".", 1)[0]}_')[0]  # + per language
     diff = max_abs_diff(path, pred, idx)
     return {
         'format': fmt,
@@ -314,6 +305,7 @@ def export_model(
     name: str = 'geomodel',
     exporter: str = 'torchscript',
     tflite_batch: int = 1,
+    always=None,
 ) -> list[dict]:
     "Export a checkpoint to ONNX `formats` in `outdir`, with labels and metadata; check each against torch."
     bad = [f for f in formats if f not in FORMATS]
@@ -325,7 +317,7 @@ def export_model(
     model = pred.model if idx is None else cut_species(pred.model, idx)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    rows = [_export_one(pred, model, idx, how, outdir, name, f, exporter, tflite_batch) for f in formats]
+    rows = [_export_one(pred, model, idx, how, outdir, name, f, exporter, tflite_batch, always) for f in formats]
     failed = [f"{r['format']} (max |Δp| {r['max_abs_diff']:.2e} > {r['tolerance']:g})" for r in rows if not r['ok']]
     if failed:
         raise GeoSDMError(f'exported model(s) differ from the checkpoint: {", ".join(failed)}')

@@ -51,6 +51,8 @@ def onnx_session(path, device: str = 'auto'):
 
 # %% ../nbs/15_predict.ipynb #e2ede4ec
 def _onnx_rows(session, lat, lon, week) -> np.ndarray:
+    if session.get_inputs()[0].name == 'input':  # the BirdNET layout: one (n, 3) input
+        return session.run(None, {'input': np.stack([lat, lon, week], 1).astype(np.float32)})[0]
     return session.run(
         None, {'lat': np.ascontiguousarray(lat), 'lon': np.ascontiguousarray(lon), 'week': np.ascontiguousarray(week)}
     )[0].astype(np.float32, copy=False)

@@ -48,6 +48,7 @@ FLOORS = {
     'autotune': 8,
     'demo': 8,
     'plots': 8,
+    'birdnet': 7,  # week 0 inside the graph, the BirdNET layout
     'export': 8,  # export runs a Predictor on its files
     'cli': 9,
     'filter': 8,  # geosdm_filter's library: detections, places, verdicts
