@@ -398,6 +398,12 @@ def _ingest_parser() -> argparse.ArgumentParser:
         help='Taxonomy CSV mapping scientific names to species codes (default: GBIF keys as codes)',
     )
     p.add_argument(
+        '--aliases',
+        default=None,
+        help='Alias table (alias, species_code): synonyms and old names matched to codes '
+        '(default: <taxonomy stem>_aliases.csv beside the taxonomy, if there)',
+    )
+    p.add_argument(
         '--drop_unmatched', action='store_true', help='Drop species the taxonomy lacks (default: keep their GBIF key)'
     )
     p.add_argument(
@@ -436,7 +442,7 @@ def _check_ingest(p, a):
     "Argument errors before anything heavy is loaded (exit 2 via argparse)."
     if '*' not in a.input and not Path(a.input).exists():
         p.error(f'{a.input}: no such file or folder')
-    for flag, v in (('--grid', a.grid), ('--taxonomy', a.taxonomy)):
+    for flag, v in (('--grid', a.grid), ('--taxonomy', a.taxonomy), ('--aliases', a.aliases)):
         if v and not Path(v).is_file():
             p.error(f'{flag} {v}: no such file')
     if a.resolution is None and not a.grid:
@@ -491,6 +497,7 @@ def ingest_main(argv: list[str] | None = None) -> int:
                 grid=a.grid,
                 outside_grid=a.outside_grid,
                 taxonomy=a.taxonomy,
+                aliases=a.aliases,
                 drop_unmatched=a.drop_unmatched,
                 filters=f,
                 geometry=a.geometry,

@@ -22,6 +22,7 @@ from .core import N_WEEKS, WEEK_COLS, GeoSDMDataError, atomic_path, atomic_write
 from .gbif import Occurrences, open_occurrences
 from .geo import cell_wkb, geoparquet_metadata
 from .inputs import TAX_COLUMNS, read_grid, taxonomy_frame
+from .names import add_aliases, find_aliases, read_aliases, with_languages, write_aliases
 from .tally import REASONS, Filters, Tallies, tally
 
 # %% auto #0
@@ -298,6 +299,7 @@ def output_paths(output) -> dict[str, Path]:
         'taxonomy': p.with_name(f'{p.stem}_taxonomy.csv'),
         'manifest': p.with_name(f'{p.stem}_manifest.csv'),
         'report': p.with_name(f'{p.stem}_report.json'),
+        'aliases': p.with_name(f'{p.stem}_aliases.csv'),
     }
 
 # %% ../nbs/21_ingest.ipynb #9a7276d2
@@ -313,6 +315,7 @@ def ingest(
     grid=None,
     outside_grid: str = 'drop',
     taxonomy=None,
+    aliases=None,
     drop_unmatched: bool = False,
     filters: Filters | None = None,
     geometry: bool = False,
@@ -330,6 +333,10 @@ def ingest(
     if not 0 <= int(res) <= 15:
         raise GeoSDMDataError(f'--resolution {res}: H3 resolutions are 0 to 15')
     names = read_name_codes(taxonomy) if taxonomy else None
+    aliases = aliases or (find_aliases(taxonomy) if taxonomy else None)  # <taxonomy stem>_aliases.csv
+    alias_map = read_aliases(aliases) if aliases else {}
+    if names is not None and alias_map:
+        names = add_aliases(names, alias_map)  # records under a synonym join their species
     secs = {}
     with tempfile.TemporaryDirectory(prefix='geosdm_ingest_', dir=workdir) as wd:
         occ = open_occurrences(source, wd)
@@ -340,7 +347,8 @@ def ingest(
     secs['assemble'] = time.perf_counter() - t0 - secs['open'] - secs['scan']
     paths = output_paths(output)
     write_combined(k.frame, paths['parquet'], geometry)
-    _write_csv(k.species, paths['taxonomy'])
+    _write_csv(with_languages(k.species, taxonomy) if taxonomy else k.species, paths['taxonomy'])
+    write_aliases(alias_map, k.species['species_code'].to_list(), paths['aliases'])  # for training, beside the data
     _write_csv(k.manifest, paths['manifest'])
     secs['write'] = time.perf_counter() - t0 - sum(secs.values())
     secs['total'] = time.perf_counter() - t0

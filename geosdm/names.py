@@ -16,7 +16,7 @@ from .core import GeoSDMDataError, atomic_write
 # %% auto #0
 __all__ = ['norm_name', 'read_strings', 'read_aliases', 'find_aliases', 'language_names', 'taxonomy_version', 'read_label_list',
            'SpeciesNames', 'lookup', 'is_always', 'subset', 'as_dict', 'names_from', 'species_names', 'names_record',
-           'labels_text', 'write_label_files']
+           'add_aliases', 'with_languages', 'write_aliases', 'labels_text', 'write_label_files']
 
 # %% ../nbs/24_names.ipynb #7bb3e39a
 def norm_name(x) -> str:
@@ -241,6 +241,34 @@ def names_record(prep) -> dict:
     tax = prep.options.get('taxonomy')
     al = (find_aliases(tax) if tax else None) or find_aliases(prep.options['data_path'])
     return species_names(prep.vocab, prep.sci_names, prep.common_names, tax, al).as_dict()
+
+# %% ../nbs/24_names.ipynb #ef9cf9d4
+def add_aliases(names: pl.DataFrame, aliases: dict[str, list[str]]) -> pl.DataFrame:
+    "Ingest match table (`_match`, species_code, scientificName, commonName) plus one row per single-code alias."
+    known = set(names['_match'].to_list())
+    by_code = {r[1]: r for r in names.iter_rows()}
+    rows = [
+        (a, *by_code[cs[0]][1:]) for a, cs in aliases.items() if len(cs) == 1 and cs[0] in by_code and a not in known
+    ]
+    return pl.concat([names, pl.DataFrame(rows, schema=names.schema, orient='row')]) if rows else names
+
+# %% ../nbs/24_names.ipynb #e758036f
+def with_languages(species: pl.DataFrame, taxonomy) -> pl.DataFrame:
+    "Taxonomy table `species` (with species_code) plus the language and version columns of taxonomy CSV `taxonomy`."
+    langs = language_names(taxonomy)
+    extra = {f'commonName_{k}': [v.get(c, '') for c in species['species_code'].to_list()] for k, v in langs.items()}
+    if 'taxonomy_version' in read_strings(taxonomy, 'taxonomy CSV').columns:
+        extra['taxonomy_version'] = [taxonomy_version(taxonomy)] * species.height
+    return species.with_columns(pl.Series(k, v, pl.String) for k, v in extra.items())
+
+
+def write_aliases(aliases: dict[str, list[str]], codes, path) -> Path | None:
+    "The alias table of the aliases that name one of `codes` (alias, species_code), atomically; None if none."
+    keep = set(codes)
+    rows = [(a, c) for a, cs in aliases.items() for c in cs if c in keep]
+    if not rows:
+        return None
+    return atomic_write(path, lambda f: pl.DataFrame(rows, schema=['alias', 'species_code'], orient='row').write_csv(f))
 
 # %% ../nbs/24_names.ipynb #77286614
 def labels_text(names: SpeciesNames, lang: str | None = None) -> str:
