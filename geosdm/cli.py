@@ -397,12 +397,7 @@ def _ingest_parser() -> argparse.ArgumentParser:
         default=None,
         help='Taxonomy CSV mapping scientific names to species codes (default: GBIF keys as codes)',
     )
-    p.add_argument(
-        '--aliases',
-        default=None,
-        help='Alias table (alias, species_code): synonyms and old names matched to codes '
-        '(default: <taxonomy stem>_aliases.csv beside the taxonomy, if there)',
-    )
+    p.add_argument('--aliases', help='Alias table alias,species_code (default: <taxonomy stem>_aliases.csv if there)')
     p.add_argument(
         '--drop_unmatched', action='store_true', help='Drop species the taxonomy lacks (default: keep their GBIF key)'
     )

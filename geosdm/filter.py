@@ -282,7 +282,7 @@ def judge(pred: Predictor, names, labels, lat, lon, week, conf, mode=None, thres
 
 # %% ../nbs/26_filter.ipynb #f27efddc
 def _fmt(x: np.ndarray) -> pl.Series:
-    return pl.Series(np.round(x, 4)).cast(pl.String).fill_null('').replace('NaN', '')
+    return pl.Series(np.round(x, 4)).fill_nan(None).cast(pl.String)  # empty where not judged
 
 
 def with_geo(d: Detections, v: Verdicts, score: bool = False) -> pl.DataFrame:

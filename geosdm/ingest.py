@@ -27,7 +27,7 @@ from .tally import REASONS, Filters, Tallies, tally
 
 # %% auto #0
 __all__ = ['MANIFEST_COLS', 'CLUSTER_SQL', 'read_name_codes', 'best_vernacular', 'species_codes', 'manifest', 'weekly_lists',
-           'attach_grid', 'write_combined', 'funnel', 'Kept', 'output_paths', 'ingest']
+           'attach_grid', 'write_combined', 'funnel', 'Kept', 'output_paths', 'match_table', 'ingest']
 
 # %% ../nbs/21_ingest.ipynb #180419ba
 def read_name_codes(path) -> pl.DataFrame:
@@ -306,6 +306,15 @@ def output_paths(output) -> dict[str, Path]:
 def _write_csv(df: pl.DataFrame, path) -> Path:
     return atomic_write(path, lambda f: df.write_csv(f))
 
+# %% ../nbs/21_ingest.ipynb #01a305e4
+def match_table(taxonomy=None, aliases=None) -> tuple[pl.DataFrame | None, dict]:
+    """The names records are matched by (a taxonomy CSV, plus the aliases that name one of its codes: records under a
+    synonym join their species) and the alias table (`aliases`, default `<taxonomy stem>_aliases.csv`)."""
+    names = read_name_codes(taxonomy) if taxonomy else None
+    aliases = aliases or (find_aliases(taxonomy) if taxonomy else None)
+    alias_map = read_aliases(aliases) if aliases else {}
+    return (add_aliases(names, alias_map) if names is not None and alias_map else names), alias_map
+
 # %% ../nbs/21_ingest.ipynb #0fa4c356
 def ingest(
     source,
@@ -332,11 +341,7 @@ def ingest(
         raise GeoSDMDataError('give an H3 resolution (--resolution) or an environment grid (--grid)')
     if not 0 <= int(res) <= 15:
         raise GeoSDMDataError(f'--resolution {res}: H3 resolutions are 0 to 15')
-    names = read_name_codes(taxonomy) if taxonomy else None
-    aliases = aliases or (find_aliases(taxonomy) if taxonomy else None)  # <taxonomy stem>_aliases.csv
-    alias_map = read_aliases(aliases) if aliases else {}
-    if names is not None and alias_map:
-        names = add_aliases(names, alias_map)  # records under a synonym join their species
+    names, alias_map = match_table(taxonomy, aliases)
     secs = {}
     with tempfile.TemporaryDirectory(prefix='geosdm_ingest_', dir=workdir) as wd:
         occ = open_occurrences(source, wd)
