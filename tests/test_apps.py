@@ -41,7 +41,8 @@ def test_explorer_runs(checkpoint, monkeypatch):
     # the default species is the most widespread one, the default location the richest cell
     assert d['species'] == pred.vocab[int(np.argmax(d['yearly'].mean(0)))]
     lat, lon = d['location']
-    rows = pred.species_list(lat, lon, 0, top_k=50, threshold=0.1)
+    rows = pred.species_list(lat, lon, 0, top_k=50)  # the calibrated thresholds: the model has them
+    assert pred.calibration is not None and d['list_mode'].value == 'species'
     t = d['species_table']
     assert t['code'].to_list() == [r[0] for r in rows] and len(t) > 0
     assert np.all(np.diff(t['probability'].to_numpy()) <= 0)

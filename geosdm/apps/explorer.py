@@ -16,6 +16,7 @@ def _():
     from geosdm import demo, maps
     from geosdm.core import N_WEEKS, week_label
     from geosdm.predict import Predictor, parse_location
+
     return N_WEEKS, Predictor, alt, demo, h3, maps, mo, np, parse_location, pl, week_label
 
 
@@ -57,18 +58,24 @@ def _(N_WEEKS, cell_latlng, demo, mo, np, pred, yearly):
         full_width=True,
     )
     list_threshold = mo.ui.slider(0.0, 0.9, step=0.01, value=0.1, label="List threshold", show_value=True)
-    return list_threshold, location_input, species_dropdown, week_slider
+    _modes = {"calibrated per species": "species", "one threshold (slider)": "global"}
+    list_mode = mo.ui.dropdown(  # a model trained by geosdm carries thresholds learned on its validation cells
+        options=_modes if pred.calibration is not None else {"one threshold (slider)": "global"},
+        value="calibrated per species" if pred.calibration is not None else "one threshold (slider)",
+        label="Lists",
+    )
+    return list_mode, list_threshold, location_input, species_dropdown, week_slider
 
 
 @app.cell
-def _(checkpoint_input, list_threshold, location_input, mo, model_note, species_dropdown, week_slider):
+def _(checkpoint_input, list_mode, list_threshold, location_input, mo, model_note, species_dropdown, week_slider):
     mo.vstack(
         [
             mo.md("# geosdm map explorer"),
             checkpoint_input,
             model_note,
             mo.hstack([species_dropdown, week_slider], widths=[2, 1]),
-            mo.hstack([location_input, list_threshold], widths=[2, 1]),
+            mo.hstack([location_input, list_mode, list_threshold], widths=[2, 1, 1]),
         ]
     )
     return
@@ -96,7 +103,7 @@ def _(cells, maps, pred, species, week, week_probs):
 
 
 @app.cell
-def _(list_threshold, location_input, mo, parse_location, pl, pred, week, week_label):
+def _(list_mode, list_threshold, location_input, mo, parse_location, pl, pred, week, week_label):
     try:
         location = parse_location(location_input.value)
         location_error = None
@@ -105,7 +112,11 @@ def _(list_threshold, location_input, mo, parse_location, pl, pred, week, week_l
     if location is None:
         species_table = pl.DataFrame()
     else:
-        _rows = pred.species_list(location[0], location[1], week, top_k=50, threshold=float(list_threshold.value))
+        _global = list_mode.value == "global"
+        _rows = pred.species_list(
+            location[0], location[1], week, top_k=50, mode=list_mode.value,
+            threshold=float(list_threshold.value) if _global else None,
+        )  # fmt: skip
         species_table = pl.DataFrame(
             {
                 "rank": list(range(1, len(_rows) + 1)),
@@ -122,7 +133,8 @@ def _(list_threshold, location_input, mo, parse_location, pl, pred, week, week_l
         else mo.vstack(
             [
                 mo.md(
-                    f"**{len(species_table)} species** with p ≥ {list_threshold.value:.2f} at "
+                    f"**{len(species_table)} species** with p ≥ "
+                    f"{f'{list_threshold.value:.2f}' if list_mode.value == 'global' else 'their calibrated thresholds'} at "
                     f"({location[0]:.3f}, {location[1]:.3f}), {week_label(week)}"
                 ),
                 mo.ui.table(
@@ -144,7 +156,9 @@ def _(N_WEEKS, alt, location, np, pl, pred, species_index, species_table):
         phenology_chart = alt.Chart(pl.DataFrame({"week": [], "probability": []})).mark_line()
     else:
         _ph = pred.phenology(location[0], location[1])
-        _idx = [species_index] + [pred.index(c) for c in species_table["code"].to_list()[:5] if pred.index(c) != species_index]
+        _idx = [species_index] + [
+            pred.index(c) for c in species_table["code"].to_list()[:5] if pred.index(c) != species_index
+        ]
         _df = pl.DataFrame(
             {
                 "week": np.tile(np.arange(1, N_WEEKS + 1), len(_idx)),
