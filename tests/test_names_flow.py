@@ -6,6 +6,7 @@ import json
 
 import polars as pl
 import pytest
+from conftest import exit_code
 
 from geosdm.birdnet import export_birdnet
 from geosdm.config import TrainConfig
@@ -78,3 +79,37 @@ def test_checkpoint_export_and_predictor_agree(flow):
     bn = (d / 'bn' / 'labels.txt').read_text().splitlines()
     assert bn[0].split('\t') == [pt.vocab[0], pt.sci_names[0], pt.common_names[0]] and len(bn) == pt.n_species
     assert (d / 'bn' / 'labels_de.txt').read_text().splitlines()[0].split('\t')[2] == 'Der ' + pt.common_names[0]
+
+
+def test_birdnet_layout_from_the_command_line(flow, capsys):
+    "geosdm_export --layout birdnet: one input `input` (batch, 3), one output `probabilities`, the checkpoint's values."
+    import numpy as np
+    import onnxruntime as ort
+
+    from geosdm.cli import export_main
+
+    d, _ = flow
+    ck = d / 'ck' / 'checkpoint_best.pt'
+    argv = [
+        '--checkpoint',
+        str(ck),
+        '--outdir',
+        str(d / 'cli_bn'),
+        '--layout',
+        'birdnet',
+        '--formats',
+        'onnx',
+        'onnx_fp16',
+    ]
+    assert export_main(argv) == 0
+    assert 'labels.txt' in capsys.readouterr().out
+    pt = Predictor(ck, device='cpu')
+    x = np.array([[40.0, -100.0, 20.0], [21.3, -157.8, 0.0], [45.0, -75.0, -1.0], [-90.0, 180.0, 48.0]], np.float32)
+    want = pt.predict(x[:, 0], x[:, 1], np.maximum(x[:, 2], 0))
+    for name, tol in (('geomodel.onnx', 1e-5), ('geomodel_fp16.onnx', 2e-3)):
+        s = ort.InferenceSession(str(d / 'cli_bn' / name), providers=['CPUExecutionProvider'])
+        assert [(i.name, i.shape[1]) for i in s.get_inputs()] == [('input', 3)]
+        assert [o.name for o in s.get_outputs()] == ['probabilities']
+        got = s.run(['probabilities'], {'input': x})[0]
+        assert got.dtype == np.float32 and np.abs(got - want).max() <= tol
+    assert exit_code(export_main, [*argv[:4], '--layout', 'birdnet', '--common_species', '5']) == 2
