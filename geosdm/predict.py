@@ -28,9 +28,13 @@ from .model import create_model, flat_inputs, predict_proba, resolve_device, wee
 from .names import names_from
 
 # %% auto #0
-__all__ = ['metadata_path', 'onnx_session', 'onnx_proba', 'Predictor', 'parse_location']
+__all__ = ['EXPORT_FORMAT', 'EXPORT_FORMAT_VERSION', 'metadata_path', 'onnx_session', 'read_export_metadata', 'onnx_proba',
+           'Predictor', 'parse_location']
 
 # %% ../nbs/15_predict.ipynb #2cc6841c
+EXPORT_FORMAT, EXPORT_FORMAT_VERSION = 'geosdm-onnx', 2
+
+
 def metadata_path(model_path) -> Path:
     "The metadata JSON written beside an exported model: `<model file>.json`."
     p = Path(model_path)
@@ -47,7 +51,44 @@ def onnx_session(path, device: str = 'auto'):
     prov = ['CUDAExecutionProvider'] if device != 'cpu' and 'CUDAExecutionProvider' in have else []
     so = ort.SessionOptions()
     so.intra_op_num_threads = int(os.environ.get('OMP_NUM_THREADS') or 0)
-    return ort.InferenceSession(str(path), so, providers=prov + ['CPUExecutionProvider'])
+    so.add_session_config_entry('session.disable_quant_qdq', '1')  # int8 weights: fold to float32 when loading
+    try:
+        return ort.InferenceSession(str(path), so, providers=prov + ['CPUExecutionProvider'])
+    except Exception as e:  # onnxruntime's own exception types: a truncated or foreign file
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f'{path}: not a readable ONNX model ({why})') from None
+
+# %% ../nbs/15_predict.ipynb #2feb02fe
+def _vocab_ok(meta: dict) -> bool:
+    "Whether `meta` holds a species vocabulary (three lists of one length) and the env names."
+    v = meta.get('species_vocab')
+    if not isinstance(v, dict) or not all(isinstance(v.get(k), list) for k in ('codes', 'sci_names', 'common_names')):
+        return False
+    return len({len(v[k]) for k in ('codes', 'sci_names', 'common_names')}) == 1 and isinstance(
+        (meta.get('env') or {}).get('names'), list
+    )
+
+# %% ../nbs/15_predict.ipynb #9c645f2f
+def read_export_metadata(model_path) -> dict:
+    "The metadata beside an exported model, checked to be a geosdm export's (`CheckpointError` if it is not)."
+    path = Path(model_path)
+    mp = metadata_path(path)
+    try:
+        meta = json.loads(mp.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f'{path}: its metadata {mp.name} is missing or unreadable ({e})') from None
+    if not isinstance(meta, dict) or meta.get('format') != EXPORT_FORMAT:
+        raise CheckpointError(
+            f'{path}: {mp.name} is not the metadata of a geosdm export (no "format": "{EXPORT_FORMAT}")'
+        )
+    if not isinstance(meta.get('format_version'), int) or meta['format_version'] > EXPORT_FORMAT_VERSION:
+        raise CheckpointError(
+            f'{path}: export format version {meta.get("format_version")!r}; this geosdm reads versions up to '
+            f'{EXPORT_FORMAT_VERSION} (update geosdm)'
+        )
+    if not _vocab_ok(meta):
+        raise CheckpointError(f'{path}: {mp.name} lacks a complete species vocabulary')
+    return meta
 
 # %% ../nbs/15_predict.ipynb #e2ede4ec
 def _onnx_rows(session, lat, lon, week) -> np.ndarray:
@@ -78,8 +119,8 @@ class Predictor:
         v = meta['species_vocab']
         self.vocab, self.sci_names, self.common_names = list(v['codes']), list(v['sci_names']), list(v['common_names'])
         self.env_names = list(meta['env']['names'])
-        self.config = checkpoint_config(meta)  # the TrainConfig it was trained with
-        self.epoch, self.history = meta['epoch'], meta.get('history', [])
+        self.config = checkpoint_config(meta)  # the TrainConfig it was trained with (an export: the options that
+        self.epoch, self.history = meta.get('epoch'), meta.get('history', [])  # shape predictions, no paths)
         self.data_identity = {k: (meta.get('data') or {}).get(k) for k in ('fingerprint', 'split')}
         self.coverage = list((meta.get('coverage') or {}).get('cells') or [])  # training cells (H3 ids)
         self._tree = None
@@ -95,16 +136,17 @@ class Predictor:
         return ck
 
     def _load_onnx(self, device) -> dict:
-        meta_path = metadata_path(self.path)
         if not self.path.is_file():
             raise CheckpointError(f'{self.path}: no such model file')
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError) as e:
-            raise CheckpointError(
-                f'{self.path}: its metadata {meta_path.name} is missing or unreadable ({e})'
-            ) from None
+        meta = read_export_metadata(self.path)
         self.session, self.device = onnx_session(self.path, device), 'onnxruntime'
+        ins, outs = [i.name for i in self.session.get_inputs()], self.session.get_outputs()
+        n, width = len(meta['species_vocab']['codes']), ((outs[0].shape or [None])[-1] if len(outs) == 1 else None)
+        if sorted(ins) != ['lat', 'lon', 'week'] or len(outs) != 1 or (isinstance(width, int) and width != n):
+            raise CheckpointError(
+                f'{self.path}: does not fit its metadata {metadata_path(self.path).name} '
+                f'(inputs {", ".join(ins)}; {width} outputs for {n} species)'
+            )
         return meta
 
     @property
