@@ -25,7 +25,7 @@ from .names import names_from, read_label_list, write_label_files
 
 # %% auto #0
 __all__ = ['WEEK_ZERO', 'YearProbabilities', 'BirdNETInput', 'fp16_weights', 'write_birdnet_onnx', 'export_extras', 'check_rows',
-           'birdnet_proba', 'export_birdnet']
+           'birdnet_proba', 'export_birdnet', 'birdnet_formats']
 
 # %% ../nbs/28_birdnet.ipynb #f38c0d35
 class YearProbabilities(nn.Module):
@@ -200,3 +200,12 @@ def export_birdnet(
     if diff > tol:
         raise GeoSDMError(f'{path}: differs from the checkpoint by {diff:.2e} (> {tol:g})')
     return {'path': str(path), 'bytes': path.stat().st_size, 'labels': [str(p) for p in labels], 'max_abs_diff': diff}
+
+# %% ../nbs/28_birdnet.ipynb #817af924
+def birdnet_formats(checkpoint, outdir, formats=('onnx',), species=None, always=None, name='geomodel') -> str:
+    "Export the BirdNET layout in each of `formats` ('onnx', 'onnx_fp16'); a line per file and one on the labels."
+    lines = []
+    for f in formats:
+        r = export_birdnet(checkpoint, outdir, f == 'onnx_fp16', species, always, name)
+        lines.append(f"{f:<9}  {r['path']}  {r['bytes'] / 1e6:.2f} MB  max |Δp| {r['max_abs_diff']:.1e}")
+    return '\n'.join(lines + ['beside them: labels.txt (code, scientific name, common name), labels_<lang>.txt'])

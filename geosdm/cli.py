@@ -75,15 +75,9 @@ def _predict_parser() -> argparse.ArgumentParser:
     p.add_argument('--lon', type=float, required=True, help='Longitude in degrees, -180 to 180')
     p.add_argument('--week', type=int, default=0, help='Week 1-48, or 0 for the whole year (max over weeks)')
     p.add_argument('--top_k', type=int, default=100, help='At most this many species')
-    p.add_argument(
-        '--lists',
-        choices=['species', 'global'],
-        help="species: each species at its calibrated threshold (default if the model has them); global: one threshold",
-    )
-    p.add_argument(
-        '--threshold', type=float, help='The one threshold of --lists global (default: the calibrated one, else 0.15)'
-    )
-    p.add_argument('--lang', help='Common names in this language (a language of the taxonomy, e.g. de)')
+    p.add_argument('--lists', choices=['species', 'global'], help='calibrated thresholds (default if any) or one')
+    p.add_argument('--threshold', type=float, help='The one threshold of --lists global (default: calibrated or 0.15)')
+    p.add_argument('--lang', help='Common names in this language of the taxonomy, e.g. de')
     p.add_argument('--device', default='auto', choices=['auto', 'cuda', 'cpu'])
     return p
 
@@ -237,12 +231,7 @@ def _export_parser() -> argparse.ArgumentParser:
     p.add_argument('--name', default='geomodel', help='File name stem: geomodel.onnx, geomodel_fp16.onnx, ...')
     p.add_argument('--exporter', default='torchscript', choices=['torchscript', 'dynamo'], help='torch ONNX exporter')
     p.add_argument('--tflite_batch', type=int, default=1, help='The fixed batch size of a TFLite model')
-    p.add_argument(
-        '--layout',
-        default='geosdm',
-        choices=['geosdm', 'birdnet'],
-        help="birdnet: the BirdNET geomodel's calling convention (input (batch, 3), labels.txt); onnx and onnx_fp16",
-    )
+    p.add_argument('--layout', default='geosdm', choices=['geosdm', 'birdnet'], help='birdnet: input (batch, 3)')
     p.add_argument('--always', help='CSV of labels never rejected (codes or names), stored with the model')
     return p
 
@@ -279,19 +268,12 @@ def export_main(argv: list[str] | None = None) -> int:
             from geosdm.export import export_model  # after the arguments are checked
         except ImportError as e:
             raise GeoSDMError(f'exporting needs {e.name}: pip install "geosdm[export]"') from None
+        from geosdm.birdnet import birdnet_formats
+        from geosdm.names import read_label_list
+
         if a.layout == 'birdnet':
-            from geosdm.birdnet import export_birdnet
-
-            for f in a.formats:
-                r = export_birdnet(a.checkpoint, a.outdir, f == 'onnx_fp16', a.species, a.always, a.name)
-                print(f"{f:<9}  {r['path']}  {r['bytes'] / 1e6:.2f} MB  max |Δp| {r['max_abs_diff']:.1e}")
-            print('beside them: labels.txt (code, scientific name, common name), per language labels_<lang>.txt')
-            return
-        always = None
-        if a.always:
-            from geosdm.names import read_label_list
-
-            always = read_label_list(a.always)
+            return print(birdnet_formats(a.checkpoint, a.outdir, a.formats, a.species, a.always, a.name))
+        always = read_label_list(a.always) if a.always else None
         rows = export_model(
             a.checkpoint, a.outdir, a.formats, a.species, a.common_species, a.name, a.exporter, a.tflite_batch, always
         )
@@ -316,15 +298,31 @@ def _plot_parser() -> argparse.ArgumentParser:
     common.add_argument('--formats', nargs='+', default=['png', 'svg', 'html'], choices=['png', 'svg', 'html', 'json'])
     model = argparse.ArgumentParser(add_help=False, parents=[common])
     model.add_argument('--checkpoint', default='checkpoints/checkpoint_best.pt', help='Checkpoint (or exported .onnx)')
-    model.add_argument('--max_cells', type=int, default=5000, help='Coarsen the map to at most this many H3 cells')
     model.add_argument('--device', default='auto', choices=['auto', 'cuda', 'cpu'])
+    where = argparse.ArgumentParser(add_help=False, parents=[model])  # the map figures
+    where.add_argument(
+        '--max_cells', type=int, default=5000, help="Draw the model's own cells if at most this many, else parents"
+    )
+    where.add_argument(
+        '--box',
+        nargs=4,
+        type=float,
+        metavar=('LON_MIN', 'LAT_MIN', 'LON_MAX', 'LAT_MAX'),
+        help="Draw this box only (default: all the model's cells)",
+    )
+    where.add_argument(
+        '--agg',
+        default='auto',
+        choices=['auto', 'max', 'mean', 'centre'],
+        help='What a parent cell shows: the max or mean of its cells, the model at its centre, or auto (max if cheap)',
+    )
     sub.add_parser('training', parents=[common], help='training curves').add_argument(
         'run_dir', help='Checkpoint folder'
     )
-    r = sub.add_parser('range', parents=[model], help='range maps of species')
+    r = sub.add_parser('range', parents=[where], help='range maps of species')
     r.add_argument('--species', nargs='+', required=True)
     r.add_argument('--weeks', nargs='+', type=int, default=[1, 13, 26, 39])
-    r = sub.add_parser('richness', parents=[model], help='species richness map')
+    r = sub.add_parser('richness', parents=[where], help='species richness map')
     r.add_argument('--week', type=int, default=0)
     r.add_argument('--threshold', type=float, default=0.1)
     r = sub.add_parser('phenology', parents=[model], help='weekly bars per species at a place')
@@ -333,7 +331,7 @@ def _plot_parser() -> argparse.ArgumentParser:
     r.add_argument('--species', nargs='+', default=None)
     r.add_argument('--top_k', type=int, default=6)
     r.add_argument('--threshold', type=float, default=0.05)
-    r = sub.add_parser('weekly', parents=[model], help='a map per week and an animated GIF')
+    r = sub.add_parser('weekly', parents=[where], help='a map per week and an animated GIF')
     r.add_argument('--species', required=True)
     r.add_argument('--weeks', nargs='+', type=int, default=list(range(1, N_WEEKS + 1)))
     r.add_argument('--fps', type=float, default=4.0)
@@ -357,6 +355,9 @@ def _check_plot_args(p, a):
         p.error(f'weeks must be 0 (the year) or 1..{N_WEEKS}, got {weeks}')
     if not 0 < getattr(a, 'threshold', 0.5) < 1:
         p.error(f'--threshold {a.threshold}: must be in (0, 1)')
+    box = getattr(a, 'box', None)
+    if box and not (-90 <= box[1] < box[3] <= 90 and -180 <= min(box[0], box[2]) <= max(box[0], box[2]) <= 180):
+        p.error(f'--box {" ".join(map(str, box))}: expected LON_MIN LAT_MIN LON_MAX LAT_MAX within ±180 and ±90')
     if hasattr(a, 'lat') and not (-90 <= a.lat <= 90 and -180 <= a.lon <= 180):
         p.error(f'--lat {a.lat} --lon {a.lon}: lat must be in [-90, 90] and lon in [-180, 180]')
 

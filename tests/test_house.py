@@ -45,6 +45,8 @@ FLOORS = {
     'trainer': 7,
     'predict': 7,
     'maps': 7,
+    'zoom': 7,  # what a map draws at each view, and its values
+    'zoommap': 8,  # the apps' zoomable map
     'autotune': 8,
     'demo': 8,
     'plots': 8,
