@@ -19,9 +19,9 @@ from onnx import TensorProto, helper, numpy_helper
 from . import __version__
 from .calibrate import subset_calibration
 from .checkpoint import load_checkpoint, transfer_weights
-from .core import N_WEEKS, GeoSDMError, atomic_write, write_json
+from .core import N_WEEKS, GeoSDMError, OutputSet, atomic_write, write_json
 from .model import create_model, predict_proba
-from .names import names_from, read_label_list, write_label_files
+from .names import labels_text, names_from, read_label_list
 
 # %% auto #0
 __all__ = ['WEEK_ZERO', 'YearProbabilities', 'BirdNETInput', 'fp16_weights', 'write_birdnet_onnx', 'export_extras', 'check_rows',
@@ -141,8 +141,9 @@ def birdnet_proba(path, x: np.ndarray) -> np.ndarray:
 def _metadata(ck, path, idx, fp16, extras) -> dict:  # noqa: ARG001
     v, idx = ck['species_vocab'], np.arange(len(ck['species_vocab']['codes'])) if idx is None else idx
     return {
-        'format': 'geosdm-onnx-birdnet',
-        'format_version': 1,
+        'format': 'geosdm-onnx',  # geosdm.predict.EXPORT_FORMAT (a floor above this module); tested equal
+        'format_version': 2,  # geosdm.predict.EXPORT_FORMAT_VERSION
+        'layout': 'birdnet',
         'geosdm_version': __version__,
         'created': datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds'),
         'inputs': {
@@ -177,29 +178,33 @@ def _species(ck, species) -> np.ndarray | None:
 def export_birdnet(
     checkpoint, outdir='exports_birdnet', fp16: bool = False, species=None, always=None, name: str = 'geomodel'
 ) -> dict:
-    "Write the BirdNET layout of a checkpoint (see above) and check it; returns what was written and measured."
+    "Write the BirdNET layout of a checkpoint (see above) and check it, all files or none; what was written."
     ck = load_checkpoint(checkpoint)
     model = create_model(**ck['model_config']).eval()
     model.load_state_dict(ck['model_state_dict'])
-    idx = _species(ck, species)
-    small = model
+    idx, small = _species(ck, species), model
     if idx is not None:  # a model of the chosen outputs only, its weights copied by species code
         small = create_model(**{**ck['model_config'], 'n_species': len(idx)}).eval()
         transfer_weights(small, ck, [ck['species_vocab']['codes'][i] for i in idx], ck['env']['names'])
     outdir = Path(outdir)
     path = outdir / f'{name}{"_fp16" if fp16 else ""}.onnx'
-    write_birdnet_onnx(small, path, fp16)
-    extras = export_extras(ck, idx, read_label_list(always) if always else None)
-    meta = _metadata(ck, path, idx, fp16, extras)
-    write_json(path.with_name(path.name + '.json'), meta)
-    labels = write_label_files(names_from(meta), outdir)  # labels.txt, labels_<lang>.txt
-    x = check_rows()
-    want = predict_proba(small, x[:, 0], x[:, 1], np.maximum(x[:, 2], 0))
-    diff = float(np.abs(birdnet_proba(path, x) - want).max())
-    tol = 2e-3 if fp16 else 1e-5
-    if diff > tol:
-        raise GeoSDMError(f'{path}: differs from the checkpoint by {diff:.2e} (> {tol:g})')
-    return {'path': str(path), 'bytes': path.stat().st_size, 'labels': [str(p) for p in labels], 'max_abs_diff': diff}
+    meta = _metadata(ck, path, idx, fp16, export_extras(ck, idx, read_label_list(always) if always else None))
+    names = names_from(meta)
+    labels = {'labels.txt': labels_text(names)} | {f'labels_{k}.txt': labels_text(names, k) for k in names.languages}
+    with OutputSet(inputs=[checkpoint]) as out:  # renamed into place together, once checked
+        outdir.mkdir(parents=True, exist_ok=True)
+        write_birdnet_onnx(small, out.path(path), fp16)
+        write_json(out.path(path.with_name(path.name + '.json')), meta)
+        for f, text in labels.items():
+            out.path(outdir / f).write_text(text)
+        x = check_rows()
+        want = predict_proba(small, x[:, 0], x[:, 1], np.maximum(x[:, 2], 0))
+        diff = float(np.abs(birdnet_proba(out.path(path), x) - want).max())
+        tol = 2e-3 if fp16 else 1e-5
+        if diff > tol:
+            raise GeoSDMError(f'{path}: differs from the checkpoint by {diff:.2e} (> {tol:g}); no file was written')
+    labels = [str(outdir / f) for f in labels]
+    return {'path': str(path), 'bytes': path.stat().st_size, 'labels': labels, 'max_abs_diff': diff}
 
 # %% ../nbs/28_birdnet.ipynb #817af924
 def birdnet_formats(checkpoint, outdir, formats=('onnx',), species=None, always=None, name='geomodel') -> str:

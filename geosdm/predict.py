@@ -142,7 +142,8 @@ class Predictor:
         self.session, self.device = onnx_session(self.path, device), 'onnxruntime'
         ins, outs = [i.name for i in self.session.get_inputs()], self.session.get_outputs()
         n, width = len(meta['species_vocab']['codes']), ((outs[0].shape or [None])[-1] if len(outs) == 1 else None)
-        if sorted(ins) != ['lat', 'lon', 'week'] or len(outs) != 1 or (isinstance(width, int) and width != n):
+        layout = ['input'] if meta.get('layout') == 'birdnet' else ['lat', 'lon', 'week']  # BirdNET: one (n, 3) input
+        if sorted(ins) != layout or len(outs) != 1 or (isinstance(width, int) and width != n):
             raise CheckpointError(
                 f'{self.path}: does not fit its metadata {metadata_path(self.path).name} '
                 f'(inputs {", ".join(ins)}; {width} outputs for {n} species)'
