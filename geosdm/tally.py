@@ -20,9 +20,10 @@ from .core import GeoSDMDataError, week_of
 from .gbif import Occurrences
 
 # %% auto #0
-__all__ = ['DAYS_IN_MONTH', 'REASONS', 'RANKS', 'BASIS', 'DEDUP', 'PACK_MAX_RES', 'READ_AHEAD', 'week_table', 'week_expr',
-           'Filters', 'conditions', 'first_failure', 'records', 'CellMapper', 'dup_hash', 'DuplicateSpill', 'TaxonBook',
-           'packed_key', 'unpack_key', 'Tallies', 'small_read_ahead', 'tally']
+__all__ = ['DAYS_IN_MONTH', 'REASONS', 'RANKS', 'BASIS', 'DEDUP', 'SPECIES_RE', 'NOT_EPITHETS', 'ABOVE_SPECIES', 'PACK_MAX_RES',
+           'READ_AHEAD', 'week_table', 'week_expr', 'Filters', 'species_name', 'Keys', 'keys_for', 'conditions',
+           'first_failure', 'records', 'CellMapper', 'dup_hash', 'DuplicateSpill', 'TaxonBook', 'packed_key',
+           'unpack_key', 'Tallies', 'small_read_ahead', 'tally']
 
 # %% ../nbs/20_tally.ipynb #1b0d593c
 DAYS_IN_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
@@ -74,11 +75,68 @@ class Filters:
         self.classes = tuple(c.lower() for c in self.classes)
         self.basis = tuple(b.upper() for b in self.basis)
 
+# %% ../nbs/20_tally.ipynb #3ed42c1e
+SPECIES_RE = r'^\s*([A-Z][a-zà-ÿ-]+)\s+(?:\([A-Za-z-]+\)\s+)?(?:×\s*)?([a-zà-ÿ-]{2,})\b'
+NOT_EPITHETS = ('sp', 'spp', 'cf', 'aff', 'indet', 'nov')
+ABOVE_SPECIES = ('DOMAIN', 'KINGDOM', 'PHYLUM', 'CLASS', 'ORDER', 'FAMILY', 'SUBFAMILY', 'TRIBE', 'GENUS', 'SUBGENUS')
+
+
+def species_name(name: pl.Expr) -> pl.Expr:
+    "The species (genus and epithet) of a scientific name; null when it names no species."
+    g = name.str.extract_groups(SPECIES_RE)
+    ep = g.struct.field('2')
+    return pl.when(ep.is_not_null() & ~ep.is_in(NOT_EPITHETS)).then(g.struct.field('1') + ' ' + ep)
+
+# %% ../nbs/20_tally.ipynb #6f5a6438
+@dataclass
+class Keys:
+    "How records are keyed: the column used (`source`), and the expressions of the key, the name and the taxon."
+
+    source: str
+    key: pl.Expr
+    name: pl.Expr
+    taxon: pl.Expr
+    identified: pl.Expr  # True where a record is identified to species (or below)
+
+# %% ../nbs/20_tally.ipynb #28ece783
+def _name_keys(occ: Occurrences, f: Filters, lf: pl.LazyFrame) -> Keys:
+    "Keys from the scientific names reduced to species: integer ids from a first pass over the names."
+    if 'species' in occ.absent and 'scientificName' in occ.absent:
+        raise GeoSDMDataError(f'{", ".join(occ.files)}: no speciesKey, species or scientificName column to key taxa')
+    name = pl.col('species').fill_null(species_name(pl.col('scientificName')))
+    seen = lf.select(name.alias('n')).drop_nulls().unique().collect(engine='streaming')['n'].sort()
+    key = name.replace_strict(seen, pl.Series(range(1, len(seen) + 1)), default=None, return_dtype=pl.Int64)
+    taxon = key if 'taxonKey' in occ.absent else pl.col('taxonKey')
+    return Keys('scientificName', key, name, taxon, key.is_not_null())
+
+# %% ../nbs/20_tally.ipynb #dd3d8d23
+def keys_for(occ: Occurrences, f: Filters, lf: pl.LazyFrame | None = None) -> Keys:
+    "The keys of `occ`'s records at rank `f.rank` (see above); `lf`: the records to read (default: all)."
+    c = pl.col
+    want = 'taxonKey' if f.rank == 'taxon' else 'speciesKey'
+    if want in occ.absent and f.rank == 'taxon':
+        raise GeoSDMDataError(
+            f'{", ".join(occ.files)}: --rank taxon needs a taxonKey (or speciesID) column; use --rank species '
+            '(keyed by the species of the scientific name)'
+        )
+    if want in occ.absent:
+        return _name_keys(occ, f, occ.frame if lf is None else lf)
+    if 'speciesKey' in occ.absent:  # rank taxon by taxonKey alone: identified unless the rank is above species
+        ok = c('taxonKey').is_not_null() & ~c('taxonRank').str.to_uppercase().is_in(ABOVE_SPECIES).fill_null(False)
+    else:
+        ok = c('speciesKey').is_not_null()
+    name = c('species').fill_null(c('scientificName'))
+    if f.rank == 'taxon':
+        name = pl.when(c('taxonKey') == c('speciesKey')).then(c('species')).otherwise(c('scientificName'))
+    return Keys(occ.aka.get(want, want), c(want), name, c('taxonKey'), ok)
+
 # %% ../nbs/20_tally.ipynb #c7cc9767
-def conditions(f: Filters) -> list[pl.Expr]:
-    "One boolean expression per reason in `REASONS`: True where the record fails that filter."
+def conditions(f: Filters, identified: pl.Expr | None = None) -> list[pl.Expr]:
+    """One boolean expression per reason in `REASONS`: True where the record fails that filter; `identified`: where a
+    record is identified to species (default: it has a speciesKey)."""
     c, lat, lon, no = pl.col, pl.col('decimalLatitude'), pl.col('decimalLongitude'), pl.lit(False)
-    rank = c('speciesKey').is_null() | ((c('taxonRank') != 'SPECIES') if f.rank == 'exact' else no)
+    ok = c('speciesKey').is_not_null() if identified is None else identified
+    rank = ~ok | ((c('taxonRank').str.to_uppercase() != 'SPECIES') if f.rank == 'exact' else no)
     classes = sorted({v for k in f.classes for v in (k, k.capitalize(), k.upper())})
     return [
         rank,
@@ -100,26 +158,23 @@ def first_failure(conds: Sequence[pl.Expr]) -> pl.Expr:
     return out
 
 # %% ../nbs/20_tally.ipynb #f20c30bd
-def records(lf: pl.LazyFrame, f: Filters) -> pl.LazyFrame:
-    "Per record: reason, week, key, taxonKey, lat, lon, dup (hash of the event or observer, or null) and names."
+def records(lf: pl.LazyFrame, f: Filters, keys: Keys | None = None) -> pl.LazyFrame:
+    """Per record: reason, week, key, taxonKey, lat, lon, dup (hash of the event or observer, or null) and names;
+    `keys` from `keys_for` (default: GBIF's speciesKey or taxonKey)."""
     c = pl.col
-    key = c('taxonKey') if f.rank == 'taxon' else c('speciesKey')
-    name = (
-        pl.when(c('taxonKey') == c('speciesKey')).then(c('species')).otherwise(c('scientificName'))
-        if f.rank == 'taxon'
-        else c('species').fill_null(c('scientificName'))
-    )
+    if keys is None:
+        keys = keys_for(Occurrences(lf, '', []), f)
     dup = {'event': 'eventID', 'observer': 'recordedBy'}.get(f.dedup)
     extra = ['_id'] if '_id' in lf.collect_schema() else []
     return lf.with_columns(week_expr(c('month'), c('day')).alias('week')).select(
-        first_failure(conditions(f)).alias('reason'),
+        first_failure(conditions(f, keys.identified)).alias('reason'),
         'week',
-        key.alias('key'),
-        'taxonKey',
+        keys.key.alias('key'),
+        keys.taxon.alias('taxonKey'),
         c('decimalLatitude').alias('lat'),
         c('decimalLongitude').alias('lon'),
         (c(dup).hash() if dup else pl.lit(None, pl.UInt64)).alias('dup'),
-        name.alias('name'),
+        keys.name.alias('name'),
         'scientificName',
         'taxonRank',
         'class',
@@ -278,6 +333,7 @@ class Tallies:
     vernacular: pl.DataFrame | None = None  # key, vernacularName, language, rows
     spill: DuplicateSpill | None = None
     h3_points: int = 0
+    key_source: str = 'speciesKey'  # the column that keyed taxa (see `keys_for`)
 
 # %% ../nbs/20_tally.ipynb #e2c5ca52
 def _counts(rec: pl.LazyFrame, res: int, book: TaxonBook, spill: DuplicateSpill | None) -> pl.LazyFrame:
@@ -333,8 +389,8 @@ def small_read_ahead():
 def tally(occ: Occurrences, f: Filters, res: int, workdir, max_rows: int = 0) -> Tallies:
     "Read the records once (streaming) and count what the output, the report and the manifest need."
     lf = occ.frame.head(max_rows) if max_rows else occ.frame
-    cm, book = CellMapper(res), TaxonBook()
-    rec = records(lf, f).with_columns(
+    cm, book, keys = CellMapper(res), TaxonBook(), keys_for(occ, f, lf)
+    rec = records(lf, f, keys).with_columns(
         pl.struct('lat', 'lon').map_batches(cm, return_dtype=pl.UInt64, is_elementwise=True).alias('cell')
     )
     spill = DuplicateSpill(Path(workdir) / 'duplicates') if f.dedup != 'none' else None
@@ -370,4 +426,5 @@ def tally(occ: Occurrences, f: Filters, res: int, workdir, max_rows: int = 0) ->
             }
         )
     )
-    return Tallies(_triples(out[0], res, taxa), taxa, out[1] if len(out) > 1 else None, spill, cm.points)
+    vern = out[1] if len(out) > 1 else None
+    return Tallies(_triples(out[0], res, taxa), taxa, vern, spill, cm.points, keys.source)
