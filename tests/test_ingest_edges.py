@@ -312,3 +312,36 @@ def test_categorical_with_too_many_classes_is_continuous():
     msg = ' '.join(str(x.message) for x in w)
     assert 'landcover_class' in msg and '5000' in msg
     assert abs(float(np.nanmean(env[:, 0]))) < 1e-6  # standardised like any continuous column
+
+
+def test_publisher_archive_with_event_date_defaults_and_latin1(base, tmp_path):
+    """An IPT-style archive: dates as eventDate only, basisOfRecord given once as a field default, the core file in
+    ISO-8859-1 (as its <core encoding> says): the same result as the GBIF zip."""
+    d, members, frame, expect = base
+    pub = frame.with_columns(
+        pl.concat_str(['year', 'month', 'day'], separator='-').fill_null(pl.col('year')).alias('eventDate'),
+        pl.col('recordedBy').str.replace('obs1', 'Zoë'),
+    )
+    assert pub['basisOfRecord'].value_counts().height == 2  # one fossil: the others' value becomes the default
+    pub = pub.filter(pl.col('basisOfRecord') == 'HUMAN_OBSERVATION').drop('year', 'month', 'day', 'basisOfRecord')
+    cols = pub.columns
+    meta = members['meta.xml'].decode()
+    head = meta[: meta.index('<field ')].replace('encoding="UTF-8"', 'encoding="ISO-8859-1"', 1)
+    idx = next(i for i, c in enumerate(cols) if c == 'gbifID')
+    head = head.replace(
+        head[head.index('<id index=') : head.index('/>', head.index('<id index=')) + 2], f'<id index="{idx}"/>'
+    )
+    fields = ''.join(f'<field index="{i}" term="http://rs.tdwg.org/dwc/terms/{c}"/>' for i, c in enumerate(cols))
+    fields += '<field default="HUMAN_OBSERVATION" term="http://rs.tdwg.org/dwc/terms/basisOfRecord"/>'
+    text = pub.write_csv(separator='\t', quote_style='never')
+    z = write_zip(
+        tmp_path / 'ipt.zip',
+        {'meta.xml': head + fields + '</core></archive>', 'occurrence.txt': text.encode('latin-1')},
+    )
+    assert 'Zoë'.encode('latin-1') in zipfile.ZipFile(z).read('occurrence.txt')
+    r = cli(z, '-o', tmp_path / 'o' / 'c.parquet', *opts(d))
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads((tmp_path / 'o' / 'c_report.json').read_text())
+    drops = {s['filter']: s['dropped'] for s in rep['filters']}
+    assert rep['rows_read'] == 19 and drops['basis'] == 0 and drops['date'] == 2 and rep['rows_kept'] == 6
+    assert read_columns(tmp_path / 'o' / 'c.parquet').equals(expect)
