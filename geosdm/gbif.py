@@ -5,11 +5,8 @@
 # %% ../nbs/19_gbif.ipynb #324f3c99
 from __future__ import annotations
 
-import codecs
 import csv
 import re
-import shutil
-import tarfile
 import xml.etree.ElementTree as ET
 import zipfile
 from collections.abc import Sequence
@@ -18,11 +15,12 @@ from pathlib import Path, PurePosixPath
 
 import polars as pl
 
+from .archives import TAR_SUFFIXES, TextFile, archive_folder, untar, unzip
 from .core import GeoSDMDataError, atomic_path
 
 # %% auto #0
-__all__ = ['TERMS', 'COORDS', 'DATE', 'KEY_TERMS', 'ALIASES', 'SEPARATORS', 'TAR_SUFFIXES', 'TableSpec', 'read_meta', 'meta_xml',
-           'sniff', 'Occurrences', 'open_occurrences', 'write_dwca']
+__all__ = ['TERMS', 'COORDS', 'DATE', 'KEY_TERMS', 'ALIASES', 'SEPARATORS', 'TableSpec', 'read_meta', 'meta_xml', 'sniff',
+           'Occurrences', 'open_occurrences', 'write_dwca']
 
 # %% ../nbs/19_gbif.ipynb #a7c78021
 TERMS = {
@@ -155,30 +153,6 @@ def meta_xml(
         )
     return xml + '</archive>'
 
-# %% ../nbs/19_gbif.ipynb #316c6fea
-def _scan_text(path, names: Sequence[str], skip: int, sep: str, quote: str | None) -> pl.LazyFrame:
-    "Lazy scan of a delimited file whose columns are `names`; the terms ingest reads are typed, the rest are text."
-    seen, cols = {}, []
-    for n in names:  # duplicate or empty names get a suffix
-        n = n or '_'
-        cols.append(n if n not in seen else f'{n}_{seen[n]}')
-        seen[n] = seen.get(n, 0) + 1
-    return pl.scan_csv(
-        path,
-        has_header=False,
-        skip_rows=skip,
-        separator=sep,
-        quote_char=quote,
-        ignore_errors=True,
-        schema={n: TERMS.get(n, pl.String) for n in cols},
-        truncate_ragged_lines=True,
-    )
-
-# %% ../nbs/19_gbif.ipynb #ade6f4ec
-def _first_line(path) -> str:
-    with open(path, encoding='utf-8-sig', errors='replace', newline='') as f:  # -sig: a leading BOM is dropped
-        return f.readline().rstrip('\r\n')
-
 # %% ../nbs/19_gbif.ipynb #1c7f7f13
 SEPARATORS = ('\t', ',', ';', '|')  # a tie goes to the first
 
@@ -253,112 +227,10 @@ def _occurrences(lf: pl.LazyFrame, kind: str, files: list, source: str, **kw) ->
     return Occurrences(frame, kind, files, absent=absent, aka=aka)
 
 # %% ../nbs/19_gbif.ipynb #125ef519
-def _hidden(name: str) -> bool:
-    "Whether an archive member or file name is packaging: under `__MACOSX/`, or a hidden file or folder (`._x`)."
-    return any(p.startswith('.') or p == '__MACOSX' for p in PurePosixPath(name).parts if p not in ('.', '/'))
-
-
-def _safe(name: str) -> PurePosixPath:
-    "A member name as a relative path (no leading `/`; `..` never reaches here: `_hidden` drops it)."
-    return PurePosixPath(*[p for p in PurePosixPath(name).parts if p not in ('/', '.')])
-
-# %% ../nbs/19_gbif.ipynb #e5159720
-def _archive_root(names: Sequence[str], source: str) -> PurePosixPath | None:
-    "The folder of the archive's `meta.xml` among member `names`: the top or one enclosing folder; None if absent."
-    metas = sorted((_safe(n) for n in names if PurePosixPath(n).name == 'meta.xml'), key=lambda p: len(p.parts))
-    if not metas or len(metas[0].parts) > 2:
-        return None
-    top = [str(m) for m in metas if len(m.parts) == len(metas[0].parts)]
-    if len(top) > 1:
-        raise GeoSDMDataError(f'{source}: holds several archives ({", ".join(top[:4])}); give one at a time')
-    return metas[0].parent
-
-
-def _needed(meta: bytes, root: PurePosixPath, source: str) -> set[str]:
-    "The member names of `meta.xml` itself, its core file and its vernacular names (what ingest reads)."
+def _needed(meta: bytes, root: PurePosixPath, source: str) -> list[str]:
+    "The locations of the core file and the vernacular names, from `meta.xml`'s bytes."
     core, exts = read_meta(meta, f'{source}: {root / "meta.xml"}')
-    locs = [core.location] + [e.location for e in exts if e.row_type == 'VernacularName']
-    return {str(root / 'meta.xml')} | {str(root / loc) for loc in locs}
-
-# %% ../nbs/19_gbif.ipynb #fcb8eda9
-def _extract(src, out: Path) -> Path:
-    "Copy an open binary stream to `out`, a block at a time (no whole-file read)."
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with src, open(out, 'wb') as dst:
-        shutil.copyfileobj(src, dst, 1 << 22)
-    return out
-
-
-def _one_data_file(names: Sequence[str], source: str) -> str:
-    "The single delimited-text member of a simple download."
-    data = [n for n in names if n.lower().endswith(('.csv', '.txt', '.tsv'))]
-    if len(data) != 1:
-        raise GeoSDMDataError(
-            f'{source}: neither a Darwin Core Archive (no meta.xml) nor a simple download (one .csv); '
-            f'found {list(names)[:8]}'
-        )
-    return data[0]
-
-# %% ../nbs/19_gbif.ipynb #c58a7567
-def _unzip(path: Path, workdir: Path) -> Path:
-    "The folder of the archive's `meta.xml`, or the data file of a simple download, copied out of a zip."
-    out = workdir / 'unpacked'
-    with zipfile.ZipFile(path) as zf:
-        names = [n for n in zf.namelist() if not n.endswith('/') and not _hidden(n)]
-        root = _archive_root(names, str(path))
-        if root is None:
-            one = _one_data_file(names, str(path))
-            return _extract(zf.open(one), out / _safe(one))
-        orig = {str(_safe(n)): n for n in names}
-        want = _needed(zf.read(orig[str(root / 'meta.xml')]), root, str(path))
-        for n in want & set(orig):
-            _extract(zf.open(orig[n]), out / n)
-    return out / root
-
-# %% ../nbs/19_gbif.ipynb #3c31b7f4
-TAR_SUFFIXES = ('.tar', '.tar.gz', '.tgz', '.tar.bz2', '.tar.xz')
-
-
-def _untar(path: Path, workdir: Path) -> Path:
-    "As `_unzip`, for a tar (compressed or not), in one pass from start to end."
-    out, kept, want = workdir / 'unpacked', [], None
-    try:
-        with tarfile.open(path, 'r|*') as tf:
-            for m in tf:
-                rel = _safe(m.name)
-                if not m.isfile() or _hidden(m.name) or (want is not None and str(rel) not in want):
-                    continue
-                _extract(tf.extractfile(m), out / rel)
-                kept.append(str(rel))
-                if rel.name == 'meta.xml' and len(rel.parts) <= 2 and want is None:
-                    want = _needed((out / rel).read_bytes(), rel.parent, str(path))
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise GeoSDMDataError(f'{path}: not a readable tar archive ({type(e).__name__}: {e})') from e
-    root = _archive_root(kept, str(path))
-    return out / (root if root is not None else _one_data_file(kept, str(path)))
-
-# %% ../nbs/19_gbif.ipynb #568d123d
-def _archive_folder(p: Path) -> Path | None:
-    "The folder holding `meta.xml`: `p` itself or its only visible subfolder; None if neither."
-    if (p / 'meta.xml').is_file():
-        return p
-    subs = [q for q in p.iterdir() if q.is_dir() and not _hidden(q.name)]
-    return subs[0] if len(subs) == 1 and (subs[0] / 'meta.xml').is_file() else None
-
-# %% ../nbs/19_gbif.ipynb #649e0d3c
-def _as_utf8(path: Path, encoding: str, workdir: Path, source: str) -> Path:
-    "`path` if it is UTF-8 (or ASCII), else a UTF-8 copy of it in `workdir`."
-    try:
-        name = codecs.lookup(encoding).name
-    except LookupError:
-        raise GeoSDMDataError(f'{source}: {path.name} has encoding {encoding!r}, which Python does not know') from None
-    if name in ('utf-8', 'utf-8-sig', 'ascii'):
-        return path
-    out = workdir / 'utf8' / path.name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, encoding=name, errors='replace', newline='') as src, open(out, 'w', encoding='utf-8') as dst:
-        shutil.copyfileobj(src, dst, 1 << 20)
-    return out
+    return [core.location] + [e.location for e in exts if e.row_type == 'VernacularName']
 
 # %% ../nbs/19_gbif.ipynb #6862620b
 def _check_columns(spec: TableSpec, n: int, source: str):
@@ -370,11 +242,11 @@ def _check_columns(spec: TableSpec, n: int, source: str):
         raise GeoSDMDataError(f'{source}: <id index="{spec.id_index}"> is past the {n} columns of {spec.location}')
 
 # %% ../nbs/19_gbif.ipynb #8623f692
-def _vernacular(folder: Path, vern: TableSpec) -> pl.LazyFrame:
+def _vernacular(folder: Path, vern: TableSpec, workdir) -> pl.LazyFrame:
     "The vernacular-name extension as (`_id`, `vernacularName`, `language`)."
     vn = [vern.columns.get(i, f'_c{i}') for i in range(max([*vern.columns, vern.id_index or 0]) + 1)]
     vn[vern.id_index or 0] = '_id'
-    v = _scan_text(folder / vern.location, vn, vern.skip, vern.separator, vern.quote)
+    v = TextFile(folder / vern.location).scan(vn, vern.skip, vern.separator, vern.quote, {}, workdir)
     have = v.collect_schema()
     return v.select(
         pl.col('_id').cast(pl.String),
@@ -382,39 +254,42 @@ def _vernacular(folder: Path, vern: TableSpec) -> pl.LazyFrame:
     )
 
 # %% ../nbs/19_gbif.ipynb #b4e76289
-def _read_dwca(folder: Path, source: str, workdir: Path, meta_src: str) -> Occurrences:
-    "A Darwin Core Archive whose `meta.xml` and data files (or the ones we need) lie in `folder`."
+def _read_dwca(folder: Path, source: str, workdir: Path, meta_src: str, text: TextFile | None = None) -> Occurrences:
+    """A Darwin Core Archive whose `meta.xml` (and the files ingest reads) lie in `folder`; `text`: its core file, if
+    elsewhere (in a zip)."""
     core, exts = read_meta((folder / 'meta.xml').read_bytes(), meta_src)
-    path = folder / core.location
-    if not path.is_file():
+    text = text or (TextFile(folder / core.location) if (folder / core.location).is_file() else None)
+    if text is None:
         raise GeoSDMDataError(f'{meta_src}: names {core.location}, which the archive lacks')
-    path = _as_utf8(path, core.encoding, workdir, source)
-    n = len(_first_line(path).split(core.separator))
+    text = text.as_utf8(core.encoding, workdir, source)
+    n = len(text.first_line().split(core.separator))
     _check_columns(core, n, meta_src)
     names = [core.columns.get(i, f'_c{i}') for i in range(n)]
     id_col = names[core.id_index] if core.id_index is not None else None
     vern = next((e for e in exts if e.row_type == 'VernacularName' and (folder / e.location).is_file()), None)
-    lf = _scan_text(path, names, core.skip, core.separator, core.quote)
-    occ = _occurrences(lf, 'dwca', [str(path)], source, id_col=id_col if vern else None, defaults=core.defaults)
+    lf = text.scan(names, core.skip, core.separator, core.quote, TERMS, workdir)
+    occ = _occurrences(lf, 'dwca', [text.name], source, id_col=id_col if vern else None, defaults=core.defaults)
     if vern:
-        occ.vernacular = _vernacular(folder, vern)
+        occ.vernacular = _vernacular(folder, vern, workdir)
         occ.files.append(str(folder / vern.location))
     return occ
 
 # %% ../nbs/19_gbif.ipynb #f4be7525
-def _read_simple(path: Path, source: str) -> Occurrences:
+def _read_simple(text: TextFile, source: str, workdir) -> Occurrences:
     "A simple download: delimited text with a header line (separator and quoting from `sniff`)."
-    sep, quote, names = sniff(_first_line(path))
-    return _occurrences(_scan_text(path, names, 1, sep, quote), 'simple', [str(path)], source)
+    sep, quote, names = sniff(text.first_line())
+    return _occurrences(text.scan(names, 1, sep, quote, TERMS, workdir), 'simple', [text.name], source)
 
 # %% ../nbs/19_gbif.ipynb #8966bbf8
 def _read_packed(p: Path, workdir: Path) -> Occurrences:
     "A zip or tar: a Darwin Core Archive or a simple download."
     try:
-        got = _unzip(p, workdir) if zipfile.is_zipfile(p) else _untar(p, workdir)
+        folder, text = (unzip if zipfile.is_zipfile(p) else untar)(p, workdir, lambda m, r: _needed(m, r, str(p)))
     except zipfile.BadZipFile as e:
         raise GeoSDMDataError(f'{p}: not a readable zip ({e})') from e
-    return _read_dwca(got, str(p), workdir, f'{p}: meta.xml') if got.is_dir() else _read_simple(got, str(p))
+    if folder is None:
+        return _read_simple(text, str(p), workdir)
+    return _read_dwca(folder, str(p), workdir, f'{p}: meta.xml', text)
 
 # %% ../nbs/19_gbif.ipynb #b3cc5418
 def open_occurrences(path, workdir) -> Occurrences:
@@ -424,7 +299,7 @@ def open_occurrences(path, workdir) -> Occurrences:
     if '*' in src:
         return _occurrences(pl.scan_parquet(src), 'parquet', [src], src)
     if p.is_dir():
-        root = _archive_folder(p)
+        root = archive_folder(p)
         if root is not None:
             return _read_dwca(root, src, wd, str(root / 'meta.xml'))
         if any(p.glob('*.parquet')):
@@ -436,7 +311,7 @@ def open_occurrences(path, workdir) -> Occurrences:
         return _read_packed(p, wd)
     if p.suffix.lower() == '.parquet':
         return _occurrences(pl.scan_parquet(p), 'parquet', [src], src)
-    return _read_simple(p, src)
+    return _read_simple(TextFile(p), src, wd)
 
 # %% ../nbs/19_gbif.ipynb #9942f0d9
 def _tsv(df: pl.DataFrame, f, header: bool):

@@ -19,6 +19,7 @@ FLOORS = {
     'batches': 1,
     'worldfiles': 2,
     'inputs': 2,
+    'archives': 1,
     'gbif': 2,
     'synthetic': 3,
     'losses': 3,
