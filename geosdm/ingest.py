@@ -10,8 +10,8 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -327,13 +327,28 @@ def refuse_overwrite(paths: dict, source, grid=None, taxonomy=None):
         if out.is_dir():
             raise GeoSDMDataError(f'--output: {out} is a folder; cannot write a file there')
 
-# %% ../nbs/21_ingest.ipynb #55cb7238
-@contextmanager
-def _output_set(paths: Sequence) -> Iterator[list[Path]]:
-    """Temporary paths beside `paths`; renamed over them (the last first) when the block succeeds, all removed
-    when it fails."""
-    with ExitStack() as stack:
-        yield [stack.enter_context(atomic_path(p)) for p in paths]
+# %% ../nbs/21_ingest.ipynb #9b9c2e77
+class _OutputSet:
+    "The outputs of one run: temporary files beside their targets, renamed into place together when the block succeeds."
+
+    def __init__(self, inputs=()):
+        self.inputs, self.temps = [Path(p) for p in inputs], {}
+
+    def path(self, target) -> Path:
+        "The temporary file to write for `target` (the same one when asked again); refuses an input of the run."
+        key = Path(os.path.abspath(target))
+        if key not in self.temps:
+            if any(_same(i, key) for i in self.inputs):
+                raise GeoSDMDataError(f'{target}: is an input of this run; refusing to write over it')
+            self.temps[key] = self._stack.enter_context(atomic_path(key))
+        return self.temps[key]
+
+    def __enter__(self):
+        self._stack = ExitStack().__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._stack.__exit__(*exc)  # each temporary file renamed (the last first), or all removed
 
 # %% ../nbs/21_ingest.ipynb #9a7276d2
 def _write_csv(df: pl.DataFrame, path) -> Path:
@@ -390,14 +405,14 @@ def ingest(
     secs['assemble'] = time.perf_counter() - t0 - secs['open'] - secs['scan']
     opts = dict(grid=grid, outside_grid=outside_grid, taxonomy=taxonomy, drop_unmatched=drop_unmatched)
     opts |= dict(geometry=geometry, max_rows=max_rows, allow_empty=allow_empty)
-    with _output_set(paths.values()) as (parquet, tax, man, report):
-        write_combined(k.frame, parquet, geometry)
-        _write_csv(k.species, tax)
-        _write_csv(k.manifest, man)
+    with _OutputSet([i for i in (source, grid, taxonomy) if i and '*' not in str(i)]) as out:
+        write_combined(k.frame, out.path(paths['parquet']), geometry)
+        _write_csv(k.species, out.path(paths['taxonomy']))
+        _write_csv(k.manifest, out.path(paths['manifest']))
         secs['write'] = time.perf_counter() - t0 - sum(secs.values())
         secs['total'] = time.perf_counter() - t0
         rep = _report(source, occ, tal, k, paths, int(res), f, secs, **opts)
-        write_json(report, rep)
+        write_json(out.path(paths['report']), rep)
     return rep
 
 # %% ../nbs/21_ingest.ipynb #8ff06739

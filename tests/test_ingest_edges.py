@@ -282,17 +282,18 @@ def test_a_failed_report_leaves_the_earlier_set(base, tmp_path):
 
 
 def test_output_set_rolls_back_on_a_failure_inside(tmp_path):
-    from geosdm.ingest import _output_set
+    from geosdm.ingest import _OutputSet
 
     (tmp_path / 'a.txt').write_text('old a')
     with pytest.raises(RuntimeError):
-        with _output_set([tmp_path / 'a.txt', tmp_path / 'b.txt']) as (a, b):
-            a.write_text('new a')
+        with _OutputSet() as out:
+            out.path(tmp_path / 'a.txt').write_text('new a')
+            out.path(tmp_path / 'b.txt').write_text('new b')
             raise RuntimeError('the report failed')
     assert sorted(p.name for p in tmp_path.iterdir()) == ['a.txt'] and (tmp_path / 'a.txt').read_text() == 'old a'
-    with _output_set([tmp_path / 'a.txt', tmp_path / 'b.txt']) as (a, b):
-        a.write_text('new a')
-        b.write_text('new b')
+    with _OutputSet() as out:
+        out.path(tmp_path / 'a.txt').write_text('new a')
+        out.path(tmp_path / 'b.txt').write_text('new b')
     assert (tmp_path / 'a.txt').read_text() == 'new a' and (tmp_path / 'b.txt').read_text() == 'new b'
 
 
