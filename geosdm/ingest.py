@@ -5,6 +5,7 @@
 # %% ../nbs/21_ingest.ipynb #3fe53716
 from __future__ import annotations
 
+import fnmatch
 import glob
 import json
 import os
@@ -319,6 +320,8 @@ def refuse_overwrite(paths: dict, source, grid=None, taxonomy=None):
     inputs = [('the input', Path(f)) for f in glob.glob(str(source))] if '*' in str(source) else [('the input', src)]
     inputs += [(f'the {flag} file', Path(v)) for flag, v in (('--grid', grid), ('--taxonomy', taxonomy)) if v]
     for out in paths.values():
+        if '*' in str(source) and fnmatch.fnmatch(str(out.resolve()), str(Path(source).resolve())):
+            raise GeoSDMDataError(f'--output: {out} matches the input pattern {source}; a later run would read it')
         for what, f in inputs:
             if _same(out, f):
                 raise GeoSDMDataError(f'--output: {out} is {what} {f}; refusing to overwrite an input')
