@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -291,29 +292,33 @@ def among(x: np.ndarray, values: np.ndarray) -> np.ndarray:
     return v[i] == x
 
 # %% ../nbs/20_tally.ipynb #4de44c9c
+def _part_counts(self, i: int, keys: np.ndarray | None, cells: np.ndarray | None) -> pl.DataFrame | None:
+    "Rows with an id and distinct ones per key, in part `i` (the rows on disk and in memory)."
+    disk = [np.fromfile(f, np.uint64) if (f := self._name(i, j)).exists() else None for j in range(self.width)]
+    cols = [np.concatenate([d, m]) if d is not None else m for d, m in zip(disk, self._take(i))]
+    low = cols[0] if self.width == 2 else cols[1]
+    key = (low & np.uint64((1 << (50 - 3 * self.res if self.width == 2 else 58)) - 1)).view(np.int64)
+    ok = among(key, keys) if keys is not None else np.ones(len(key), bool)
+    if cells is not None:
+        ok &= among(unpack_key(cols[0].view(np.int64), self.res)[0] if self.width == 2 else cols[0], cells)
+    if not ok.any():
+        return None
+    h = mix64(cols[0][ok], cols[-1][ok]) if self.width == 2 else mix64(mix64(*cols[:2]), cols[2])[ok]
+    return (
+        pl.DataFrame({'key': key[ok], 'h': h})
+        .group_by('key')
+        .agg(pl.len().alias('with_id'), pl.col('h').n_unique().alias('distinct'))
+    )
+
+
 def _spill_counts(self, keys: np.ndarray | None = None, cells: np.ndarray | None = None) -> pl.DataFrame:
-    "Per key (among rows whose key and cell are in `keys`/`cells`, None: all): rows with an id and distinct ones."
-    out = []
-    for i in range(self.parts):
-        disk = [
-            np.fromfile(self._name(i, j), np.uint64) if self._name(i, j).exists() else None for j in range(self.width)
-        ]
-        cols = [np.concatenate([d, m]) if d is not None else m for d, m in zip(disk, self._take(i))]
-        low = cols[0] if self.width == 2 else cols[1]
-        key = (low & np.uint64((1 << (50 - 3 * self.res if self.width == 2 else 58)) - 1)).view(np.int64)
-        ok = among(key, keys) if keys is not None else np.ones(len(key), bool)
-        if cells is not None:
-            ok &= among(unpack_key(cols[0].view(np.int64), self.res)[0] if self.width == 2 else cols[0], cells)
-        if ok.any():
-            h = mix64(cols[0][ok], cols[-1][ok]) if self.width == 2 else mix64(mix64(*cols[:2]), cols[2])[ok]
-            out.append(
-                pl.DataFrame({'key': key[ok], 'h': h})
-                .group_by('key')
-                .agg(pl.len().alias('with_id'), pl.col('h').n_unique().alias('distinct'))
-            )
+    """Per key (among rows whose key and cell are in `keys`/`cells`, None: all): rows with an id and distinct ones;
+    the parts are counted on as many threads as there are cores (numpy and polars release the GIL)."""
+    with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+        out = [d for d in pool.map(lambda i: _part_counts(self, i, keys, cells), range(self.parts)) if d is not None]
     if not out:
         return pl.DataFrame(schema={'key': pl.Int64, 'with_id': pl.UInt32, 'distinct': pl.UInt32})
-    return pl.concat(out, how='diagonal').group_by('key').agg(pl.col('with_id', 'distinct').sum().cast(pl.UInt32))
+    return pl.concat(out).group_by('key').agg(pl.col('with_id', 'distinct').sum())
 
 
 DuplicateSpill.counts = _spill_counts
