@@ -91,13 +91,13 @@ def _inflate(opener: Callable, q: queue.Queue, stop: threading.Event):
         _put(q, e, stop)
 
 # %% ../nbs/19a_archives.ipynb #0f3a02d7
-def _whole_lines(q: queue.Queue, skip: int) -> Iterator[bytes]:
-    "Chunks of whole lines from the blocks in `q`, the first `skip` lines left out."
+def _whole_lines(q: queue.Queue, skip: int, name: str = '') -> Iterator[bytes]:
+    "Chunks of whole lines from the blocks in `q`, the first `skip` lines left out; a read error names the file."
     rest = b''
     while True:
         b = q.get()
         if isinstance(b, BaseException):
-            raise b
+            raise GeoSDMDataError(f'{name}: cannot be read to its end ({type(b).__name__}: {b})') from b
         cut = b.rfind(b'\n') + 1 if b else 0
         if b and not cut:
             rest += b  # no line ends in this block
@@ -111,7 +111,7 @@ def _whole_lines(q: queue.Queue, skip: int) -> Iterator[bytes]:
             return
 
 # %% ../nbs/19a_archives.ipynb #fe80aaa3
-def _stream(opener: Callable, cols: list[str], schema: dict, skip: int, sep: str) -> pl.LazyFrame:
+def _stream(opener: Callable, cols: list[str], schema: dict, skip: int, sep: str, name: str) -> pl.LazyFrame:
     "A lazy frame of the unquoted delimited text `opener()` yields, parsed a block at a time."
 
     def source(with_columns, predicate, n_rows, batch_size):
@@ -121,7 +121,7 @@ def _stream(opener: Callable, cols: list[str], schema: dict, skip: int, sep: str
         threading.Thread(target=_inflate, args=(opener, q, stop), daemon=True).start()
         left = n_rows
         try:
-            for data in _whole_lines(q, skip):
+            for data in _whole_lines(q, skip, name):
                 df = pl.read_csv(
                     data,
                     has_header=False,
@@ -207,7 +207,7 @@ def _scan(self, names: Sequence[str], skip: int, sep: str, quote: str | None, ty
     cols = column_names(names)
     schema = {n: types.get(n, pl.String) for n in cols}
     if self.member is not None and quote is None:
-        return _stream(self.open, cols, schema, skip, sep)
+        return _stream(self.open, cols, schema, skip, sep, self.name)
     return pl.scan_csv(
         self.local(workdir),
         has_header=False,

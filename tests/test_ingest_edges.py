@@ -346,3 +346,18 @@ def test_publisher_archive_with_event_date_defaults_and_latin1(base, tmp_path):
     drops = {s['filter']: s['dropped'] for s in rep['filters']}
     assert rep['rows_read'] == 19 and drops['basis'] == 0 and drops['date'] == 2 and rep['rows_kept'] == 6
     assert read_columns(tmp_path / 'o' / 'c.parquet').equals(expect)
+
+
+def test_corrupt_zip_is_one_line(tmp_path):
+    "A zip whose occurrence file is damaged in the middle (bad CRC) is one line naming it, whatever reads it."
+    from geosdm.core import WEEK_COLS, demo_parquet
+    from geosdm.synthetic import synthetic_records
+
+    demo = read_columns(demo_parquet(), columns=['h3_index'] + WEEK_COLS)
+    z = write_dwca(tmp_path / 'big.zip', synthetic_records(demo, 50_000))
+    raw, info = bytearray(z.read_bytes()), zipfile.ZipFile(z).getinfo('occurrence.txt')
+    mid = info.header_offset + 100 + info.compress_size // 2
+    raw[mid : mid + 64] = bytes(b ^ 0xFF for b in raw[mid : mid + 64])
+    (tmp_path / 'bad.zip').write_bytes(bytes(raw))
+    one_line_error(cli(tmp_path / 'bad.zip', '-o', tmp_path / 'c.parquet', '--resolution', '3'), 'occurrence.txt')
+    assert not (tmp_path / 'c.parquet').exists()
