@@ -290,6 +290,7 @@ class Bench:
         first = next((json.loads(ln[6:]) for ln in log if ln.startswith('TRAIN ')), None)
         if first:
             r.update({k: v for k, v in first.items()})
+        self.results['train'] = r
         if res:
             v = res.pop('validate')
             r.update({k: val for k, val in res.items() if k not in r})
@@ -297,7 +298,6 @@ class Bench:
             self.results['checkpoint'] = {'mb': res['checkpoint_mb'], 'path': str(self.ck / 'checkpoint_best.pt')}
         elif first:
             self.results['validate'] = {'error': r.get('error', 'no result')}
-        self.results['train'] = r
 
     def export(self) -> dict:
         out = self.work / 'exports'
@@ -481,7 +481,7 @@ def main(argv=None):
     )
     ap.add_argument('--train_args', nargs=argparse.REMAINDER, default=[], help='more geosdm_train flags (last)')
     ap.add_argument('--world_args', nargs='+', default=[], help='flags for scale_world.py when it makes the world')
-    ap.add_argument('--max_rss_gb', type=float, default=16.0, help='stop a stage whose process grows past this')
+    ap.add_argument('--max_rss_gb', type=float, default=12.0, help='stop a stage whose process grows past this')
     ap.add_argument('--timeout', type=float, default=3600.0, help='stop a stage running longer (s)')
     ap.add_argument('--no_check', action='store_true', help='skip comparing the ingested files with the world')
     ap.add_argument('--out', default=str(RESULTS / 'scale.json'))
