@@ -1,15 +1,19 @@
 """A production-size world with a known, sparse truth: the whole globe at H3 resolution 4 (287,525 cells, land and
 sea, the cells the BirdNET geomodel paper trains on), 12,000 species, about 70 M labels, and the same world as about
-75 M GBIF-like occurrence records (parquet and Darwin Core Archive).
+73 M GBIF-like occurrence records (parquet and Darwin Core Archive).
 
-    python bench/scale_world.py                                   # bench/results/scale_world/ (about 5 min, 2 cores)
+    python bench/scale_world.py                                   # bench/results/scale_world/ (see below)
     python bench/scale_world.py --out /tmp/w --res 2 --species 300 --no-dwca   # a small one (seconds)
 
-Why a generator of its own: `geosdm.simulate` keeps a dense truth (cells x weeks x species: 6.6 T values here)
-and `geosdm.synthetic.synthetic_records` formats about 0.7 M records/s, so a 70 M-record archive alone took about
-6 min. This script reuses `geosdm.planet` for the ground (the real res-4 cells and coasts, the seven environmental
-columns with the real grids' nulls, cities) and `geosdm.worldfiles.combined_table` for the training file; species,
-truth, effort, observation and records are vectorised here:
+Cost: about 230 CPU seconds and 5.6 GB peak RSS (world.json has `cpu_s`, `seconds` per step and `peak_rss_mb`):
+2 to 4 min on an idle 2-core machine; on a shared one the wall time grows with the load.
+
+Why a generator of its own: `geosdm.simulate` keeps a dense truth (cells x weeks x species: 166 G values here)
+and `geosdm.synthetic.synthetic_records` + `geosdm.gbif.write_dwca` made 0.21 M records/s into an archive (6 M
+records in 29 s), so 70 M records alone would take about 6 min. This script reuses `geosdm.planet` for the ground
+(the real res-4 cells and coasts, the seven environmental columns with the real grids' nulls, cities) and
+`geosdm.worldfiles.combined_table` for the training file; species, truth, effort, observation and records are
+vectorised here:
 
 - species: residents (tropics-weighted centres), migrants (a breeding and a wintering range, a weekly curve that
   moves them), small-range endemics, seabirds (ranges over the sea) and the 18 watchlist birds at their islands;
@@ -29,6 +33,8 @@ truth, effort, observation and records are vectorised here:
   ingesting them gives back the combined parquet exactly. Checklists of about 19 species at one of eight
   hotspots per cell, on a date of the week's days, by one of 50 observers of the cell. The Darwin Core Archive's
   `occurrence.txt` is deflated in parallel chunks (valid zip64; `geosdm.gbif.write_dwca` deflates in one thread).
+  The columns are `geosdm.synthetic`'s less occurrenceID and individualCount (per-row text that ingest never
+  reads); the parquet's `recordedby` is text, not the snapshots' list.
 
 Files (the layout of `data/demo`): combined.parquet (GeoParquet), combined_taxonomy.csv, truth_ranges.parquet,
 truth_species.parquet, false_positives.parquet, effort.parquet, test_cells.txt, records.parquet (the cloud
