@@ -72,8 +72,8 @@ import torch
 from geosdm.config import TrainConfig, build_parser
 from geosdm.core import write_json
 from geosdm.trainer import Trainer, prepare
-steps, warm = int(sys.argv[1]), 3
-cfg = TrainConfig(**vars(build_parser().parse_args(sys.argv[2:])))
+steps, val_max, warm = int(sys.argv[1]), int(sys.argv[2]), 3
+cfg = TrainConfig(**vars(build_parser().parse_args(sys.argv[3:])))
 t0 = time.perf_counter()
 prep = prepare(cfg, progress=False)
 tr = Trainer(cfg, prep)
@@ -92,6 +92,13 @@ res.update(steps_timed=steps if 0 < steps < full else full, warmup_steps=warm if
            extrapolated=0 < steps < full, epoch_s=round(full * tr.batch_size / row['train_samples_per_s'], 1))
 print('TRAIN ' + json.dumps(res), flush=True)
 tr.epoch = 1
+from geosdm.batches import DeviceSamples
+import numpy as np
+n_all = len(prep.val) + (len(prep.holdout) if prep.holdout is not None else 0)
+if 0 < val_max < len(prep.val):  # a random subset of the validation rows; the time is scaled to the whole set
+    keep = np.sort(np.random.default_rng(0).choice(len(prep.val), val_max, replace=False))
+    prep.val = prep.val.subset(keep)
+    tr.val_data = DeviceSamples(prep.val, tr.device)
 tv = time.perf_counter()
 row.update(tr.validate())
 val_s = time.perf_counter() - tv
@@ -104,7 +111,8 @@ tr.ckpt_dir.mkdir(parents=True, exist_ok=True)
 ck = tr.save('checkpoint_best.pt')
 tr.save('checkpoint_latest.pt')
 write_json(tr.ckpt_dir / 'training_history.json', tr.history)
-res['validate'] = {'seconds': round(val_s, 2), 'samples': n_val,
+res['validate'] = {'seconds': round(val_s, 2), 'samples': n_val, 'samples_whole_set': n_all,
+                   'extrapolated': n_val < n_all, 'seconds_whole_set': round(val_s * n_all / n_val, 1),
                    'training_s_same_samples': round(n_val / row['train_samples_per_s'], 2),
                    'ratio_to_training': round(val_s / (n_val / row['train_samples_per_s']), 3),
                    'geoscore': row['val_geoscore']}
@@ -284,7 +292,7 @@ class Bench:
 
     def train(self) -> None:
         shutil.rmtree(self.ck, ignore_errors=True)
-        r = self.py('train', TRAIN, self.a.train_steps, *self.train_args())
+        r = self.py('train', TRAIN, self.a.train_steps, self.a.val_samples, *self.train_args())
         res = r.pop('result', None)
         log = (self.work / 'train.log').read_text(errors='replace').splitlines()
         first = next((json.loads(ln[6:]) for ln in log if ln.startswith('TRAIN ')), None)
@@ -434,6 +442,7 @@ FIGS = (
     'samples_per_s',
     'epoch_s',
     'extrapolated',
+    'seconds_whole_set',
     'steps_timed',
     'ratio_to_training',
     'training_s_same_samples',
@@ -479,14 +488,20 @@ def main(argv=None):
     ap.add_argument(
         '--train_steps', type=int, default=60, help='steps timed and extrapolated to an epoch; 0: a whole epoch'
     )
+    ap.add_argument(
+        '--val_samples', type=int, default=50_000, help='validate this many random rows, time scaled to all; 0: all'
+    )
     ap.add_argument('--train_args', nargs=argparse.REMAINDER, default=[], help='more geosdm_train flags (last)')
     ap.add_argument('--world_args', nargs='+', default=[], help='flags for scale_world.py when it makes the world')
     ap.add_argument('--max_rss_gb', type=float, default=12.0, help='stop a stage whose process grows past this')
     ap.add_argument('--timeout', type=float, default=3600.0, help='stop a stage running longer (s)')
     ap.add_argument('--no_check', action='store_true', help='skip comparing the ingested files with the world')
     ap.add_argument('--out', default=str(RESULTS / 'scale.json'))
+    ap.add_argument('--fresh', action='store_true', help='forget the stages of an earlier run in --out')
     a = ap.parse_args(argv)
     b = Bench(a)
+    if Path(a.out).exists() and not a.fresh:  # keep the stages not run now
+        b.results.update({k: v for k, v in json.loads(Path(a.out).read_text()).items() if k != 'targets'})
     t0 = time.perf_counter()
     world = make_world_if_needed(b)
     res = b.results
