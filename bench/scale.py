@@ -54,21 +54,24 @@ TARGETS = {  # figure: (comparison, value, unit)
 # ---------------------------------------------------------------- child programs (run with python -c)
 
 PREPARE = r'''
-import json, sys, time
+import json, resource, sys, time
 from geosdm.config import TrainConfig, build_parser
 from geosdm.trainer import prepare
+cpu = lambda: (lambda r: r.ru_utime + r.ru_stime)(resource.getrusage(resource.RUSAGE_SELF))
 cfg = TrainConfig(**vars(build_parser().parse_args(sys.argv[1:])))
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), cpu()
 p = prepare(cfg, progress=False)
-print('RESULT ' + json.dumps({'prepare_s': round(time.perf_counter() - t0, 2), 'from_cache': p.stats['from_cache'],
+print('RESULT ' + json.dumps({'prepare_s': round(time.perf_counter() - t0, 2), 'prepare_cpu_s': round(cpu() - c0, 2),
+      'from_cache': p.stats['from_cache'],
       'stage_seconds': p.stats.get('seconds'), 'cells': len(p.cells), 'samples_train': len(p.train),
       'samples_val': len(p.val), 'samples_holdout': len(p.holdout) if p.holdout is not None else 0,
       'n_species': p.n_species, 'labels_train': p.train.nnz}))
 '''
 
 TRAIN = r'''
-import json, sys, time
+import json, resource, sys, time
 import torch
+cpu = lambda: (lambda r: r.ru_utime + r.ru_stime)(resource.getrusage(resource.RUSAGE_SELF))
 from geosdm.config import TrainConfig, build_parser
 from geosdm.core import write_json
 from geosdm.trainer import Trainer, prepare
@@ -85,11 +88,15 @@ if 0 < steps < full:
     tr.steps_per_epoch = warm
     tr.train_epoch(progress=False)
     tr.steps_per_epoch = steps
+c0 = cpu()
 row = tr.train_epoch(progress=False)
+c_train = cpu() - c0
 tr.steps_per_epoch = full
 res.update(steps_timed=steps if 0 < steps < full else full, warmup_steps=warm if 0 < steps < full else 0,
            seconds_timed=round(row['train_seconds'], 2), samples_per_s=round(row['train_samples_per_s'], 1),
-           extrapolated=0 < steps < full, epoch_s=round(full * tr.batch_size / row['train_samples_per_s'], 1))
+           extrapolated=0 < steps < full, epoch_s=round(full * tr.batch_size / row['train_samples_per_s'], 1),
+           cpu_s_timed=round(c_train, 1),
+           samples_per_cpu_s=round(row['train_samples_per_s'] * row['train_seconds'] / c_train, 1))
 print('TRAIN ' + json.dumps(res), flush=True)
 tr.epoch = 1
 from geosdm.batches import DeviceSamples
@@ -99,9 +106,9 @@ if 0 < val_max < len(prep.val):  # a random subset of the validation rows; the t
     keep = np.sort(np.random.default_rng(0).choice(len(prep.val), val_max, replace=False))
     prep.val = prep.val.subset(keep)
     tr.val_data = DeviceSamples(prep.val, tr.device)
-tv = time.perf_counter()
+tv, c0 = time.perf_counter(), cpu()
 row.update(tr.validate())
-val_s = time.perf_counter() - tv
+val_s, val_cpu = time.perf_counter() - tv, cpu() - c0
 n_val = len(prep.val) + (len(prep.holdout) if prep.holdout is not None else 0)
 row.update(val_seconds=val_s, epoch=1, epoch_seconds=row['train_seconds'] + val_s)
 tr.best_geoscore, tr.best_epoch = row['val_geoscore'], 1
@@ -115,6 +122,8 @@ res['validate'] = {'seconds': round(val_s, 2), 'samples': n_val, 'samples_whole_
                    'extrapolated': n_val < n_all, 'seconds_whole_set': round(val_s * n_all / n_val, 1),
                    'training_s_same_samples': round(n_val / row['train_samples_per_s'], 2),
                    'ratio_to_training': round(val_s / (n_val / row['train_samples_per_s']), 3),
+                   'cpu_s': round(val_cpu, 1),
+                   'ratio_to_training_cpu': round(val_cpu / (n_val / res['samples_per_cpu_s']), 3),
                    'geoscore': row['val_geoscore']}
 res['checkpoint_mb'] = round(ck.stat().st_size / 1e6, 2)
 print('RESULT ' + json.dumps(res))
@@ -274,6 +283,7 @@ class Bench:
                 records_kept=rep['rows_kept'],
                 report_seconds=rep['seconds'],
                 records_per_s=round(rep['rows_read'] / r['wall_s']),
+                records_per_cpu_s=round(rep['rows_read'] / max(r['cpu_s'], 1e-9)),
                 source_mb=round(src.stat().st_size / 1e6),
             )
             if not self.a.no_check:
@@ -286,7 +296,7 @@ class Bench:
         for name in ('prepare_cold', 'prepare_warm'):
             r = self.py(name, PREPARE, *self.train_args())
             if 'result' in r:
-                r['seconds'] = r['result']['prepare_s']
+                r['seconds'], r['prepare_cpu_s'] = r['result']['prepare_s'], r['result'].get('prepare_cpu_s')
                 r['cache_mb'] = round(sum(f.stat().st_size for f in self.cache.glob('*')) / 1e6, 1)
             self.results[name] = r
 
@@ -415,16 +425,15 @@ def _fmt(v) -> str:
 
 def table(results: dict) -> str:
     "The printed summary: every stage's main figures, then the targets."
-    lines = [f'{"stage":<16} {"wall s":>8} {"peak RSS MB":>12}  figures']
+    lines = [f'{"stage":<16} {"wall s":>8} {"CPU s":>7} {"peak RSS MB":>12}  figures']
     for name, r in results.items():
         if not isinstance(r, dict) or name in ('machine', 'targets', 'world'):
             continue
         figs = {k: v for k, v in r.items() if k in FIGS and v is not None}
         extra = '  '.join(f'{k} {_fmt(v)}' for k, v in figs.items())
         err = f'  FAILED: {r["error"]}' if 'error' in r else ''
-        lines.append(
-            f'{name:<16} {_fmt(r.get("wall_s", r.get("seconds"))):>8} {_fmt(r.get("peak_rss_mb")):>12}  {extra}{err}'
-        )
+        wall, cpu = _fmt(r.get('wall_s', r.get('seconds'))), _fmt(r.get('cpu_s'))
+        lines.append(f'{name:<16} {wall:>8} {cpu:>7} {_fmt(r.get("peak_rss_mb")):>12}  {extra}{err}')
     lines.append('')
     lines.append(f'{"target":<32} {"measured":>14} {"target":>12}  met')
     for v in verdicts(results):
@@ -436,6 +445,10 @@ def table(results: dict) -> str:
 FIGS = (
     'records',
     'records_per_s',
+    'records_per_cpu_s',
+    'prepare_cpu_s',
+    'samples_per_cpu_s',
+    'ratio_to_training_cpu',
     'same_as_world',
     'seconds',
     'cache_mb',
@@ -498,7 +511,11 @@ def main(argv=None):
     ap.add_argument('--no_check', action='store_true', help='skip comparing the ingested files with the world')
     ap.add_argument('--out', default=str(RESULTS / 'scale.json'))
     ap.add_argument('--fresh', action='store_true', help='forget the stages of an earlier run in --out')
+    ap.add_argument('--print', action='store_true', help='only print the table of --out')
     a = ap.parse_args(argv)
+    if a.print:
+        print(table(json.loads(Path(a.out).read_text())))
+        return
     b = Bench(a)
     if Path(a.out).exists() and not a.fresh:  # keep the stages not run now
         b.results.update({k: v for k, v in json.loads(Path(a.out).read_text()).items() if k != 'targets'})
