@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -380,10 +381,28 @@ class Bench:
             ],
             timeout=1200,
         )
-        js = out.with_suffix('.json')
-        if js.exists():
-            r['apps'] = json.loads(js.read_text()).get('results')
+        r.update(app_summary(out))
+        if 'error' in r and 'apps' in r:
+            r['error'] = '; '.join(f'{k}: {v["error"]}' for k, v in r['apps'].items() if 'error' in v) or r['error']
         return r
+
+
+def app_summary(folder: Path) -> dict:
+    "Per app: server start and first render (s), and why an app did not render (the last error of its server)."
+    js = RESULTS / 'app_screenshots.json'  # where bench/app_screenshots.py writes its timings
+    if not js.exists():
+        return {}
+    out = {}
+    for a in json.loads(js.read_text())['results']:
+        out[a['app']] = {'server_start_s': a['server_start_s'], 'first_render_s': a['render_s'], 'ready': a['ready']}
+        log = folder / f'{a["app"]}.server.log'
+        if not a['ready']:
+            text = log.read_text(errors='replace') if log.exists() else ''
+            errs = re.findall(r'^[\w.]*(?:Error|Exception): .*$', text, re.M)  # the last line of a traceback
+            out[a['app']]['error'] = f'not rendered in {a["render_s"]:.0f} s' + (
+                f' ({errs[-1].strip()[:200]})' if errs else ''
+            )
+    return {'apps': out}
 
 
 # ---------------------------------------------------------------- figures beside their targets
