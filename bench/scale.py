@@ -356,7 +356,7 @@ class Bench:
         }
         for name, args in jobs.items():
             r = self.child(f'plot_{name}', [tool('geosdm_plot'), *args])
-            res[name] = {k: r[k] for k in ('wall_s', 'peak_rss_mb', 'error') if k in r}
+            res[name] = {k: r[k] for k in ('wall_s', 'cpu_s', 'peak_rss_mb', 'error') if k in r}
         return res
 
     def _common_species(self) -> str:
