@@ -4,14 +4,17 @@ wall time and peak RSS (`os.wait4`, that process alone) are measured, set beside
 machine.
 
     python bench/scale.py                          # makes the world first if bench/results/scale_world/ lacks it
-    python bench/scale.py --world /tmp/w --train_steps 0   # a whole training epoch (about half an hour on 2 cores)
-    python bench/scale.py --stages prepare train validate  # some stages only (later ones need earlier outputs)
+    python bench/scale.py --world /tmp/w --train_steps 0   # a whole epoch (12.7 M samples: hours on 2 cores)
+    python bench/scale.py --stages prepare train   # some stages again, merged into scale.json (--fresh: anew)
+    python bench/scale.py --print                  # the table of bench/results/scale.json
 
 Stages: ingest_parquet and ingest_dwca (`geosdm_ingest` with the world's grid and taxonomy; the output is
 compared with the world's combined parquet), prepare_cold and prepare_warm (`geosdm.trainer.prepare` as
 `geosdm_train` calls it: cache built, then read), train (`--model_scale 0.75`: `--train_steps N` steps after 3
-warm-up steps, extrapolated to an epoch and labelled so; 0 = a whole epoch), validate (the whole validation and
-hold-out set; the ratio to the training time of as many samples), checkpoint size, export (`geosdm_export`: size
+warm-up steps, extrapolated to an epoch and labelled so; 0 = a whole epoch), validate (in the train stage's
+process, which then writes the checkpoints and history the later stages use: `--val_samples` random
+validation rows, 50,000 by default, the time scaled to the whole set and labelled so; 0 = the whole set; the ratio
+to the training time of as many samples, by wall and by CPU seconds), checkpoint size, export (`geosdm_export`: size
 and check of each format), predictor (`Predictor` predictions/s on the CPU, batches of 10,000 and of 1), plots
 (`geosdm_plot` training, range, richness, phenology, env), apps (first render of each app,
 `bench/app_screenshots.py`; skipped without Chromium). A stage that fails is recorded with its one-line error and
