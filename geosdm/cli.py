@@ -92,10 +92,8 @@ def _check_place(p, a):
         p.error(f'--week {a.week}: must be 0 (whole year) or 1..{N_WEEKS}')
     if not Path(a.checkpoint).is_file():
         p.error(f'--checkpoint {a.checkpoint}: no such file')
-    if a.threshold is not None and a.lists == 'species':
-        p.error('--threshold is the one threshold of --lists global; --lists species uses the calibrated ones')
-    if a.threshold is not None and not 0 <= a.threshold <= 1:
-        p.error(f'--threshold {a.threshold}: must be in [0, 1]')
+    if a.threshold is not None and (a.lists == 'species' or not 0 <= a.threshold <= 1):
+        p.error(f'--threshold {a.threshold}: one number in [0, 1], with --lists global (species: the calibrated ones)')
 
 # %% ../nbs/23_cli.ipynb #bb84f755
 def predict_main(argv: list[str] | None = None) -> int:
@@ -268,14 +266,12 @@ def export_main(argv: list[str] | None = None) -> int:
             from geosdm.export import export_model  # after the arguments are checked
         except ImportError as e:
             raise GeoSDMError(f'exporting needs {e.name}: pip install "geosdm[export]"') from None
-        from geosdm.birdnet import birdnet_formats
-        from geosdm.names import read_label_list
-
         if a.layout == 'birdnet':
+            from geosdm.birdnet import birdnet_formats
+
             return print(birdnet_formats(a.checkpoint, a.outdir, a.formats, a.species, a.always, a.name))
-        always = read_label_list(a.always) if a.always else None
         rows = export_model(
-            a.checkpoint, a.outdir, a.formats, a.species, a.common_species, a.name, a.exporter, a.tflite_batch, always
+            a.checkpoint, a.outdir, a.formats, a.species, a.common_species, a.name, a.exporter, a.tflite_batch, a.always
         )
         for r in rows:
             print(_export_line(r))
@@ -381,16 +377,46 @@ def plot_main(argv: list[str] | None = None) -> int:
 
     return run('geosdm_plot', body)
 
+# %% ../nbs/23_cli.ipynb #6f547939
+def _filter_flags(p: argparse.ArgumentParser):
+    "The flags of `geosdm.tally.Filters`."
+    p.add_argument(
+        '--rank',
+        choices=['species', 'exact', 'taxon'],
+        default='species',
+        help='species: subspecies merged into species (by speciesKey, or by the species of scientificName where the '
+        'download has no speciesKey); exact: species-level records only; taxon: subspecies kept apart (by taxonKey)',
+    )
+    p.add_argument('--classes', nargs='*', default=[], help='Keep these classes only, e.g. aves (default: all)')
+    p.add_argument(
+        '--basis', nargs='+', default=None, help='basisOfRecord values to keep (default: observations and specimens)'
+    )
+    p.add_argument(
+        '--max_uncertainty',
+        type=float,
+        default=10_000,
+        help='Maximum coordinate uncertainty in metres, 0 = no cap (default 10000)',
+    )
+    p.add_argument('--min_year', type=int, default=1970, help='Earliest year kept, 0 = none (default 1970)')
+    p.add_argument('--max_year', type=int, default=0, help='Latest year kept, 0 = none')
+    p.add_argument(
+        '--dedup',
+        choices=['event', 'observer', 'none'],
+        default='event',
+        help='Count records of one taxon, cell and week with the same eventID (or recordedBy) once',
+    )
+
 # %% ../nbs/23_cli.ipynb #c0ba6799
 def _ingest_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog='geosdm_ingest',
-        description='GBIF occurrences (DwC-A zip or folder, simple download, '
+        description='GBIF occurrences (DwC-A zip, tar.gz or folder, simple download, '
         'parquet) to a combined parquet for training.',
     )
     p.add_argument(
         'input',
-        help='GBIF Darwin Core Archive (zip or folder), simple download (zip or .csv) or parquet file/folder/glob',
+        help='GBIF Darwin Core Archive (zip, tar.gz or folder), simple download (zip or .csv) or parquet '
+        'file/folder/glob',
     )
     p.add_argument(
         '-o', '--output', default='combined.parquet', help='Combined parquet to write (default combined.parquet)'
@@ -412,34 +438,14 @@ def _ingest_parser() -> argparse.ArgumentParser:
     p.add_argument(
         '--drop_unmatched', action='store_true', help='Drop species the taxonomy lacks (default: keep their GBIF key)'
     )
-    p.add_argument(
-        '--rank',
-        choices=['species', 'exact', 'taxon'],
-        default='species',
-        help='species: subspecies merged into species; exact: species-level records only; taxon: subspecies kept apart',
-    )
-    p.add_argument('--classes', nargs='*', default=[], help='Keep these classes only, e.g. aves (default: all)')
-    p.add_argument(
-        '--basis', nargs='+', default=None, help='basisOfRecord values to keep (default: observations and specimens)'
-    )
-    p.add_argument(
-        '--max_uncertainty',
-        type=float,
-        default=10_000,
-        help='Maximum coordinate uncertainty in metres, 0 = no cap (default 10000)',
-    )
-    p.add_argument('--min_year', type=int, default=1970, help='Earliest year kept, 0 = none (default 1970)')
-    p.add_argument('--max_year', type=int, default=0, help='Latest year kept, 0 = none')
-    p.add_argument(
-        '--dedup',
-        choices=['event', 'observer', 'none'],
-        default='event',
-        help='Count records of one taxon, cell and week with the same eventID (or recordedBy) once',
-    )
+    _filter_flags(p)
     p.add_argument(
         '--geometry', action='store_true', help='Add cell polygons and GeoParquet metadata (for geopandas readers)'
     )
     p.add_argument('--max_rows', type=int, default=0, help='Read only the first N records (0 = all)')
+    p.add_argument(
+        '--allow_empty', action='store_true', help='Write the outputs even when no record passes (default: an error)'
+    )
     p.add_argument('--work_dir', default=None, help='Folder for temporary files (default: the system temp folder)')
     return p
 
@@ -509,6 +515,7 @@ def ingest_main(argv: list[str] | None = None) -> int:
                 geometry=a.geometry,
                 max_rows=a.max_rows,
                 workdir=a.work_dir,
+                allow_empty=a.allow_empty,
             )
         )
 

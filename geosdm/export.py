@@ -41,7 +41,7 @@ from .data import flatten_lists
 from .geo import HOLDOUT_REGIONS
 from .inputs import load_combined
 from .model import GeoModel, create_model
-from .names import labels_text, names_from
+from .names import labels_text, names_from, read_label_list
 from .predict import EXPORT_FORMAT, EXPORT_FORMAT_VERSION, Predictor, metadata_path, onnx_proba, onnx_session
 
 # %% auto #0
@@ -440,7 +440,8 @@ def export_model(
     always=None,
 ) -> list[dict]:
     """Export a checkpoint to `formats` in `outdir` with labels and metadata, each checked against torch; all or none.
-    `always`: labels (codes or names) never rejected, stored with the model."""
+    `always`: labels (codes or names) never rejected, stored with the model: a list, or a CSV file of them."""
+    always = read_label_list(always) if isinstance(always, (str, Path)) else always
     formats = list(dict.fromkeys(formats))
     bad = [f for f in formats if f not in FORMATS]
     if bad:

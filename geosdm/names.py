@@ -262,13 +262,12 @@ def with_languages(species: pl.DataFrame, taxonomy) -> pl.DataFrame:
     return species.with_columns(pl.Series(k, v, pl.String) for k, v in extra.items())
 
 
-def write_aliases(aliases: dict[str, list[str]], codes, path) -> Path | None:
-    "The alias table of the aliases that name one of `codes` (alias, species_code), atomically; None if none."
+def write_aliases(aliases: dict[str, list[str]], codes, path) -> Path:
+    "The alias table of the aliases that name one of `codes` (alias, species_code; maybe no rows), atomically."
     keep = set(codes)
     rows = [(a, c) for a, cs in aliases.items() for c in cs if c in keep]
-    if not rows:
-        return None
-    return atomic_write(path, lambda f: pl.DataFrame(rows, schema=['alias', 'species_code'], orient='row').write_csv(f))
+    df = pl.DataFrame(rows, schema={'alias': pl.String, 'species_code': pl.String}, orient='row')
+    return atomic_write(path, lambda f: df.write_csv(f))
 
 # %% ../nbs/24_names.ipynb #77286614
 def labels_text(names: SpeciesNames, lang: str | None = None) -> str:
