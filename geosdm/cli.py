@@ -103,16 +103,18 @@ def _predict_parser() -> argparse.ArgumentParser:
     p.add_argument('--lon', type=float, required=True, help='Longitude in degrees, -180 to 180')
     p.add_argument('--week', type=int, default=0, help='Week 1-48, or 0 for the whole year (max over weeks)')
     p.add_argument('--top_k', type=int, default=100, help='At most this many species (≥ 1)')
-    p.add_argument('--threshold', type=float, default=0.15, help='Minimum probability to list a species, in (0, 1)')
+    p.add_argument('--lists', choices=['species', 'global'], help='calibrated thresholds (default if any) or one')
+    p.add_argument('--threshold', type=float, help="--lists global's threshold in (0, 1) (default: calibrated or 0.15)")
+    p.add_argument('--lang', help='Common names in this language of the taxonomy, e.g. de')
     p.add_argument('--device', default='auto', choices=['auto', 'cuda', 'cpu'])
     return p
 
 # %% ../nbs/23_cli.ipynb #84a04fb1
 def check_common(p: argparse.ArgumentParser, a: argparse.Namespace):
     "The options several tools share, where `a` has them: --lat, --lon, --week(s), --top_k, --threshold, --checkpoint."
-    if hasattr(a, 'lat') and not -90 <= a.lat <= 90:
+    if getattr(a, 'lat', None) is not None and not -90 <= a.lat <= 90:
         p.error(f'--lat {a.lat:g}: must be in [-90, 90]')
-    if hasattr(a, 'lon') and not -180 <= a.lon <= 180:
+    if getattr(a, 'lon', None) is not None and not -180 <= a.lon <= 180:
         p.error(f'--lon {a.lon:g}: must be in [-180, 180]')
     weeks = list(getattr(a, 'weeks', None) or []) + ([a.week] if getattr(a, 'week', None) is not None else [])
     if any(not 0 <= w <= N_WEEKS for w in weeks):
@@ -122,16 +124,20 @@ def check_common(p: argparse.ArgumentParser, a: argparse.Namespace):
         p.error(f'--top_k {a.top_k}: must be ≥ 1')
     if getattr(a, 'threshold', None) is not None and not 0 < a.threshold < 1:
         p.error(f'--threshold {a.threshold:g}: must be in (0, 1)')
+    if getattr(a, 'threshold', None) is not None and getattr(a, 'lists', None) == 'species':
+        p.error(f'--threshold {a.threshold:g}: goes with --lists global (species: the calibrated thresholds)')
     if getattr(a, 'checkpoint', None) and not Path(a.checkpoint).expanduser().is_file():
         p.error(f'--checkpoint {a.checkpoint}: no such file')
 
 # %% ../nbs/23_cli.ipynb #f832346c
-def _nothing_listed(pr, a) -> str:
+def _nothing_listed(pr, a, mode: str) -> str:
     "Why the species list of `a` is empty: the most probable species there, and its probability."
     code, _, com, prob = pr.species_list(a.lat, a.lon, a.week, top_k=1, threshold=0.0)[0]
+    t = pr.thresholds([a.lat], [a.lon], mode, a.threshold)[0]
+    rule = f'p ≥ {t[0]:.3g}' if mode == 'global' else 'p ≥ its calibrated threshold'
     return (
-        f'no species with p ≥ {a.threshold:g} at ({a.lat:g}, {a.lon:g}), {week_label(a.week)}: none of the '
-        f'{pr.n_species} species reaches it; the most probable is {com} ({code}) at p = {prob:.3g}; lower --threshold'
+        f'no species with {rule} at ({a.lat:g}, {a.lon:g}), {week_label(a.week)}: none of the {pr.n_species} '
+        f'species reaches it; the most probable is {com} ({code}) at p = {prob:.3g}; lower --threshold'
     )
 
 # %% ../nbs/23_cli.ipynb #bb84f755
@@ -145,9 +151,10 @@ def predict_main(argv: list[str] | None = None) -> int:
         from geosdm.predict import Predictor  # after the arguments are checked
 
         pr = Predictor(a.checkpoint, device=a.device)
-        rows = pr.species_list(a.lat, a.lon, a.week, top_k=a.top_k, threshold=a.threshold)
+        mode = a.lists or ('global' if a.threshold is not None or pr.calibration is None else 'species')
+        rows = pr.species_list(a.lat, a.lon, a.week, top_k=a.top_k, threshold=a.threshold, mode=mode, lang=a.lang)
         if not rows:
-            raise GeoSDMError(_nothing_listed(pr, a))
+            raise GeoSDMError(_nothing_listed(pr, a, mode))
         far = float(pr.distance_km(a.lat, a.lon)[0])
         if far > pr.far_km:
             print(
@@ -155,7 +162,9 @@ def predict_main(argv: list[str] | None = None) -> int:
                 f'trained on (more than {pr.far_km:,.0f} km): these probabilities are an extrapolation',
                 file=sys.stderr,
             )
-        print(f'{len(rows)} species with p ≥ {a.threshold} at ({a.lat:.4f}, {a.lon:.4f}), {week_label(a.week)}:')
+        t = pr.thresholds([a.lat], [a.lon], mode, a.threshold)[0]
+        how = f'p ≥ {t[0]:.3g}' if mode == 'global' else "p ≥ the species' calibrated threshold"
+        print(f'{len(rows)} species with {how} at ({a.lat:.4f}, {a.lon:.4f}), {week_label(a.week)}:')
         w = max([len(r[2]) for r in rows] + [11])
         for rank, (code, sci, com, prob) in enumerate(rows, 1):
             print(f'{rank:4d}  {prob:6.3f}  {com:<{w}}  {sci}  ({code})')
@@ -270,6 +279,8 @@ def _export_parser() -> argparse.ArgumentParser:
     p.add_argument('--name', default='geomodel', help='File name stem: geomodel.onnx, geomodel_fp16.onnx, ...')
     p.add_argument('--exporter', default='torchscript', choices=['torchscript', 'dynamo'], help='torch ONNX exporter')
     p.add_argument('--tflite_batch', type=int, default=1, help='The fixed batch size of a TFLite model')
+    p.add_argument('--layout', default='geosdm', choices=['geosdm', 'birdnet'], help='birdnet: input (batch, 3)')
+    p.add_argument('--always', help='CSV of labels never rejected (codes or names), stored with the model')
     return p
 
 # %% ../nbs/23_cli.ipynb #0fcc14bd
@@ -293,6 +304,10 @@ def export_main(argv: list[str] | None = None) -> int:
         p.error('give --species or --common_species, not both')
     if a.common_species < 0 or a.tflite_batch < 1:
         p.error('--common_species must be ≥ 0 and --tflite_batch ≥ 1')
+    if a.layout == 'birdnet' and (a.common_species or set(a.formats) - {'onnx', 'onnx_fp16'}):
+        p.error('--layout birdnet: formats onnx and onnx_fp16, species by --species')
+    if a.always is not None and not Path(a.always).is_file():
+        p.error(f'--always {a.always}: no such file')
     check_common(p, a)  # the checkpoint
 
     def body():
@@ -300,8 +315,12 @@ def export_main(argv: list[str] | None = None) -> int:
             from geosdm.export import export_model  # after the arguments are checked
         except ImportError as e:
             raise GeoSDMError(f'exporting needs {e.name}: pip install "geosdm[export]"') from None
+        if a.layout == 'birdnet':
+            from geosdm.birdnet import birdnet_formats
+
+            return print(birdnet_formats(a.checkpoint, a.outdir, a.formats, a.species, a.always, a.name))
         rows = export_model(
-            a.checkpoint, a.outdir, a.formats, a.species, a.common_species, a.name, a.exporter, a.tflite_batch
+            a.checkpoint, a.outdir, a.formats, a.species, a.common_species, a.name, a.exporter, a.tflite_batch, a.always
         )
         for r in rows:
             print(_export_line(r))
@@ -311,41 +330,15 @@ def export_main(argv: list[str] | None = None) -> int:
 
     return run('geosdm_export', body)
 
-# %% ../nbs/23_cli.ipynb #c0ba6799
-def _ingest_parser() -> argparse.ArgumentParser:
-    p = ArgParser(
-        prog='geosdm_ingest',
-        description='GBIF occurrences (DwC-A zip or folder, simple download, '
-        'parquet) to a combined parquet for training.',
-    )
-    p.add_argument(
-        'input',
-        help='GBIF Darwin Core Archive (zip or folder), simple download (zip or .csv) or parquet file/folder/glob',
-    )
-    p.add_argument(
-        '-o', '--output', default='combined.parquet', help='Combined parquet to write (default combined.parquet)'
-    )
-    p.add_argument('--resolution', type=int, default=None, help='H3 resolution (default: the grid\'s)')
-    p.add_argument('--grid', default=None, help='Environment grid parquet (h3_index + env columns) to join')
-    p.add_argument(
-        '--outside_grid',
-        choices=['drop', 'keep'],
-        default='drop',
-        help='Cells with records outside the grid: drop, or keep with null env',
-    )
-    p.add_argument(
-        '--taxonomy',
-        default=None,
-        help='Taxonomy CSV mapping scientific names to species codes (default: GBIF keys as codes)',
-    )
-    p.add_argument(
-        '--drop_unmatched', action='store_true', help='Drop species the taxonomy lacks (default: keep their GBIF key)'
-    )
+# %% ../nbs/23_cli.ipynb #6f547939
+def _filter_flags(p: argparse.ArgumentParser):
+    "The flags of `geosdm.tally.Filters`."
     p.add_argument(
         '--rank',
         choices=['species', 'exact', 'taxon'],
         default='species',
-        help='species: subspecies merged into species; exact: species-level records only; taxon: subspecies kept apart',
+        help='species: subspecies merged into species (by speciesKey, or by the species of scientificName where the '
+        'download has no speciesKey); exact: species-level records only; taxon: subspecies kept apart (by taxonKey)',
     )
     p.add_argument('--classes', nargs='*', default=[], help='Keep these classes only, e.g. aves (default: all)')
     p.add_argument(
@@ -365,10 +358,47 @@ def _ingest_parser() -> argparse.ArgumentParser:
         default='event',
         help='Count records of one taxon, cell and week with the same eventID (or recordedBy) once',
     )
+
+# %% ../nbs/23_cli.ipynb #c0ba6799
+def _ingest_parser() -> argparse.ArgumentParser:
+    p = ArgParser(
+        prog='geosdm_ingest',
+        description='GBIF occurrences (DwC-A zip, tar.gz or folder, simple download, '
+        'parquet) to a combined parquet for training.',
+    )
+    p.add_argument(
+        'input',
+        help='GBIF Darwin Core Archive (zip, tar.gz or folder), simple download (zip or .csv) or parquet '
+        'file/folder/glob',
+    )
+    p.add_argument(
+        '-o', '--output', default='combined.parquet', help='Combined parquet to write (default combined.parquet)'
+    )
+    p.add_argument('--resolution', type=int, default=None, help='H3 resolution (default: the grid\'s)')
+    p.add_argument('--grid', default=None, help='Environment grid parquet (h3_index + env columns) to join')
+    p.add_argument(
+        '--outside_grid',
+        choices=['drop', 'keep'],
+        default='drop',
+        help='Cells with records outside the grid: drop, or keep with null env',
+    )
+    p.add_argument(
+        '--taxonomy',
+        default=None,
+        help='Taxonomy CSV mapping scientific names to species codes (default: GBIF keys as codes)',
+    )
+    p.add_argument('--aliases', help='Alias table alias,species_code (default: <taxonomy stem>_aliases.csv if there)')
+    p.add_argument(
+        '--drop_unmatched', action='store_true', help='Drop species the taxonomy lacks (default: keep their GBIF key)'
+    )
+    _filter_flags(p)
     p.add_argument(
         '--geometry', action='store_true', help='Add cell polygons and GeoParquet metadata (for geopandas readers)'
     )
     p.add_argument('--max_rows', type=int, default=0, help='Read only the first N records (0 = all)')
+    p.add_argument(
+        '--allow_empty', action='store_true', help='Write the outputs even when no record passes (default: an error)'
+    )
     p.add_argument('--work_dir', default=None, help='Folder for temporary files (default: the system temp folder)')
     return p
 
@@ -377,7 +407,7 @@ def _check_ingest(p, a):
     "Argument errors before anything heavy is loaded (exit 2 via argparse)."
     if '*' not in a.input and not Path(a.input).exists():
         p.error(f'{a.input}: no such file or folder')
-    for flag, v in (('--grid', a.grid), ('--taxonomy', a.taxonomy)):
+    for flag, v in (('--grid', a.grid), ('--taxonomy', a.taxonomy), ('--aliases', a.aliases)):
         if v and not Path(v).is_file():
             p.error(f'{flag} {v}: no such file')
     if a.resolution is None and not a.grid:
@@ -432,11 +462,13 @@ def ingest_main(argv: list[str] | None = None) -> int:
                 grid=a.grid,
                 outside_grid=a.outside_grid,
                 taxonomy=a.taxonomy,
+                aliases=a.aliases,
                 drop_unmatched=a.drop_unmatched,
                 filters=f,
                 geometry=a.geometry,
                 max_rows=a.max_rows,
                 workdir=a.work_dir,
+                allow_empty=a.allow_empty,
             )
         )
 

@@ -120,6 +120,22 @@ def trained(world) -> Path:
     return world / 'run'
 
 
+CSV_HEAD = 'Start (s),End (s),Scientific name,Common name,Confidence,File,lat,lon,week\n'
+
+
+@pytest.fixture(scope='module')
+def detections(model, tmp_path_factory) -> Path:
+    "A folder `dets` with two BirdNET Analyzer result files, a.csv and b.csv, of the model's first species."
+    from geosdm.predict import Predictor
+
+    sci = Predictor(model, device='cpu').sci_names[0]
+    d = tmp_path_factory.mktemp('dets') / 'dets'
+    d.mkdir()
+    for name in ('a', 'b'):
+        (d / f'{name}.csv').write_text(CSV_HEAD + f'0.0,3.0,{sci},x,0.9,{name}.wav,45,-120,20\n')
+    return d
+
+
 def copy_run(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns('.lock'))
     return dst
@@ -150,6 +166,13 @@ ARG_ERRORS = [
     ('geosdm_plot', ['richness', '--threshold', '1.5'], ['--threshold 1.5', '(0, 1)']),
     ('geosdm_plot', ['phenology', '--lat', '1', '--lon', '2', '--top_k', '0'], ['--top_k 0', '≥ 1']),
     ('geosdm_plot', ['range', '--species', 'x', '--weeks', '49'], ['--weeks 49']),
+    ('geosdm_filter', [], ['inputs']),
+    ('geosdm_filter', ['r.csv', '--lat', '95', '--lon', '0'], ['--lat 95', '[-90, 90]']),
+    ('geosdm_filter', ['r.csv', '--week', '49'], ['--week 49']),
+    ('geosdm_filter', ['r.csv', '--threshold', '1.5'], ['--threshold 1.5', '(0, 1)']),
+    ('geosdm_filter', ['r.csv', '--threshold', 'nan'], ['--threshold nan', '(0, 1)']),
+    ('geosdm_filter', ['r.csv', '--lists', 'species', '--threshold', '0.5'], ['with --lists global']),
+    ('geosdm_filter', ['r.csv', '--lat', '45'], ['--lat and --lon together']),
 ]
 
 
@@ -186,6 +209,19 @@ def test_export_refuses_its_checkpoint_as_an_output(model, tmp_path):
     assert tree(tmp_path) == before
 
 
+@pytest.mark.parametrize('target', ['input', 'checkpoint'])
+def test_filter_refuses_an_input_as_its_output(target, model, detections, tmp_path):
+    "-o naming the result file it reads, or the checkpoint: refused, every file as it was."
+    shutil.copytree(detections, tmp_path / 'dets')
+    shutil.copy(model, tmp_path / 'model.pt')
+    src = tmp_path / 'dets' / 'a.csv'
+    before = tree(tmp_path)
+    out = src if target == 'input' else tmp_path / 'model.pt'
+    r = script('geosdm_filter', src, '--checkpoint', tmp_path / 'model.pt', '-o', out)
+    one_line(r, 'geosdm_filter', out.name, 'input')
+    assert tree(tmp_path) == before
+
+
 def test_plot_refuses_its_data_file_as_an_output(world, tmp_path):
     "env maps into the folder of their data file, which has the name of one of the outputs."
     figs = tmp_path / 'figs'
@@ -213,6 +249,24 @@ def test_predict_with_no_species_above_the_threshold(model):
     r = script('geosdm_predict', '--checkpoint', model, '--lat', 45, '--lon', -120, '--threshold', 0.999999)
     one_line(r, 'geosdm_predict', 'no species with p ≥ 0.999999', 'the most probable', '--threshold')
     assert r.stdout == ''
+
+
+@pytest.mark.parametrize('kind', ['no result files', 'no detections'])
+def test_filter_with_nothing_to_filter(kind, model, tmp_path):
+    "A folder without result files, or result files without a detection: exit 2 naming what was found, no output."
+    d = tmp_path / 'dets'
+    d.mkdir()
+    (d / 'notes.txt').write_text('not a result file\n')
+    if kind == 'no detections':
+        (d / 'a.csv').write_text(CSV_HEAD)
+    before = tree(tmp_path)
+    r = script('geosdm_filter', d, '--checkpoint', model, '-o', tmp_path / 'out')
+    one_line(
+        r,
+        'geosdm_filter',
+        *(['no BirdNET Analyzer'] if kind == 'no result files' else ['1 result file', 'no detection']),
+    )
+    assert tree(tmp_path) == before
 
 
 def test_export_of_an_unknown_species(model, tmp_path):
@@ -254,6 +308,17 @@ def test_train_failure_after_the_first_checkpoint(world, tmp_path):
     one_line(r, 'geosdm_train', 'training_history.json')
     assert not (ck / '.lock').exists() and no_temp_files(ck)
     assert (ck / 'training_history.json').is_dir()
+
+
+def test_filter_failure_after_the_first_file(model, detections, tmp_path):
+    "A folder where the second output must go: the first is written, then refused; the earlier output stays."
+    out = tmp_path / 'out'
+    (out / 'b.csv').mkdir(parents=True)
+    (out / 'a.csv').write_text('an earlier output')
+    before = tree(out)
+    r = script('geosdm_filter', detections, '--checkpoint', model, '-o', out)
+    one_line(r, 'geosdm_filter', 'b.csv')
+    assert tree(out) == before
 
 
 def test_plot_range_with_an_unknown_second_species(model, tmp_path):
@@ -344,8 +409,10 @@ def test_plot_training_of_a_file_that_holds_no_history(text, tmp_path):
 # ---------------------------------------------------------------- damaged model files
 
 
-@pytest.mark.parametrize('prog', ['geosdm_predict', 'geosdm_export', 'geosdm_app', 'geosdm_train', 'geosdm_plot'])
-def test_damaged_checkpoint(prog, cut_model, world, tmp_path):
+@pytest.mark.parametrize(
+    'prog', ['geosdm_predict', 'geosdm_export', 'geosdm_app', 'geosdm_train', 'geosdm_plot', 'geosdm_filter']
+)
+def test_damaged_checkpoint(prog, cut_model, world, detections, tmp_path):
     args = {
         'geosdm_predict': ['--checkpoint', cut_model, '--lat', 45, '--lon', -120],
         'geosdm_export': ['--checkpoint', cut_model, '--outdir', tmp_path / 'out'],
@@ -353,6 +420,7 @@ def test_damaged_checkpoint(prog, cut_model, world, tmp_path):
         'geosdm_train': ['--data_path', world / 'w' / 'combined.parquet', '--checkpoint_dir', tmp_path / 'run',
                          '--finetune', cut_model, *TINY],
         'geosdm_plot': ['richness', '--checkpoint', cut_model, '--outdir', tmp_path / 'figs'],
+        'geosdm_filter': [detections, '--checkpoint', cut_model, '-o', tmp_path / 'out'],
     }[prog]  # fmt: skip
     one_line(script(prog, *args, cwd=tmp_path), prog, 'cut.pt', 'not a readable geosdm checkpoint')
     assert tree(tmp_path) == {}
@@ -406,6 +474,17 @@ def test_ctrl_c_train(world, tmp_path):
 def test_ctrl_c_predict(model):
     one_line(interrupt(['geosdm_predict', '--checkpoint', model, '--lat', 45, '--lon', -120], loaded('libtorch')),
              'geosdm_predict', code=130)  # fmt: skip
+
+
+def test_ctrl_c_filter(model, detections, tmp_path):
+    "Interrupted once the model is loading: exit 130, the earlier output as it was."
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'a.csv').write_text('an earlier output')
+    before = tree(out)
+    r = interrupt(['geosdm_filter', detections, '--checkpoint', model, '-o', out], loaded('libtorch'))
+    one_line(r, 'geosdm_filter', code=130)
+    assert tree(out) == before
 
 
 def test_ctrl_c_export(model, tmp_path):
@@ -567,11 +646,12 @@ def readme_commands() -> list[list[str]]:
 def test_readme_commands_parse():
     "Each command of README's examples names flags its script has, with values they take (files aside)."
     from geosdm.cli import _export_parser, _ingest_parser, _predict_parser
+    from geosdm.cli_filter import filter_parser
     from geosdm.cli_plot import _plot_parser
     from geosdm.runconfig import REMOVED_FLAGS, parse_config
 
     parsers = {'geosdm_predict': _predict_parser, 'geosdm_export': _export_parser, 'geosdm_ingest': _ingest_parser}
-    parsers['geosdm_plot'] = _plot_parser
+    parsers |= {'geosdm_plot': _plot_parser, 'geosdm_filter': filter_parser}
     cmds = readme_commands()
     assert {c[0] for c in cmds} >= {'geosdm_train', 'geosdm_predict', 'geosdm_ingest'}, cmds
     for prog, *args in cmds:
