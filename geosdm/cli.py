@@ -46,6 +46,9 @@ def _answer(prog: str, e: BaseException, ctrl_c: bool) -> int:
     "The exit status of a run that raised `e` (after a Ctrl-C if `ctrl_c`), and its one line on stderr."
     if ctrl_c or isinstance(e, KeyboardInterrupt):
         print(f'{prog}: interrupted; the files already written are whole.', file=sys.stderr)
+        # an object the interrupt cut short in its constructor (a progress bar) may fail in its destructor
+        # later: that is noise after the one line
+        sys.unraisablehook = lambda unraisable: None
         return 130
     if isinstance(e, GeoSDMError):
         print(f'{prog}: error: {e}{" (see --help)" if isinstance(e, ConfigError) else ""}', file=sys.stderr)
@@ -134,7 +137,7 @@ def _nothing_listed(pr, a, mode: str) -> str:
     "Why the species list of `a` is empty: the most probable species there, and its probability."
     code, _, com, prob = pr.species_list(a.lat, a.lon, a.week, top_k=1, threshold=0.0)[0]
     t = pr.thresholds([a.lat], [a.lon], mode, a.threshold)[0]
-    rule = f'p ≥ {t[0]:.3g}' if mode == 'global' else 'p ≥ its calibrated threshold'
+    rule = f'p ≥ {t[0]:g}' if mode == 'global' else 'p ≥ its calibrated threshold'
     return (
         f'no species with {rule} at ({a.lat:g}, {a.lon:g}), {week_label(a.week)}: none of the {pr.n_species} '
         f'species reaches it; the most probable is {com} ({code}) at p = {prob:.3g}; lower --threshold'
