@@ -19,12 +19,13 @@ import polars_h3 as plh3
 
 from .core import GeoSDMDataError, week_of
 from .gbif import Occurrences
+from .keyspill import KeySpill
 
 # %% auto #0
 __all__ = ['DAYS_IN_MONTH', 'REASONS', 'RANKS', 'BASIS', 'DEDUP', 'SPECIES_RE', 'NOT_EPITHETS', 'ABOVE_SPECIES', 'PACK_MAX_RES',
            'READ_AHEAD', 'week_table', 'week_expr', 'Filters', 'species_name', 'Keys', 'keys_for', 'conditions',
            'first_failure', 'records', 'CellMapper', 'pack_key', 'unpack_key', 'mix64', 'DuplicateSpill', 'among',
-           'TaxonBook', 'OnePass', 'Tallies', 'small_read_ahead', 'tally']
+           'TaxonBook', 'OnePass', 'Tallies', 'key_spill', 'small_read_ahead', 'tally']
 
 # %% ../nbs/20_tally.ipynb #1b0d593c
 DAYS_IN_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
@@ -361,14 +362,14 @@ class TaxonBook:
 
 # %% ../nbs/20_tally.ipynb #6a434ce0
 class OnePass:
-    """The batch function of `tally`: per batch of records (the `INPUTS` series), the packed (cell, week, key) of
-    kept records, -1 for the others (or, above `PACK_MAX_RES`, the cells), with the taxon book and the duplicate
-    spill fed on the side."""
+    """The batch function of `tally`: per batch of records (the `INPUTS` series), whether each is kept; the kept
+    records' packed (cell, week, key) go to the key spill (above `PACK_MAX_RES`: the cell and week << 58 | key),
+    and the taxon book and the duplicate spill are fed on the side."""
 
     INPUTS = ('lat', 'lon', 'week', 'dup') + TaxonBook.COLS
 
-    def __init__(self, res: int, book: TaxonBook, spill: DuplicateSpill | None = None):
-        self.res, self.mapper, self.book, self.spill = res, CellMapper(res), book, spill
+    def __init__(self, res: int, book: TaxonBook, keys: KeySpill, spill: DuplicateSpill | None = None):
+        self.res, self.mapper, self.book, self.keys, self.spill = res, CellMapper(res), book, keys, spill
 
     def __call__(self, series: Sequence[pl.Series]) -> pl.Series:
         s = dict(zip(self.INPUTS, series))
@@ -376,24 +377,23 @@ class OnePass:
         self.book.add(s)
         kept = s['reason'].is_null().to_numpy()
         week, key = s['week'].to_numpy(), s['key'].fill_null(0).to_numpy()
-        k = pack_key(cell, week, key, self.res) if self.res <= PACK_MAX_RES else None
+        if self.res <= PACK_MAX_RES:
+            words = (pack_key(cell, week, key, self.res),)
+        else:
+            words = (cell, (week.astype(np.uint64) << np.uint64(58)) | key.astype(np.uint64))
+        self.keys.add(*[w[kept] for w in words])
         if self.spill is not None:
             m = kept & s['dup'].is_not_null().to_numpy()
-            d = s['dup'].fill_null(0).to_numpy()[m]
-            if k is not None:
-                self.spill.add(k[m], d)
-            else:
-                self.spill.add(cell[m], (week[m].astype(np.uint64) << np.uint64(58)) | key[m].astype(np.uint64), d)
-        if k is None:
-            return pl.Series('cell', cell)
-        return pl.Series('k', np.where(kept, k, -1))
+            self.spill.add(*[w[m] for w in words], s['dup'].fill_null(0).to_numpy()[m])
+        return pl.Series('kept', kept)
 
 # %% ../nbs/20_tally.ipynb #925fb63b
 @dataclass
 class Tallies:
     "What one pass over the records gives (see `tally`)."
 
-    triples: pl.DataFrame  # cell, week, key, rows (kept records)
+    keys: KeySpill  # the kept records' keys (see `OnePass`), to be read once
+    res: int
     taxa: pl.DataFrame  # taxonKey, key, reason, rows, name, scientificName, taxonRank, class
     vernacular: pl.DataFrame | None = None  # key, vernacularName, language, rows
     spill: DuplicateSpill | None = None
@@ -401,30 +401,29 @@ class Tallies:
     key_source: str = 'speciesKey'  # the column that keyed taxa (see `keys_for`)
 
 # %% ../nbs/20_tally.ipynb #e2c5ca52
+def key_spill(folder, res: int) -> KeySpill:
+    """A `KeySpill` for the kept records at `res`: packed keys in ranges of their leading bits (never more bits than
+    the cell has, so that a cell never straddles two ranges), or above `PACK_MAX_RES` (cell, week-and-key) rows in
+    ranges of the cell's base cell and first two digits."""
+    if res <= PACK_MAX_RES:
+        bits = min(13, 7 + 3 * res)
+        return KeySpill(folder, 1, 63 - bits, bits)
+    return KeySpill(folder, 2, 39, 13)
+
+
 def _counts(rec: pl.LazyFrame, one: OnePass) -> pl.LazyFrame:
-    "The single aggregation of `tally`, through `one` (no filter before it: every record reaches the side books)."
-    packed = one.res <= PACK_MAX_RES
-    fn = pl.map_batches(list(OnePass.INPUTS), one, pl.Int64 if packed else pl.UInt64, is_elementwise=True)
-    if packed:
-        return rec.select(fn.alias('k')).group_by('k').agg(pl.len().alias('rows'))
-    kept = pl.col('reason').is_null()
-    keys = [pl.when(kept).then(pl.col(n)).alias(n) for n in ('cell', 'week', 'key')]
-    return rec.with_columns(fn.alias('cell')).group_by(*keys).agg(pl.len().alias('rows'))
+    "The single query of `tally`, through `one` (no filter before it: every record reaches the side books)."
+    return rec.select(pl.map_batches(list(OnePass.INPUTS), one, pl.Boolean, is_elementwise=True).sum().alias('kept'))
 
 # %% ../nbs/20_tally.ipynb #9da32535
-def _triples(g: pl.DataFrame, res: int, taxa: pl.DataFrame) -> pl.DataFrame:
-    "The kept (cell, week, key, rows) from `_counts`' result."
-    if res > PACK_MAX_RES:
-        return g.drop_nulls('cell').select('cell', 'week', 'key', 'rows')
+def _check_keys(taxa: pl.DataFrame, res: int):
+    "Refuse kept taxon keys that do not fit the packed key at `res`."
     keys = taxa.filter(pl.col('reason').is_null())['key']
-    if len(keys) and (keys.min() < 0 or keys.max() >= 2 ** (50 - 3 * res)):
+    if res <= PACK_MAX_RES and len(keys) and (keys.min() < 0 or keys.max() >= 2 ** (50 - 3 * res)):
         raise GeoSDMDataError(
             f'taxon keys {keys.min()}..{keys.max()} do not fit the packed key at resolution {res} '
             f'(0 to 2^{50 - 3 * res})'
         )
-    g = g.filter(pl.col('k') >= 0)
-    cell, week, key = unpack_key(g['k'].to_numpy(), res)
-    return pl.DataFrame({'cell': cell, 'week': week, 'key': key, 'rows': g['rows']})
 
 # %% ../nbs/20_tally.ipynb #fab94cf2
 READ_AHEAD = {'POLARS_ROW_GROUP_PREFETCH_SIZE': '1', 'POLARS_CSV_CHUNK_PREFETCH_LIMIT': '1'}
@@ -448,7 +447,7 @@ def tally(occ: Occurrences, f: Filters, res: int, workdir, max_rows: int = 0) ->
     keys, book = keys_for(occ, f, lf), TaxonBook()
     rec = records(lf, f, keys)
     spill = DuplicateSpill(Path(workdir) / 'duplicates', res) if f.dedup != 'none' else None
-    one = OnePass(res, book, spill)
+    one = OnePass(res, book, key_spill(Path(workdir) / 'keys', res), spill)
     qs = [_counts(rec, one)]
     if occ.vernacular is not None:
         qs.append(
@@ -481,5 +480,6 @@ def tally(occ: Occurrences, f: Filters, res: int, workdir, max_rows: int = 0) ->
             }
         )
     )
+    _check_keys(taxa, res)
     vern = out[1] if len(out) > 1 else None
-    return Tallies(_triples(out[0], res, taxa), taxa, vern, spill, one.mapper.points, keys.source)
+    return Tallies(one.keys, res, taxa, vern, spill, one.mapper.points, keys.source)

@@ -15,7 +15,8 @@ from conftest import WORLD_A, exit_code
 from geosdm.cli import ingest_main
 from geosdm.core import WEEK_COLS, GeoSDMDataError
 from geosdm.gbif import write_dwca
-from geosdm.ingest import CLUSTER_SQL, ingest, weekly_lists
+from geosdm.ingest import CLUSTER_SQL, ingest
+from geosdm.weeklists import weekly_lists
 from geosdm.inputs import read_columns
 from geosdm.synthetic import synthetic_records
 from geosdm.tally import Filters, week_table
