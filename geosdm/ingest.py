@@ -174,14 +174,10 @@ def _assemble(
     wl = spill_lists(tal, species, None if grid is None else grid['cell'].to_numpy(), outside == 'keep')
     later = {'taxonomy': wl.unmatched, 'outside_grid': wl.outside}
     dropped = {r: int(tal.taxa.filter(pl.col('reason') == i)['rows'].sum()) for i, r in enumerate(REASONS)} | later
-    used = wl.key_rows > 0  # keys with records in the output
+    if tal.ids:
+        dropped['duplicate'] = wl.dups
+    used = wl.key_rows > 0  # keys with records in the output (duplicates left out)
     rows = pl.DataFrame({'key': wl.keys[used], 'rows': wl.key_rows[used]})
-    if tal.spill is not None:
-        d = tal.spill.counts(wl.keys[used] if wl.unmatched else None, wl.cells if wl.outside else None)
-        rows = rows.join(d, on='key', how='left').with_columns(
-            pl.col('rows') - pl.col('with_id').fill_null(0) + pl.col('distinct').fill_null(0)
-        )
-        dropped['duplicate'] = int(d['with_id'].sum() - d['distinct'].sum())
     coded = species.filter(pl.col('key').is_in(wl.keys[used].tolist()))['species_code']
     lost = sorted(set(species['species_code'].drop_nulls()) - set(coded.drop_nulls()))
     named = pl.col('commonName') != ''  # per code: the names of its most recorded key

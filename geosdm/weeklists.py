@@ -21,43 +21,107 @@ import pyarrow.parquet as pq
 
 from .core import N_WEEKS, WEEK_COLS, atomic_path
 from .geo import cell_wkb, geoparquet_metadata
-from .tally import Tallies, unpack_key
+from .tally import ID_FLAG, Tallies, unpack_key
 
 # %% auto #0
-__all__ = ['MASK30', 'count_triples', 'code_ranks', 'Coded', 'code_group', 'WeekLists', 'gather', 'spill_lists', 'weekly_lists',
-           'week_columns', 'output_rows', 'row_counts', 'write_lists']
+__all__ = ['MASK30', 'Triples', 'count_triples', 'KeyCodes', 'code_ranks', 'Coded', 'code_group', 'WeekLists', 'gather',
+           'spill_lists', 'weekly_lists', 'week_columns', 'output_rows', 'row_counts', 'write_lists']
+
+# %% ../nbs/20b_weeklists.ipynb #0267a8a4
+@dataclass
+class Triples:
+    "The distinct (cell, week, key) of a group of records, in order: see `count_triples`."
+
+    cells: np.ndarray  # uint64: the group's distinct H3 cells, sorted
+    at: np.ndarray  # per triple: the index of its cell in `cells`
+    week: np.ndarray
+    key: np.ndarray
+    rows: np.ndarray  # records
+    dups: np.ndarray  # records repeating the id of an earlier record of the triple
+
+
+def _heads(x: np.ndarray) -> np.ndarray:
+    "True where a sorted array starts a run of equal values."
+    return np.r_[True, x[1:] != x[:-1]] if len(x) else np.zeros(0, bool)
+
+# %% ../nbs/20b_weeklists.ipynb #bc073b60
+def _repeats(head: np.ndarray, has: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Per triple (`head`: where each starts among the sorted rows), the rows whose id (`has`: whether a row has one)
+    an earlier row of the triple has."""
+    ti = np.cumsum(head) - 1
+    n = int(head.sum())
+    m = has & (np.bincount(ti[has], minlength=n)[ti] > 1)
+    if not m.any():
+        return np.zeros(n, np.int64)
+    t, d = ti[m], ids[m]
+    o = np.lexsort((d, t))
+    t, d = t[o], d[o]
+    again = (t[1:] == t[:-1]) & (d[1:] == d[:-1])
+    return np.bincount(t[1:][again], minlength=n)
 
 # %% ../nbs/20b_weeklists.ipynb #9c064535
-def count_triples(cols: list[np.ndarray], res: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The distinct (cell, week, key) of a group of kept records from the key spill, sorted, and the records of each:
-    (cell, week, key, rows) arrays. The group's arrays are sorted in place."""
-    if len(cols) == 1:
-        k = cols[0]
-        k.sort()
-        words = (k,)
+def count_triples(cols: list[np.ndarray], res: int, ids: bool = False) -> Triples:
+    """The distinct (cell, week, key) of a group of kept records from the key spill (with ids as the last word if
+    `ids`), in order, with their records and duplicates. The group's arrays are changed."""
+    cols, has, idw = list(cols), None, None
+    if ids:
+        has, idw = (cols[0] >> np.uint64(63)).astype(bool), cols.pop()
+        cols[0] &= ~ID_FLAG
+    if len(cols) == 1 and not ids:
+        cols[0].sort()
     else:
-        o = np.lexsort((cols[1], cols[0]))
-        words = (cols[0][o], cols[1][o])
-    head = np.zeros(len(words[0]), bool)
+        o = np.argsort(cols[0]) if len(cols) == 1 else np.lexsort(cols[::-1])
+        cols = [c[o] for c in cols]
+        if ids:
+            has, idw = has[o], idw[o]
+    head = np.zeros(len(cols[0]), bool)
     head[:1] = True
-    for w in words:
-        head[1:] |= w[1:] != w[:-1]
+    for c in cols:
+        head[1:] |= c[1:] != c[:-1]
     i = np.flatnonzero(head)
-    rows = np.diff(np.r_[i, len(head)])
+    rows, dups = np.diff(np.r_[i, len(head)]), _repeats(head, has, idw) if ids else np.zeros(len(i), np.int64)
     if len(cols) == 1:
-        return (*unpack_key(words[0][i].view(np.int64), res), rows)
-    wk = words[1][i]
-    return words[0][i], (wk >> np.uint64(58)).astype(np.int8), (wk & np.uint64((1 << 58) - 1)).astype(np.int64), rows
+        u, kb = cols[0][i], 50 - 3 * res
+        cc = _heads(u >> np.uint64(6 + kb))
+        cells = unpack_key(u[cc].view(np.int64), res)[0]
+        wk, low = u, kb
+    else:
+        cc = _heads(cols[0][i])
+        cells, wk, low = cols[0][i][cc], cols[1][i], 58
+    week, key = (wk >> np.uint64(low)) & np.uint64(63), wk & np.uint64((1 << low) - 1)
+    return Triples(cells, np.cumsum(cc) - 1, week.astype(np.int8), key.astype(np.int64), rows, dups)
 
 # %% ../nbs/20b_weeklists.ipynb #9b006e4b
-def code_ranks(species: pl.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray]:
-    "The codes of `species` (key, species_code), sorted; its keys, sorted; and the rank of each key's code (-1: none)."
+@dataclass
+class KeyCodes:
+    "The codes (sorted), the taxon keys (sorted), the rank of each key's code (-1: none) and a table key → index."
+
+    codes: list
+    keys: np.ndarray
+    rank: np.ndarray
+    table: np.ndarray | None = None  # int32 index of each key 0 … max; -1 where absent
+
+    def index(self, key: np.ndarray) -> np.ndarray:
+        "The index of each of `key` in `keys`; -1 where absent."
+        if self.table is not None:
+            ok = (key >= 0) & (key < len(self.table))
+            return np.where(ok, self.table[np.where(ok, key, 0)], -1)
+        i = np.minimum(np.searchsorted(self.keys, key), max(len(self.keys) - 1, 0))
+        return np.where(self.keys[i] == key, i, -1) if len(self.keys) else np.full(len(key), -1)
+
+
+def code_ranks(species: pl.DataFrame, table_max: int = 1 << 25) -> KeyCodes:
+    "The `KeyCodes` of `species` (key, species_code); a table when the keys lie in 0 … `table_max`."
     codes = sorted(set(species['species_code'].drop_nulls()))
     s = species.select(
         pl.col('key').cast(pl.Int64),
         pl.col('species_code').replace_strict(codes, range(len(codes)), default=-1, return_dtype=pl.Int32).alias('ci'),
     ).sort('key')
-    return codes, s['key'].to_numpy(), s['ci'].fill_null(-1).to_numpy()
+    kc = KeyCodes(codes, s['key'].to_numpy(), np.r_[s['ci'].fill_null(-1).to_numpy(), -1].astype(np.int32))
+    if len(kc.keys) and 0 <= kc.keys[0] and kc.keys[-1] < table_max:
+        kc.table = np.full(int(kc.keys[-1]) + 1, -1, np.int32)
+        kc.table[kc.keys] = np.arange(len(kc.keys))
+    return kc
 
 # %% ../nbs/20b_weeklists.ipynb #70c3fa41
 @dataclass
@@ -69,48 +133,43 @@ class Coded:
     weeks: np.ndarray  # weeks with entries per cell
     entries: np.ndarray  # uint32 week << 24 | code rank, sorted within each cell
     key_rows: np.ndarray  # records per key (of the sorted keys) that reach the output
+    dups: int  # duplicates left out
     unmatched: int  # records of keys without a code
     outside: int  # records with a code in cells outside the grid, dropped (0 when kept)
     cells_outside: int  # cells outside the grid with records that have a code
-
-
-def _heads(x: np.ndarray) -> np.ndarray:
-    "True where a sorted array starts a run of equal values."
-    return np.r_[True, x[1:] != x[:-1]] if len(x) else np.zeros(0, bool)
 
 # %% ../nbs/20b_weeklists.ipynb #a69df6e5
 MASK30 = np.uint64((1 << 30) - 1)
 
 
-def code_group(t: tuple, keys: np.ndarray, rank: np.ndarray, grid: np.ndarray | None, keep: bool) -> Coded:
-    """Code one group of triples `t` (cell, week, key, rows; sorted by cell): `keys` and `rank` from `code_ranks`,
-    `grid` the sorted grid cells (None: no grid), `keep` the cells outside it."""
-    cell, week, key, n = t
-    ki = np.minimum(np.searchsorted(keys, key), max(len(keys) - 1, 0))
-    ci = np.where(keys[ki] == key, rank[ki], -1) if len(keys) else np.full(len(key), -1)
+def code_group(t: Triples, kc: KeyCodes, grid: np.ndarray | None, keep: bool) -> Coded:
+    """Code one group's triples: `kc` from `code_ranks`, `grid` the sorted grid cells (None: no grid), `keep` the
+    cells outside it."""
+    ki = kc.index(t.key)
+    ci = kc.rank[ki]  # rank[-1] is -1
     ok = ci >= 0
-    inside = (
-        np.ones(len(cell), bool)
-        if grid is None
-        else grid[np.minimum(np.searchsorted(grid, cell), len(grid) - 1)] == cell
-    )
+    inside = np.ones(len(t.cells), bool)
+    if grid is not None:
+        inside = grid[np.minimum(np.searchsorted(grid, t.cells), len(grid) - 1)] == t.cells
+    inside = inside[t.at]
     out, use = ok & ~inside, ok & (inside | keep)
-    c = cell[use]
-    head = _heads(c)
+    a = t.at[use]
+    head = _heads(a)
     local = (np.cumsum(head) - 1).astype(np.uint64)
-    e = (local << np.uint64(30)) | (week[use].astype(np.uint64) << np.uint64(24)) | ci[use].astype(np.uint64)
+    e = (local << np.uint64(30)) | (t.week[use].astype(np.uint64) << np.uint64(24)) | ci[use].astype(np.uint64)
     e.sort(kind='stable')
     e = e[_heads(e)]
     at, nc = (e >> np.uint64(30)).astype(np.intp), int(head.sum())
     return Coded(
-        c[head],
+        t.cells[a[head]],
         np.bincount(at, minlength=nc),
         np.bincount(at[_heads(e >> np.uint64(24))], minlength=nc),
         (e & MASK30).astype(np.uint32),
-        np.bincount(ki[use], weights=n[use], minlength=len(keys)),
-        int(n[~ok].sum()),
-        0 if keep else int(n[out].sum()),
-        int(_heads(cell[out]).sum()),
+        np.bincount(ki[use], weights=(t.rows - t.dups)[use], minlength=len(kc.keys)),
+        int(t.dups[use].sum()),
+        int(t.rows[~ok].sum()),
+        0 if keep else int(t.rows[out].sum()),
+        int(_heads(t.at[out]).sum()),
     )
 
 # %% ../nbs/20b_weeklists.ipynb #14ddd023
@@ -125,6 +184,7 @@ class WeekLists:
     weeks: np.ndarray
     entries: np.ndarray
     key_rows: np.ndarray  # int64, per key
+    dups: int = 0
     unmatched: int = 0
     outside: int = 0
     cells_outside: int = 0
@@ -142,16 +202,16 @@ def _in_order(fn: Callable, items: Iterable, threads: int) -> Iterable:
             yield todo.popleft().result()
 
 
-def gather(parts: Iterable[Coded], codes: list, keys: np.ndarray, most: int) -> WeekLists:
+def gather(parts: Iterable[Coded], kc: KeyCodes, most: int) -> WeekLists:
     "The groups' shares put together, in order; `most`: an upper bound on the entries (the records)."
     buf, m, cells, count, weeks = np.empty(most, np.uint32), 0, [], [], []
-    wl = WeekLists(codes, keys, None, None, None, None, np.zeros(len(keys), np.int64))
+    wl = WeekLists(kc.codes, kc.keys, None, None, None, None, np.zeros(len(kc.keys), np.int64))
     for p in parts:
         buf[m : m + len(p.entries)] = p.entries
         m += len(p.entries)
         cells.append(p.cells), count.append(p.count), weeks.append(p.weeks)
         wl.key_rows += np.round(p.key_rows).astype(np.int64)
-        wl.unmatched, wl.outside = wl.unmatched + p.unmatched, wl.outside + p.outside
+        wl.dups, wl.unmatched, wl.outside = wl.dups + p.dups, wl.unmatched + p.unmatched, wl.outside + p.outside
         wl.cells_outside += p.cells_outside
     wl.cells = np.concatenate(cells) if cells else np.zeros(0, np.uint64)
     wl.weeks = np.concatenate(weeks).astype(np.uint8) if weeks else np.zeros(0, np.uint8)
@@ -162,23 +222,24 @@ def gather(parts: Iterable[Coded], codes: list, keys: np.ndarray, most: int) -> 
 def spill_lists(tal: Tallies, species: pl.DataFrame, grid: np.ndarray | None = None, keep: bool = False) -> WeekLists:
     """The lists of the kept records in `tal`'s key spill (read once): `species` (key, species_code), `grid` the grid's
     cells (None: no grid), `keep` the cells outside it."""
-    codes, keys, rank = code_ranks(species)
+    kc = code_ranks(species)
     g = None if grid is None else np.sort(np.asarray(grid, np.uint64))
 
     def one(cols):
-        return code_group(count_triples(cols, tal.res), keys, rank, g, keep)
+        return code_group(count_triples(cols, tal.res, tal.ids), kc, g, keep)
 
     threads = max(1, min(2, os.cpu_count() or 1))
-    return gather(_in_order(one, tal.keys.groups(1 << 21), threads), codes, keys, tal.keys.rows)
+    return gather(_in_order(one, tal.keys.groups(1 << 21), threads), kc, tal.keys.rows)
 
 # %% ../nbs/20b_weeklists.ipynb #e2dba588
 def weekly_lists(triples: pl.DataFrame, species: pl.DataFrame) -> pl.DataFrame:
     "(cell, week, key) rows and (key, species_code) → a row per cell: `cell`, `week_1` … `week_48` (sorted codes)."
     t = triples.sort('cell')
-    codes, keys, rank = code_ranks(species)
-    n = np.ones(t.height, np.int64)
-    cols = [t['cell'].to_numpy().astype(np.uint64), t['week'].to_numpy(), t['key'].to_numpy().astype(np.int64), n]
-    wl = gather([code_group(tuple(cols), keys, rank, None, True)], codes, keys, t.height)
+    cell = t['cell'].to_numpy().astype(np.uint64)
+    head, ones = _heads(cell), np.ones(t.height, np.int64)
+    tr = Triples(cell[head], np.cumsum(head) - 1, t['week'].to_numpy(), t['key'].to_numpy(), ones, ones * 0)
+    kc = code_ranks(species)
+    wl = gather([code_group(tr, kc, None, True)], kc, t.height)
     return pl.from_arrow(
         pa.table({'cell': pa.array(wl.cells, pa.uint64()), **dict(zip(WEEK_COLS, week_columns(wl, wl.cells)))})
     )
