@@ -16,10 +16,10 @@ from geosdm.cli import ingest_main
 from geosdm.core import WEEK_COLS, GeoSDMDataError
 from geosdm.gbif import write_dwca
 from geosdm.ingest import CLUSTER_SQL, ingest
-from geosdm.weeklists import weekly_lists
 from geosdm.inputs import read_columns
 from geosdm.synthetic import synthetic_records
 from geosdm.tally import Filters, week_table
+from geosdm.weeklists import weekly_lists
 
 RES = 3
 A_LL = (52.1, 5.1)
