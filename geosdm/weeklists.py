@@ -60,6 +60,14 @@ def _repeats(head: np.ndarray, has: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return np.bincount(t[1:][again], minlength=n)
 
 # %% ../nbs/20b_weeklists.ipynb #9c064535
+def _order(cols: list[np.ndarray]) -> np.ndarray:
+    "The order that sorts the rows of `cols` (by the first, then the next …): polars' sort, faster than numpy's."
+    if len(cols) == 1:
+        return pl.Series(cols[0]).arg_sort().to_numpy()
+    names = [f'c{j}' for j in range(len(cols))]
+    return pl.DataFrame(dict(zip(names, cols))).select(pl.arg_sort_by(names)).to_series().to_numpy()
+
+
 def count_triples(cols: list[np.ndarray], res: int, ids: bool = False) -> Triples:
     """The distinct (cell, week, key) of a group of kept records from the key spill (with ids as the last word if
     `ids`), in order, with their records and duplicates. The group's arrays are changed."""
@@ -70,7 +78,7 @@ def count_triples(cols: list[np.ndarray], res: int, ids: bool = False) -> Triple
     if len(cols) == 1 and not ids:
         cols[0].sort()
     else:
-        o = np.argsort(cols[0]) if len(cols) == 1 else np.lexsort(cols[::-1])
+        o = _order(cols)
         cols = [c[o] for c in cols]
         if ids:
             has, idw = has[o], idw[o]
