@@ -8,6 +8,10 @@ the lists are checked against world_a's.
 
 Usage: python bench/ingest.py [--rows 20e6 5e6] [--work /tmp/ingest/bench] [--build-only] [--kinds dwca folder parquet]
            [--code DIR] [--tag NAME] [--repeat N] [--out bench/results/ingest.json]
+       python bench/ingest.py --world /work/scale_world [--kinds parquet dwca] [--code DIR] [--tag NAME] ...
+`--world DIR` ingests the records of a `bench/scale_world.py` world (records.parquet, records_dwca.zip) with its
+combined parquet as the grid and its taxonomy instead of building from world_a, and compares the outputs with the
+world's with `bench/ingest_compare.py` (cells, environment, lists as sets, taxonomy).
 Writes JSON (records/s wall and per CPU-second, CPU seconds per million records, peak RSS, the load average before
 and after each run). `--code DIR` runs the geosdm package found in DIR (e.g. an export of another commit) so that
 a before/after comparison runs in one sitting on one machine; `--tag` labels the runs. On a shared machine the
@@ -91,24 +95,17 @@ def build(rows: int, work: Path) -> dict:
     }
 
 
-def run(src: str, work: Path, kind: str, code: str | None = None) -> dict:
+def run(src: str, work: Path, kind: str, code: str | None = None, world: Path | None = None, tag: str = '') -> dict:
     """Ingest `src` in a fresh process (with the geosdm of `code` if given); wall and CPU seconds, that process's peak
-    RSS (its report), and whether the lists match."""
-    out = work / f'out_{Path(src).stem}_{kind}.parquet'
+    RSS (its report), and whether the lists match (world_a's, or `world`'s outputs)."""
+    out = work / f'out_{Path(src).stem}_{kind}{"_" + tag if tag else ""}.parquet'
+    grid = world / 'combined.parquet' if world else SHARED / 'global_350km_ee.parquet'
+    tax = world / 'combined_taxonomy.csv' if world else WORLD_A.with_name('combined_taxonomy.csv')
     env = dict(os.environ, **({'PYTHONPATH': str(Path(code).resolve())} if code else {}))
     load = os.getloadavg()
     r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     res = subprocess.run(
-        [
-            sys.executable,
-            '-c',
-            CHILD,
-            src,
-            str(out),
-            str(SHARED / 'global_350km_ee.parquet'),
-            str(WORLD_A.with_name('combined_taxonomy.csv')),
-            str(work),
-        ],
+        [sys.executable, '-c', CHILD, src, str(out), str(grid), str(tax), str(work)],
         capture_output=True,
         text=True,
         env=env,
@@ -119,9 +116,15 @@ def run(src: str, work: Path, kind: str, code: str | None = None) -> dict:
         raise SystemExit(res.stderr)
     rep = json.loads(res.stdout.strip().splitlines()[-1])
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
-    ok = json.loads(
-        subprocess.run([sys.executable, '-c', CHECK, str(out), str(WORLD_A)], capture_output=True, text=True).stdout
-    )
+    load_after = [round(x, 2) for x in os.getloadavg()]
+    if world:
+        cmd = [sys.executable, str(HERE / 'ingest_compare.py'), str(out), '--world', str(world)]
+        cmd += ['--out', str(out.with_name(f'{out.stem}_compare.json'))]  # the differences, if any
+        ok = json.loads(subprocess.run(cmd, capture_output=True, text=True).stdout)['same']
+    else:
+        ok = json.loads(
+            subprocess.run([sys.executable, '-c', CHECK, str(out), str(WORLD_A)], capture_output=True, text=True).stdout
+        )
     return {
         'input': kind,
         'rows_read': rep['rows_read'],
@@ -135,9 +138,9 @@ def run(src: str, work: Path, kind: str, code: str | None = None) -> dict:
         'peak_rss_mb': rep['peak_rss_mb'],
         'h3_points': rep['h3_points'],
         'filters': rep['filters'],
-        'lists_match_world_a': ok,
+        'same_as_world' if world else 'lists_match_world_a': ok,
         'load_avg_before': [round(x, 2) for x in load],
-        'load_avg_after': [round(x, 2) for x in os.getloadavg()],
+        'load_avg_after': load_after,
     }
 
 
@@ -156,13 +159,19 @@ def main(argv=None):
     ap.add_argument('--code', default=None, help='a folder holding the geosdm package to run (default: the installed)')
     ap.add_argument('--tag', default='', help='a label for these runs (e.g. before, after)')
     ap.add_argument('--repeat', type=int, default=1)
+    ap.add_argument('--world', default=None, help='a bench/scale_world.py world: ingest its records, not world_a\'s')
     ap.add_argument('--out', default=str(HERE / 'results' / 'ingest.json'))
     a = ap.parse_args(argv)
-    if not WORLD_A.exists():
-        raise SystemExit(f'{WORLD_A} not found: the benchmark needs the shared world_a')
+    world = Path(a.world) if a.world else None
+    if world is None and not WORLD_A.exists():
+        raise SystemExit(f'{WORLD_A} not found: the benchmark needs the shared world_a (or give --world)')
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    files = {int(n): build(int(n), work) for n in a.rows}
+    if world:
+        n = json.loads((world / 'world.json').read_text())['records']
+        files = {n: {'zip': str(world / 'records_dwca.zip'), 'parquet': str(world / 'records.parquet')}}
+    else:
+        files = {int(n): build(int(n), work) for n in a.rows}
     if a.build_only:
         print(json.dumps(files, indent=1))
         return
@@ -170,12 +179,15 @@ def main(argv=None):
     for _ in range(a.repeat):
         for n, f in files.items():
             for kind in a.kinds:
-                r = run(f[{'dwca': 'zip'}.get(kind, kind)], work, kind, a.code)
+                if kind == 'folder' and 'folder' not in f:
+                    continue
+                r = run(f[{'dwca': 'zip'}.get(kind, kind)], work, kind, a.code, world, a.tag)
                 runs.append({'tag': a.tag, 'rows_target': n, **r})
                 print(json.dumps({k: v for k, v in runs[-1].items() if k != 'filters'}), flush=True)
     res = {
         'machine': {'cpus': os.cpu_count(), 'note': 'shared machine: see load averages'},
         'code': a.code or 'installed',
+        'world': a.world,
         'tag': a.tag,
         'files': files,
         'runs': runs,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import fnmatch
 import glob
-import json
 import os
 import tempfile
 import time
@@ -15,32 +14,19 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import h3
 import numpy as np
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from geosdm.core import (
-    N_WEEKS,
-    WEEK_COLS,
-    GeoSDMDataError,
-    OutputSet,
-    atomic_path,
-    atomic_write,
-    peak_rss_mb,
-    write_json,
-)
+from .core import GeoSDMDataError, OutputSet, atomic_write, peak_rss_mb, write_json
 from .gbif import Occurrences, open_occurrences
-from .geo import cell_wkb, geoparquet_metadata
 from .inputs import TAX_COLUMNS, read_grid, taxonomy_frame, unique_rows
 from .names import add_aliases, find_aliases, read_aliases, with_languages, write_aliases
 from .tally import REASONS, Filters, Tallies, tally
+from .weeklists import WeekLists, output_rows, row_counts, spill_lists, write_lists
 
 # %% auto #0
-__all__ = ['MANIFEST_COLS', 'CLUSTER_SQL', 'read_name_codes', 'best_vernacular', 'species_codes', 'manifest', 'weekly_lists',
-           'attach_grid', 'write_combined', 'funnel', 'Kept', 'output_paths', 'refuse_overwrite', 'match_table',
-           'ingest']
+__all__ = ['MANIFEST_COLS', 'CLUSTER_SQL', 'read_name_codes', 'best_vernacular', 'species_codes', 'manifest', 'funnel', 'Kept',
+           'output_paths', 'refuse_overwrite', 'match_table', 'ingest']
 
 # %% ../nbs/21_ingest.ipynb #180419ba
 def read_name_codes(path) -> pl.DataFrame:
@@ -158,86 +144,6 @@ def manifest(taxa: pl.DataFrame, species: pl.DataFrame, lost_codes: Sequence[str
         .sort('action', 'taxonKey')
     )
 
-# %% ../nbs/21_ingest.ipynb #e416fddb
-def weekly_lists(triples: pl.DataFrame, species: pl.DataFrame) -> pl.DataFrame:
-    "(cell, week, key) rows and (key, species_code) → a row per cell: `cell`, `week_1` … `week_48` (sorted codes)."
-    sp = species.drop_nulls('species_code')
-    codes = sorted(set(sp['species_code']))
-    rank = sp.select(
-        'key', pl.col('species_code').replace_strict(codes, list(range(len(codes))), return_dtype=pl.Int32).alias('ci')
-    )
-    t = triples.join(rank, on='key')
-    cells = np.unique(t['cell'].to_numpy())
-    k = (
-        (t['week'].to_numpy().astype(np.uint64) << np.uint64(58))
-        | (np.searchsorted(cells, t['cell'].to_numpy()).astype(np.uint64) << np.uint64(24))
-        | t['ci'].to_numpy().astype(np.uint64)
-    )  # one key per (week, cell row, code rank)
-    u = pl.Series(k).unique().sort().to_numpy()
-    week, row, ci = (
-        (u >> np.uint64(58)).astype(np.int64),
-        ((u >> np.uint64(24)) & np.uint64((1 << 34) - 1)).astype(np.int64),
-        (u & np.uint64((1 << 24) - 1)).astype(np.int64),
-    )
-    cut, names = np.searchsorted(week, np.arange(1, N_WEEKS + 2)), pa.array(codes, pa.string())
-    cols = {'cell': pa.array(cells, pa.uint64())}
-    for w, c in enumerate(WEEK_COLS):
-        a, b = cut[w], cut[w + 1]
-        off = np.r_[0, np.cumsum(np.bincount(row[a:b], minlength=len(cells)))].astype(np.int32)
-        cols[c] = pa.ListArray.from_arrays(pa.array(off), names.take(pa.array(ci[a:b])))
-    return pl.from_arrow(pa.table(cols))
-
-# %% ../nbs/21_ingest.ipynb #06710c51
-def attach_grid(
-    lists: pl.DataFrame, grid: pl.DataFrame | None, outside: str = 'drop'
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Join lists to the grid (all grid cells kept); returns (frame with h3_index, env, weeks; lists of cells outside
-    the grid)."""
-    if grid is None:
-        out = lists.sort('cell').with_columns(
-            pl.col('cell').map_elements(h3.int_to_str, return_dtype=pl.String).alias('h3_index')
-        )
-        return out.select('h3_index', *WEEK_COLS), lists.clear()
-    away = lists.join(grid.select('cell'), on='cell', how='anti')
-    frame = grid.join(lists, on='cell', how='left', maintain_order='left')
-    if outside == 'keep' and away.height:
-        frame = pl.concat(
-            [
-                frame,
-                away.with_columns(pl.col('cell').map_elements(h3.int_to_str, return_dtype=pl.String).alias('h3_index')),
-            ],
-            how='diagonal_relaxed',
-        )
-    empty = pl.lit([], pl.List(pl.String))
-    env = [c for c in grid.columns if c not in ('cell', 'h3_index')]
-    return frame.select('h3_index', *env, *[pl.col(c).fill_null(empty) for c in WEEK_COLS]), away
-
-# %% ../nbs/21_ingest.ipynb #473ad9a3
-def write_combined(frame: pl.DataFrame, path, geometry: bool = False) -> Path:
-    """Write a combined parquet atomically (string ids, list<string> weeks); with `geometry`, cell polygons as
-    GeoParquet."""
-    t = frame.to_arrow()
-    kinds = {pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view}
-
-    def norm(ty):
-        if any(k(ty) for k in kinds):
-            return pa.string()
-        if pa.types.is_list(ty) or pa.types.is_large_list(ty) or pa.types.is_list_view(ty):
-            return pa.list_(pa.string())
-        return ty
-
-    t = t.cast(pa.schema([pa.field(f.name, norm(f.type)) for f in t.schema]))
-    if geometry:
-        t = t.add_column(
-            1, pa.field('geometry', pa.binary()), pa.array(cell_wkb(frame['h3_index'].to_list()), pa.binary())
-        )
-        t = t.replace_schema_metadata(
-            {b'geo': json.dumps(geoparquet_metadata(t['geometry'].to_pylist(), 'geosdm.ingest')).encode()}
-        )
-    with atomic_path(path) as tmp:
-        pq.write_table(t, tmp)
-    return Path(path)
-
 # %% ../nbs/21_ingest.ipynb #91a6f783
 def funnel(rows_read: int, dropped: dict) -> list[dict]:
     "The filters in order with the records each dropped and the records left after it."
@@ -252,41 +158,29 @@ def funnel(rows_read: int, dropped: dict) -> list[dict]:
 class Kept:
     "The output of the aggregation steps of `ingest` (before writing)."
 
-    frame: pl.DataFrame  # h3_index, env, week_1..week_48
+    lists: WeekLists
+    base: pl.DataFrame  # the output's rows: h3_index, env
+    cells: np.ndarray  # the rows' cells
     species: pl.DataFrame  # the taxonomy table
     manifest: pl.DataFrame
     dropped: dict  # filter name → records dropped, in order
     cells_outside: int
 
-# %% ../nbs/21_ingest.ipynb #adfaa70b
-def _survivors(tal: Tallies, species: pl.DataFrame, away: pl.DataFrame, outside: str) -> tuple[pl.DataFrame, dict]:
-    "Kept (cell, week, key, rows, species_code) after taxonomy and grid; records dropped by each."
-    coded = tal.triples.join(species.select('key', 'species_code'), on='key', how='left')
-    unmatched = coded.filter(pl.col('species_code').is_null())
-    coded = coded.filter(pl.col('species_code').is_not_null())
-    outside_rows = coded.join(away.select('cell'), on='cell', how='semi') if outside == 'drop' else coded.clear()
-    coded = coded.join(outside_rows.select('cell'), on='cell', how='anti')
-    return coded, {'taxonomy': int(unmatched['rows'].sum()), 'outside_grid': int(outside_rows['rows'].sum())}
-
 # %% ../nbs/21_ingest.ipynb #5cf605c2
 def _assemble(
     tal: Tallies, names: pl.DataFrame | None, grid: pl.DataFrame | None, outside: str, drop_unmatched: bool
 ) -> Kept:
-    "From the tallies to the output frame, the taxonomy table, the manifest and the counts per filter."
+    "From the tallies to the output's lists and rows, the taxonomy table, the manifest and the counts per filter."
     species = species_codes(tal.taxa, names, drop_unmatched, tal.vernacular, tal.key_source == 'scientificName')
-    lists = weekly_lists(tal.triples, species)
-    frame, away = attach_grid(lists, grid, outside)
-    coded, later = _survivors(tal, species, away, outside)
+    wl = spill_lists(tal, species, None if grid is None else grid['cell'].to_numpy(), outside == 'keep')
+    later = {'taxonomy': wl.unmatched, 'outside_grid': wl.outside}
     dropped = {r: int(tal.taxa.filter(pl.col('reason') == i)['rows'].sum()) for i, r in enumerate(REASONS)} | later
-    rows = coded.group_by('key').agg(pl.col('rows').sum())
-    if tal.spill is not None:
-        keys = coded['key'].unique().to_numpy() if later['taxonomy'] else None
-        d = tal.spill.counts(keys, coded['cell'].unique().to_numpy() if later['outside_grid'] else None)
-        rows = rows.join(d, on='key', how='left').with_columns(
-            pl.col('rows') - pl.col('with_id').fill_null(0) + pl.col('distinct').fill_null(0)
-        )
-        dropped['duplicate'] = int(d['with_id'].sum() - d['distinct'].sum())
-    lost = sorted(set(species['species_code'].drop_nulls()) - set(coded['species_code']))
+    if tal.ids:
+        dropped['duplicate'] = wl.dups
+    used = wl.key_rows > 0  # keys with records in the output (duplicates left out)
+    rows = pl.DataFrame({'key': wl.keys[used], 'rows': wl.key_rows[used]})
+    coded = species.filter(pl.col('key').is_in(wl.keys[used].tolist()))['species_code']
+    lost = sorted(set(species['species_code'].drop_nulls()) - set(coded.drop_nulls()))
     named = pl.col('commonName') != ''  # per code: the names of its most recorded key
     table = (
         species.drop('rows')
@@ -302,7 +196,8 @@ def _assemble(
         )
         .sort('species_code')
     )
-    return Kept(frame, table, manifest(tal.taxa, species, lost), dropped, away.height)
+    base, cells = output_rows(wl, grid, outside)
+    return Kept(wl, base, cells, table, manifest(tal.taxa, species, lost), dropped, wl.cells_outside)
 
 # %% ../nbs/21_ingest.ipynb #2767c256
 def output_paths(output) -> dict[str, Path]:
@@ -409,7 +304,7 @@ def ingest(
     opts = dict(grid=grid, outside_grid=outside_grid, taxonomy=taxonomy, drop_unmatched=drop_unmatched)
     opts |= dict(geometry=geometry, max_rows=max_rows, allow_empty=allow_empty)
     with OutputSet([i for i in (source, grid, taxonomy, aliases) if i and '*' not in str(i)]) as out:
-        write_combined(k.frame, out.path(paths['parquet']), geometry)
+        write_lists(out.path(paths['parquet']), k.lists, k.base, k.cells, geometry)
         _write_csv(with_languages(k.species, taxonomy) if taxonomy else k.species, out.path(paths['taxonomy']))
         if alias_map:  # for training, beside the data
             write_aliases(alias_map, k.species['species_code'].to_list(), out.path(paths['aliases']))
@@ -426,7 +321,7 @@ def _report(
 ) -> dict:
     n_read = int(tal.taxa['rows'].sum())
     steps = funnel(n_read, k.dropped)
-    with_records = k.frame.select(pl.sum_horizontal(pl.col(WEEK_COLS).list.len() > 0).alias('n'))['n']
+    with_records, cell_weeks = row_counts(k.lists, k.cells)
     return {
         'input': str(source),
         'kind': occ.kind,
@@ -435,9 +330,9 @@ def _report(
         'rows_read': n_read,
         'filters': steps,
         'rows_kept': steps[-1]['remaining'] if steps else n_read,
-        'cells': k.frame.height,
-        'cells_with_records': int((with_records > 0).sum()),
-        'cell_weeks_with_records': int(with_records.sum()),
+        'cells': k.base.height,
+        'cells_with_records': with_records,
+        'cell_weeks_with_records': cell_weeks,
         'cells_outside_grid': k.cells_outside,
         'species': k.species.height,
         'taxa_merged': int((k.manifest['action'] == 'merged').sum()),

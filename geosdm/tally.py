@@ -6,9 +6,7 @@
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +17,13 @@ import polars_h3 as plh3
 
 from .core import GeoSDMDataError, week_of
 from .gbif import Occurrences
+from .keyspill import KeySpill
 
 # %% auto #0
 __all__ = ['DAYS_IN_MONTH', 'REASONS', 'RANKS', 'BASIS', 'DEDUP', 'SPECIES_RE', 'NOT_EPITHETS', 'ABOVE_SPECIES', 'PACK_MAX_RES',
-           'READ_AHEAD', 'week_table', 'week_expr', 'Filters', 'species_name', 'Keys', 'keys_for', 'conditions',
-           'first_failure', 'records', 'CellMapper', 'pack_key', 'unpack_key', 'mix64', 'DuplicateSpill', 'among',
-           'TaxonBook', 'OnePass', 'Tallies', 'small_read_ahead', 'tally']
+           'ID_FLAG', 'NAMES', 'READ_AHEAD', 'week_table', 'week_expr', 'Filters', 'species_name', 'Keys', 'keys_for',
+           'conditions', 'first_failure', 'records', 'CellMapper', 'pack_key', 'unpack_key', 'key_spill', 'OnePass',
+           'Tallies', 'small_read_ahead', 'tally']
 
 # %% ../nbs/20_tally.ipynb #1b0d593c
 DAYS_IN_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
@@ -227,204 +226,86 @@ def unpack_key(k: np.ndarray, res: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     cell = (1 << 59) | (res << 52) | ((k >> (6 + kb)) << (45 - 3 * res)) | ((1 << (45 - 3 * res)) - 1)
     return cell.astype(np.uint64), ((k >> kb) & 63).astype(np.int8), k & ((1 << kb) - 1)
 
-# %% ../nbs/20_tally.ipynb #0ff1d35c
-_M = tuple(np.uint64(m) for m in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+# %% ../nbs/20_tally.ipynb #71d1f075
+ID_FLAG = np.uint64(1 << 63)
 
 
-def mix64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    "A 64-bit hash of two uint64 arrays, element-wise (SplitMix64's finaliser)."
-    x = (a.astype(np.uint64) * _M[0]) ^ b.astype(np.uint64)
-    x ^= x >> np.uint64(30)
-    x *= _M[1]
-    x ^= x >> np.uint64(27)
-    x *= _M[2]
-    return x ^ (x >> np.uint64(31))
-
-# %% ../nbs/20_tally.ipynb #0869a9c6
-class DuplicateSpill:
-    """Rows of kept records with an id, split into `parts` by the id's hash, in memory up to `budget` bytes and on
-    disk beyond; `counts` tallies them at the end. A row: (packed key, id) at `res` <= PACK_MAX_RES, else (cell,
-    week << 58 | key, id)."""
-
-    def __init__(self, folder, res: int, parts: int = 64, budget: int = 512 << 20):
-        self.folder, self.res, self.parts, self.budget, self.rows = Path(folder), res, parts, budget, 0
-        self.width = 2 if res <= PACK_MAX_RES else 3
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._mem, self._bytes, self._lock = [[] for _ in range(parts)], 0, threading.Lock()
-
-    def _name(self, part: int, col: int) -> Path:
-        return self.folder / f'part{part:02d}_{col}.bin'
-
-    def add(self, *cols: np.ndarray):
-        "Keep rows given as `width` arrays of 64-bit words, the id's hash last."
-        cols = [np.asarray(c).view(np.uint64) for c in cols]
-        part = (cols[-1] % np.uint64(self.parts)).astype(np.uint8)
-        o = np.argsort(part, kind='stable')
-        cols = [np.take(c, o) for c in cols]
-        bounds = np.r_[0, np.cumsum(np.bincount(part, minlength=self.parts))]
-        with self._lock:
-            for i in np.flatnonzero(np.diff(bounds)):
-                self._mem[i].append([c[bounds[i] : bounds[i + 1]] for c in cols])
-            self.rows += len(part)
-            self._bytes += 8 * self.width * len(part)
-            if self._bytes > self.budget:
-                self._flush()
-
-    def _take(self, i: int) -> list[np.ndarray]:
-        "The rows of part `i` held in memory (as columns), released."
-        got, self._mem[i] = self._mem[i], []
-        return [np.concatenate(c) for c in zip(*got)] if got else [np.zeros(0, np.uint64)] * self.width
-
-    def _flush(self):
-        for i in range(self.parts):
-            for j, c in enumerate(self._take(i)):
-                with open(self._name(i, j), 'ab') as f:
-                    c.tofile(f)
-        self._bytes = 0
-
-# %% ../nbs/20_tally.ipynb #5c6d3b7f
-def among(x: np.ndarray, values: np.ndarray) -> np.ndarray:
-    "Whether each element of `x` is one of `values` (a binary search: cheaper than `np.isin` when `x` is large)."
-    v = np.unique(values)
-    if len(v) == 0:
-        return np.zeros(len(x), bool)
-    i = np.minimum(np.searchsorted(v, x), len(v) - 1)
-    return v[i] == x
-
-# %% ../nbs/20_tally.ipynb #4de44c9c
-def _part_counts(self, i: int, keys: np.ndarray | None, cells: np.ndarray | None) -> pl.DataFrame | None:
-    "Rows with an id and distinct ones per key, in part `i` (the rows on disk and in memory)."
-    disk = [np.fromfile(f, np.uint64) if (f := self._name(i, j)).exists() else None for j in range(self.width)]
-    cols = [np.concatenate([d, m]) if d is not None else m for d, m in zip(disk, self._take(i))]
-    low = cols[0] if self.width == 2 else cols[1]
-    key = (low & np.uint64((1 << (50 - 3 * self.res if self.width == 2 else 58)) - 1)).view(np.int64)
-    ok = among(key, keys) if keys is not None else np.ones(len(key), bool)
-    if cells is not None:
-        ok &= among(unpack_key(cols[0].view(np.int64), self.res)[0] if self.width == 2 else cols[0], cells)
-    if not ok.any():
-        return None
-    h = mix64(cols[0][ok], cols[-1][ok]) if self.width == 2 else mix64(mix64(*cols[:2]), cols[2])[ok]
-    return (
-        pl.DataFrame({'key': key[ok], 'h': h})
-        .group_by('key')
-        .agg(pl.len().alias('with_id'), pl.col('h').n_unique().alias('distinct'))
-    )
-
-
-def _spill_counts(self, keys: np.ndarray | None = None, cells: np.ndarray | None = None) -> pl.DataFrame:
-    """Per key (among rows whose key and cell are in `keys`/`cells`, None: all): rows with an id and distinct ones;
-    the parts are counted on as many threads as there are cores (numpy and polars release the GIL)."""
-    with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
-        out = [d for d in pool.map(lambda i: _part_counts(self, i, keys, cells), range(self.parts)) if d is not None]
-    if not out:
-        return pl.DataFrame(schema={'key': pl.Int64, 'with_id': pl.UInt32, 'distinct': pl.UInt32})
-    return pl.concat(out).group_by('key').agg(pl.col('with_id', 'distinct').sum())
-
-
-DuplicateSpill.counts = _spill_counts
-
-# %% ../nbs/20_tally.ipynb #e30ef465
-class TaxonBook:
-    """Counts of records per (taxonKey, key, reason), and the names of each taxon's first record, from batches of
-    records."""
-
-    COLS = ('taxonKey', 'key', 'reason', 'name', 'scientificName', 'taxonRank', 'class')
-
-    def __init__(self):
-        self.parts, self.names, self._known, self._lock = [], [], set(), threading.Lock()
-
-    def add(self, s: dict):
-        "Count one batch, given as a dict of the `COLS` series."
-        t = pl.DataFrame([s['taxonKey'].alias('taxonKey'), s['key'].alias('key'), s['reason'].alias('reason')])
-        counts = t.group_by('taxonKey', 'key', 'reason').agg(pl.len().alias('rows'))
-        with self._lock:
-            new = set(counts['taxonKey'].drop_nulls().to_list()) - self._known
-            if new:
-                self._known |= new
-                first = (
-                    t.with_row_index('_i')
-                    .filter(pl.col('taxonKey').is_in(list(new)))
-                    .unique('taxonKey', keep='first')['_i']
-                )
-                cols = ('taxonKey', 'name', 'scientificName', 'taxonRank', 'class')
-                self.names.append(pl.DataFrame([s[c].gather(first.sort()).alias(c) for c in cols]))
-            self.parts.append(counts)
-            if len(self.parts) >= 1024:
-                self.parts = [pl.concat(self.parts).group_by('taxonKey', 'key', 'reason').agg(pl.col('rows').sum())]
-
-    def frame(self) -> pl.DataFrame:
-        "taxonKey, key, reason, rows, name, scientificName, taxonRank, class."
-        counts = pl.concat(self.parts).group_by('taxonKey', 'key', 'reason').agg(pl.col('rows').sum())
-        return counts.join(
-            pl.concat(self.names).unique('taxonKey', keep='first'), on='taxonKey', how='left', nulls_equal=True
-        )
+def key_spill(folder, res: int, ids: bool = True) -> KeySpill:
+    "A `KeySpill` for the kept records at `res` (with their ids' hashes if `ids`)."
+    if res <= PACK_MAX_RES:
+        bits = min(13, 7 + 3 * res)
+        return KeySpill(folder, 1 + ids, 63 - bits, bits)
+    return KeySpill(folder, 2 + ids, 39, 13)
 
 # %% ../nbs/20_tally.ipynb #6a434ce0
 class OnePass:
-    """The batch function of `tally`: per batch of records (the `INPUTS` series), the packed (cell, week, key) of
-    kept records, -1 for the others (or, above `PACK_MAX_RES`, the cells), with the taxon book and the duplicate
-    spill fed on the side."""
+    """The batch function of `tally`: per batch of records (the `INPUTS` series), whether each is kept; the kept
+    records' packed (cell, week, key) go to the key spill (above `PACK_MAX_RES`: the cell and week << 58 | key),
+    with the id's hash if `ids` (its presence in the first word's top bit)."""
 
-    INPUTS = ('lat', 'lon', 'week', 'dup') + TaxonBook.COLS
+    INPUTS = ('lat', 'lon', 'week', 'key', 'reason', 'dup')
 
-    def __init__(self, res: int, book: TaxonBook, spill: DuplicateSpill | None = None):
-        self.res, self.mapper, self.book, self.spill = res, CellMapper(res), book, spill
+    def __init__(self, res: int, keys: KeySpill, ids: bool = True):
+        self.res, self.mapper, self.keys, self.ids = res, CellMapper(res), keys, ids
 
     def __call__(self, series: Sequence[pl.Series]) -> pl.Series:
         s = dict(zip(self.INPUTS, series))
         cell = self.mapper.cells(s['lat'].to_numpy(), s['lon'].to_numpy())
-        self.book.add(s)
         kept = s['reason'].is_null().to_numpy()
         week, key = s['week'].to_numpy(), s['key'].fill_null(0).to_numpy()
-        k = pack_key(cell, week, key, self.res) if self.res <= PACK_MAX_RES else None
-        if self.spill is not None:
-            m = kept & s['dup'].is_not_null().to_numpy()
-            d = s['dup'].fill_null(0).to_numpy()[m]
-            if k is not None:
-                self.spill.add(k[m], d)
-            else:
-                self.spill.add(cell[m], (week[m].astype(np.uint64) << np.uint64(58)) | key[m].astype(np.uint64), d)
-        if k is None:
-            return pl.Series('cell', cell)
-        return pl.Series('k', np.where(kept, k, -1))
+        if self.res <= PACK_MAX_RES:
+            words = [pack_key(cell, week, key, self.res).view(np.uint64)]
+        else:
+            words = [cell, (week.astype(np.uint64) << np.uint64(58)) | key.astype(np.uint64)]
+        if self.ids:
+            words[0] = words[0] | np.where(s['dup'].is_not_null().to_numpy(), ID_FLAG, np.uint64(0))
+            words.append(s['dup'].fill_null(0).to_numpy())
+        self.keys.add(*[w[kept] for w in words])
+        return pl.Series('kept', kept)
 
 # %% ../nbs/20_tally.ipynb #925fb63b
 @dataclass
 class Tallies:
     "What one pass over the records gives (see `tally`)."
 
-    triples: pl.DataFrame  # cell, week, key, rows (kept records)
+    keys: KeySpill  # the kept records' keys (see `OnePass`), to be read once
+    res: int
     taxa: pl.DataFrame  # taxonKey, key, reason, rows, name, scientificName, taxonRank, class
     vernacular: pl.DataFrame | None = None  # key, vernacularName, language, rows
-    spill: DuplicateSpill | None = None
+    ids: bool = True  # whether the keys carry ids (duplicates are dropped)
     h3_points: int = 0
     key_source: str = 'speciesKey'  # the column that keyed taxa (see `keys_for`)
 
 # %% ../nbs/20_tally.ipynb #e2c5ca52
+NAMES = ('name', 'scientificName', 'taxonRank', 'class')
+
+
 def _counts(rec: pl.LazyFrame, one: OnePass) -> pl.LazyFrame:
-    "The single aggregation of `tally`, through `one` (no filter before it: every record reaches the side books)."
-    packed = one.res <= PACK_MAX_RES
-    fn = pl.map_batches(list(OnePass.INPUTS), one, pl.Int64 if packed else pl.UInt64, is_elementwise=True)
-    if packed:
-        return rec.select(fn.alias('k')).group_by('k').agg(pl.len().alias('rows'))
-    kept = pl.col('reason').is_null()
-    keys = [pl.when(kept).then(pl.col(n)).alias(n) for n in ('cell', 'week', 'key')]
-    return rec.with_columns(fn.alias('cell')).group_by(*keys).agg(pl.len().alias('rows'))
+    """The single query of `tally`, through `one` (no filter before it: every record reaches it): per (taxonKey, key,
+    reason) the records, the kept ones, the first one's row and names."""
+    fn = pl.map_batches(list(OnePass.INPUTS), one, pl.Boolean, is_elementwise=True)
+    return (
+        rec.with_row_index('_i')
+        .with_columns(fn.alias('kept'))
+        .group_by('taxonKey', 'key', 'reason')
+        .agg(pl.len().alias('rows'), pl.col('kept').sum(), pl.col('_i').first(), pl.col(*NAMES).first())
+    )
+
+
+def _taxa(g: pl.DataFrame) -> pl.DataFrame:
+    "taxonKey, key, reason, rows and the names of each taxon's first record, from `_counts`' result."
+    first = g.sort('_i').unique('taxonKey', keep='first', maintain_order=True).select('taxonKey', *NAMES)
+    return g.select('taxonKey', 'key', 'reason', 'rows').join(first, on='taxonKey', how='left', nulls_equal=True)
 
 # %% ../nbs/20_tally.ipynb #9da32535
-def _triples(g: pl.DataFrame, res: int, taxa: pl.DataFrame) -> pl.DataFrame:
-    "The kept (cell, week, key, rows) from `_counts`' result."
-    if res > PACK_MAX_RES:
-        return g.drop_nulls('cell').select('cell', 'week', 'key', 'rows')
+def _check_keys(taxa: pl.DataFrame, res: int):
+    "Refuse kept taxon keys that do not fit the packed key at `res`."
     keys = taxa.filter(pl.col('reason').is_null())['key']
-    if len(keys) and (keys.min() < 0 or keys.max() >= 2 ** (50 - 3 * res)):
+    if res <= PACK_MAX_RES and len(keys) and (keys.min() < 0 or keys.max() >= 2 ** (50 - 3 * res)):
         raise GeoSDMDataError(
             f'taxon keys {keys.min()}..{keys.max()} do not fit the packed key at resolution {res} '
             f'(0 to 2^{50 - 3 * res})'
         )
-    g = g.filter(pl.col('k') >= 0)
-    cell, week, key = unpack_key(g['k'].to_numpy(), res)
-    return pl.DataFrame({'cell': cell, 'week': week, 'key': key, 'rows': g['rows']})
 
 # %% ../nbs/20_tally.ipynb #fab94cf2
 READ_AHEAD = {'POLARS_ROW_GROUP_PREFETCH_SIZE': '1', 'POLARS_CSV_CHUNK_PREFETCH_LIMIT': '1'}
@@ -445,10 +326,9 @@ def small_read_ahead():
 def tally(occ: Occurrences, f: Filters, res: int, workdir, max_rows: int = 0) -> Tallies:
     "Read the records once (streaming) and count what the output, the report and the manifest need."
     lf = occ.frame.head(max_rows) if max_rows else occ.frame
-    keys, book = keys_for(occ, f, lf), TaxonBook()
+    keys = keys_for(occ, f, lf)
     rec = records(lf, f, keys)
-    spill = DuplicateSpill(Path(workdir) / 'duplicates', res) if f.dedup != 'none' else None
-    one = OnePass(res, book, spill)
+    one = OnePass(res, key_spill(Path(workdir) / 'keys', res, f.dedup != 'none'), f.dedup != 'none')
     qs = [_counts(rec, one)]
     if occ.vernacular is not None:
         qs.append(
@@ -465,21 +345,7 @@ def tally(occ: Occurrences, f: Filters, res: int, workdir, max_rows: int = 0) ->
         raise GeoSDMDataError(
             f'{", ".join(occ.files)}: cannot read the records ({type(e).__name__}: {str(e).splitlines()[0]})'
         ) from e
-    taxa = (
-        book.frame()
-        if book.parts
-        else pl.DataFrame(
-            schema={
-                'taxonKey': pl.Int64,
-                'key': pl.Int64,
-                'reason': pl.UInt8,
-                'rows': pl.UInt32,
-                'name': pl.String,
-                'scientificName': pl.String,
-                'taxonRank': pl.String,
-                'class': pl.String,
-            }
-        )
-    )
+    taxa = _taxa(out[0])
+    _check_keys(taxa, res)
     vern = out[1] if len(out) > 1 else None
-    return Tallies(_triples(out[0], res, taxa), taxa, vern, spill, one.mapper.points, keys.source)
+    return Tallies(one.keys, res, taxa, vern, one.ids, one.mapper.points, keys.source)

@@ -33,8 +33,10 @@ FLOORS = {
     'simulate': 4,
     'propagation': 4,
     'data': 5,
+    'keyspill': 1,  # the kept records' keys, in order of their cells
     'tally': 3,
-    'ingest': 4,
+    'weeklists': 4,  # the kept records as lists, a few cells at a time
+    'ingest': 5,
     'config': 3,
     'names': 3,  # aliases, languages, always-plausible labels
     'calibrate': 4,  # thresholds learned on the validation cells

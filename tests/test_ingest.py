@@ -15,10 +15,11 @@ from conftest import WORLD_A, exit_code
 from geosdm.cli import ingest_main
 from geosdm.core import WEEK_COLS, GeoSDMDataError
 from geosdm.gbif import write_dwca
-from geosdm.ingest import CLUSTER_SQL, ingest, weekly_lists
+from geosdm.ingest import CLUSTER_SQL, ingest
 from geosdm.inputs import read_columns
 from geosdm.synthetic import synthetic_records
-from geosdm.tally import Filters, week_table
+from geosdm.tally import ID_FLAG, Filters, pack_key, week_table
+from geosdm.weeklists import count_triples, weekly_lists
 
 RES = 3
 A_LL = (52.1, 5.1)
@@ -457,3 +458,33 @@ def test_high_resolution_groups_without_packing(small, tmp_path):
     )
     assert h3.get_resolution(read_columns(tmp_path / 'r9.parquet')['h3_index'][0]) == 9
     assert hi.select('h3_index', *WEEK_COLS).to_dicts() == lo.sort('h3_index').select('h3_index', *WEEK_COLS).to_dicts()
+
+
+@pytest.mark.parametrize('res', [4, 9])
+def test_count_triples_is_a_group_by(res):
+    """The distinct (cell, week, key) of shuffled records with repeated ids, packed (res 4) and unpacked (res 9): the
+    records and the duplicates (records repeating an id of their triple) per triple, as a group-by counts them."""
+    rng, n = np.random.default_rng(res), 50_000
+    pool = np.array([h3.str_to_int(c) for c in h3.grid_disk(h3.latlng_to_cell(*A_LL, res), 6)], np.uint64)
+    cell, week, key = rng.choice(pool, n), rng.integers(1, 49, n), rng.integers(1, 40, n)
+    has, ids = rng.random(n) < 0.7, rng.integers(1, 6, n).astype(np.uint64)
+    flag = np.where(has, ID_FLAG, np.uint64(0))
+    if res <= 7:
+        cols = [pack_key(cell, week, key, res).view(np.uint64) | flag, ids]
+    else:
+        cols = [cell | flag, (week.astype(np.uint64) << np.uint64(58)) | key.astype(np.uint64), ids]
+    t = count_triples(cols, res, ids=True)
+    got = pl.DataFrame(
+        {'cell': t.cells[t.at], 'week': t.week.astype(np.int64), 'key': t.key, 'rows': t.rows, 'dups': t.dups}
+    )
+    rec = pl.DataFrame({'cell': cell, 'week': week, 'key': key, 'has': has, 'id': ids.astype(np.int64)})
+    want = (
+        rec.group_by('cell', 'week', 'key')
+        .agg(
+            pl.len().cast(pl.Int64).alias('rows'),
+            (pl.col('has').sum() - pl.col('id').filter(pl.col('has')).n_unique()).cast(pl.Int64).alias('dups'),
+        )
+        .sort('cell', 'week', 'key')
+    )
+    assert got.with_columns(pl.col('rows', 'dups').cast(pl.Int64)).equals(want)  # in order of cell, week, key
+    assert want['dups'].sum() > 0

@@ -104,3 +104,23 @@ def test_records_ingest_to_the_combined_parquet(world, tmp_path, source):
     dropped = {f['filter']: f['dropped'] for f in rep['filters']}
     assert all(dropped[k] > 0 for k in ('rank', 'absent', 'basis', 'coordinates', 'uncertainty', 'date', 'year'))
     assert dropped['duplicate'] > 0 and rep['rows_read'] == json.loads((world / 'world.json').read_text())['records']
+
+
+def test_ingest_compare_finds_a_changed_list(world, tmp_path):
+    "bench/ingest_compare.py: an ingest of the records is the same as the world; one species moved is found."
+    import ingest_compare
+
+    out = tmp_path / 'c.parquet'
+    ingest(world / 'records.parquet', out, grid=world / 'combined.parquet', taxonomy=world / 'combined_taxonomy.csv')
+    with pytest.raises(SystemExit) as e:
+        ingest_compare.main([str(out), '--world', str(world), '--other', str(out), '--out', str(tmp_path / 's.json')])
+    assert e.value.code == 0 and json.loads((tmp_path / 's.json').read_text())['same']
+    comb = pl.read_parquet(out)
+    cell = comb.filter(pl.col('week_10').list.len() > 0)['h3_index'][0]
+    moved = comb.with_columns(
+        pl.when(pl.col('h3_index') == cell).then(pl.col('week_10').list.slice(1)).otherwise('week_10').alias('week_10')
+    )
+    moved.write_parquet(out)
+    d = ingest_compare.compare_lists(out, world / 'combined.parquet')
+    assert list(d['weeks_differing']) == ['week_10'] and d['weeks_differing']['week_10']['cells'] == 1
+    assert d['labels_got'] == d['labels_want'] - 1
