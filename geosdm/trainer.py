@@ -158,11 +158,16 @@ class Trainer:
         self.env = torch.as_tensor(prep.env, dtype=torch.float32, device=d)
         self.label_weights = label_weights(prep, cfg, d)
         self.empty = EmptySplit(prep.train, d, cfg.empty_samples, self.model.env_head is not None)
-        self.steps_per_epoch = max(1, len(prep.train) // self.batch_size)
+        self.steps_per_epoch = max(1, self.epoch_rows // self.batch_size)
         self.step = self.epoch = self.best_epoch = 0  # optimiser steps taken, epochs completed
         self.best_geoscore = -math.inf
         self.history: dict[str, list] = {}
         self.ckpt_dir = Path(cfg.checkpoint_dir)
+
+    @property
+    def epoch_rows(self) -> int:
+        "The species rows of one epoch: the samples with records under env_only, else every training sample."
+        return len(self.empty.obs) if self.empty.active else len(self.prep.train)
 
     @property
     def split_empty(self) -> bool:
@@ -335,6 +340,7 @@ class Trainer:
         if ck.get('scaler_state_dict'):
             self.scaler.load_state_dict(ck['scaler_state_dict'])
         self.epoch, self.step = int(ck['epoch']), int(ck['step'])
+        self.steps_per_epoch = int(ck['scheduler_state_dict'].get('steps_per_epoch', self.steps_per_epoch))
         bg = ck.get('best_geoscore')
         self.best_geoscore = -math.inf if bg is None else float(bg)
         self.best_epoch = int(ck.get('best_epoch', 0))
@@ -425,6 +431,11 @@ def _start_from(tr: Trainer, ck: dict, src: Path, why: str | None):
         tr.load_state(ck, src)
         tr.keep_previous = why is None  # the unreadable latest is replaced, not kept as the previous one
         log.info(f'Resumed from {src}: {tr.epoch} epochs done, continuing to {cfg.num_epochs}.')
+        if 'epoch_definition' not in ck['scheduler_state_dict']:
+            log.info(
+                f'This run started when an epoch was a pass over every training sample, records or not; it keeps '
+                f'its {tr.steps_per_epoch:,} steps per epoch.'
+            )
     else:
         n = tr.load_weights(ck)
         log.info(
