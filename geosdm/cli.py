@@ -75,7 +75,9 @@ def _predict_parser() -> argparse.ArgumentParser:
     p.add_argument('--lon', type=float, required=True, help='Longitude in degrees, -180 to 180')
     p.add_argument('--week', type=int, default=0, help='Week 1-48, or 0 for the whole year (max over weeks)')
     p.add_argument('--top_k', type=int, default=100, help='At most this many species')
-    p.add_argument('--threshold', type=float, default=0.15, help='Minimum probability to list a species')
+    p.add_argument('--lists', choices=['species', 'global'], help='calibrated thresholds (default if any) or one')
+    p.add_argument('--threshold', type=float, help='The one threshold of --lists global (default: calibrated or 0.15)')
+    p.add_argument('--lang', help='Common names in this language of the taxonomy, e.g. de')
     p.add_argument('--device', default='auto', choices=['auto', 'cuda', 'cpu'])
     return p
 
@@ -90,6 +92,8 @@ def _check_place(p, a):
         p.error(f'--week {a.week}: must be 0 (whole year) or 1..{N_WEEKS}')
     if not Path(a.checkpoint).is_file():
         p.error(f'--checkpoint {a.checkpoint}: no such file')
+    if a.threshold is not None and (a.lists == 'species' or not 0 <= a.threshold <= 1):
+        p.error(f'--threshold {a.threshold}: one number in [0, 1], with --lists global (species: the calibrated ones)')
 
 # %% ../nbs/23_cli.ipynb #bb84f755
 def predict_main(argv: list[str] | None = None) -> int:
@@ -102,7 +106,8 @@ def predict_main(argv: list[str] | None = None) -> int:
         from geosdm.predict import Predictor  # after the arguments are checked
 
         pr = Predictor(a.checkpoint, device=a.device)
-        rows = pr.species_list(a.lat, a.lon, a.week, top_k=a.top_k, threshold=a.threshold)
+        mode = a.lists or ('global' if a.threshold is not None or pr.calibration is None else 'species')
+        rows = pr.species_list(a.lat, a.lon, a.week, top_k=a.top_k, threshold=a.threshold, mode=mode, lang=a.lang)
         far = float(pr.distance_km(a.lat, a.lon)[0])
         if far > pr.far_km:
             print(
@@ -110,7 +115,9 @@ def predict_main(argv: list[str] | None = None) -> int:
                 f'trained on (more than {pr.far_km:,.0f} km): these probabilities are an extrapolation',
                 file=sys.stderr,
             )
-        print(f'{len(rows)} species with p ≥ {a.threshold} at ({a.lat:.4f}, {a.lon:.4f}), {week_label(a.week)}:')
+        t = pr.thresholds([a.lat], [a.lon], mode, a.threshold)[0]
+        how = f'p ≥ {t[0]:.3g}' if mode == 'global' else "p ≥ the species' calibrated threshold"
+        print(f'{len(rows)} species with {how} at ({a.lat:.4f}, {a.lon:.4f}), {week_label(a.week)}:')
         w = max([len(r[2]) for r in rows] + [11])
         for rank, (code, sci, com, prob) in enumerate(rows, 1):
             print(f'{rank:4d}  {prob:6.3f}  {com:<{w}}  {sci}  ({code})')
@@ -222,6 +229,8 @@ def _export_parser() -> argparse.ArgumentParser:
     p.add_argument('--name', default='geomodel', help='File name stem: geomodel.onnx, geomodel_fp16.onnx, ...')
     p.add_argument('--exporter', default='torchscript', choices=['torchscript', 'dynamo'], help='torch ONNX exporter')
     p.add_argument('--tflite_batch', type=int, default=1, help='The fixed batch size of a TFLite model')
+    p.add_argument('--layout', default='geosdm', choices=['geosdm', 'birdnet'], help='birdnet: input (batch, 3)')
+    p.add_argument('--always', help='CSV of labels never rejected (codes or names), stored with the model')
     return p
 
 # %% ../nbs/23_cli.ipynb #0fcc14bd
@@ -247,14 +256,22 @@ def export_main(argv: list[str] | None = None) -> int:
         p.error('give --species or --common_species, not both')
     if a.common_species < 0 or a.tflite_batch < 1:
         p.error('--common_species must be >= 0 and --tflite_batch >= 1')
+    if a.layout == 'birdnet' and (a.common_species or set(a.formats) - {'onnx', 'onnx_fp16'}):
+        p.error('--layout birdnet: formats onnx and onnx_fp16, species by --species')
+    if a.always is not None and not Path(a.always).is_file():
+        p.error(f'--always {a.always}: no such file')
 
     def body():
         try:
             from geosdm.export import export_model  # after the arguments are checked
         except ImportError as e:
             raise GeoSDMError(f'exporting needs {e.name}: pip install "geosdm[export]"') from None
+        if a.layout == 'birdnet':
+            from geosdm.birdnet import birdnet_formats
+
+            return print(birdnet_formats(a.checkpoint, a.outdir, a.formats, a.species, a.always, a.name))
         rows = export_model(
-            a.checkpoint, a.outdir, a.formats, a.species, a.common_species, a.name, a.exporter, a.tflite_batch
+            a.checkpoint, a.outdir, a.formats, a.species, a.common_species, a.name, a.exporter, a.tflite_batch, a.always
         )
         for r in rows:
             print(_export_line(r))
@@ -417,6 +434,7 @@ def _ingest_parser() -> argparse.ArgumentParser:
         default=None,
         help='Taxonomy CSV mapping scientific names to species codes (default: GBIF keys as codes)',
     )
+    p.add_argument('--aliases', help='Alias table alias,species_code (default: <taxonomy stem>_aliases.csv if there)')
     p.add_argument(
         '--drop_unmatched', action='store_true', help='Drop species the taxonomy lacks (default: keep their GBIF key)'
     )
@@ -436,7 +454,7 @@ def _check_ingest(p, a):
     "Argument errors before anything heavy is loaded (exit 2 via argparse)."
     if '*' not in a.input and not Path(a.input).exists():
         p.error(f'{a.input}: no such file or folder')
-    for flag, v in (('--grid', a.grid), ('--taxonomy', a.taxonomy)):
+    for flag, v in (('--grid', a.grid), ('--taxonomy', a.taxonomy), ('--aliases', a.aliases)):
         if v and not Path(v).is_file():
             p.error(f'{flag} {v}: no such file')
     if a.resolution is None and not a.grid:
@@ -491,6 +509,7 @@ def ingest_main(argv: list[str] | None = None) -> int:
                 grid=a.grid,
                 outside_grid=a.outside_grid,
                 taxonomy=a.taxonomy,
+                aliases=a.aliases,
                 drop_unmatched=a.drop_unmatched,
                 filters=f,
                 geometry=a.geometry,

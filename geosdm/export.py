@@ -15,7 +15,6 @@ from typing import NamedTuple
 import numpy as np
 import onnx
 import torch
-import torch.nn as nn
 from onnx import helper, numpy_helper
 
 try:  # the optional `tflite` extra (litert-torch; no TensorFlow)
@@ -25,6 +24,8 @@ except ImportError:
     litert_torch = Interpreter = None
 
 from . import __version__
+from .birdnet import WEEK_ZERO, YearProbabilities, export_extras
+from .calibrate import calibration_dict
 from .config import OPTIONS
 from geosdm.core import (
     N_WEEKS,
@@ -40,6 +41,7 @@ from .data import flatten_lists
 from .geo import HOLDOUT_REGIONS
 from .inputs import load_combined
 from .model import GeoModel, create_model
+from .names import labels_text, names_from, read_label_list
 from .predict import EXPORT_FORMAT, EXPORT_FORMAT_VERSION, Predictor, metadata_path, onnx_proba, onnx_session
 
 # %% auto #0
@@ -49,17 +51,9 @@ __all__ = ['INT8_MIN_SIZE', 'WEEK_CONVENTION', 'PREDICTION_GROUPS', 'P_FLOOR', '
            'max_abs_diff', 'write_tflite', 'tflite_proba', 'Format', 'export_model']
 
 # %% ../nbs/18_export.ipynb #2d7c6187
-class ProbabilityModel(nn.Module):
-    "`(lat, lon, week)` float vectors → (n, S) species probabilities; the module that is exported."
-
-    def __init__(self, model: GeoModel):
-        super().__init__()
-        self.model = model
-        self.eval()
-
-    def forward(self, lat: torch.Tensor, lon: torch.Tensor, week: torch.Tensor) -> torch.Tensor:
-        out = self.model(lat.float(), lon.float(), torch.round(week.float()))
-        return torch.sigmoid(out.species.dense().float())
+class ProbabilityModel(YearProbabilities):
+    """`(lat, lon, week)` float vectors → (n, S) species probabilities, week 0 the maximum over weeks 1..48 (see
+    `geosdm.birdnet.YearProbabilities`); the module that is exported."""
 
 # %% ../nbs/18_export.ipynb #c071e16d
 _SPECIES_ROWS = ('species_head.out.3.', 'habitat_head.out.3.', 'gate.')
@@ -226,12 +220,7 @@ def write_onnx(
     return atomic_write(path, g.SerializeToString())
 
 # %% ../nbs/18_export.ipynb #681651a6
-WEEK_CONVENTION = (
-    f'week 1..{N_WEEKS}: four weeks per month (days 1-7, 8-14, 15-21, 22-end); week 0: the model\'s '
-    f'own yearly output, trained on each place\'s species of the whole year. geosdm_predict\'s whole-year '
-    f'value is instead the maximum over weeks 1..{N_WEEKS}: run the 48 weeks and take the maximum. '
-    'Weeks are rounded to integers.'
-)
+WEEK_CONVENTION = WEEK_ZERO  # week 0: the maximum over weeks 1..48, inside the graph
 
 # %% ../nbs/18_export.ipynb #760f146e
 PREDICTION_GROUPS = ('Model', 'Training', 'Learning Rate Schedule', 'Early Stopping', 'Data Split', 'Region Hold-Out')
@@ -253,9 +242,13 @@ def prediction_options(cfg) -> dict:
     return {k: d[k] for k, o in opts.items() if o.group in PREDICTION_GROUPS and o.file is None and _plain(o, d[k])}
 
 # %% ../nbs/18_export.ipynb #c6570f59
-def export_metadata(pred: Predictor, idx, dtype: str, how: str) -> dict:
-    "The metadata JSON of an exported model with the species `idx` (None = all) and weights stored as `dtype`."
+def export_metadata(pred: Predictor, idx, dtype: str, how: str, always=None) -> dict:
+    """The metadata JSON of an exported model with the species `idx` (None = all) and weights stored as `dtype`;
+    `always`: labels never rejected, stored with the model."""
     idx = np.arange(pred.n_species) if idx is None else np.asarray(idx)
+    names = {'species_vocab': {'codes': pred.vocab, 'sci_names': pred.sci_names, 'common_names': pred.common_names}}
+    names['names'] = pred.names.as_dict()
+    names['calibration'] = calibration_dict(pred.calibration) if pred.calibration is not None else None
     pick = lambda xs: [xs[i] for i in idx]
     return {
         'format': EXPORT_FORMAT,
@@ -284,6 +277,7 @@ def export_metadata(pred: Predictor, idx, dtype: str, how: str) -> dict:
         'epoch': pred.epoch,
         'data': dict(pred.data_identity),
         'source': {'sha256': file_digest(pred.path)},
+        **export_extras(names, idx, always),  # names, languages, always-plausible labels, thresholds, week 0
     }
 
 # %% ../nbs/18_export.ipynb #c4ee9fcb
@@ -328,7 +322,7 @@ def prob_errors(p, ref, k: int = 10) -> dict:
 
 # %% ../nbs/18_export.ipynb #2d34579d
 def exported_proba(path, lat, lon, week, tflite: bool | None = None) -> np.ndarray:
-    "Probabilities (n, S) of an exported model file (week 0: its yearly output), whatever the file's name."
+    "Probabilities (n, S) of an exported model file (week 0: the graph's own, the 48-week maximum), whatever its name."
     if Path(path).suffix == '.tflite' if tflite is None else tflite:
         return tflite_proba(path, lat, lon, np.rint(week))
     return onnx_proba(onnx_session(path, 'cpu'), lat, lon, week, yearly='model')
@@ -337,7 +331,7 @@ def exported_proba(path, lat, lon, week, tflite: bool | None = None) -> np.ndarr
 def compare(model_path, pred: Predictor, idx=None, inputs=None, tflite: bool | None = None) -> dict:
     "`prob_errors` of an exported model against `pred`'s torch model on `inputs` (default `check_inputs()`)."
     lat, lon, week = check_inputs() if inputs is None else inputs
-    ref = pred.predict(lat, lon, week, yearly='model')
+    ref = pred.predict(lat, lon, week, yearly='max')  # the exported graph computes the 48-week maximum
     return prob_errors(exported_proba(model_path, lat, lon, week, tflite), ref if idx is None else ref[:, idx])
 
 
@@ -358,7 +352,7 @@ def write_tflite(model: GeoModel, path, batch: int = 1) -> Path:
 
 # %% ../nbs/18_export.ipynb #339c80e7
 def tflite_proba(path, lat, lon, week) -> np.ndarray:
-    "Probabilities (n, S) of a TFLite export (week 0 = the model's yearly output), in chunks of its fixed batch."
+    "Probabilities (n, S) of a TFLite export (week 0 = the 48-week maximum), in chunks of its fixed batch."
     if Interpreter is None:
         raise GeoSDMError('running a TFLite model needs ai-edge-litert: pip install "geosdm[tflite]"')
     run = Interpreter(str(path)).get_signature_runner()
@@ -398,29 +392,34 @@ def _failures(r: dict, f: Format) -> list[str]:
     return out
 
 
-def _targets(outdir: Path, name: str, fmt: str) -> dict[str, Path]:
-    "The files of one format: the model, its metadata and its labels."
+def _targets(outdir: Path, name: str, fmt: str, langs=()) -> dict[str, Path]:
+    "The files of one format: the model, its metadata and its labels (and per language `labels_<lang>`)."
     end = FORMATS[fmt].ending
     model = outdir / f'{name}{end}'
+    stem = f'{name}{end.rsplit(".", 1)[0]}'
     return {
         'path': model,
         'metadata': metadata_path(model),
-        'labels': outdir / f'{name}{end.rsplit(".", 1)[0]}_labels.txt',
+        'labels': outdir / f'{stem}_labels.txt',
+        **{f'labels_{k}': outdir / f'{stem}_labels_{k}.txt' for k in langs},
     }
 
 # %% ../nbs/18_export.ipynb #a58d9cf3
-def _export_one(pred, model, idx, how, fmt, files, tmp, exporter, tflite_batch=1) -> dict:
+def _export_one(pred, model, idx, how, fmt, files, tmp, exporter, tflite_batch=1, always=None) -> dict:
     "Write one format's files to the temporary paths `tmp` (of the targets `files`) and check the model."
     f = FORMATS[fmt]
     if fmt == 'tflite':
         write_tflite(model, tmp['path'], tflite_batch)
     else:
         write_onnx(model, tmp['path'], f.weights == 'float16', exporter, int8=f.weights == 'int8')
-    meta = export_metadata(pred, idx, f.weights, how)
+    meta = export_metadata(pred, idx, f.weights, how, always)
     if fmt == 'tflite':
         meta['inputs'] = {k: v.replace('[n]', f'[{tflite_batch}]') for k, v in meta['inputs'].items()}
     write_json(tmp['metadata'], meta)
     write_labels_file(tmp['labels'], meta)
+    names = names_from(meta)
+    for lang in names.languages:  # the common names in each language of the taxonomy
+        Path(tmp[f'labels_{lang}']).write_text(labels_text(names, lang))
     r = {'format': fmt, **{k: str(p) for k, p in files.items()}, 'bytes': tmp['path'].stat().st_size}
     r |= {'n_species': meta['n_species'], **compare(tmp['path'], pred, idx, tflite=fmt == 'tflite')}
     r |= {'limits': {'max_abs_diff': f.max_abs, 'max_rel_diff': f.max_rel, 'top10_overlap': f.min_top10}}
@@ -438,8 +437,11 @@ def export_model(
     name: str = 'geomodel',
     exporter: str = 'torchscript',
     tflite_batch: int = 1,
+    always=None,
 ) -> list[dict]:
-    "Export a checkpoint to `formats` in `outdir` with labels and metadata, each checked against torch; all or none."
+    """Export a checkpoint to `formats` in `outdir` with labels and metadata, each checked against torch; all or none.
+    `always`: labels (codes or names) never rejected, stored with the model: a list, or a CSV file of them."""
+    always = read_label_list(always) if isinstance(always, (str, Path)) else always
     formats = list(dict.fromkeys(formats))
     bad = [f for f in formats if f not in FORMATS]
     if bad:
@@ -447,13 +449,15 @@ def export_model(
     if 'tflite' in formats and litert_torch is None:
         raise GeoSDMError('the tflite format needs litert-torch: pip install "geosdm[tflite]"')
     with OutputSet(inputs=[checkpoint]) as out:
-        files = {f: _targets(Path(outdir), name, f) for f in formats}
-        tmp = {f: {k: out.path(p) for k, p in fs.items()} for f, fs in files.items()}  # refuses the checkpoint
         pred = Predictor(checkpoint, device='cpu')
+        files = {f: _targets(Path(outdir), name, f, sorted(pred.names.languages)) for f in formats}
+        tmp = {f: {k: out.path(p) for k, p in fs.items()} for f, fs in files.items()}  # refuses the checkpoint
         idx = choose_species(pred, species, common_species)
         how = 'all' if idx is None else (f'{common_species} most observed' if common_species else 'named')
         model = pred.model if idx is None else cut_species(pred.model, idx)
-        rows = [_export_one(pred, model, idx, how, f, files[f], tmp[f], exporter, tflite_batch) for f in formats]
+        rows = [
+            _export_one(pred, model, idx, how, f, files[f], tmp[f], exporter, tflite_batch, always) for f in formats
+        ]
         failed = [f"{r['format']} ({', '.join(r['failed'])})" for r in rows if not r['ok']]
         if failed:
             raise GeoSDMError(f'exported model(s) differ from the checkpoint: {"; ".join(failed)}; no file was written')

@@ -34,11 +34,13 @@ from geosdm.core import (
 from .gbif import Occurrences, open_occurrences
 from .geo import cell_wkb, geoparquet_metadata
 from .inputs import TAX_COLUMNS, read_grid, taxonomy_frame, unique_rows
+from .names import add_aliases, find_aliases, read_aliases, with_languages, write_aliases
 from .tally import REASONS, Filters, Tallies, tally
 
 # %% auto #0
 __all__ = ['MANIFEST_COLS', 'CLUSTER_SQL', 'read_name_codes', 'best_vernacular', 'species_codes', 'manifest', 'weekly_lists',
-           'attach_grid', 'write_combined', 'funnel', 'Kept', 'output_paths', 'refuse_overwrite', 'ingest']
+           'attach_grid', 'write_combined', 'funnel', 'Kept', 'output_paths', 'refuse_overwrite', 'match_table',
+           'ingest']
 
 # %% ../nbs/21_ingest.ipynb #180419ba
 def read_name_codes(path) -> pl.DataFrame:
@@ -311,6 +313,7 @@ def output_paths(output) -> dict[str, Path]:
         'taxonomy': p.with_name(f'{p.stem}_taxonomy.csv'),
         'manifest': p.with_name(f'{p.stem}_manifest.csv'),
         'report': p.with_name(f'{p.stem}_report.json'),
+        'aliases': p.with_name(f'{p.stem}_aliases.csv'),
     }
 
 # %% ../nbs/21_ingest.ipynb #0b7f7e00
@@ -322,11 +325,13 @@ def _same(a: Path, b: Path) -> bool:
         return False
 
 
-def refuse_overwrite(paths: dict, source, grid=None, taxonomy=None):
+def refuse_overwrite(paths: dict, source, grid=None, taxonomy=None, aliases=None):
     "Raise if an output would overwrite an input or land inside an input folder, or if a folder is in its way."
     src = Path(source)
     inputs = [('the input', Path(f)) for f in glob.glob(str(source))] if '*' in str(source) else [('the input', src)]
-    inputs += [(f'the {flag} file', Path(v)) for flag, v in (('--grid', grid), ('--taxonomy', taxonomy)) if v]
+    inputs += [
+        (f'the {k} file', Path(v)) for k, v in (('--grid', grid), ('--taxonomy', taxonomy), ('--aliases', aliases)) if v
+    ]
     for out in paths.values():
         if '*' in str(source) and fnmatch.fnmatch(str(out.resolve()), str(Path(source).resolve())):
             raise GeoSDMDataError(f'--output: {out} matches the input pattern {source}; a later run would read it')
@@ -353,6 +358,15 @@ def _check_not_empty(n_read: int, dropped: dict, source):
         '(--allow_empty writes the empty result)'
     )
 
+# %% ../nbs/21_ingest.ipynb #5402464d
+def match_table(taxonomy=None, aliases=None) -> tuple[pl.DataFrame | None, dict, Path | None]:
+    """The names records are matched by (a taxonomy CSV, plus the aliases that name one of its codes: records under a
+    synonym join their species), the alias table and its file (`aliases`, default `<taxonomy stem>_aliases.csv`)."""
+    names = read_name_codes(taxonomy) if taxonomy else None
+    aliases = aliases or (find_aliases(taxonomy) if taxonomy else None)
+    alias_map = read_aliases(aliases) if aliases else {}
+    return (add_aliases(names, alias_map) if names is not None and alias_map else names), alias_map, aliases
+
 # %% ../nbs/21_ingest.ipynb #0fa4c356
 def ingest(
     source,
@@ -362,6 +376,7 @@ def ingest(
     grid=None,
     outside_grid: str = 'drop',
     taxonomy=None,
+    aliases=None,
     drop_unmatched: bool = False,
     filters: Filters | None = None,
     geometry: bool = False,
@@ -372,7 +387,8 @@ def ingest(
     """Turn GBIF occurrences at `source` into the combined parquet `output` (+ taxonomy, manifest, report); returns
     the report."""
     t0, f, paths = time.perf_counter(), filters or Filters(), output_paths(output)
-    refuse_overwrite(paths, source, grid, taxonomy)
+    names, alias_map, aliases = match_table(taxonomy, aliases)
+    refuse_overwrite(paths, source, grid, taxonomy, aliases)
     if outside_grid not in ('drop', 'keep'):
         raise GeoSDMDataError(f'outside_grid {outside_grid!r}: choose drop or keep')
     g, res = read_grid(grid, resolution) if grid else (None, resolution)
@@ -380,7 +396,6 @@ def ingest(
         raise GeoSDMDataError('give an H3 resolution (--resolution) or an environment grid (--grid)')
     if not 0 <= int(res) <= 15:
         raise GeoSDMDataError(f'--resolution {res}: H3 resolutions are 0 to 15')
-    names = read_name_codes(taxonomy) if taxonomy else None
     secs = {}
     with tempfile.TemporaryDirectory(prefix='geosdm_ingest_', dir=workdir) as wd:
         occ = open_occurrences(source, wd)
@@ -393,9 +408,11 @@ def ingest(
     secs['assemble'] = time.perf_counter() - t0 - secs['open'] - secs['scan']
     opts = dict(grid=grid, outside_grid=outside_grid, taxonomy=taxonomy, drop_unmatched=drop_unmatched)
     opts |= dict(geometry=geometry, max_rows=max_rows, allow_empty=allow_empty)
-    with OutputSet([i for i in (source, grid, taxonomy) if i and '*' not in str(i)]) as out:
+    with OutputSet([i for i in (source, grid, taxonomy, aliases) if i and '*' not in str(i)]) as out:
         write_combined(k.frame, out.path(paths['parquet']), geometry)
-        _write_csv(k.species, out.path(paths['taxonomy']))
+        _write_csv(with_languages(k.species, taxonomy) if taxonomy else k.species, out.path(paths['taxonomy']))
+        if alias_map:  # for training, beside the data
+            write_aliases(alias_map, k.species['species_code'].to_list(), out.path(paths['aliases']))
         _write_csv(k.manifest, out.path(paths['manifest']))
         secs['write'] = time.perf_counter() - t0 - sum(secs.values())
         secs['total'] = time.perf_counter() - t0

@@ -20,10 +20,12 @@ try:
 except ImportError:
     ort = None
 
+from .calibrate import calibration_from
 from .checkpoint import checkpoint_config, load_checkpoint
 from .core import N_WEEKS, CheckpointError, ConfigError
 from .geo import EARTH_RADIUS_KM, cell_centres, unit_xyz
 from .model import create_model, flat_inputs, predict_proba, resolve_device, weekly_or_yearly
+from .names import names_from
 
 # %% auto #0
 __all__ = ['EXPORT_FORMAT', 'EXPORT_FORMAT_VERSION', 'metadata_path', 'onnx_session', 'read_export_metadata', 'onnx_proba',
@@ -90,6 +92,8 @@ def read_export_metadata(model_path) -> dict:
 
 # %% ../nbs/15_predict.ipynb #e2ede4ec
 def _onnx_rows(session, lat, lon, week) -> np.ndarray:
+    if session.get_inputs()[0].name == 'input':  # the BirdNET layout: one (n, 3) input
+        return session.run(None, {'input': np.stack([lat, lon, week], 1).astype(np.float32)})[0]
     return session.run(
         None, {'lat': np.ascontiguousarray(lat), 'lon': np.ascontiguousarray(lon), 'week': np.ascontiguousarray(week)}
     )[0].astype(np.float32, copy=False)
@@ -121,6 +125,8 @@ class Predictor:
         self.coverage = list((meta.get('coverage') or {}).get('cells') or [])  # training cells (H3 ids)
         self._tree = None
         self._index = {c: i for i, c in enumerate(self.vocab)}
+        self.names = names_from(meta)  # aliases, common names per language, always-plausible labels
+        self.calibration = calibration_from(meta.get('calibration'))  # list thresholds (None: not calibrated)
 
     def _load_checkpoint(self, device) -> dict:
         self.device = resolve_device(device)
@@ -136,7 +142,8 @@ class Predictor:
         self.session, self.device = onnx_session(self.path, device), 'onnxruntime'
         ins, outs = [i.name for i in self.session.get_inputs()], self.session.get_outputs()
         n, width = len(meta['species_vocab']['codes']), ((outs[0].shape or [None])[-1] if len(outs) == 1 else None)
-        if sorted(ins) != ['lat', 'lon', 'week'] or len(outs) != 1 or (isinstance(width, int) and width != n):
+        layout = ['input'] if meta.get('layout') == 'birdnet' else ['lat', 'lon', 'week']  # BirdNET: one (n, 3) input
+        if sorted(ins) != layout or len(outs) != 1 or (isinstance(width, int) and width != n):
             raise CheckpointError(
                 f'{self.path}: does not fit its metadata {metadata_path(self.path).name} '
                 f'(inputs {", ".join(ins)}; {width} outputs for {n} species)'
@@ -151,11 +158,9 @@ class Predictor:
         "Vocabulary index of a species code, scientific or common name (case-insensitive)."
         if species in self._index:
             return self._index[species]
-        s = str(species).casefold()
-        for names in (self.vocab, self.sci_names, self.common_names):
-            for i, n in enumerate(names):
-                if str(n).casefold() == s:
-                    return i
+        rows = self.names.lookup(species)  # scientific name, alias, code, common name in any language
+        if rows:
+            return rows[0]
         raise KeyError(f'species {species!r} is not in the model vocabulary ({self.n_species} species)')
 
     def predict(self, lat, lon, week, yearly: str = 'max') -> np.ndarray:
@@ -194,12 +199,40 @@ class Predictor:
         chord, _ = self._tree.query(unit_xyz(lat, lon))
         return 2 * EARTH_RADIUS_KM * np.arcsin(np.minimum(chord / 2, 1.0))
 
-    def species_list(self, lat: float, lon: float, week: int, top_k: int = 100, threshold: float = 0.15):
-        "Ranked [(code, scientific name, common name, probability)] with p ≥ threshold, at most top_k."
+    def thresholds(self, lat, lon, mode: str | None = None, threshold: float | None = None) -> np.ndarray:
+        """Thresholds (n, n_species) of the lists at places (lat, lon). mode 'species': the calibrated ones;
+        'global': `threshold` (default: the calibrated global threshold, or 0.15); None: 'species' if calibrated."""
+        mode = mode or ('species' if self.calibration is not None and threshold is None else 'global')
+        n = len(np.atleast_1d(lat))
+        if mode == 'global':
+            t = threshold if threshold is not None else getattr(self.calibration, 'global_threshold', 0.15)
+            return np.full((n, self.n_species), t, np.float32)
+        if mode != 'species':
+            raise ValueError(f"mode must be 'species' or 'global', got {mode!r}")
+        if self.calibration is None:
+            raise ConfigError(f'{self.path}: this model has no calibrated thresholds (use the global mode)')
+        if threshold is not None:
+            raise ConfigError("a threshold is given with mode 'species': give one or the other")
+        return self.calibration.thresholds(lat, lon)
+
+    def species_list(
+        self, lat: float, lon: float, week: int, top_k: int = 100, threshold: float | None = None,
+        mode: str | None = None, lang: str | None = None,
+    ):  # fmt: skip
+        """Ranked [(code, scientific name, common name, probability)]: the species at or above their threshold (see
+        `thresholds`), at most top_k, plus the always-plausible ones; common names in `lang` if the model has it."""
         p = self.predict([lat], [lon], [week])[0]
+        t = self.thresholds([lat], [lon], mode, threshold)[0]
         order = np.argsort(-p, kind='stable')
-        order = order[p[order] >= threshold][:top_k]
-        return [(self.vocab[i], self.sci_names[i], self.common_names[i], float(p[i])) for i in order]
+        keep = set(order[p[order] >= t[order]][:top_k].tolist()) | {
+            r for a in self.names.always for r in self.names.lookup(a)
+        }
+        common = self.common_names
+        if lang is not None:
+            if lang not in self.names.languages:
+                raise ConfigError(f'no common names in {lang!r}; this model has {sorted(self.names.languages)}')
+            common = [x or d for x, d in zip(self.names.languages[lang], self.common_names)]
+        return [(self.vocab[i], self.sci_names[i], common[i], float(p[i])) for i in order if i in keep]
 
 # %% ../nbs/15_predict.ipynb #c06dea0a
 def parse_location(text: str) -> tuple[float, float]:

@@ -44,7 +44,9 @@ def test_explorer_runs(checkpoint, monkeypatch):
     lat, lon = d['location']
     p = pred.predict([lat], [lon], [0], yearly='model')[0]
     t = d['species_table']
-    assert t['code'].to_list() == [pred.vocab[i] for i in np.argsort(-p, kind='stable') if p[i] >= 0.1][:50]
+    thr = pred.thresholds([lat], [lon])[0]  # the calibrated thresholds: the model has them, and they are the default
+    assert pred.calibration is not None and d['list_mode'].value == 'species'
+    assert t['code'].to_list() == [pred.vocab[i] for i in np.argsort(-p, kind='stable') if p[i] >= thr[i]][:50]
     assert len(t) > 0 and np.all(np.diff(t['probability'].to_numpy()) <= 0)
     # the map before any move: the whole model, at its own cells (the tiny model has a few hundred)
     drawn = d['drawn']

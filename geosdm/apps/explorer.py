@@ -15,6 +15,7 @@ def _():
     from geosdm import demo, zoom, zoommap
     from geosdm.core import N_WEEKS, week_label
     from geosdm.predict import Predictor, parse_location
+
     return N_WEEKS, Predictor, alt, demo, mo, np, parse_location, pl, week_label, zoom, zoommap
 
 
@@ -65,18 +66,24 @@ def _(N_WEEKS, demo, mo, np, overview, overview_latlng, pred, yearly):
         full_width=True,
     )
     list_threshold = mo.ui.slider(0.0, 0.9, step=0.01, value=0.1, label="List threshold", show_value=True)
-    return list_threshold, location_input, species_dropdown, week_slider
+    _modes = {"calibrated per species": "species", "one threshold (slider)": "global"}
+    list_mode = mo.ui.dropdown(  # a model trained by geosdm carries thresholds learned on its validation cells
+        options=_modes if pred.calibration is not None else {"one threshold (slider)": "global"},
+        value="calibrated per species" if pred.calibration is not None else "one threshold (slider)",
+        label="Lists",
+    )
+    return list_mode, list_threshold, location_input, species_dropdown, week_slider
 
 
 @app.cell
-def _(checkpoint_input, list_threshold, location_input, mo, model_note, species_dropdown, week_slider):
+def _(checkpoint_input, list_mode, list_threshold, location_input, mo, model_note, species_dropdown, week_slider):
     mo.vstack(
         [
             mo.md("# geosdm map explorer"),
             checkpoint_input,
             model_note,
             mo.hstack([species_dropdown, week_slider], widths=[2, 1]),
-            mo.hstack([location_input, list_threshold], widths=[2, 1]),
+            mo.hstack([location_input, list_mode, list_threshold], widths=[2, 1, 1]),
         ]
     )
     return
@@ -112,7 +119,7 @@ def _(grid, map_view, pred, species_index, species_map, value_cache, week, yearl
 
 
 @app.cell
-def _(list_threshold, location_input, mo, np, parse_location, pl, pred, week, week_label, yearly):
+def _(list_mode, list_threshold, location_input, mo, np, parse_location, pl, pred, week, week_label, yearly):
     try:
         location = parse_location(location_input.value)
         location_error = None
@@ -123,7 +130,11 @@ def _(list_threshold, location_input, mo, np, parse_location, pl, pred, week, we
     else:
         _p = pred.predict([location[0]], [location[1]], [week], yearly=yearly)[0]  # the year as on the map
         _order = np.argsort(-_p, kind="stable")
-        _order = _order[_p[_order] >= float(list_threshold.value)][:50]
+        _global = list_mode.value == "global"
+        _t = pred.thresholds(
+            [location[0]], [location[1]], list_mode.value, float(list_threshold.value) if _global else None
+        )
+        _order = _order[_p[_order] >= _t[0][_order]][:50]
         species_table = pl.DataFrame(
             {
                 "rank": list(range(1, len(_order) + 1)),
@@ -140,7 +151,8 @@ def _(list_threshold, location_input, mo, np, parse_location, pl, pred, week, we
         else mo.vstack(
             [
                 mo.md(
-                    f"**{len(species_table)} species** with p ≥ {list_threshold.value:.2f} at "
+                    f"**{len(species_table)} species** with p ≥ "
+                    f"{f'{list_threshold.value:.2f}' if list_mode.value == 'global' else 'their calibrated thresholds'} at "
                     f"({location[0]:.3f}, {location[1]:.3f}), {week_label(week)}"
                 ),
                 mo.ui.table(
@@ -162,7 +174,9 @@ def _(N_WEEKS, alt, location, np, pl, pred, species_index, species_table):
         phenology_chart = alt.Chart(pl.DataFrame({"week": [], "probability": []})).mark_line()
     else:
         _ph = pred.phenology(location[0], location[1])
-        _idx = [species_index] + [pred.index(c) for c in species_table["code"].to_list()[:5] if pred.index(c) != species_index]
+        _idx = [species_index] + [
+            pred.index(c) for c in species_table["code"].to_list()[:5] if pred.index(c) != species_index
+        ]
         _df = pl.DataFrame(
             {
                 "week": np.tile(np.arange(1, N_WEEKS + 1), len(_idx)),
