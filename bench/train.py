@@ -70,6 +70,9 @@ def prepare_split() -> tuple[Path, Path]:
     return dst, WORLD / 'combined_taxonomy.csv'
 
 
+LIST_P = 0.15  # the probability a species list starts at, for list_f1
+
+
 def truth_scores(predictor, world: Path = WORLD) -> dict:
     "truth_mAP (overall and per effort stratum) and range_mAP of `predictor` on world_a's test cells (in `world`)."
     import polars as pl
@@ -118,6 +121,10 @@ def truth_scores(predictor, world: Path = WORLD) -> dict:
             raps.append(average_precision_rows(sc[keep], lab[keep]))
     raps = np.concatenate(raps)
     res['range_mAP'] = float(np.mean(raps))
+    pred = scores >= LIST_P  # the species list at p >= LIST_P against the truth's list, per (cell, week)
+    size = pred.sum(1) + labels.sum(1)
+    f1 = 2 * (pred & labels).sum(1) / np.maximum(size, 1)
+    res['list_f1'] = float(f1[size > 0].mean())
     res['n_species_weeks'] = int(len(raps))
     return res
 

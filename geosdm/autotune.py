@@ -105,6 +105,8 @@ class _Reporter:
             self._prune(f'non-finite training loss in epoch {ep}')
         self.hist.append(_history_row(row))
         t.set_user_attr('epoch_history', jsonable(self.hist))  # storages keep user attributes as strict JSON
+        if 'val_geoscore' not in row:
+            return  # an epoch without validation (--val_every)
         gs = row['val_geoscore']
         if not math.isfinite(gs):
             self._prune(f'non-finite GeoScore in epoch {ep}')

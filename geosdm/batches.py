@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['jitter_latlon', 'Positives', 'positive_pairs', 'multi_hot', 'pairs_size', 'DeviceSamples']
+__all__ = ['jitter_latlon', 'Positives', 'positive_pairs', 'multi_hot', 'pairs_size', 'DeviceSamples', 'EmptySplit']
 
 # %% ../nbs/06_batches.ipynb #77b82845
 def jitter_latlon(lat: torch.Tensor, lon: torch.Tensor, std: float, generator: torch.Generator | None = None):
@@ -125,3 +125,23 @@ class DeviceSamples:
         idx = torch.as_tensor(idx, device=self.device).long()
         lat, lon, week, cell = self.inputs(idx, jitter_std, generator)
         return lat, lon, week, self.positives(idx).dense(), cell
+
+# %% ../nbs/06_batches.ipynb #047b6d6f
+class EmptySplit:
+    "Training rows with and without observations, on the device; `active` if env-only rows ride along."
+
+    def __init__(self, samples, device, mode: str, has_env_head: bool):
+        has_obs = torch.as_tensor(samples.n_pos() > 0, device=device)
+        self.obs, self.empty = torch.nonzero(has_obs).flatten(), torch.nonzero(~has_obs).flatten()
+        self.active = mode == 'env_only' and len(self.obs) > 0 and len(self.empty) > 0 and has_env_head
+
+    def order(self, n_rows: int, gen) -> torch.Tensor:
+        "Successive permutations of the observed rows, `n_rows` of them (the species rows of one epoch)."
+        no = len(self.obs)
+        return self.obs[
+            torch.cat([torch.randperm(no, device=self.obs.device, generator=gen) for _ in range(-(-n_rows // no))])
+        ]
+
+    def draw(self, k: int, gen) -> torch.Tensor:
+        "`k` random empty rows (with replacement)."
+        return self.empty[torch.randint(len(self.empty), (k,), device=self.empty.device, generator=gen)]

@@ -32,11 +32,11 @@ except ImportError:
     fcntl = None  # no advisory locks (Windows): runs are not locked there
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FORMAT', 'RUN_FILES', 'SCHEDULE_OPTIONS', 'plain', 'previous_path', 'save_checkpoint', 'load_checkpoint',
-           'checkpoint_config', 'write_labels', 'load_resumable', 'run_files', 'run_lock', 'check_run_folder',
-           'source_checkpoint', 'split_identity', 'training_cells', 'data_changes', 'schedule_changes',
-           'checkpoint_batch_size', 'check_schedule', 'check_fits', 'stored_config', 'checkpoint_state',
-           'transfer_weights']
+__all__ = ['CHECKPOINT_FORMAT', 'RUN_FILES', 'SCHEDULE_OPTIONS', 'EPOCH_DEFINITION', 'plain', 'previous_path', 'save_checkpoint',
+           'load_checkpoint', 'checkpoint_config', 'write_labels', 'load_resumable', 'run_files', 'run_lock',
+           'check_run_folder', 'source_checkpoint', 'split_identity', 'training_cells', 'data_changes',
+           'schedule_changes', 'checkpoint_batch_size', 'check_schedule', 'check_fits', 'stored_config',
+           'checkpoint_state', 'transfer_weights']
 
 # %% ../nbs/12_checkpoint.ipynb #ec3a5e5d
 CHECKPOINT_FORMAT = 1
@@ -380,6 +380,9 @@ def stored_config(cfg: TrainConfig) -> dict:
     return {n: stored(OPTIONS[n], v) if n in OPTIONS else v for n, v in asdict(cfg).items()}
 
 # %% ../nbs/12_checkpoint.ipynb #06c78ea6
+EPOCH_DEFINITION = 'one pass over the training samples with records'
+
+
 def checkpoint_state(model, opt, scaler, prep, cfg: TrainConfig, **run) -> dict:
     "The checkpoint dict of a run (`run`: epoch, step, steps_per_epoch, best_geoscore, best_epoch, history)."
     bg = run['best_geoscore']
@@ -391,7 +394,11 @@ def checkpoint_state(model, opt, scaler, prep, cfg: TrainConfig, **run) -> dict:
             'model_state_dict': model.state_dict(),
             'model_config': dict(model.config),
             'optimizer_state_dict': opt.state_dict(),
-            'scheduler_state_dict': {'step': run['step'], 'steps_per_epoch': run['steps_per_epoch']},
+            'scheduler_state_dict': {
+                'step': run['step'],
+                'steps_per_epoch': run['steps_per_epoch'],
+                'epoch_definition': EPOCH_DEFINITION,
+            },
             'scaler_state_dict': scaler.state_dict(),
             'rng_state': {
                 'torch': torch.get_rng_state(),

@@ -112,10 +112,16 @@ _SAMPLES = [
         'empty_samples',
         'env_only',
         'Training samples with no observation (no checklist that cell-week): env_only (default) = '
-        'they train only the env head (no record is not absence) and species batches cycle through the samples with '
-        'observations (same steps per epoch); negative = every species absent, as the BirdNET geomodel '
-        'training script does',
+        'they train only the env head (no record is not absence), riding along in the species batches, and an '
+        'epoch is one pass over the samples with records; negative = every species absent, as the BirdNET '
+        'geomodel training script does (an epoch: one pass over every sample)',
         choices=('env_only', 'negative'),
+    ),
+    Option(
+        'env_share',
+        0.5,
+        'Under env_only: env-only rows drawn per species row of a batch (they train the encoder and the env head)',
+        range='[0, 4]',
     ),
 ]
 
@@ -204,12 +210,21 @@ _TRAINING = option_group(
         range='>= 1',
         words=('auto',),
     ),
-    Option('num_epochs', 50, 'Maximum epochs (total, also when resuming)', range='>= 1'),
+    Option(
+        'num_epochs',
+        100,
+        'Maximum epochs (total, also when resuming); an epoch is one pass over the training samples with records '
+        '(over every training sample with --empty_samples negative)',
+        range='>= 1',
+    ),
     Option(
         'lr',
-        1e-3,
-        'Peak learning rate for batches up to 1024 (larger batches scale it, see --lr_scaling)',
+        'auto',
+        'Peak learning rate for batches up to 1024 (larger batches scale it, see --lr_scaling): a number, or auto = '
+        '3e-3 up to 1024 and 1e-3 times the scaling above',
+        type=float,
         range='> 0',
+        words=('auto',),
         tune=Param('float', 1e-4, 1e-2, log=True),
     ),
     Option(
@@ -243,7 +258,21 @@ _SCHEDULE = option_group(
 
 _STOPPING = option_group(
     'Early Stopping',
-    Option('patience', 10, 'Stop after N epochs without GeoScore improvement (0 = disabled)', range='>= 0'),
+    Option(
+        'patience',
+        20,
+        'Stop after N epochs without GeoScore improvement, judged at validations (0 = disabled)',
+        range='>= 0',
+    ),
+    Option(
+        'val_every',
+        'auto',
+        'Validate every N epochs, or auto = as often as keeps validation to about a quarter of the samples training '
+        'reads in between (the last epoch always validates)',
+        type=int,
+        range='>= 1',
+        words=('auto',),
+    ),
 )
 
 _SPLIT = option_group(
@@ -402,8 +431,9 @@ def _check_rules(v: dict):
     def bad(flag, msg):
         raise ConfigError(f'--{flag}: {msg}')
 
-    if v['lr_min'] > v['lr']:
-        bad('lr_min', f'must be in [0, lr={v["lr"]}], got {v["lr_min"]}')
+    lr = 1e-3 if v['lr'] == 'auto' else v['lr']  # auto: 1e-3 or more
+    if v['lr_min'] > lr:
+        bad('lr_min', f'must be in [0, lr={lr}], got {v["lr_min"]}')
     if v['resume'] and v['finetune']:
         bad(
             'finetune',

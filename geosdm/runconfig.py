@@ -46,7 +46,7 @@ def read_config_file(path) -> dict:
         raise ConfigError(f'{path}: {e}') from None
 
 # %% ../nbs/11a_run_config.ipynb #b897e1b4
-DEMO_DEFAULTS = dict(model_scale=0.5, num_epochs=12, lr_warmup=1.0, min_obs_per_species=20)
+DEMO_DEFAULTS = dict(model_scale=0.5, num_epochs=40, lr_warmup=1.0, min_obs_per_species=20)
 
 
 def _given(p, argv: list[str]) -> set[str]:

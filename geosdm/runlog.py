@@ -63,6 +63,11 @@ def _other_lines(g) -> list[str]:
 def format_epoch(r: dict, cfg: TrainConfig) -> str:
     "A multi-line summary of one epoch's history row, in plain words."
     g = r.get
+    if 'val_geoscore' not in r:  # an epoch between validations (--val_every): one line
+        return (
+            f"Epoch {r['epoch']}/{cfg.num_epochs} · lr {g('lr'):.2e} · {g('train_samples_per_s'):,.0f} samples/s"
+            f" · train {figure(g('train_seconds'), '.1f')} s · loss {figure(g('train_loss'), '.4f')} (not validated)"
+        )
     best = 'best so far' if g('val_geoscore') == g('best_geoscore') else f"best {figure(g('best_geoscore'), '.4f')}"
     lines = [
         f"Epoch {r['epoch']}/{cfg.num_epochs} · lr {g('lr'):.2e} · {g('train_samples_per_s'):,.0f} samples/s"

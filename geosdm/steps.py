@@ -16,9 +16,10 @@ from .losses import total_loss
 from .model import SpeciesLogits, param_groups
 
 # %% auto #0
-__all__ = ['REF_BATCH', 'AUTO_BATCH', 'MIN_BATCHES', 'LR_POWERS', 'AUTO_BOOST_UNTIL', 'COMPILE_MODES', 'COMPILE_AUTO',
-           'resolve_batch_size', 'lr_factor', 'peak_lr', 'adam_betas', 'lr_at', 'make_optimizer', 'resolve_amp',
-           'epoch_seed', 'forward_losses', 'LossScale', 'resolve_compile', 'compiled', 'keep_freed_memory']
+__all__ = ['REF_BATCH', 'AUTO_BATCH', 'MIN_BATCHES', 'LR_POWERS', 'AUTO_BOOST_UNTIL', 'AUTO_LR', 'VAL_SHARE', 'COMPILE_MODES',
+           'COMPILE_AUTO', 'resolve_batch_size', 'lr_factor', 'peak_lr', 'adam_betas', 'lr_at', 'resolve_val_every',
+           'make_optimizer', 'resolve_amp', 'epoch_seed', 'forward_losses', 'LossScale', 'resolve_compile', 'compiled',
+           'keep_freed_memory']
 
 # %% ../nbs/09_steps.ipynb #095984d7
 REF_BATCH = 1024  # the batch that --lr is given for
@@ -49,8 +50,13 @@ def lr_factor(batch_size: int, scaling: str = 'auto') -> float:
     return k ** LR_POWERS[scaling]
 
 # %% ../nbs/09_steps.ipynb #34790c72
-def peak_lr(lr: float, batch_size: int, scaling: str = 'auto') -> float:
-    "The peak learning rate for `batch_size` when `lr` is given for batches up to `REF_BATCH`."
+AUTO_LR = {'small': 3e-3, 'large': 1e-3}  # --lr auto: batches up to REF_BATCH, and larger ones (× lr_factor)
+
+
+def peak_lr(lr: float | str, batch_size: int, scaling: str = 'auto') -> float:
+    "The peak learning rate for `batch_size` when `lr` (a number or 'auto') is given for batches up to `REF_BATCH`."
+    if lr == 'auto':
+        lr = AUTO_LR['small' if batch_size <= REF_BATCH else 'large']
     return lr * lr_factor(batch_size, scaling)
 
 # %% ../nbs/09_steps.ipynb #bd7bcb70
@@ -73,12 +79,21 @@ def lr_at(step: int, steps_per_epoch: int, cfg: TrainConfig, batch_size: int = R
     t = min(1.0, (step - warm) / max(1, total - warm))
     return cfg.lr_min + 0.5 * (lr - cfg.lr_min) * (1 + math.cos(math.pi * t))
 
+# %% ../nbs/09_steps.ipynb #f97bf70c
+VAL_SHARE = 0.25  # --val_every auto: validation reads about this share of the rows trained in between
+
+
+def resolve_val_every(val_every: int | str, n_val: int, epoch_rows: int) -> int:
+    "Epochs between validations: `val_every` when a number; auto = the fewest keeping `n_val` ≤ VAL_SHARE of them."
+    if val_every != 'auto':
+        return int(val_every)
+    return max(1, math.ceil(n_val / (VAL_SHARE * max(1, epoch_rows))))
+
 # %% ../nbs/09_steps.ipynb #e7b52fcd
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, batch_size: int = REF_BATCH) -> torch.optim.AdamW:
     "Fused AdamW; weight decay on weight matrices only; betas for `batch_size` (`adam_betas`)."
-    return torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay), lr=cfg.lr, fused=True, betas=adam_betas(batch_size, cfg.lr_scaling)
-    )
+    lr, betas = peak_lr(cfg.lr, batch_size, cfg.lr_scaling), adam_betas(batch_size, cfg.lr_scaling)
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr, fused=True, betas=betas)
 
 # %% ../nbs/09_steps.ipynb #cdb5a4b6
 def resolve_amp(amp: str, device: torch.device):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .batches import DeviceSamples, jitter_latlon, pairs_size
+from .batches import DeviceSamples, EmptySplit, jitter_latlon, pairs_size
 from .calibrate import calibrate, calibration_dict, validation_lists
 from geosdm.checkpoint import (
     check_fits,
@@ -49,10 +49,11 @@ from geosdm.steps import (
     resolve_amp,
     resolve_batch_size,
     resolve_compile,
+    resolve_val_every,
 )
 
 # %% auto #0
-__all__ = ['data_path', 'prepare', 'label_weights', 'EmptySplit', 'Trainer', 'write_run_config', 'calibrate_run', 'train']
+__all__ = ['data_path', 'prepare', 'label_weights', 'Trainer', 'write_run_config', 'calibrate_run', 'train']
 
 # %% ../nbs/13_trainer.ipynb #727b3050
 def data_path(cfg: TrainConfig) -> str:
@@ -83,26 +84,6 @@ def label_weights(prep: Prepared, cfg: TrainConfig, device) -> torch.Tensor | No
         prep.region_counts, cfg.label_freq_weight_min, cfg.label_freq_weight_pct_lo, cfg.label_freq_weight_pct_hi
     )
     return torch.as_tensor(fw, dtype=torch.float32, device=device)
-
-# %% ../nbs/13_trainer.ipynb #047b6d6f
-class EmptySplit:
-    "Training rows with and without observations, on the device; `active` if env-only rows ride along."
-
-    def __init__(self, samples, device, mode: str, has_env_head: bool):
-        has_obs = torch.as_tensor(samples.n_pos() > 0, device=device)
-        self.obs, self.empty = torch.nonzero(has_obs).flatten(), torch.nonzero(~has_obs).flatten()
-        self.active = mode == 'env_only' and len(self.obs) > 0 and len(self.empty) > 0 and has_env_head
-
-    def order(self, n_rows: int, gen) -> torch.Tensor:
-        "Successive permutations of the observed rows, `n_rows` of them (the species rows of one epoch)."
-        no = len(self.obs)
-        return self.obs[
-            torch.cat([torch.randperm(no, device=self.obs.device, generator=gen) for _ in range(-(-n_rows // no))])
-        ]
-
-    def draw(self, k: int, gen) -> torch.Tensor:
-        "`k` random empty rows (with replacement)."
-        return self.empty[torch.randint(len(self.empty), (k,), device=self.empty.device, generator=gen)]
 
 # %% ../nbs/13_trainer.ipynb #567a395d
 _LOSS_KEYS = ('loss', 'species', 'env', 'habitat')
@@ -160,11 +141,19 @@ class Trainer:
         self.env = torch.as_tensor(prep.env, dtype=torch.float32, device=d)
         self.label_weights = label_weights(prep, cfg, d)
         self.empty = EmptySplit(prep.train, d, cfg.empty_samples, self.model.env_head is not None)
-        self.steps_per_epoch = max(1, len(prep.train) // self.batch_size)
+        self.steps_per_epoch = max(1, self.epoch_rows // self.batch_size)
+        n_val = len(prep.val) + (len(prep.holdout) if prep.holdout is not None else 0)
+        rows = self.steps_per_epoch * self.batch_size * (1 + (cfg.env_share if self.empty.active else 0))
+        self.val_every = resolve_val_every(cfg.val_every, n_val, int(rows))
         self.step = self.epoch = self.best_epoch = 0  # optimiser steps taken, epochs completed
         self.best_geoscore = -math.inf
         self.history: dict[str, list] = {}
         self.ckpt_dir = Path(cfg.checkpoint_dir)
+
+    @property
+    def epoch_rows(self) -> int:
+        "The species rows of one epoch: the samples with records under env_only, else every training sample."
+        return len(self.empty.obs) if self.empty.active else len(self.prep.train)
 
     @property
     def split_empty(self) -> bool:
@@ -178,8 +167,8 @@ class Trainer:
         td = self.train_data
         lat, lon, week, cell = td.inputs(idx, jitter_std=jit, generator=gen)
         b = dict(lat=lat, lon=lon, week=week, y=td.positives(idx, size), env=self.env[cell], species_rows=None)
-        if self.empty.active:
-            e = self.empty.draw(max(1, len(idx) // 2), gen)
+        if self.empty.active and self.cfg.env_share > 0:
+            e = self.empty.draw(max(1, round(len(idx) * self.cfg.env_share)), gen)
             elat, elon = td.lat[e], td.lon[e]
             if jit > 0:
                 elat, elon = jitter_latlon(elat, elon, jit, gen)
@@ -337,6 +326,7 @@ class Trainer:
         if ck.get('scaler_state_dict'):
             self.scaler.load_state_dict(ck['scaler_state_dict'])
         self.epoch, self.step = int(ck['epoch']), int(ck['step'])
+        self.steps_per_epoch = int(ck['scheduler_state_dict'].get('steps_per_epoch', self.steps_per_epoch))
         bg = ck.get('best_geoscore')
         self.best_geoscore = -math.inf if bg is None else float(bg)
         self.best_epoch = int(ck.get('best_epoch', 0))
@@ -357,10 +347,12 @@ class Trainer:
 
     def _end_epoch(self, row: dict, t0: float, save: bool = True) -> bool:
         "Validate, record, save (if `save`); returns whether early stopping triggers."
-        tv = time.perf_counter()
-        row.update(self.validate())
-        row.update(val_seconds=time.perf_counter() - tv, epoch=self.epoch, epoch_seconds=time.perf_counter() - t0)
-        gs = row['val_geoscore']
+        if self.epoch % self.val_every == 0 or self.epoch >= self.cfg.num_epochs:
+            tv = time.perf_counter()
+            row.update(self.validate())
+            row['val_seconds'] = time.perf_counter() - tv
+        row.update(epoch=self.epoch, epoch_seconds=time.perf_counter() - t0)
+        gs = row.get('val_geoscore', math.nan)
         improved = math.isfinite(gs) and gs > self.best_geoscore
         if improved:
             self.best_geoscore, self.best_epoch = gs, self.epoch
@@ -427,6 +419,11 @@ def _start_from(tr: Trainer, ck: dict, src: Path, why: str | None):
         tr.load_state(ck, src)
         tr.keep_previous = why is None  # the unreadable latest is replaced, not kept as the previous one
         log.info(f'Resumed from {src}: {tr.epoch} epochs done, continuing to {cfg.num_epochs}.')
+        if 'epoch_definition' not in ck['scheduler_state_dict']:
+            log.info(
+                f'This run started when an epoch was a pass over every training sample, records or not; it keeps '
+                f'its {tr.steps_per_epoch:,} steps per epoch.'
+            )
     else:
         n = tr.load_weights(ck)
         log.info(

@@ -114,6 +114,7 @@ def trainer_config(world, ck, **kw):
         checkpoint_dir=str(ck),
         model_scale=0.25,
         num_epochs=3,
+        val_every=1,
         lr_warmup=0.5,
         min_obs_per_species=10,
         batch_size=256,

@@ -54,6 +54,7 @@ def base(world, ck, **kw):
         autotune=['lr', 'env_weight'],
         autotune_trials=3,
         autotune_epochs=2,
+        val_every=1,  # every epoch reports to the pruner
     )
     d.update(kw)
     return TrainConfig(**d)

@@ -1,6 +1,7 @@
 "Trainer and geosdm_train: runs, early stopping, resume (also after SIGKILL), flags, errors."
 
 import json
+import logging
 import math
 import os
 import signal
@@ -32,7 +33,7 @@ base = trainer_config
 
 
 def test_run_improves_and_writes_outputs(world, tmp_path):
-    tr = train(base(world, tmp_path / 'ck', num_epochs=4), progress=False)
+    tr = train(base(world, tmp_path / 'ck', num_epochs=4, batch_size=64), progress=False)  # ~15 steps an epoch
     h = json.loads((tmp_path / 'ck' / 'training_history.json').read_text())
     assert len(h['val_geoscore']) == 4
     untrained = Trainer(tr.cfg, tr.prep).validate()['val_geoscore']
@@ -141,6 +142,8 @@ def test_sigkill_midepoch_then_resume(world, tmp_path):
         '5',
         '--save_every',
         '1',
+        '--val_every',
+        '1',
     ]
     ref = _run_cli(args + ['--checkpoint_dir', str(tmp_path / 'ref')])
     out, _ = ref.communicate(timeout=300)
@@ -187,6 +190,31 @@ def test_truncated_checkpoint_stops_and_keeps_the_run(world, tmp_path):
             train(base(world, ck, num_epochs=2, resume=str(bad)), progress=False)
     assert files(tmp_path / 'a') == before
     assert not (tmp_path / 'b' / 'training_history.json').exists()
+
+
+def test_resume_of_an_older_run_keeps_its_epochs(world, tmp_path):
+    "A checkpoint from before an epoch meant one pass over the samples with records resumes with its own steps."
+    cfg = base(world, tmp_path / 'a', num_epochs=3, save_every=1)
+    fit_and_stop(cfg, after=1)
+    latest = tmp_path / 'a' / 'checkpoint_latest.pt'
+    ck = load_checkpoint(latest)
+    sched = ck['scheduler_state_dict']
+    assert sched['epoch_definition'] == 'one pass over the training samples with records'
+    old_steps = sched['steps_per_epoch'] * 3  # as if every sample, records or not, made the epoch
+    del sched['epoch_definition']
+    sched['steps_per_epoch'] = old_steps
+    torch.save(ck, latest)
+    said = []
+    h = logging.Handler()
+    h.emit = lambda r: said.append(r.getMessage())
+    logging.getLogger('geosdm').addHandler(h)
+    try:
+        res = train(base(world, tmp_path / 'a', num_epochs=3, save_every=1, resume=str(latest)), progress=False)
+    finally:
+        logging.getLogger('geosdm').removeHandler(h)
+    out = '\n'.join(said)
+    assert res.epoch == 3 and res.steps_per_epoch == old_steps and res.step == old_steps // 3 + 2 * old_steps
+    assert f'keeps its {old_steps:,} steps per epoch' in out
 
 
 def test_truncated_checkpoint_falls_back_to_previous(world, tmp_path, caplog):
@@ -328,7 +356,7 @@ def test_every_flag_is_a_config_field():
         d.lr_min,
         d.neg_samples,
         d.pos_lambda,
-    ) == (0.75, 'auto', 50, 1e-3, 1e-3, 0.1, 'bce', 0.05, 50, 10, 0.1, 5, 3, 1e-6, 1024, 4.0)
+    ) == (0.75, 'auto', 100, 'auto', 1e-3, 0.1, 'bce', 0.05, 50, 20, 0.1, 5, 3, 1e-6, 1024, 4.0)
 
 
 def test_flags_reach_the_code(world, tmp_path):
@@ -353,7 +381,7 @@ def test_flags_reach_the_code(world, tmp_path):
     assert (mc['model_scale'], mc['coord_harmonics'], mc['week_harmonics'], mc['habitat_head']) == (0.5, 4, 3, True)
     assert tr.loss_fn.kind.name == 'focal' and tr.loss_fn.focal_alpha == 0.3 and tr.loss_fn.focal_gamma == 1.5
     assert tr.opt.param_groups[0]['weight_decay'] == 0.05
-    assert tr.steps_per_epoch == len(tr.prep.train) // 100
+    assert tr.steps_per_epoch == int((tr.prep.train.n_pos() > 0).sum()) // 100  # one pass over those with records
     assert tr.prep.holdout is not None and len(tr.prep.holdout) > 0
     row = tr.train_epoch(progress=False)
     assert math.isfinite(row['train_habitat_loss'])
@@ -385,7 +413,7 @@ def test_empty_samples_env_only(world, tmp_path):
     npos = tr.prep.train.n_pos()
     n_obs = int((npos > 0).sum())
     assert 0 < n_obs < len(npos)
-    assert tr.split_empty and tr.steps_per_epoch == len(npos) // 64  # same steps per epoch as 'negative'
+    assert tr.split_empty and tr.steps_per_epoch == n_obs // 64  # an epoch: one pass over the samples with records
     seen, env_rows = [], []
     orig_batch, orig_env = tr.train_data.inputs, tr.model.env_head.forward
 
@@ -404,11 +432,11 @@ def test_empty_samples_env_only(world, tmp_path):
     assert len(rows) == tr.steps_per_epoch * 64
     assert (npos[rows] > 0).all()  # no empty sample in a species batch
     counts = np.bincount(rows, minlength=len(npos))[npos > 0]
-    assert counts.min() >= 1 and counts.max() - counts.min() <= 1  # cycles evenly through the observed samples
-    assert env_rows[0] == 64 + 32  # species rows and env-only rows: one pass
+    assert counts.max() == 1 and (counts == 1).sum() == len(rows)  # each sample with records at most once
+    assert env_rows[0] == 64 + 32  # species rows and --env_share 0.5 of env-only rows: one pass
     assert math.isfinite(row['train_env_loss'])
     ref = Trainer(base(world, tmp_path, batch_size=64, empty_samples='negative'), tr.prep)
-    assert ref.steps_per_epoch == tr.steps_per_epoch and not ref.split_empty
+    assert ref.steps_per_epoch == len(npos) // 64 and not ref.split_empty  # negative: one pass over every sample
 
 
 def test_help_lists_every_flag(capsys):
@@ -417,4 +445,5 @@ def test_help_lists_every_flag(capsys):
     for a in build_parser()._actions:
         if a.dest != 'help':
             assert f'--{a.dest}' in out or any(o in out for o in a.option_strings), a.dest
-    assert 'water > 90%)' in out and 'default: env_only' in out
+    words = ' '.join(out.split())  # argparse wraps the help at the terminal's width
+    assert 'water > 90%)' in words and 'default: env_only' in words
