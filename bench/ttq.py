@@ -163,24 +163,59 @@ def child(name: str, minutes: float, score_every: float):
 
 def plot(results: dict):
     import altair as alt
-    import polars as pl
 
-    rows = [dict(variant=n, **p) for n, r in results['variants'].items() for p in r.get('curve', [])]
+    keep = ('wall_seconds', 'cpu_seconds', 'truth_mAP')
+    rows = [
+        dict(variant=n, **{k: p[k] for k in keep}) for n, r in results['variants'].items() for p in r.get('curve', [])
+    ]
     if not rows:
         return
-    df = pl.DataFrame(rows).select('variant', 'wall_seconds', 'truth_mAP')
-    chart = (
-        alt.Chart(df.to_pandas() if hasattr(df, 'to_pandas') else df)
-        .mark_line(point=True)
-        .encode(
-            x=alt.X('wall_seconds:Q', title='wall seconds'),
-            y=alt.Y('truth_mAP:Q', scale=alt.Scale(zero=False)),
-            color='variant:N',
-        )  # fmt: skip
-        .properties(title='world_a: truth_mAP against wall time', width=640, height=360)
+    base = alt.Chart(alt.Data(values=rows)).mark_line(point=True)
+    y = alt.Y('truth_mAP:Q', scale=alt.Scale(zero=False))
+    chart = alt.hconcat(
+        base.encode(x=alt.X('wall_seconds:Q', title='wall seconds'), y=y, color='variant:N').properties(
+            title='world_a: truth_mAP against wall time', width=420, height=320
+        ),
+        base.encode(x=alt.X('cpu_seconds:Q', title='CPU seconds'), y=y, color='variant:N').properties(
+            title='… and against CPU time (steadier on a shared machine)', width=420, height=320
+        ),
     )
     chart.save(str(OUT / 'ttq.svg'))
     chart.save(str(OUT / 'ttq.png'))
+
+
+CRITERIA = ('val_geoscore', 'val_map', 'val_species_loss', 'val_loss')
+
+
+def criteria(results: dict) -> dict:
+    """How well each truth-free validation figure tracks truth_mAP along each curve: Spearman's rho over the
+    scored epochs, over the late ones (truth_mAP within 0.01 of its best), and the truth_mAP of the epoch each
+    would keep (the best by it) against the curve's best truth_mAP."""
+    from scipy.stats import spearmanr
+
+    out = {}
+    for name, r in results['variants'].items():
+        c = [p for p in r.get('curve', []) if all(isinstance(p.get(k), float) for k in CRITERIA)]
+        if len(c) < 3:
+            continue
+        t = [p['truth_mAP'] for p in c]
+        late = [i for i, x in enumerate(t) if x >= max(t) - 0.01]
+        row = {'best_truth_mAP': max(t)}
+        for k in CRITERIA:
+            sign = -1 if k.endswith('loss') else 1
+            v = [sign * p[k] for p in c]
+            kept = max(range(len(c)), key=v.__getitem__)
+            row[k] = dict(
+                rho=float(spearmanr(v, t)[0]),
+                rho_late=float(spearmanr([v[i] for i in late], [t[i] for i in late])[0]) if len(late) > 2 else None,
+                kept_epoch=c[kept]['epoch'], kept_truth_mAP=t[kept],
+            )  # fmt: skip
+        out[name] = row
+        print(
+            f'{name}: best truth_mAP {max(t):.4f}; '
+            + '; '.join(f'{k} rho {row[k]["rho"]:.3f}, keeps {row[k]["kept_truth_mAP"]:.4f}' for k in CRITERIA)
+        )
+    return out
 
 
 def main():
@@ -202,6 +237,8 @@ def main():
             results['variants'][n] = run_variant(n, a.minutes, a.score_every)
             results['machine'] = machine()
             a.out.write_text(json.dumps(results, indent=1))
+    results['criteria'] = criteria(results)
+    a.out.write_text(json.dumps(results, indent=1))
     plot(results)
 
 
