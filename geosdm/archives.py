@@ -170,57 +170,50 @@ class TextFile:
         with self.open() as f:
             return f.readline().decode('utf-8-sig', errors='replace').rstrip('\r\n')
 
-# %% ../nbs/19a_archives.ipynb #c85f19b7
-def _local(self, workdir) -> Path:
-    "The file on disk: itself, or the member copied out of its zip into `workdir`, a block at a time."
-    if self.member is None:
-        return Path(self.path)
-    out = Path(workdir) / 'unpacked' / member_path(self.member)
-    if not out.exists():
+    def local(self, workdir) -> Path:
+        "The file on disk: itself, or the member copied out of its zip into `workdir`, a block at a time."
+        if self.member is None:
+            return Path(self.path)
+        out = Path(workdir) / 'unpacked' / member_path(self.member)
+        if not out.exists():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with self.open() as src, open(out, 'wb') as dst:
+                shutil.copyfileobj(src, dst, 1 << 22)
+        return out
+
+    def as_utf8(self, encoding: str, workdir, source: str) -> TextFile:
+        "This file if UTF-8 (or ASCII), else a UTF-8 copy of it in `workdir`."
+        try:
+            name = codecs.lookup(encoding).name
+        except LookupError:
+            raise GeoSDMDataError(
+                f'{source}: {self.name} has encoding {encoding!r}, which Python does not know'
+            ) from None
+        if name in ('utf-8', 'utf-8-sig', 'ascii'):
+            return self
+        out = Path(workdir) / 'utf8' / Path(self.member or self.path).name
         out.parent.mkdir(parents=True, exist_ok=True)
-        with self.open() as src, open(out, 'wb') as dst:
-            shutil.copyfileobj(src, dst, 1 << 22)
-    return out
+        with self.open() as raw, open(out, 'w', encoding='utf-8') as dst:
+            shutil.copyfileobj(io.TextIOWrapper(raw, encoding=name, errors='replace', newline=''), dst, 1 << 20)
+        return TextFile(out)
 
-
-def _as_utf8(self, encoding: str, workdir, source: str) -> TextFile:
-    "This file if UTF-8 (or ASCII), else a UTF-8 copy of it in `workdir`."
-    try:
-        name = codecs.lookup(encoding).name
-    except LookupError:
-        raise GeoSDMDataError(f'{source}: {self.name} has encoding {encoding!r}, which Python does not know') from None
-    if name in ('utf-8', 'utf-8-sig', 'ascii'):
-        return self
-    out = Path(workdir) / 'utf8' / Path(self.member or self.path).name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with self.open() as raw, open(out, 'w', encoding='utf-8') as dst:
-        shutil.copyfileobj(io.TextIOWrapper(raw, encoding=name, errors='replace', newline=''), dst, 1 << 20)
-    return TextFile(out)
-
-
-TextFile.local, TextFile.as_utf8 = _local, _as_utf8
-
-# %% ../nbs/19a_archives.ipynb #2feb37dc
-def _scan(self, names: Sequence[str], skip: int, sep: str, quote: str | None, types: dict, workdir) -> pl.LazyFrame:
-    """Lazy frame of the file, whose columns are `names` (typed by `types`, the rest text); quoted text in a zip is
-    first copied out of it (a quoted field may hold a line break)."""
-    cols = column_names(names)
-    schema = {n: types.get(n, pl.String) for n in cols}
-    if self.member is not None and quote is None:
-        return _stream(self.open, cols, schema, skip, sep, self.name)
-    return pl.scan_csv(
-        self.local(workdir),
-        has_header=False,
-        skip_rows=skip,
-        separator=sep,
-        quote_char=quote,
-        ignore_errors=True,
-        schema=schema,
-        truncate_ragged_lines=True,
-    )
-
-
-TextFile.scan = _scan
+    def scan(self, names: Sequence[str], skip: int, sep: str, quote: str | None, types: dict, workdir) -> pl.LazyFrame:
+        """Lazy frame of the file, whose columns are `names` (typed by `types`, the rest text); quoted text in a
+        zip is first copied out of it (a quoted field may hold a line break)."""
+        cols = column_names(names)
+        schema = {n: types.get(n, pl.String) for n in cols}
+        if self.member is not None and quote is None:
+            return _stream(self.open, cols, schema, skip, sep, self.name)
+        return pl.scan_csv(
+            self.local(workdir),
+            has_header=False,
+            skip_rows=skip,
+            separator=sep,
+            quote_char=quote,
+            ignore_errors=True,
+            schema=schema,
+            truncate_ragged_lines=True,
+        )
 
 # %% ../nbs/19a_archives.ipynb #3c70c483
 def _extract(src, out: Path) -> Path:

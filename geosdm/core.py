@@ -220,6 +220,22 @@ def missing_folders(folder: Path) -> list[Path]:
         folder = folder.parent
     return out
 
+# %% ../nbs/00_core.ipynb #a586ef73
+def _rename_all(temps: dict[Path, Path], backup: dict[Path, Path | None]):
+    "Rename each temporary file over its target; if one fails, undo the renames done (the old file back, or none)."
+    done = []
+    try:
+        for target, tmp in temps.items():
+            os.replace(tmp, target)
+            done.append(target)
+    except BaseException:
+        for target in done:
+            if backup[target] is not None:
+                os.replace(backup[target], target)
+            else:
+                target.unlink(missing_ok=True)
+        raise
+
 # %% ../nbs/00_core.ipynb #71cda02a
 class OutputSet:
     "The outputs of one run: temporary files beside their targets, renamed into place together when the block succeeds."
@@ -256,6 +272,24 @@ class OutputSet:
             self.discard()
         return False
 
+    def commit(self):
+        "Flush every temporary file, then rename them all over their targets (all or none, see above)."
+        backup = {}
+        try:
+            for tmp in self.temps.values():
+                _finish(tmp)
+            for target in self.temps:
+                backup[target] = _link_aside(target)
+            _rename_all(self.temps, backup)
+            self.made.clear()  # they hold the outputs now
+            for folder in {t.parent for t in self.temps}:
+                _fsync_dir(folder)
+        finally:
+            for b in backup.values():
+                if b is not None:
+                    b.unlink(missing_ok=True)
+            self.discard()
+
     def discard(self):
         "Remove every temporary file, and the folders made for them; the targets stay as they were."
         lost = _own_temps(self._making) if self._making is not None else []  # interrupted while made
@@ -266,44 +300,6 @@ class OutputSet:
             with suppress(OSError):
                 d.rmdir()  # only if empty
         self.made.clear()
-
-# %% ../nbs/00_core.ipynb #a586ef73
-def _rename_all(temps: dict[Path, Path], backup: dict[Path, Path | None]):
-    "Rename each temporary file over its target; if one fails, undo the renames done (the old file back, or none)."
-    done = []
-    try:
-        for target, tmp in temps.items():
-            os.replace(tmp, target)
-            done.append(target)
-    except BaseException:
-        for target in done:
-            if backup[target] is not None:
-                os.replace(backup[target], target)
-            else:
-                target.unlink(missing_ok=True)
-        raise
-
-
-def _commit(self: OutputSet):
-    "Flush every temporary file, then rename them all over their targets (all or none, see above)."
-    backup = {}
-    try:
-        for tmp in self.temps.values():
-            _finish(tmp)
-        for target in self.temps:
-            backup[target] = _link_aside(target)
-        _rename_all(self.temps, backup)
-        self.made.clear()  # they hold the outputs now
-        for folder in {t.parent for t in self.temps}:
-            _fsync_dir(folder)
-    finally:
-        for b in backup.values():
-            if b is not None:
-                b.unlink(missing_ok=True)
-        self.discard()
-
-
-OutputSet.commit = _commit
 
 # %% ../nbs/00_core.ipynb #2fe42d2f
 def file_digest(path, block: int = 1 << 22) -> str:

@@ -58,47 +58,38 @@ class KeySpill:
             buf, self._buf, self._n = self._buf, [], 0
         self._seal(buf)
 
-# %% ../nbs/20a_keyspill.ipynb #73cf9226
-def _seal(self, buf: list):
-    "Sort gathered batches into a run; past the budget, write the runs in memory to disk."
-    cols = [np.concatenate(c) for c in zip(*buf)]
-    rng = ((cols[0] >> np.uint64(self.shift)) & np.uint64((1 << self.bits) - 1)).astype(np.uint16)
-    o = np.argsort(rng, kind='stable')
-    run = Run([c[o] for c in cols], np.r_[0, np.cumsum(np.bincount(rng, minlength=1 << self.bits))])
-    with self._lock:
-        self.runs.append(run)
-        self._bytes += 8 * self.width * len(o)
-        if self._bytes > self.budget:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            for i, r in enumerate(self.runs):
-                if r.cols is not None:
-                    r.spill(self.folder / f'run{i:05d}')
-                    self.spilled += int(r.start[-1])
-            self._bytes = 0
+    def _seal(self, buf: list):
+        "Sort gathered batches into a run; past the budget, write the runs in memory to disk."
+        cols = [np.concatenate(c) for c in zip(*buf)]
+        rng = ((cols[0] >> np.uint64(self.shift)) & np.uint64((1 << self.bits) - 1)).astype(np.uint16)
+        o = np.argsort(rng, kind='stable')
+        run = Run([c[o] for c in cols], np.r_[0, np.cumsum(np.bincount(rng, minlength=1 << self.bits))])
+        with self._lock:
+            self.runs.append(run)
+            self._bytes += 8 * self.width * len(o)
+            if self._bytes > self.budget:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                for i, r in enumerate(self.runs):
+                    if r.cols is not None:
+                        r.spill(self.folder / f'run{i:05d}')
+                        self.spilled += int(r.start[-1])
+                self._bytes = 0
 
+    def flush(self):
+        "Seal the batches not yet in a run."
+        with self._lock:
+            buf, self._buf, self._n = self._buf, [], 0
+        if buf:
+            self._seal(buf)
 
-def _flush(self):
-    "Seal the batches not yet in a run."
-    with self._lock:
-        buf, self._buf, self._n = self._buf, [], 0
-    if buf:
-        self._seal(buf)
-
-
-KeySpill._seal, KeySpill.flush = _seal, _flush
-
-# %% ../nbs/20a_keyspill.ipynb #afdd229e
-def _groups(self, rows: int = 1 << 22):
-    "The rows of consecutive ranges, about `rows` at a time, in range order: lists of `width` arrays."
-    self.flush()
-    n = sum((np.diff(r.start) for r in self.runs), np.zeros(1 << self.bits, np.int64))
-    cum, a = np.r_[0, np.cumsum(n)], 0
-    while a < len(n):
-        b = max(a + 1, int(np.searchsorted(cum, cum[a] + rows, 'right')) - 1)
-        if cum[b] > cum[a]:
-            yield [np.concatenate([r.read(j, a, b) for r in self.runs]) for j in range(self.width)]
-        a = b
-    self.runs, self._bytes = [], 0
-
-
-KeySpill.groups = _groups
+    def groups(self, rows: int = 1 << 22):
+        "The rows of consecutive ranges, about `rows` at a time, in range order: lists of `width` arrays."
+        self.flush()
+        n = sum((np.diff(r.start) for r in self.runs), np.zeros(1 << self.bits, np.int64))
+        cum, a = np.r_[0, np.cumsum(n)], 0
+        while a < len(n):
+            b = max(a + 1, int(np.searchsorted(cum, cum[a] + rows, 'right')) - 1)
+            if cum[b] > cum[a]:
+                yield [np.concatenate([r.read(j, a, b) for r in self.runs]) for j in range(self.width)]
+            a = b
+        self.runs, self._bytes = [], 0

@@ -15,8 +15,8 @@ from .core import GeoSDMDataError, atomic_write
 
 # %% auto #0
 __all__ = ['norm_name', 'read_strings', 'read_aliases', 'find_aliases', 'language_names', 'taxonomy_version', 'read_label_list',
-           'SpeciesNames', 'lookup', 'is_always', 'subset', 'as_dict', 'names_from', 'species_names', 'names_record',
-           'add_aliases', 'with_languages', 'write_aliases', 'labels_text', 'write_label_files']
+           'SpeciesNames', 'names_from', 'species_names', 'names_record', 'add_aliases', 'with_languages',
+           'write_aliases', 'labels_text', 'write_label_files']
 
 # %% ../nbs/24_names.ipynb #7bb3e39a
 def norm_name(x) -> str:
@@ -119,89 +119,76 @@ class SpeciesNames:
     def __len__(self) -> int:
         return len(self.codes)
 
-# %% ../nbs/24_names.ipynb #b4aa8c15
-def _table(self: SpeciesNames) -> dict[str, tuple[int, ...]]:
-    t = self.__dict__.get('_lookup')
-    if t is None:
-        row = {c: i for i, c in enumerate(self.codes)}
-        t = {}
-        for names in [self.common_names, *self.languages.values()]:
-            t.update((norm_name(n), (i,)) for i, n in enumerate(names) if n)
-        t.update((norm_name(c), (i,)) for i, c in enumerate(self.codes))
-        for a, cs in self.aliases.items():
-            rows = tuple(row[c] for c in cs if c in row)
-            if rows:
-                t[a] = rows
-        t.update((norm_name(s), (i,)) for i, s in enumerate(self.sci_names) if s)
-        self.__dict__['_lookup'] = t
-    return t
+    def _table(self) -> dict[str, tuple[int, ...]]:
+        "Normalised name → the outputs it means, built on first use (weakest kind of name first)."
+        t = self.__dict__.get('_lookup')
+        if t is None:
+            row = {c: i for i, c in enumerate(self.codes)}
+            t = {}
+            for names in [self.common_names, *self.languages.values()]:
+                t.update((norm_name(n), (i,)) for i, n in enumerate(names) if n)
+            t.update((norm_name(c), (i,)) for i, c in enumerate(self.codes))
+            for a, cs in self.aliases.items():
+                rows = tuple(row[c] for c in cs if c in row)
+                if rows:
+                    t[a] = rows
+            t.update((norm_name(s), (i,)) for i, s in enumerate(self.sci_names) if s)
+            self.__dict__['_lookup'] = t
+        return t
 
+    def lookup(self, *labels) -> tuple[int, ...]:
+        "The outputs the first matching label means (scientific name, alias, code, common name); () if none."
+        t = self._table()
+        for lab in labels:
+            if lab is not None and str(lab).strip():
+                rows = t.get(norm_name(lab))
+                if rows is not None:
+                    return rows
+        return ()
 
-def lookup(self: SpeciesNames, *labels) -> tuple[int, ...]:
-    "The outputs the first matching label of `labels` means (scientific name, alias, code, common name); () if none."
-    t = _table(self)
-    for lab in labels:
-        if lab is not None and str(lab).strip():
-            rows = t.get(norm_name(lab))
-            if rows is not None:
-                return rows
-    return ()
+    def _always_keys(self) -> tuple[set[str], set[int]]:
+        "The always-plausible labels and their halves (normalised), and the outputs they name; built on first use."
+        k = self.__dict__.get('_always')
+        if k is None:
+            names = set()
+            for a in self.always:
+                names.add(norm_name(a))
+                names.update(norm_name(h) for h in str(a).split('_') if h.strip())
+            rows = {r for a in self.always for r in self.lookup(a)}
+            k = self.__dict__['_always'] = (names, rows)
+        return k
 
+    def is_always(self, *labels) -> bool:
+        "True if any of `labels` is an always-plausible label (or names the same model output as one)."
+        names, rows = self._always_keys()
+        return any(
+            lab is not None and (norm_name(lab) in names or any(r in rows for r in self.lookup(lab))) for lab in labels
+        )
 
-SpeciesNames.lookup = lookup
+    def subset(self, idx) -> SpeciesNames:
+        "The names of outputs `idx` (in that order)."
+        idx = [int(i) for i in idx]
+        pick = lambda xs: [xs[i] for i in idx]
+        keep = set(pick(self.codes))
+        al = {a: [c for c in cs if c in keep] for a, cs in self.aliases.items()}
+        return SpeciesNames(
+            pick(self.codes),
+            pick(self.sci_names),
+            pick(self.common_names),
+            {k: pick(v) for k, v in self.languages.items()},
+            {a: cs for a, cs in al.items() if cs},
+            list(self.always),
+            self.taxonomy_version,
+        )
 
-# %% ../nbs/24_names.ipynb #006cf656
-def _always_keys(self: SpeciesNames) -> tuple[set[str], set[int]]:
-    k = self.__dict__.get('_always')
-    if k is None:
-        names = set()
-        for a in self.always:
-            names.add(norm_name(a))
-            names.update(norm_name(h) for h in str(a).split('_') if h.strip())
-        rows = {r for a in self.always for r in self.lookup(a)}
-        k = self.__dict__['_always'] = (names, rows)
-    return k
-
-
-def is_always(self: SpeciesNames, *labels) -> bool:
-    "True if any of `labels` is an always-plausible label (or names the same model output as one)."
-    names, rows = _always_keys(self)
-    return any(
-        lab is not None and (norm_name(lab) in names or any(r in rows for r in self.lookup(lab))) for lab in labels
-    )
-
-
-SpeciesNames.is_always = is_always
-
-# %% ../nbs/24_names.ipynb #d3f95301
-def subset(self: SpeciesNames, idx) -> SpeciesNames:
-    "The names of outputs `idx` (in that order)."
-    idx = [int(i) for i in idx]
-    pick = lambda xs: [xs[i] for i in idx]
-    keep = set(pick(self.codes))
-    al = {a: [c for c in cs if c in keep] for a, cs in self.aliases.items()}
-    return SpeciesNames(
-        pick(self.codes),
-        pick(self.sci_names),
-        pick(self.common_names),
-        {k: pick(v) for k, v in self.languages.items()},
-        {a: cs for a, cs in al.items() if cs},
-        list(self.always),
-        self.taxonomy_version,
-    )
-
-
-def as_dict(self: SpeciesNames) -> dict:
-    "Plain JSON-able form (the vocabulary's three lists are stored apart, as `species_vocab`)."
-    return {
-        'languages': self.languages,
-        'aliases': self.aliases,
-        'always': self.always,
-        'taxonomy_version': self.taxonomy_version,
-    }
-
-
-SpeciesNames.subset, SpeciesNames.as_dict = subset, as_dict
+    def as_dict(self) -> dict:
+        "Plain JSON-able form (the vocabulary's three lists are stored apart, as `species_vocab`)."
+        return {
+            'languages': self.languages,
+            'aliases': self.aliases,
+            'always': self.always,
+            'taxonomy_version': self.taxonomy_version,
+        }
 
 # %% ../nbs/24_names.ipynb #aea73e2c
 def names_from(meta: dict) -> SpeciesNames:

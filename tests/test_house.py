@@ -1,5 +1,5 @@
 """The shape of the package: import arrows point down the floors, no circles, short modules and functions,
-and the command-line modules load without torch (argument errors answer at once)."""
+methods written in their class, and the command-line modules load without torch (argument errors answer at once)."""
 
 from __future__ import annotations
 
@@ -122,6 +122,37 @@ def test_short_rooms(name):
         if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > MAX_FUNCTION_LINES
     ]
     assert not long, f'{name}.py: functions over {MAX_FUNCTION_LINES} lines: {long}'
+
+
+def attached_methods(src: str) -> list[str]:
+    "`Class.attr` targets of module-level assignments to a class of the same module (`Class.a, Class.b = ...` too)."
+    tree = ast.parse(src)
+    classes = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
+    found = []
+    for n in tree.body:
+        if isinstance(n, ast.Assign):
+            targets = n.targets
+        elif isinstance(n, (ast.AnnAssign, ast.AugAssign)):
+            targets = [n.target]
+        else:
+            continue
+        for t in targets:
+            for a in t.elts if isinstance(t, (ast.Tuple, ast.List)) else [t]:
+                if isinstance(a, ast.Attribute) and isinstance(a.value, ast.Name) and a.value.id in classes:
+                    found.append(f'{a.value.id}.{a.attr} (line {n.lineno})')
+    return found
+
+
+def test_attached_methods_are_found():
+    src = 'class A:\n    pass\n\n\ndef f(self):\n    pass\n\n\nA.f = f\nA.g, A.h = f, f\nB.x = 1\n'
+    assert attached_methods(src) == ['A.f (line 9)', 'A.g (line 10)', 'A.h (line 10)']  # B is not defined here
+
+
+@pytest.mark.parametrize('name', sorted(modules()))
+def test_methods_are_in_their_class(name):
+    "A class's methods are written in its body (its notebook cell), not attached after it by assignment."
+    found = attached_methods(modules()[name].read_text())
+    assert not found, f'{name}.py attaches to its classes after they are defined: {found}'
 
 
 def test_command_line_loads_without_torch():
