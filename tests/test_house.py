@@ -21,6 +21,7 @@ FLOORS = {
     'batches': 1,
     'worldfiles': 2,
     'inputs': 2,
+    'labels': 3,
     'gbif': 2,
     'synthetic': 3,
     'losskinds': 2,
