@@ -33,6 +33,7 @@ FLOORS = {
     'simulate': 4,
     'propagation': 4,
     'data': 5,
+    'validation': 5,
     'tally': 3,
     'ingest': 4,
     'config': 3,
