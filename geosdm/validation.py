@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .batches import DeviceSamples, Positives
-from .core import N_WEEKS
+from .core import N_WEEKS, release_freed_memory
 from .losses import masked_mse, random_latlon, total_loss
 from .metrics import MetricAccumulator, column_ap
 from .model import GeoOutput, SpeciesLogits
@@ -86,6 +86,7 @@ def validate(
 ) -> dict:
     "Every metric and the mean losses of `model` on the samples of `data` (see above)."
     dev, S = data.device, data.n_species
+    release_freed_memory()  # training's freed step temporaries: not kept under validation's
     amp = torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
     keep = model.habitat_head is not None  # its logits mix three heads: no features to recompute them from
     acc = MetricAccumulator(S, vocab=vocab, device=dev, store_dtype='int16' if keep else None)
@@ -111,4 +112,6 @@ def validate(
     sap = None if keep or not len(data) else _species_ap(feats, last.weight, last.bias, samples, amp, dev)
     m, s = acc.compute(column_ap=sap), (sums / max(1, nbat)).tolist()
     m.update(loss=s[0], species_loss=s[1], env_loss=s[2], habitat_loss=s[3] if model.habitat_head else math.nan)
+    del feats, acc, sap
+    release_freed_memory()  # and validation's, before training goes on
     return m
