@@ -7,8 +7,11 @@ Step 2 (run): each input is ingested in its own subprocess (peak RSS per run), w
 the lists are checked against world_a's.
 
 Usage: python bench/ingest.py [--rows 20e6 5e6] [--work /tmp/ingest/bench] [--build-only] [--kinds dwca folder parquet]
-Writes bench/results/ingest.json. The machine's load average is recorded with every run: on a shared machine the
-wall-clock rate is lower than the CPU-second rate suggests.
+           [--code DIR] [--tag NAME] [--repeat N] [--out bench/results/ingest.json]
+Writes JSON (records/s wall and per CPU-second, CPU seconds per million records, peak RSS, the load average before
+and after each run). `--code DIR` runs the geosdm package found in DIR (e.g. an export of another commit) so that
+a before/after comparison runs in one sitting on one machine; `--tag` labels the runs. On a shared machine the
+wall-clock rate moves with the load: CPU seconds per record are the comparable figure.
 """
 
 from __future__ import annotations
@@ -88,10 +91,11 @@ def build(rows: int, work: Path) -> dict:
     }
 
 
-def run(src: str, work: Path, kind: str) -> dict:
-    """Ingest `src` in a fresh process; wall and CPU seconds, that process's peak RSS (its report), and whether the
-    lists match."""
+def run(src: str, work: Path, kind: str, code: str | None = None) -> dict:
+    """Ingest `src` in a fresh process (with the geosdm of `code` if given); wall and CPU seconds, that process's peak
+    RSS (its report), and whether the lists match."""
     out = work / f'out_{Path(src).stem}_{kind}.parquet'
+    env = dict(os.environ, **({'PYTHONPATH': str(Path(code).resolve())} if code else {}))
     load = os.getloadavg()
     r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     res = subprocess.run(
@@ -107,6 +111,8 @@ def run(src: str, work: Path, kind: str) -> dict:
         ],
         capture_output=True,
         text=True,
+        env=env,
+        cwd=work,  # not the repository: `code` (or the installed package) is what is imported
     )
     wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
     if res.returncode:
@@ -125,6 +131,7 @@ def run(src: str, work: Path, kind: str) -> dict:
         'rows_per_s': round(rep['rows_read'] / wall),
         'cpu_s': round(cpu, 2),
         'rows_per_cpu_s': round(rep['rows_read'] / cpu),
+        'cpu_s_per_M_rows': round(cpu / rep['rows_read'] * 1e6, 3),
         'peak_rss_mb': rep['peak_rss_mb'],
         'h3_points': rep['h3_points'],
         'filters': rep['filters'],
@@ -146,6 +153,10 @@ def main(argv=None):
         help='dwca: the zip (extraction included); folder: the unpacked archive; parquet: snapshot-style parquet',
     )
     ap.add_argument('--build-only', action='store_true')
+    ap.add_argument('--code', default=None, help='a folder holding the geosdm package to run (default: the installed)')
+    ap.add_argument('--tag', default='', help='a label for these runs (e.g. before, after)')
+    ap.add_argument('--repeat', type=int, default=1)
+    ap.add_argument('--out', default=str(HERE / 'results' / 'ingest.json'))
     a = ap.parse_args(argv)
     if not WORLD_A.exists():
         raise SystemExit(f'{WORLD_A} not found: the benchmark needs the shared world_a')
@@ -156,18 +167,21 @@ def main(argv=None):
         print(json.dumps(files, indent=1))
         return
     runs = []
-    for n, f in files.items():
-        for kind in a.kinds:
-            r = run(f[{'dwca': 'zip'}.get(kind, kind)], work, kind)
-            runs.append({'rows_target': n, **r})
-            print(json.dumps({k: v for k, v in runs[-1].items() if k != 'filters'}), flush=True)
+    for _ in range(a.repeat):
+        for n, f in files.items():
+            for kind in a.kinds:
+                r = run(f[{'dwca': 'zip'}.get(kind, kind)], work, kind, a.code)
+                runs.append({'tag': a.tag, 'rows_target': n, **r})
+                print(json.dumps({k: v for k, v in runs[-1].items() if k != 'filters'}), flush=True)
     res = {
         'machine': {'cpus': os.cpu_count(), 'note': 'shared machine: see load averages'},
+        'code': a.code or 'installed',
+        'tag': a.tag,
         'files': files,
         'runs': runs,
     }
-    out = HERE / 'results' / 'ingest.json'
-    out.parent.mkdir(exist_ok=True)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1) + '\n')
     print(f'wrote {out}')
 

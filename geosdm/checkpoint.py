@@ -23,6 +23,7 @@ import torch
 from .config import OPTIONS, TrainConfig, config_from
 from .core import CheckpointError, ConfigError, atomic_path, atomic_write
 from .model import create_model
+from .names import names_record
 
 try:
     import fcntl
@@ -365,6 +366,7 @@ def checkpoint_state(model, opt, scaler, prep, cfg: TrainConfig, **run) -> dict:
                 'options': prep.options,
             },
             'coverage': {'cells': training_cells(prep)},
+            'names': names_record(prep),  # aliases, common names per language, taxonomy version
         }
     )
 

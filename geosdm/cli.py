@@ -75,7 +75,9 @@ def _predict_parser() -> argparse.ArgumentParser:
     p.add_argument('--lon', type=float, required=True, help='Longitude in degrees, -180 to 180')
     p.add_argument('--week', type=int, default=0, help='Week 1-48, or 0 for the whole year (max over weeks)')
     p.add_argument('--top_k', type=int, default=100, help='At most this many species')
-    p.add_argument('--threshold', type=float, default=0.15, help='Minimum probability to list a species')
+    p.add_argument('--lists', choices=['species', 'global'], help='calibrated thresholds (default if any) or one')
+    p.add_argument('--threshold', type=float, help='The one threshold of --lists global (default: calibrated or 0.15)')
+    p.add_argument('--lang', help='Common names in this language of the taxonomy, e.g. de')
     p.add_argument('--device', default='auto', choices=['auto', 'cuda', 'cpu'])
     return p
 
@@ -90,6 +92,8 @@ def _check_place(p, a):
         p.error(f'--week {a.week}: must be 0 (whole year) or 1..{N_WEEKS}')
     if not Path(a.checkpoint).is_file():
         p.error(f'--checkpoint {a.checkpoint}: no such file')
+    if a.threshold is not None and (a.lists == 'species' or not 0 <= a.threshold <= 1):
+        p.error(f'--threshold {a.threshold}: one number in [0, 1], with --lists global (species: the calibrated ones)')
 
 # %% ../nbs/23_cli.ipynb #bb84f755
 def predict_main(argv: list[str] | None = None) -> int:
@@ -102,7 +106,8 @@ def predict_main(argv: list[str] | None = None) -> int:
         from geosdm.predict import Predictor  # after the arguments are checked
 
         pr = Predictor(a.checkpoint, device=a.device)
-        rows = pr.species_list(a.lat, a.lon, a.week, top_k=a.top_k, threshold=a.threshold)
+        mode = a.lists or ('global' if a.threshold is not None or pr.calibration is None else 'species')
+        rows = pr.species_list(a.lat, a.lon, a.week, top_k=a.top_k, threshold=a.threshold, mode=mode, lang=a.lang)
         far = float(pr.distance_km(a.lat, a.lon)[0])
         if far > pr.far_km:
             print(
@@ -110,7 +115,9 @@ def predict_main(argv: list[str] | None = None) -> int:
                 f'trained on (more than {pr.far_km:,.0f} km): these probabilities are an extrapolation',
                 file=sys.stderr,
             )
-        print(f'{len(rows)} species with p ≥ {a.threshold} at ({a.lat:.4f}, {a.lon:.4f}), {week_label(a.week)}:')
+        t = pr.thresholds([a.lat], [a.lon], mode, a.threshold)[0]
+        how = f'p ≥ {t[0]:.3g}' if mode == 'global' else "p ≥ the species' calibrated threshold"
+        print(f'{len(rows)} species with {how} at ({a.lat:.4f}, {a.lon:.4f}), {week_label(a.week)}:')
         w = max([len(r[2]) for r in rows] + [11])
         for rank, (code, sci, com, prob) in enumerate(rows, 1):
             print(f'{rank:4d}  {prob:6.3f}  {com:<{w}}  {sci}  ({code})')
@@ -207,8 +214,9 @@ def _export_parser() -> argparse.ArgumentParser:
         '--formats',
         nargs='+',
         default=['onnx', 'onnx_fp16'],
-        choices=['onnx', 'onnx_fp16', 'tflite'],
-        help='onnx (fp32), onnx_fp16 (half the size), tflite (needs the tflite extra)',
+        choices=['onnx', 'onnx_fp16', 'onnx_int8', 'tflite'],
+        help='onnx (float32), onnx_fp16 (float16 weights: half the size), onnx_int8 (int8 weights: about a quarter), '
+        'tflite (needs the tflite extra)',
     )
     p.add_argument('--species', nargs='+', default=None, help='Only these species (codes, scientific or common names)')
     p.add_argument(
@@ -221,7 +229,21 @@ def _export_parser() -> argparse.ArgumentParser:
     p.add_argument('--name', default='geomodel', help='File name stem: geomodel.onnx, geomodel_fp16.onnx, ...')
     p.add_argument('--exporter', default='torchscript', choices=['torchscript', 'dynamo'], help='torch ONNX exporter')
     p.add_argument('--tflite_batch', type=int, default=1, help='The fixed batch size of a TFLite model')
+    p.add_argument('--layout', default='geosdm', choices=['geosdm', 'birdnet'], help='birdnet: input (batch, 3)')
+    p.add_argument('--always', help='CSV of labels never rejected (codes or names), stored with the model')
     return p
+
+# %% ../nbs/23_cli.ipynb #0fcc14bd
+def _export_line(r: dict) -> str:
+    "One line per exported model: file, size, species, and the measures of its check with their limits."
+    lim = r['limits']
+    of = lambda k, op: f' ({op} {lim[k]:g})' if 0 < lim[k] < float('inf') else ''
+    return (
+        f"{r['format']:<9}  {r['path']}  {r['bytes'] / 1e6:.2f} MB  {r['n_species']} species  "
+        f"max |Δp| {r['max_abs_diff']:.1e}{of('max_abs_diff', '≤')}  "
+        f"relative error {r['max_rel_diff']:.1e}{of('max_rel_diff', '≤')}  "
+        f"top-10 overlap {r['top10_overlap']:.1%}{of('top10_overlap', '≥')}"
+    )
 
 # %% ../nbs/23_cli.ipynb #66e4f6c2
 def export_main(argv: list[str] | None = None) -> int:
@@ -234,20 +256,25 @@ def export_main(argv: list[str] | None = None) -> int:
         p.error('give --species or --common_species, not both')
     if a.common_species < 0 or a.tflite_batch < 1:
         p.error('--common_species must be >= 0 and --tflite_batch >= 1')
+    if a.layout == 'birdnet' and (a.common_species or set(a.formats) - {'onnx', 'onnx_fp16'}):
+        p.error('--layout birdnet: formats onnx and onnx_fp16, species by --species')
+    if a.always is not None and not Path(a.always).is_file():
+        p.error(f'--always {a.always}: no such file')
 
     def body():
         try:
             from geosdm.export import export_model  # after the arguments are checked
         except ImportError as e:
             raise GeoSDMError(f'exporting needs {e.name}: pip install "geosdm[export]"') from None
+        if a.layout == 'birdnet':
+            from geosdm.birdnet import birdnet_formats
+
+            return print(birdnet_formats(a.checkpoint, a.outdir, a.formats, a.species, a.always, a.name))
         rows = export_model(
-            a.checkpoint, a.outdir, a.formats, a.species, a.common_species, a.name, a.exporter, a.tflite_batch
+            a.checkpoint, a.outdir, a.formats, a.species, a.common_species, a.name, a.exporter, a.tflite_batch, a.always
         )
         for r in rows:
-            print(
-                f"{r['format']:<9}  {r['path']}  {r['bytes'] / 1e6:.2f} MB  {r['n_species']} species  "
-                f"max |Δp| {r['max_abs_diff']:.1e} (tolerance {r['tolerance']:g})"
-            )
+            print(_export_line(r))
         print(
             f"labels and metadata beside each model: {Path(rows[0]['labels']).name}, {Path(rows[0]['metadata']).name}"
         )
@@ -267,15 +294,31 @@ def _plot_parser() -> argparse.ArgumentParser:
     common.add_argument('--formats', nargs='+', default=['png', 'svg', 'html'], choices=['png', 'svg', 'html', 'json'])
     model = argparse.ArgumentParser(add_help=False, parents=[common])
     model.add_argument('--checkpoint', default='checkpoints/checkpoint_best.pt', help='Checkpoint (or exported .onnx)')
-    model.add_argument('--max_cells', type=int, default=5000, help='Coarsen the map to at most this many H3 cells')
     model.add_argument('--device', default='auto', choices=['auto', 'cuda', 'cpu'])
+    where = argparse.ArgumentParser(add_help=False, parents=[model])  # the map figures
+    where.add_argument(
+        '--max_cells', type=int, default=5000, help="Draw the model's own cells if at most this many, else parents"
+    )
+    where.add_argument(
+        '--box',
+        nargs=4,
+        type=float,
+        metavar=('LON_MIN', 'LAT_MIN', 'LON_MAX', 'LAT_MAX'),
+        help="Draw this box only (default: all the model's cells)",
+    )
+    where.add_argument(
+        '--agg',
+        default='auto',
+        choices=['auto', 'max', 'mean', 'centre'],
+        help='What a parent cell shows: the max or mean of its cells, the model at its centre, or auto (max if cheap)',
+    )
     sub.add_parser('training', parents=[common], help='training curves').add_argument(
         'run_dir', help='Checkpoint folder'
     )
-    r = sub.add_parser('range', parents=[model], help='range maps of species')
+    r = sub.add_parser('range', parents=[where], help='range maps of species')
     r.add_argument('--species', nargs='+', required=True)
     r.add_argument('--weeks', nargs='+', type=int, default=[1, 13, 26, 39])
-    r = sub.add_parser('richness', parents=[model], help='species richness map')
+    r = sub.add_parser('richness', parents=[where], help='species richness map')
     r.add_argument('--week', type=int, default=0)
     r.add_argument('--threshold', type=float, default=0.1)
     r = sub.add_parser('phenology', parents=[model], help='weekly bars per species at a place')
@@ -284,7 +327,7 @@ def _plot_parser() -> argparse.ArgumentParser:
     r.add_argument('--species', nargs='+', default=None)
     r.add_argument('--top_k', type=int, default=6)
     r.add_argument('--threshold', type=float, default=0.05)
-    r = sub.add_parser('weekly', parents=[model], help='a map per week and an animated GIF')
+    r = sub.add_parser('weekly', parents=[where], help='a map per week and an animated GIF')
     r.add_argument('--species', required=True)
     r.add_argument('--weeks', nargs='+', type=int, default=list(range(1, N_WEEKS + 1)))
     r.add_argument('--fps', type=float, default=4.0)
@@ -308,6 +351,9 @@ def _check_plot_args(p, a):
         p.error(f'weeks must be 0 (the year) or 1..{N_WEEKS}, got {weeks}')
     if not 0 < getattr(a, 'threshold', 0.5) < 1:
         p.error(f'--threshold {a.threshold}: must be in (0, 1)')
+    box = getattr(a, 'box', None)
+    if box and not (-90 <= box[1] < box[3] <= 90 and -180 <= min(box[0], box[2]) <= max(box[0], box[2]) <= 180):
+        p.error(f'--box {" ".join(map(str, box))}: expected LON_MIN LAT_MIN LON_MAX LAT_MAX within ±180 and ±90')
     if hasattr(a, 'lat') and not (-90 <= a.lat <= 90 and -180 <= a.lon <= 180):
         p.error(f'--lat {a.lat} --lon {a.lon}: lat must be in [-90, 90] and lon in [-180, 180]')
 
@@ -331,41 +377,15 @@ def plot_main(argv: list[str] | None = None) -> int:
 
     return run('geosdm_plot', body)
 
-# %% ../nbs/23_cli.ipynb #c0ba6799
-def _ingest_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog='geosdm_ingest',
-        description='GBIF occurrences (DwC-A zip or folder, simple download, '
-        'parquet) to a combined parquet for training.',
-    )
-    p.add_argument(
-        'input',
-        help='GBIF Darwin Core Archive (zip or folder), simple download (zip or .csv) or parquet file/folder/glob',
-    )
-    p.add_argument(
-        '-o', '--output', default='combined.parquet', help='Combined parquet to write (default combined.parquet)'
-    )
-    p.add_argument('--resolution', type=int, default=None, help='H3 resolution (default: the grid\'s)')
-    p.add_argument('--grid', default=None, help='Environment grid parquet (h3_index + env columns) to join')
-    p.add_argument(
-        '--outside_grid',
-        choices=['drop', 'keep'],
-        default='drop',
-        help='Cells with records outside the grid: drop, or keep with null env',
-    )
-    p.add_argument(
-        '--taxonomy',
-        default=None,
-        help='Taxonomy CSV mapping scientific names to species codes (default: GBIF keys as codes)',
-    )
-    p.add_argument(
-        '--drop_unmatched', action='store_true', help='Drop species the taxonomy lacks (default: keep their GBIF key)'
-    )
+# %% ../nbs/23_cli.ipynb #6f547939
+def _filter_flags(p: argparse.ArgumentParser):
+    "The flags of `geosdm.tally.Filters`."
     p.add_argument(
         '--rank',
         choices=['species', 'exact', 'taxon'],
         default='species',
-        help='species: subspecies merged into species; exact: species-level records only; taxon: subspecies kept apart',
+        help='species: subspecies merged into species (by speciesKey, or by the species of scientificName where the '
+        'download has no speciesKey); exact: species-level records only; taxon: subspecies kept apart (by taxonKey)',
     )
     p.add_argument('--classes', nargs='*', default=[], help='Keep these classes only, e.g. aves (default: all)')
     p.add_argument(
@@ -385,10 +405,47 @@ def _ingest_parser() -> argparse.ArgumentParser:
         default='event',
         help='Count records of one taxon, cell and week with the same eventID (or recordedBy) once',
     )
+
+# %% ../nbs/23_cli.ipynb #c0ba6799
+def _ingest_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog='geosdm_ingest',
+        description='GBIF occurrences (DwC-A zip, tar.gz or folder, simple download, '
+        'parquet) to a combined parquet for training.',
+    )
+    p.add_argument(
+        'input',
+        help='GBIF Darwin Core Archive (zip, tar.gz or folder), simple download (zip or .csv) or parquet '
+        'file/folder/glob',
+    )
+    p.add_argument(
+        '-o', '--output', default='combined.parquet', help='Combined parquet to write (default combined.parquet)'
+    )
+    p.add_argument('--resolution', type=int, default=None, help='H3 resolution (default: the grid\'s)')
+    p.add_argument('--grid', default=None, help='Environment grid parquet (h3_index + env columns) to join')
+    p.add_argument(
+        '--outside_grid',
+        choices=['drop', 'keep'],
+        default='drop',
+        help='Cells with records outside the grid: drop, or keep with null env',
+    )
+    p.add_argument(
+        '--taxonomy',
+        default=None,
+        help='Taxonomy CSV mapping scientific names to species codes (default: GBIF keys as codes)',
+    )
+    p.add_argument('--aliases', help='Alias table alias,species_code (default: <taxonomy stem>_aliases.csv if there)')
+    p.add_argument(
+        '--drop_unmatched', action='store_true', help='Drop species the taxonomy lacks (default: keep their GBIF key)'
+    )
+    _filter_flags(p)
     p.add_argument(
         '--geometry', action='store_true', help='Add cell polygons and GeoParquet metadata (for geopandas readers)'
     )
     p.add_argument('--max_rows', type=int, default=0, help='Read only the first N records (0 = all)')
+    p.add_argument(
+        '--allow_empty', action='store_true', help='Write the outputs even when no record passes (default: an error)'
+    )
     p.add_argument('--work_dir', default=None, help='Folder for temporary files (default: the system temp folder)')
     return p
 
@@ -397,7 +454,7 @@ def _check_ingest(p, a):
     "Argument errors before anything heavy is loaded (exit 2 via argparse)."
     if '*' not in a.input and not Path(a.input).exists():
         p.error(f'{a.input}: no such file or folder')
-    for flag, v in (('--grid', a.grid), ('--taxonomy', a.taxonomy)):
+    for flag, v in (('--grid', a.grid), ('--taxonomy', a.taxonomy), ('--aliases', a.aliases)):
         if v and not Path(v).is_file():
             p.error(f'{flag} {v}: no such file')
     if a.resolution is None and not a.grid:
@@ -452,11 +509,13 @@ def ingest_main(argv: list[str] | None = None) -> int:
                 grid=a.grid,
                 outside_grid=a.outside_grid,
                 taxonomy=a.taxonomy,
+                aliases=a.aliases,
                 drop_unmatched=a.drop_unmatched,
                 filters=f,
                 geometry=a.geometry,
                 max_rows=a.max_rows,
                 workdir=a.work_dir,
+                allow_empty=a.allow_empty,
             )
         )
 

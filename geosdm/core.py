@@ -25,8 +25,9 @@ import numpy as np
 # %% auto #0
 __all__ = ['N_WEEKS', 'YEAR', 'WEEK_COLS', 'WATCHLIST', 'GeoSDMError', 'GeoSDMDataError', 'ConfigError', 'CheckpointError',
            'atomic_path', 'atomic_write', 'is_temp_file', 'stale_temp_files', 'pid_alive', 'clean_temp_files',
-           'file_digest', 'jsonable', 'write_json', 'csr_gather', 'sorted_unique', 'release_freed_memory', 'week_of',
-           'week_label', 'cache_dir', 'demo_data_dir', 'demo_parquet', 'peak_rss_mb', 'usable_cpus', 'CpuShare']
+           'same_file', 'OutputSet', 'file_digest', 'jsonable', 'write_json', 'csr_gather', 'sorted_unique',
+           'release_freed_memory', 'week_of', 'week_label', 'cache_dir', 'demo_data_dir', 'demo_parquet', 'peak_rss_mb',
+           'usable_cpus', 'CpuShare']
 
 # %% ../nbs/00_core.ipynb #005b42b3
 class GeoSDMError(Exception):
@@ -70,6 +71,21 @@ def _writer_tag() -> str:
     "`<pid>@<host>`: who writes a temporary file (evaluated per call: a forked child has its own pid)."
     return f'{os.getpid()}@{_HOST}'
 
+# %% ../nbs/00_core.ipynb #5cafa670
+def _temp_beside(path: Path) -> Path:
+    "A new empty temporary file in the folder of `path`, named by the pattern above (the folder is made if need be)."
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.{_writer_tag()}.', suffix='.tmp', dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+# %% ../nbs/00_core.ipynb #0a466be3
+def _finish(tmp: Path):
+    "Give a written temporary file the mode a plain `open` would have, and flush it to disk."
+    os.chmod(tmp, 0o666 & ~_UMASK)
+    with open(tmp, 'rb+') as f:
+        os.fsync(f.fileno())
+
 # %% ../nbs/00_core.ipynb #caf23e78
 @contextmanager
 def atomic_path(path) -> Iterator[Path]:
@@ -77,14 +93,9 @@ def atomic_path(path) -> Iterator[Path]:
     path = Path(path)
     tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.{_writer_tag()}.', suffix='.tmp', dir=path.parent)
-        os.close(fd)
-        tmp = Path(tmp)
+        tmp = _temp_beside(path)
         yield tmp
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        with open(tmp, 'rb+') as f:
-            os.fsync(f.fileno())
+        _finish(tmp)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except OSError as e:
@@ -153,6 +164,108 @@ def clean_temp_files(folder) -> list[Path]:
     for p in gone:
         p.unlink(missing_ok=True)
     return gone
+
+# %% ../nbs/00_core.ipynb #fc8085b3
+def same_file(a, b) -> bool:
+    "Whether paths `a` and `b` name the same file: equal resolved paths, or the same device and inode."
+    a, b = Path(a), Path(b)
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
+
+# %% ../nbs/00_core.ipynb #02aa8f63
+def _link_aside(target: Path) -> Path | None:
+    "A second name (hard link) for the existing file `target`, in the temporary pattern; None where links fail."
+    if not target.is_file():
+        return None
+    for _ in range(3):
+        name = _temp_beside(target)
+        name.unlink()
+        try:
+            os.link(target, name)
+            return name
+        except FileExistsError:
+            continue
+        except OSError:
+            return None
+    return None
+
+# %% ../nbs/00_core.ipynb #71cda02a
+class OutputSet:
+    "The outputs of one run: temporary files beside their targets, renamed into place together when the block succeeds."
+
+    def __init__(self, inputs=()):
+        self.inputs = [Path(p) for p in inputs]
+        self.temps: dict[Path, Path] = {}  # target → its temporary file
+
+    def path(self, target) -> Path:
+        "The temporary file to write for `target` (the same one when asked again); refuses an input of the run."
+        target = Path(target)
+        key = Path(os.path.abspath(target))  # `a/../b` and `b` are one target; a link stays a link
+        if key not in self.temps:
+            for i in self.inputs:
+                if same_file(i, target):
+                    raise GeoSDMError(f'{target}: is an input of this run ({i}); refusing to write over it')
+            if all(t.parent != key.parent for t in self.temps):
+                clean_temp_files(key.parent)  # leftovers of killed runs
+            self.temps[key] = _temp_beside(target)
+        return self.temps[key]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb):
+        if kind is None:
+            self.commit()
+        else:
+            self.discard()
+        return False
+
+    def discard(self):
+        "Remove every temporary file; the targets stay as they were."
+        for tmp in self.temps.values():
+            tmp.unlink(missing_ok=True)
+        self.temps.clear()
+
+# %% ../nbs/00_core.ipynb #a586ef73
+def _rename_all(temps: dict[Path, Path], backup: dict[Path, Path | None]):
+    "Rename each temporary file over its target; if one fails, undo the renames done (the old file back, or none)."
+    done = []
+    try:
+        for target, tmp in temps.items():
+            os.replace(tmp, target)
+            done.append(target)
+    except BaseException:
+        for target in done:
+            if backup[target] is not None:
+                os.replace(backup[target], target)
+            else:
+                target.unlink(missing_ok=True)
+        raise
+
+
+def _commit(self: OutputSet):
+    "Flush every temporary file, then rename them all over their targets (all or none, see above)."
+    backup = {}
+    try:
+        for tmp in self.temps.values():
+            _finish(tmp)
+        for target in self.temps:
+            backup[target] = _link_aside(target)
+        _rename_all(self.temps, backup)
+        for folder in {t.parent for t in self.temps}:
+            _fsync_dir(folder)
+    finally:
+        for b in backup.values():
+            if b is not None:
+                b.unlink(missing_ok=True)
+        self.discard()
+
+
+OutputSet.commit = _commit
 
 # %% ../nbs/00_core.ipynb #2fe42d2f
 def file_digest(path, block: int = 1 << 22) -> str:

@@ -5,20 +5,22 @@
 # %% ../nbs/19_gbif.ipynb #324f3c99
 from __future__ import annotations
 
+import csv
 import re
-import shutil
 import xml.etree.ElementTree as ET
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 
 import polars as pl
 
+from .archives import TAR_SUFFIXES, TextFile, archive_folder, untar, unzip
 from .core import GeoSDMDataError, atomic_path
 
 # %% auto #0
-__all__ = ['TERMS', 'REQUIRED', 'TableSpec', 'read_meta', 'meta_xml', 'Occurrences', 'open_occurrences', 'write_dwca']
+__all__ = ['TERMS', 'COORDS', 'DATE', 'KEY_TERMS', 'ALIASES', 'SEPARATORS', 'TableSpec', 'read_meta', 'meta_xml', 'sniff',
+           'Occurrences', 'open_occurrences', 'write_dwca']
 
 # %% ../nbs/19_gbif.ipynb #a7c78021
 TERMS = {
@@ -39,7 +41,9 @@ TERMS = {
     'eventID': pl.String,
     'recordedBy': pl.String,
 }
-REQUIRED = ('decimalLatitude', 'decimalLongitude', 'year', 'month', 'day', 'speciesKey')
+COORDS, DATE = ('decimalLatitude', 'decimalLongitude'), ('year', 'month', 'day')
+KEY_TERMS = ('speciesKey', 'taxonKey', 'speciesID', 'species', 'scientificName')  # at least one of them
+ALIASES = {'taxonKey': 'speciesID'}  # a term read from another column when its own is absent
 
 
 def _term_name(uri: str) -> str:
@@ -58,21 +62,39 @@ class TableSpec:
     quote: str | None = None
     skip: int = 0  # header lines
     id_index: int | None = None
+    defaults: dict = field(default_factory=dict)  # term → the value of every record (a field without index)
+    encoding: str = 'UTF-8'
 
 # %% ../nbs/19_gbif.ipynb #2965d2af
 def _unescape(s: str | None, default: str) -> str:
     return default if s is None else s.replace('\\t', '\t').replace('\\n', '\n').replace('\\r', '\r')
 
+
+def _index(v, what: str, source: str) -> int:
+    "A column index or a line count from meta.xml, or an error naming it."
+    try:
+        i = int(str(v).strip())
+    except ValueError:
+        raise GeoSDMDataError(f'{source}: {what} is {v!r}, not a whole number') from None
+    if i < 0:
+        raise GeoSDMDataError(f'{source}: {what} is {i}, below 0')
+    return i
+
 # %% ../nbs/19_gbif.ipynb #57456cc0
-def _table_spec(el, ns: str, id_tag: str) -> TableSpec:
+def _table_spec(el, ns: str, id_tag: str, source: str) -> TableSpec:
+    tag = el.tag.split('}')[-1]
     loc = el.find(f'{ns}files/{ns}location')
     if loc is None or not (loc.text or '').strip():
-        raise GeoSDMDataError(f'meta.xml: <{el.tag.split("}")[-1]}> has no <files><location>')
-    cols = {
-        int(f.get('index')): _term_name(f.get('term', ''))
-        for f in el.findall(f'{ns}field')
-        if f.get('index') is not None
-    }
+        raise GeoSDMDataError(f'{source}: <{tag}> has no <files><location>')
+    cols, defaults = {}, {}
+    for f in el.findall(f'{ns}field'):
+        term = _term_name(f.get('term', ''))
+        if f.get('index') is not None:
+            cols[_index(f.get('index'), f'the index of <field> {term}', source)] = term
+        elif f.get('default') is not None:
+            defaults[term] = f.get('default')
+    if not cols:
+        raise GeoSDMDataError(f'{source}: <{tag}> has no <field> with an index, so no column can be read')
     idx = el.find(f'{ns}{id_tag}')
     return TableSpec(
         location=loc.text.strip(),
@@ -80,22 +102,30 @@ def _table_spec(el, ns: str, id_tag: str) -> TableSpec:
         columns=cols,
         separator=_unescape(el.get('fieldsTerminatedBy'), ','),
         quote=_unescape(el.get('fieldsEnclosedBy'), '"') or None,
-        skip=int(el.get('ignoreHeaderLines') or 0),
-        id_index=None if idx is None else int(idx.get('index')),
+        skip=_index(el.get('ignoreHeaderLines') or 0, 'ignoreHeaderLines', source),
+        id_index=None if idx is None else _index(idx.get('index'), f'the index of <{id_tag}>', source),
+        defaults=defaults,
+        encoding=el.get('encoding') or 'UTF-8',
     )
 
 # %% ../nbs/19_gbif.ipynb #a29e7649
-def read_meta(text: str | bytes) -> tuple[TableSpec, list[TableSpec]]:
-    "The core and the extensions of a Darwin Core Archive from the text of its `meta.xml`."
+def read_meta(text: str | bytes, source: str = 'meta.xml') -> tuple[TableSpec, list[TableSpec]]:
+    "The core and the (readable) extensions of a Darwin Core Archive from its `meta.xml`; `source` names it in errors."
     try:
         root = ET.fromstring(text)
-    except ET.ParseError as e:
-        raise GeoSDMDataError(f'meta.xml: not valid XML ({e})') from e
+    except (ET.ParseError, ValueError, LookupError) as e:
+        raise GeoSDMDataError(f'{source}: not valid XML ({e})') from e
     ns = root.tag[: root.tag.index('}') + 1] if root.tag.startswith('{') else ''
     core = root.find(f'{ns}core')
     if core is None:
-        raise GeoSDMDataError('meta.xml: no <core> element; is this a Darwin Core Archive?')
-    return _table_spec(core, ns, 'id'), [_table_spec(e, ns, 'coreid') for e in root.findall(f'{ns}extension')]
+        raise GeoSDMDataError(f'{source}: no <core> element; is this a Darwin Core Archive?')
+    exts = []
+    for e in root.findall(f'{ns}extension'):
+        try:
+            exts.append(_table_spec(e, ns, 'coreid', source))
+        except GeoSDMDataError:
+            pass  # an extension ingest cannot read is one it does without
+    return _table_spec(core, ns, 'id', source), exts
 
 # %% ../nbs/19_gbif.ipynb #4a46b0b8
 def meta_xml(
@@ -123,147 +153,165 @@ def meta_xml(
         )
     return xml + '</archive>'
 
-# %% ../nbs/19_gbif.ipynb #316c6fea
-def _scan_text(path, names: Sequence[str], skip: int, sep: str, quote: str | None) -> pl.LazyFrame:
-    "Lazy scan of a delimited file whose columns are `names`; the terms ingest reads are typed, the rest are text."
-    seen, cols = {}, []
-    for n in names:  # duplicate or empty names get a suffix
-        n = n or '_'
-        cols.append(n if n not in seen else f'{n}_{seen[n]}')
-        seen[n] = seen.get(n, 0) + 1
-    return pl.scan_csv(
-        path,
-        has_header=False,
-        skip_rows=skip,
-        separator=sep,
-        quote_char=quote,
-        ignore_errors=True,
-        schema={n: TERMS.get(n, pl.String) for n in cols},
-        truncate_ragged_lines=True,
-    )
+# %% ../nbs/19_gbif.ipynb #1c7f7f13
+SEPARATORS = ('\t', ',', ';', '|')  # a tie goes to the first
 
-# %% ../nbs/19_gbif.ipynb #ade6f4ec
-def _first_line(path) -> str:
-    with open(path, encoding='utf-8', errors='replace', newline='') as f:
-        return f.readline().rstrip('\r\n')
+
+def sniff(header: str) -> tuple[str, str | None, list[str]]:
+    "The separator, quote character and column names of a delimited file, from its header line."
+    sep = max(SEPARATORS, key=header.count)
+    if sep == '\t' and not header.startswith('"'):
+        return sep, None, header.split(sep)  # GBIF's own: no quoting
+    return sep, '"', [n.strip() for n in next(csv.reader([header], delimiter=sep, quotechar='"'))]
+
+# %% ../nbs/19_gbif.ipynb #e6dfe3d6
+def _date_part(event: pl.Expr, term: str) -> pl.Expr:
+    "`year`, `month` or `day` from an ISO `eventDate` (the start of an interval); null where it is not given."
+    pattern = r'^\s*(\d{4})(?:-(\d{1,2})(?:-(\d{1,2}))?)?'
+    return event.cast(pl.String).str.extract(pattern, DATE.index(term) + 1).cast(TERMS[term], strict=False)
 
 # %% ../nbs/19_gbif.ipynb #71e08535
-def _canonical(lf: pl.LazyFrame, source: str, id_col: str | None = None) -> pl.LazyFrame:
-    """Select the terms ingest reads under their Darwin Core names (case-insensitive match); absent optional terms are
-    null."""
+def _canonical(
+    lf: pl.LazyFrame, source: str, id_col: str | None = None, defaults: dict | None = None
+) -> tuple[pl.LazyFrame, frozenset, dict]:
+    """The terms ingest reads under their Darwin Core names (case-insensitive match), the terms the input lacks, and
+    the terms read from another column (`ALIASES`)."""
     schema = lf.collect_schema()
     lower = {c.lower(): c for c in schema}
-    missing = [t for t in REQUIRED if t.lower() not in lower]
+    dflt = {t.lower(): v for t, v in (defaults or {}).items()}
+    aka = {t: a for t, a in ALIASES.items() if t.lower() not in lower and a.lower() in lower}
+    lower |= {t.lower(): lower[a.lower()] for t, a in aka.items()}
+    has = lambda t: t.lower() in lower or t.lower() in dflt
+    event = lower.get('eventdate')
+    missing = [t for t in COORDS if not has(t)] + [t for t in DATE if not (has(t) or event)]
+    if not any(has(t) for t in KEY_TERMS):
+        missing.append('speciesKey (or taxonKey, speciesID, scientificName)')
     if missing:
-        raise GeoSDMDataError(
-            f'{source}: missing column(s) {missing}; found {list(schema)[:12]}{" …" if len(schema) > 12 else ""}'
-        )
-    out = []
+        more = ' …' if len(schema) > 12 else ''
+        hint = ' (or eventDate)' if any(t in DATE for t in missing) else ''
+        raise GeoSDMDataError(f'{source}: missing column(s) {missing}{hint}; found {list(schema)[:12]}{more}')
+    out, absent = [], []
     for t, dt in TERMS.items():
         c = lower.get(t.lower())
-        if c is None:
-            out.append(pl.lit(None, dt).alias(t))
-        elif isinstance(schema[c], pl.List):
+        if c is not None and isinstance(schema[c], pl.List):
             out.append(pl.col(c).cast(pl.List(pl.String)).list.join('|').alias(t))
-        else:
+        elif c is not None:
             out.append(pl.col(c).cast(dt, strict=False).alias(t))
+        elif t.lower() in dflt:
+            out.append(pl.lit(dflt[t.lower()]).cast(dt, strict=False).alias(t))
+        elif t in DATE and event:
+            out.append(_date_part(pl.col(event), t).alias(t))
+        else:
+            out.append(pl.lit(None, dt).alias(t))
+            absent.append(t)
     if id_col:
         out.append(pl.col(id_col).cast(pl.String).alias('_id'))
-    return lf.select(out)
+    return lf.select(out), frozenset(absent), aka
 
 # %% ../nbs/19_gbif.ipynb #6ae4fdb2
 @dataclass
 class Occurrences:
     """An input as a lazy frame of the terms ingest reads; `vernacular` (`_id`, `vernacularName`, `language`) when
-    present."""
+    present; `absent`: the terms the input lacks (null in the frame); `aka`: terms read from another column."""
 
     frame: pl.LazyFrame
     kind: str
     files: list
     vernacular: pl.LazyFrame | None = None
+    absent: frozenset = frozenset()
+    aka: dict = field(default_factory=dict)
 
-# %% ../nbs/19_gbif.ipynb #fcb8eda9
-def _extract(zf: zipfile.ZipFile, member: str, folder: Path) -> Path:
-    "Copy one member of a zip to `folder`, streaming (no whole-file read)."
-    out = folder / Path(member).name
-    with zf.open(member) as src, open(out, 'wb') as dst:
-        shutil.copyfileobj(src, dst, 1 << 22)
-    return out
+
+def _occurrences(lf: pl.LazyFrame, kind: str, files: list, source: str, **kw) -> Occurrences:
+    frame, absent, aka = _canonical(lf, source, **kw)
+    return Occurrences(frame, kind, files, absent=absent, aka=aka)
+
+# %% ../nbs/19_gbif.ipynb #125ef519
+def _needed(meta: bytes, root: PurePosixPath, source: str) -> list[str]:
+    "The locations of the core file and the vernacular names, from `meta.xml`'s bytes."
+    core, exts = read_meta(meta, f'{source}: {root / "meta.xml"}')
+    return [core.location] + [e.location for e in exts if e.row_type == 'VernacularName']
 
 # %% ../nbs/19_gbif.ipynb #6862620b
-def _read_dwca(folder: Path, meta: str, source: str) -> Occurrences:
-    "A Darwin Core Archive whose files (or the ones we need) lie in `folder`."
-    core, exts = read_meta(meta)
-    path = folder / core.location
-    if not path.is_file():
-        raise GeoSDMDataError(f'{source}: meta.xml names {core.location}, which the archive lacks')
-    n = len(_first_line(path).split(core.separator))
-    names = [core.columns.get(i, f'_c{i}') for i in range(max(n, max(core.columns) + 1))]
+def _check_columns(spec: TableSpec, n: int, source: str):
+    "Every column `meta.xml` names (and the id) must exist in a file of `n` columns."
+    past = {t: i for i, t in spec.columns.items() if i >= n}
+    if past:
+        raise GeoSDMDataError(f'{source}: {spec.location} has {n} columns, but meta.xml puts {past} past them')
+    if spec.id_index is not None and spec.id_index >= n:
+        raise GeoSDMDataError(f'{source}: <id index="{spec.id_index}"> is past the {n} columns of {spec.location}')
+
+# %% ../nbs/19_gbif.ipynb #8623f692
+def _vernacular(folder: Path, vern: TableSpec, workdir) -> pl.LazyFrame:
+    "The vernacular-name extension as (`_id`, `vernacularName`, `language`)."
+    vn = [vern.columns.get(i, f'_c{i}') for i in range(max([*vern.columns, vern.id_index or 0]) + 1)]
+    vn[vern.id_index or 0] = '_id'
+    v = TextFile(folder / vern.location).scan(vn, vern.skip, vern.separator, vern.quote, {}, workdir)
+    have = v.collect_schema()
+    return v.select(
+        pl.col('_id').cast(pl.String),
+        *[(pl.col(c) if c in have else pl.lit(None, pl.String)).alias(c) for c in ('vernacularName', 'language')],
+    )
+
+# %% ../nbs/19_gbif.ipynb #b4e76289
+def _read_dwca(folder: Path, source: str, workdir: Path, meta_src: str, text: TextFile | None = None) -> Occurrences:
+    """A Darwin Core Archive whose `meta.xml` (and the files ingest reads) lie in `folder`; `text`: its core file, if
+    elsewhere (in a zip)."""
+    core, exts = read_meta((folder / 'meta.xml').read_bytes(), meta_src)
+    text = text or (TextFile(folder / core.location) if (folder / core.location).is_file() else None)
+    if text is None:
+        raise GeoSDMDataError(f'{meta_src}: names {core.location}, which the archive lacks')
+    text = text.as_utf8(core.encoding, workdir, source)
+    n = len(text.first_line().split(core.separator))
+    _check_columns(core, n, meta_src)
+    names = [core.columns.get(i, f'_c{i}') for i in range(n)]
     id_col = names[core.id_index] if core.id_index is not None else None
     vern = next((e for e in exts if e.row_type == 'VernacularName' and (folder / e.location).is_file()), None)
-    occ = Occurrences(
-        _canonical(_scan_text(path, names, core.skip, core.separator, core.quote), source, id_col if vern else None),
-        'dwca',
-        [str(path)],
-    )
+    lf = text.scan(names, core.skip, core.separator, core.quote, TERMS, workdir)
+    occ = _occurrences(lf, 'dwca', [text.name], source, id_col=id_col if vern else None, defaults=core.defaults)
     if vern:
-        m = max(vern.columns) + 1
-        vn = [vern.columns.get(i, f'_c{i}') for i in range(m)]
-        vn[vern.id_index or 0] = '_id'
-        v = _scan_text(folder / vern.location, vn, vern.skip, vern.separator, vern.quote)
-        have = v.collect_schema()
-        occ.vernacular = v.select(
-            pl.col('_id').cast(pl.String),
-            pl.col('vernacularName') if 'vernacularName' in have else pl.lit(None, pl.String).alias('vernacularName'),
-            (pl.col('language') if 'language' in have else pl.lit(None, pl.String)).alias('language'),
-        )
+        occ.vernacular = _vernacular(folder, vern, workdir)
         occ.files.append(str(folder / vern.location))
     return occ
 
 # %% ../nbs/19_gbif.ipynb #f4be7525
-def _read_simple(path: Path, source: str) -> Occurrences:
-    "A GBIF simple download: tab-separated, a header line, no quoting."
-    names = _first_line(path).split('\t')
-    return Occurrences(_canonical(_scan_text(path, names, 1, '\t', None), source), 'simple', [str(path)])
+def _read_simple(text: TextFile, source: str, workdir) -> Occurrences:
+    "A simple download: delimited text with a header line (separator and quoting from `sniff`)."
+    sep, quote, names = sniff(text.first_line())
+    return _occurrences(text.scan(names, 1, sep, quote, TERMS, workdir), 'simple', [text.name], source)
 
 # %% ../nbs/19_gbif.ipynb #8966bbf8
-def _read_zip(path: Path, workdir: Path) -> Occurrences:
-    with zipfile.ZipFile(path) as zf:
-        members = [m for m in zf.namelist() if not m.endswith('/')]
-        if 'meta.xml' in members:
-            meta = zf.read('meta.xml').decode('utf-8')
-            core, exts = read_meta(meta)
-            for loc in [core.location] + [e.location for e in exts if e.row_type == 'VernacularName']:
-                if loc in members:
-                    _extract(zf, loc, workdir)
-            return _read_dwca(workdir, meta, str(path))
-        data = [m for m in members if m.lower().endswith(('.csv', '.txt', '.tsv'))]
-        if len(data) != 1:
-            raise GeoSDMDataError(
-                f'{path}: neither a Darwin Core Archive (no meta.xml) nor a simple download (one .csv); '
-                f'found {members[:8]}'
-            )
-        return _read_simple(_extract(zf, data[0], workdir), str(path))
+def _read_packed(p: Path, workdir: Path) -> Occurrences:
+    "A zip or tar: a Darwin Core Archive or a simple download."
+    try:
+        folder, text = (unzip if zipfile.is_zipfile(p) else untar)(p, workdir, lambda m, r: _needed(m, r, str(p)))
+    except zipfile.BadZipFile as e:
+        raise GeoSDMDataError(f'{p}: not a readable zip ({e})') from e
+    if folder is None:
+        return _read_simple(text, str(p), workdir)
+    return _read_dwca(folder, str(p), workdir, f'{p}: meta.xml', text)
 
 # %% ../nbs/19_gbif.ipynb #b3cc5418
 def open_occurrences(path, workdir) -> Occurrences:
-    "Open a DwC-A (zip or folder), a simple download (zip or .csv/.txt) or parquet (file, folder or glob) lazily."
-    src, p = str(path), Path(path)
+    """Open a DwC-A (zip, tar or folder), a simple download (zip or .csv/.txt) or parquet (file, folder or glob)
+    lazily."""
+    src, p, wd = str(path), Path(path), Path(workdir)
     if '*' in src:
-        return Occurrences(_canonical(pl.scan_parquet(src), src), 'parquet', [src])
+        return _occurrences(pl.scan_parquet(src), 'parquet', [src], src)
     if p.is_dir():
-        if (p / 'meta.xml').is_file():
-            return _read_dwca(p, (p / 'meta.xml').read_text(encoding='utf-8'), src)
+        root = archive_folder(p)
+        if root is not None:
+            return _read_dwca(root, src, wd, str(root / 'meta.xml'))
         if any(p.glob('*.parquet')):
-            return Occurrences(_canonical(pl.scan_parquet(p / '*.parquet'), src), 'parquet', [src])
+            return _occurrences(pl.scan_parquet(p / '*.parquet'), 'parquet', [src], src)
         raise GeoSDMDataError(f'{src}: a folder without meta.xml or parquet files')
     if not p.is_file():
         raise GeoSDMDataError(f'{src}: no such file')
-    if zipfile.is_zipfile(p):
-        return _read_zip(p, Path(workdir))
+    if zipfile.is_zipfile(p) or p.name.lower().endswith(TAR_SUFFIXES):
+        return _read_packed(p, wd)
     if p.suffix.lower() == '.parquet':
-        return Occurrences(_canonical(pl.scan_parquet(p), src), 'parquet', [src])
-    return _read_simple(p, src)
+        return _occurrences(pl.scan_parquet(p), 'parquet', [src], src)
+    return _read_simple(TextFile(p), src, wd)
 
 # %% ../nbs/19_gbif.ipynb #9942f0d9
 def _tsv(df: pl.DataFrame, f, header: bool):

@@ -5,7 +5,10 @@
 # %% ../nbs/21_ingest.ipynb #3fe53716
 from __future__ import annotations
 
+import fnmatch
+import glob
 import json
+import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -18,15 +21,26 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .core import N_WEEKS, WEEK_COLS, GeoSDMDataError, atomic_path, atomic_write, peak_rss_mb, write_json
+from geosdm.core import (
+    N_WEEKS,
+    WEEK_COLS,
+    GeoSDMDataError,
+    OutputSet,
+    atomic_path,
+    atomic_write,
+    peak_rss_mb,
+    write_json,
+)
 from .gbif import Occurrences, open_occurrences
 from .geo import cell_wkb, geoparquet_metadata
-from .inputs import TAX_COLUMNS, read_grid, taxonomy_frame
+from .inputs import TAX_COLUMNS, read_grid, taxonomy_frame, unique_rows
+from .names import add_aliases, find_aliases, read_aliases, with_languages, write_aliases
 from .tally import REASONS, Filters, Tallies, tally
 
 # %% auto #0
 __all__ = ['MANIFEST_COLS', 'CLUSTER_SQL', 'read_name_codes', 'best_vernacular', 'species_codes', 'manifest', 'weekly_lists',
-           'attach_grid', 'write_combined', 'funnel', 'Kept', 'output_paths', 'ingest']
+           'attach_grid', 'write_combined', 'funnel', 'Kept', 'output_paths', 'refuse_overwrite', 'match_table',
+           'ingest']
 
 # %% ../nbs/21_ingest.ipynb #180419ba
 def read_name_codes(path) -> pl.DataFrame:
@@ -36,12 +50,11 @@ def read_name_codes(path) -> pl.DataFrame:
         raise GeoSDMDataError(
             f'{path}: a taxonomy needs a scientific name column (one of {TAX_COLUMNS["sci"]}) to match records by name'
         )
-    return (
-        t.with_columns(pl.col('scientificName').str.to_lowercase().alias('_match'))
-        .filter((pl.col('_match') != '') & (pl.col('species_code') != ''))
-        .select('_match', 'species_code', 'scientificName', 'commonName')
-        .unique('_match', keep='first', maintain_order=True)
+    t = t.with_columns(pl.col('scientificName').str.to_lowercase().alias('_match')).filter(
+        (pl.col('_match') != '') & (pl.col('species_code') != '')
     )
+    t = unique_rows(t, '_match', ['species_code'], path, 'scientific name', show='scientificName')
+    return t.select('_match', 'species_code', 'scientificName', 'commonName')
 
 # %% ../nbs/21_ingest.ipynb #cf9cc302
 def best_vernacular(vern: pl.DataFrame | None) -> pl.DataFrame:
@@ -64,8 +77,10 @@ def species_codes(
     names: pl.DataFrame | None = None,
     drop_unmatched: bool = False,
     vernacular: pl.DataFrame | None = None,
+    code_from_name: bool = False,
 ) -> pl.DataFrame:
-    "Per kept key: species_code (null when dropped as unmatched), scientificName, commonName, class, rows, matched."
+    """Per kept key: species_code (null when dropped as unmatched), scientificName, commonName, class, rows, matched.
+    Unmatched keys get their key as code, or their name with `code_from_name`."""
     per_key = (
         taxa.filter(pl.col('reason').is_null())
         .sort('rows', descending=True)
@@ -87,7 +102,7 @@ def species_codes(
     return s.select(
         'key',
         pl.when(matched | (not drop_unmatched))
-        .then(pl.col('species_code').fill_null(pl.col('key').cast(pl.String)))
+        .then(pl.col('species_code').fill_null(pl.col('name') if code_from_name else pl.col('key').cast(pl.String)))
         .alias('species_code'),
         pl.col('scientificName').fill_null(pl.col('name')),
         pl.when(pl.col('commonName').fill_null('') != '')
@@ -258,7 +273,7 @@ def _assemble(
     tal: Tallies, names: pl.DataFrame | None, grid: pl.DataFrame | None, outside: str, drop_unmatched: bool
 ) -> Kept:
     "From the tallies to the output frame, the taxonomy table, the manifest and the counts per filter."
-    species = species_codes(tal.taxa, names, drop_unmatched, tal.vernacular)
+    species = species_codes(tal.taxa, names, drop_unmatched, tal.vernacular, tal.key_source == 'scientificName')
     lists = weekly_lists(tal.triples, species)
     frame, away = attach_grid(lists, grid, outside)
     coded, later = _survivors(tal, species, away, outside)
@@ -298,11 +313,59 @@ def output_paths(output) -> dict[str, Path]:
         'taxonomy': p.with_name(f'{p.stem}_taxonomy.csv'),
         'manifest': p.with_name(f'{p.stem}_manifest.csv'),
         'report': p.with_name(f'{p.stem}_report.json'),
+        'aliases': p.with_name(f'{p.stem}_aliases.csv'),
     }
+
+# %% ../nbs/21_ingest.ipynb #0b7f7e00
+def _same(a: Path, b: Path) -> bool:
+    "Whether two paths name one file (by resolved path, or by device and inode through links)."
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def refuse_overwrite(paths: dict, source, grid=None, taxonomy=None, aliases=None):
+    "Raise if an output would overwrite an input or land inside an input folder, or if a folder is in its way."
+    src = Path(source)
+    inputs = [('the input', Path(f)) for f in glob.glob(str(source))] if '*' in str(source) else [('the input', src)]
+    inputs += [
+        (f'the {k} file', Path(v)) for k, v in (('--grid', grid), ('--taxonomy', taxonomy), ('--aliases', aliases)) if v
+    ]
+    for out in paths.values():
+        if '*' in str(source) and fnmatch.fnmatch(str(out.resolve()), str(Path(source).resolve())):
+            raise GeoSDMDataError(f'--output: {out} matches the input pattern {source}; a later run would read it')
+        for what, f in inputs:
+            if _same(out, f):
+                raise GeoSDMDataError(f'--output: {out} is {what} {f}; refusing to overwrite an input')
+            if f.is_dir() and out.resolve().is_relative_to(f.resolve()):
+                raise GeoSDMDataError(f'--output: {out} lies inside {what} {f}; write it elsewhere')
+        if out.is_dir():
+            raise GeoSDMDataError(f'--output: {out} is a folder; cannot write a file there')
 
 # %% ../nbs/21_ingest.ipynb #9a7276d2
 def _write_csv(df: pl.DataFrame, path) -> Path:
     return atomic_write(path, lambda f: df.write_csv(f))
+
+# %% ../nbs/21_ingest.ipynb #2c7545db
+def _check_not_empty(n_read: int, dropped: dict, source):
+    "An error naming every filter's count when no record is left."
+    if n_read - sum(dropped.values()) > 0:
+        return
+    counts = ', '.join(f'{name} {n:,}' for name, n in dropped.items() if n) or 'none dropped'
+    raise GeoSDMDataError(
+        f'{source}: no record is left of {n_read:,} read (dropped by {counts}); nothing written '
+        '(--allow_empty writes the empty result)'
+    )
+
+# %% ../nbs/21_ingest.ipynb #5402464d
+def match_table(taxonomy=None, aliases=None) -> tuple[pl.DataFrame | None, dict, Path | None]:
+    """The names records are matched by (a taxonomy CSV, plus the aliases that name one of its codes: records under a
+    synonym join their species), the alias table and its file (`aliases`, default `<taxonomy stem>_aliases.csv`)."""
+    names = read_name_codes(taxonomy) if taxonomy else None
+    aliases = aliases or (find_aliases(taxonomy) if taxonomy else None)
+    alias_map = read_aliases(aliases) if aliases else {}
+    return (add_aliases(names, alias_map) if names is not None and alias_map else names), alias_map, aliases
 
 # %% ../nbs/21_ingest.ipynb #0fa4c356
 def ingest(
@@ -313,15 +376,19 @@ def ingest(
     grid=None,
     outside_grid: str = 'drop',
     taxonomy=None,
+    aliases=None,
     drop_unmatched: bool = False,
     filters: Filters | None = None,
     geometry: bool = False,
     max_rows: int = 0,
     workdir=None,
+    allow_empty: bool = False,
 ) -> dict:
     """Turn GBIF occurrences at `source` into the combined parquet `output` (+ taxonomy, manifest, report); returns
     the report."""
-    t0, f = time.perf_counter(), filters or Filters()
+    t0, f, paths = time.perf_counter(), filters or Filters(), output_paths(output)
+    names, alias_map, aliases = match_table(taxonomy, aliases)
+    refuse_overwrite(paths, source, grid, taxonomy, aliases)
     if outside_grid not in ('drop', 'keep'):
         raise GeoSDMDataError(f'outside_grid {outside_grid!r}: choose drop or keep')
     g, res = read_grid(grid, resolution) if grid else (None, resolution)
@@ -329,7 +396,6 @@ def ingest(
         raise GeoSDMDataError('give an H3 resolution (--resolution) or an environment grid (--grid)')
     if not 0 <= int(res) <= 15:
         raise GeoSDMDataError(f'--resolution {res}: H3 resolutions are 0 to 15')
-    names = read_name_codes(taxonomy) if taxonomy else None
     secs = {}
     with tempfile.TemporaryDirectory(prefix='geosdm_ingest_', dir=workdir) as wd:
         occ = open_occurrences(source, wd)
@@ -337,30 +403,21 @@ def ingest(
         tal = tally(occ, f, int(res), wd, max_rows)
         secs['scan'] = time.perf_counter() - t0 - secs['open']
         k = _assemble(tal, names, g, outside_grid, drop_unmatched)
+    if not allow_empty:
+        _check_not_empty(int(tal.taxa['rows'].sum()), k.dropped, source)
     secs['assemble'] = time.perf_counter() - t0 - secs['open'] - secs['scan']
-    paths = output_paths(output)
-    write_combined(k.frame, paths['parquet'], geometry)
-    _write_csv(k.species, paths['taxonomy'])
-    _write_csv(k.manifest, paths['manifest'])
-    secs['write'] = time.perf_counter() - t0 - sum(secs.values())
-    secs['total'] = time.perf_counter() - t0
-    rep = _report(
-        source,
-        occ,
-        tal,
-        k,
-        paths,
-        int(res),
-        f,
-        secs,
-        grid=grid,
-        outside_grid=outside_grid,
-        taxonomy=taxonomy,
-        drop_unmatched=drop_unmatched,
-        geometry=geometry,
-        max_rows=max_rows,
-    )
-    write_json(paths['report'], rep)
+    opts = dict(grid=grid, outside_grid=outside_grid, taxonomy=taxonomy, drop_unmatched=drop_unmatched)
+    opts |= dict(geometry=geometry, max_rows=max_rows, allow_empty=allow_empty)
+    with OutputSet([i for i in (source, grid, taxonomy, aliases) if i and '*' not in str(i)]) as out:
+        write_combined(k.frame, out.path(paths['parquet']), geometry)
+        _write_csv(with_languages(k.species, taxonomy) if taxonomy else k.species, out.path(paths['taxonomy']))
+        if alias_map:  # for training, beside the data
+            write_aliases(alias_map, k.species['species_code'].to_list(), out.path(paths['aliases']))
+        _write_csv(k.manifest, out.path(paths['manifest']))
+        secs['write'] = time.perf_counter() - t0 - sum(secs.values())
+        secs['total'] = time.perf_counter() - t0
+        rep = _report(source, occ, tal, k, paths, int(res), f, secs, **opts)
+        write_json(out.path(paths['report']), rep)
     return rep
 
 # %% ../nbs/21_ingest.ipynb #8ff06739
@@ -386,6 +443,7 @@ def _report(
         'taxa_merged': int((k.manifest['action'] == 'merged').sum()),
         'taxa_dropped': int((k.manifest['action'] == 'dropped').sum()),
         'h3_points': tal.h3_points,
+        'key': {'used': tal.key_source, 'records': int(tal.taxa.filter(pl.col('key').is_not_null())['rows'].sum())},
         'seconds': {n: round(s, 3) for n, s in secs.items()},
         'rows_per_second': round(n_read / max(secs['total'], 1e-9)),
         'peak_rss_mb': round(peak_rss_mb(), 1),

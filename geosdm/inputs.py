@@ -19,15 +19,16 @@ import pyarrow.parquet as pq
 from .core import WEEK_COLS, GeoSDMDataError, sorted_unique
 
 # %% auto #0
-__all__ = ['DROP_COLS', 'NON_ENV', 'CATEGORICAL_COLS', 'FRACTION_COLS', 'TAX_COLUMNS', 'find_taxonomy', 'taxonomy_frame',
-           'read_taxonomy', 'parquet_schema', 'read_columns', 'load_combined', 'list_codes', 'week_columns',
-           'read_grid', 'encode_env']
+__all__ = ['DROP_COLS', 'NON_ENV', 'CATEGORICAL_COLS', 'FRACTION_COLS', 'MAX_CLASSES', 'TAX_COLUMNS', 'find_taxonomy',
+           'taxonomy_frame', 'unique_rows', 'read_taxonomy', 'parquet_schema', 'read_columns', 'load_combined',
+           'list_codes', 'week_columns', 'read_grid', 'encode_env']
 
 # %% ../nbs/03_inputs.ipynb #a0e3815f
 DROP_COLS = ('target_km', 'h3_resolution')  # constant per grid: dropped
 NON_ENV = ('h3_index', 'geometry') + DROP_COLS
 CATEGORICAL_COLS = ('landcover_class',)
 FRACTION_COLS = ('water_fraction', 'urban_fraction')
+MAX_CLASSES = 64  # a categorical column with more distinct values is encoded as continuous (see encode_env)
 
 # %% ../nbs/03_inputs.ipynb #6e09957c
 TAX_COLUMNS = {
@@ -49,8 +50,8 @@ def find_taxonomy(data_path) -> Path | None:
 
 # %% ../nbs/03_inputs.ipynb #954d759d
 def taxonomy_frame(path) -> pl.DataFrame:
-    """A taxonomy CSV as strings `species_code`, `scientificName`, `commonName` ('' where missing); duplicate headers
-    tolerated."""
+    """A taxonomy CSV as strings `species_code`, `scientificName`, `commonName` ('' where missing) and the `line` of
+    each row in the file; duplicate headers tolerated."""
     path = Path(path)
     try:
         raw = pl.read_csv(path, has_header=False, infer_schema=False, truncate_ragged_lines=True)
@@ -73,12 +74,49 @@ def taxonomy_frame(path) -> pl.DataFrame:
     text = lambda role: (
         body[col[role]].fill_null('').str.strip_chars() if role in col else pl.Series([''] * body.height)
     )
-    return pl.DataFrame({'species_code': text('code'), 'scientificName': text('sci'), 'commonName': text('com')})
+    return pl.DataFrame(
+        {
+            'species_code': text('code'),
+            'scientificName': text('sci'),
+            'commonName': text('com'),
+            'line': pl.int_range(2, body.height + 2, eager=True),
+        }
+    )
+
+# %% ../nbs/03_inputs.ipynb #42a12dc5
+def _lines(xs) -> str:
+    xs = [str(x) for x in xs]
+    return xs[0] if len(xs) == 1 else f'{", ".join(xs[:-1])} and {xs[-1]}'
+
+
+def unique_rows(t: pl.DataFrame, key: str, cols: Sequence[str], path, what: str, show: str | None = None):
+    """`t` (with a `line` column) with one row per `key`: rows repeating a key with other `cols` are an error naming
+    their lines; exact repeats a warning. `what` and `show` (a column) name the key in messages."""
+    dup = t.filter(pl.col(key).is_duplicated())
+    if dup.height == 0:
+        return t
+    g = dup.group_by(key, maintain_order=True).agg(
+        pl.col('line'), pl.struct(cols).n_unique().alias('n'), pl.col(show or key).first().alias('show'), *cols
+    )
+    clash = g.filter(pl.col('n') > 1).rows(named=True)
+    if clash:
+        told = [
+            f'{what} {r["show"]!r} on lines {_lines(r["line"])} with different {" / ".join(cols)} '
+            + ' vs '.join(repr(', '.join(v)) for v in zip(*[r[c] for c in cols]))
+            for r in clash[:3]
+        ]
+        more = f' (+{len(clash) - 3} more)' if len(clash) > 3 else ''
+        raise GeoSDMDataError(f'{path}: ' + '; '.join(told) + more)
+    said = ', '.join(f'{r["show"]!r} (lines {_lines(r["line"])})' for r in g.head(5).rows(named=True))
+    warnings.warn(f'{path}: {g.height} {what}(s) repeated with the same names, kept once: {said}', stacklevel=2)
+    return t.unique(key, keep='first', maintain_order=True)
 
 # %% ../nbs/03_inputs.ipynb #dd07a1de
 def read_taxonomy(path) -> dict[str, tuple[str, str]]:
-    "Map species code → (scientific name, common name) from a taxonomy CSV; a missing name falls back to the code."
-    t = taxonomy_frame(path)
+    """Map species code → (scientific name, common name) from a taxonomy CSV; a missing name falls back to the code.
+    A code with two different names is an error (see `unique_rows`)."""
+    t = taxonomy_frame(path).filter(pl.col('species_code') != '')
+    t = unique_rows(t, 'species_code', ['scientificName', 'commonName'], path, 'species code')
     name = lambda c: pl.when(pl.col(c) == '').then(pl.col('species_code')).otherwise(pl.col(c)).alias(c)
     t = t.select('species_code', name('scientificName'), name('commonName'))
     return dict(zip(t['species_code'].to_list(), zip(t['scientificName'].to_list(), t['commonName'].to_list())))
@@ -284,6 +322,12 @@ def _carry_nothing(frame: pl.DataFrame, env_cols: Sequence[str]) -> dict[str, st
             out[c] = f'constant {v.min():g}'
     return out
 
+# %% ../nbs/03_inputs.ipynb #7a800727
+def _too_many_classes(frame: pl.DataFrame, cats: Sequence[str], limit: int = MAX_CLASSES) -> dict[str, int]:
+    "The categorical columns with more than `limit` distinct known values, with their counts."
+    n = {c: frame[c].cast(pl.Float64).fill_nan(None).drop_nulls().n_unique() for c in cats}
+    return {c: k for c, k in n.items() if k > limit}
+
 # %% ../nbs/03_inputs.ipynb #8db5fc9f
 def encode_env(frame: pl.DataFrame, env_cols: Sequence[str]) -> tuple[np.ndarray, list[str], dict]:
     "Encode env columns per cell: (float32[n, F] with NaN = missing, names, stats)."
@@ -296,14 +340,22 @@ def encode_env(frame: pl.DataFrame, env_cols: Sequence[str]) -> tuple[np.ndarray
             stacklevel=2,
         )
     env_cols = [c for c in env_cols if c not in dropped]
-    cats = [c for c in env_cols if c in CATEGORICAL_COLS]
+    many = _too_many_classes(frame, [c for c in env_cols if c in CATEGORICAL_COLS])
+    if many:
+        warnings.warn(
+            f'categorical column(s) with more than {MAX_CLASSES} distinct values are encoded as continuous (one-hot '
+            'would be one column per value): ' + ', '.join(f'{c} ({k} values)' for c, k in many.items()),
+            stacklevel=2,
+        )
+    cats = [c for c in env_cols if c in CATEGORICAL_COLS and c not in many]
     fracs = [c for c in env_cols if c in FRACTION_COLS]
-    conts = [c for c in env_cols if c not in CATEGORICAL_COLS and c not in FRACTION_COLS]
+    conts = [c for c in env_cols if c not in cats and c not in fracs]
     blocks, names, stats = (
         [],
         [],
         {'categorical': {}, 'fraction': list(fracs), 'continuous': {}, 'dropped': list(dropped)},
     )
+    stats['as_continuous'] = dict(many)
 
     def col(c):
         return frame[c].cast(pl.Float64).fill_nan(None).to_numpy().astype(np.float64)  # null → NaN

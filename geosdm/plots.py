@@ -15,17 +15,30 @@ import polars as pl
 import pyarrow.parquet as pq
 from PIL import Image
 
-from .core import N_WEEKS, GeoSDMError, atomic_path, write_json
+from .core import N_WEEKS, GeoSDMError, atomic_path, week_label, write_json
 from .geo import cell_wkb, cells_geojson
 from .geoscore import GEOSCORE_PARTS
 from .inputs import load_combined
-from .maps import coarsen, hex_map, model_cells, probability_map, richness_map, save_chart
+from .maps import coarsen, hex_map, save_chart
 from .predict import Predictor
+from geosdm.zoom import (
+    WORLD,
+    CellGrid,
+    Drawn,
+    ModelValues,
+    RichnessValues,
+    ValueCache,
+    describe,
+    map_title,
+    model_grid,
+    view_cells,
+    view_values,
+)
 
 # %% auto #0
 __all__ = ['PANELS', 'FIGURE_FORMATS', 'read_history', 'history_long', 'curve_panel', 'training_chart', 'chart_values',
-           'save_figure', 'plot_training', 'cell_values', 'write_geoparquet', 'write_cell_values', 'range_figure',
-           'richness_figure', 'phenology_figure', 'weekly_frames', 'env_figure', 'figure_files']
+           'save_figure', 'plot_training', 'cell_values', 'write_geoparquet', 'write_cell_values', 'model_view',
+           'range_figure', 'richness_figure', 'phenology_figure', 'weekly_frames', 'env_figure', 'figure_files']
 
 # %% ../nbs/17_plots.ipynb #806e2f63
 def read_history(run) -> pl.DataFrame:
@@ -188,25 +201,50 @@ def _grid(charts, columns: int = 2):
     rows = [alt.hconcat(*charts[i : i + columns]) for i in range(0, len(charts), columns)]
     return (rows[0] if len(rows) == 1 else alt.vconcat(*rows)).resolve_scale(color='shared')
 
+# %% ../nbs/17_plots.ipynb #57336d59
+def model_view(pred: Predictor, box=None, max_cells: int = 5000) -> tuple[CellGrid, Drawn]:
+    "The model's grid, and what a map of `box` (default: all the cells) draws with at most `max_cells` cells."
+    grid = model_grid(pred)
+    return grid, view_cells(grid, WORLD if box is None else tuple(float(x) for x in box), max_cells)
+
+# %% ../nbs/17_plots.ipynb #25533ff4
+def _cell_map(grid: CellGrid, drawn: Drawn, source, agg: str, title: str, **kw):
+    "The map of `source` on the drawn cells, subtitled with what they are, and its values."
+    v, rule = view_values(source, drawn, agg)
+    sub = describe(drawn, rule, grid.res, hint='a smaller box shows')
+    return hex_map(drawn.cells(), v, title=alt.TitleParams(title, subtitle=sub), **kw), v
+
 # %% ../nbs/17_plots.ipynb #642727d7
 def range_figure(
-    pred: Predictor, species, weeks=(1, 13, 26, 39), max_cells: int = 5000, width: int = 380, height: int = 240
+    pred: Predictor,
+    species,
+    weeks=(1, 13, 26, 39),
+    max_cells: int = 5000,
+    width: int = 380,
+    height: int = 240,
+    box=None,
+    agg: str = 'auto',
 ):
-    "Maps of `species` in each of `weeks` (0 = the year), and the probabilities per cell and week."
-    cells, i = model_cells(pred, max_cells), pred.index(species)
-    values = {f'p_week_{w}': pred.predict_cells(cells, w)[:, i] for w in weeks}
-    charts = [
-        probability_map(pred, species, w, cells, probs=pred.predict_cells(cells, w), width=width, height=height)
-        for w in weeks
-    ]
-    return _grid(charts), cells, values
+    "Maps of `species` in each of `weeks` (0 = the year) on the model's cells in `box`, and the values drawn."
+    (grid, drawn), i, cache = model_view(pred, box, max_cells), pred.index(species), ValueCache()
+    charts, values = [], {}
+    for w in weeks:
+        src = ModelValues(pred, grid, i, w, cache=cache)
+        kw = dict(label='probability', domain=(0, 1), width=width, height=height)
+        chart, values[f'p_week_{w}'] = _cell_map(grid, drawn, src, agg, map_title(pred, i, w), **kw)
+        charts.append(chart)
+    return _grid(charts), drawn.cells(), values
 
 # %% ../nbs/17_plots.ipynb #b425adf8
-def richness_figure(pred: Predictor, week: int = 0, threshold: float = 0.1, max_cells: int = 5000, **kw):
-    "Map of the number of species with p > `threshold` in `week`, and those counts per cell."
-    cells = model_cells(pred, max_cells)
-    n = (pred.predict_cells(cells, week) > threshold).sum(1)
-    return richness_map(pred, week, threshold, cells, **kw), cells, {'richness': n}
+def richness_figure(
+    pred: Predictor, week: int = 0, threshold: float = 0.1, max_cells: int = 5000, box=None, agg: str = 'auto', **kw
+):
+    "Map of the number of species with p > `threshold` in `week` on the model's cells in `box`, and those counts."
+    grid, drawn = model_view(pred, box, max_cells)
+    title = f'Species richness (p > {threshold:g}), {week_label(week)}'
+    kw = dict(label='species', scheme='yelloworangered', fmt='d', **kw)
+    chart, n = _cell_map(grid, drawn, RichnessValues(pred, grid, week, threshold), agg, title, **kw)
+    return chart, drawn.cells(), {'richness': n}
 
 # %% ../nbs/17_plots.ipynb #997a4fd7
 def phenology_figure(
@@ -252,22 +290,23 @@ def weekly_frames(
     max_cells: int = 5000,
     width: int = 480,
     height: int = 300,
+    box=None,
+    agg: str = 'auto',
 ) -> tuple[list[Path], list[str], dict]:
     "One PNG map of `species` per week in `outdir/frames/` and an animated `<code>_weekly.gif`; also the values."
     outdir = Path(outdir)
     (outdir / 'frames').mkdir(parents=True, exist_ok=True)
-    cells, i, code = model_cells(pred, max_cells), pred.index(species), pred.vocab[pred.index(species)]
-    frames, values = [], {}
+    (grid, drawn), i = model_view(pred, box, max_cells), pred.index(species)
+    frames, values, code = [], {}, pred.vocab[i]
     for w in weeks:
-        p = pred.predict_cells(cells, w)
-        values[f'p_week_{w}'] = p[:, i]
-        chart = probability_map(pred, species, w, cells, probs=p, width=width, height=height)
+        src, kw = ModelValues(pred, grid, i, w), dict(label='probability', domain=(0, 1), width=width, height=height)
+        chart, values[f'p_week_{w}'] = _cell_map(grid, drawn, src, agg, map_title(pred, i, w), **kw)
         frames.append(save_chart(chart, outdir / 'frames' / f'{code}_week_{w:02d}.png'))
     imgs = [Image.open(f).convert('RGB') for f in frames]
     gif = outdir / f'{code}_weekly.gif'
     with atomic_path(gif) as tmp:
         imgs[0].save(tmp, format='GIF', save_all=True, append_images=imgs[1:], duration=int(1000 / fps), loop=0)
-    return frames + [gif], cells, values
+    return frames + [gif], drawn.cells(), values
 
 # %% ../nbs/17_plots.ipynb #1437c44a
 def env_figure(data_path, columns=None, max_cells: int = 5000, width: int = 380, height: int = 240):
@@ -293,16 +332,16 @@ def env_figure(data_path, columns=None, max_cells: int = 5000, width: int = 380,
 
 # %% ../nbs/17_plots.ipynb #1dbeed62
 def _model_figure(kind: str, pred: Predictor, outdir: Path, formats, o: dict) -> list[Path]:
-    mc = o.get('max_cells', 5000)
+    mc, where = o.get('max_cells', 5000), dict(box=o.get('box'), agg=o.get('agg') or 'auto')
     if kind == 'range':
         out = []
         for s in o['species']:
-            chart, cells, vals = range_figure(pred, s, o.get('weeks', (1, 13, 26, 39)), mc)
+            chart, cells, vals = range_figure(pred, s, o.get('weeks', (1, 13, 26, 39)), mc, **where)
             stem = outdir / f'range_{pred.vocab[pred.index(s)]}'
             out += save_figure(chart, stem, formats) + write_cell_values(cells, vals, stem)
         return out
     if kind == 'richness':
-        chart, cells, vals = richness_figure(pred, o.get('week', 0), o.get('threshold', 0.1), mc)
+        chart, cells, vals = richness_figure(pred, o.get('week', 0), o.get('threshold', 0.1), mc, **where)
         stem = outdir / f"richness_week_{o.get('week', 0)}"
         return save_figure(chart, stem, formats) + write_cell_values(cells, vals, stem)
     if kind == 'phenology':
@@ -314,7 +353,7 @@ def _model_figure(kind: str, pred: Predictor, outdir: Path, formats, o: dict) ->
             df.write_csv(tmp)
         return save_figure(chart, stem, formats) + [stem.with_name(stem.name + '.csv')]
     files, cells, vals = weekly_frames(
-        pred, o['species'], outdir, o.get('weeks', range(1, N_WEEKS + 1)), o.get('fps', 4.0), mc
+        pred, o['species'], outdir, o.get('weeks', range(1, N_WEEKS + 1)), o.get('fps', 4.0), mc, **where
     )
     return files + write_cell_values(cells, vals, outdir / f"weekly_{pred.vocab[pred.index(o['species'])]}")
 

@@ -20,15 +20,21 @@ try:
 except ImportError:
     ort = None
 
+from .calibrate import calibration_from
 from .checkpoint import checkpoint_config, load_checkpoint
 from .core import N_WEEKS, CheckpointError, ConfigError
 from .geo import EARTH_RADIUS_KM, cell_centres, unit_xyz
 from .model import create_model, flat_inputs, predict_proba, resolve_device, weekly_or_yearly
+from .names import names_from
 
 # %% auto #0
-__all__ = ['metadata_path', 'onnx_session', 'onnx_proba', 'Predictor', 'parse_location']
+__all__ = ['EXPORT_FORMAT', 'EXPORT_FORMAT_VERSION', 'metadata_path', 'onnx_session', 'read_export_metadata', 'onnx_proba',
+           'Predictor', 'parse_location']
 
 # %% ../nbs/15_predict.ipynb #2cc6841c
+EXPORT_FORMAT, EXPORT_FORMAT_VERSION = 'geosdm-onnx', 2
+
+
 def metadata_path(model_path) -> Path:
     "The metadata JSON written beside an exported model: `<model file>.json`."
     p = Path(model_path)
@@ -45,10 +51,49 @@ def onnx_session(path, device: str = 'auto'):
     prov = ['CUDAExecutionProvider'] if device != 'cpu' and 'CUDAExecutionProvider' in have else []
     so = ort.SessionOptions()
     so.intra_op_num_threads = int(os.environ.get('OMP_NUM_THREADS') or 0)
-    return ort.InferenceSession(str(path), so, providers=prov + ['CPUExecutionProvider'])
+    so.add_session_config_entry('session.disable_quant_qdq', '1')  # int8 weights: fold to float32 when loading
+    try:
+        return ort.InferenceSession(str(path), so, providers=prov + ['CPUExecutionProvider'])
+    except Exception as e:  # onnxruntime's own exception types: a truncated or foreign file
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f'{path}: not a readable ONNX model ({why})') from None
+
+# %% ../nbs/15_predict.ipynb #2feb02fe
+def _vocab_ok(meta: dict) -> bool:
+    "Whether `meta` holds a species vocabulary (three lists of one length) and the env names."
+    v = meta.get('species_vocab')
+    if not isinstance(v, dict) or not all(isinstance(v.get(k), list) for k in ('codes', 'sci_names', 'common_names')):
+        return False
+    return len({len(v[k]) for k in ('codes', 'sci_names', 'common_names')}) == 1 and isinstance(
+        (meta.get('env') or {}).get('names'), list
+    )
+
+# %% ../nbs/15_predict.ipynb #9c645f2f
+def read_export_metadata(model_path) -> dict:
+    "The metadata beside an exported model, checked to be a geosdm export's (`CheckpointError` if it is not)."
+    path = Path(model_path)
+    mp = metadata_path(path)
+    try:
+        meta = json.loads(mp.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f'{path}: its metadata {mp.name} is missing or unreadable ({e})') from None
+    if not isinstance(meta, dict) or meta.get('format') != EXPORT_FORMAT:
+        raise CheckpointError(
+            f'{path}: {mp.name} is not the metadata of a geosdm export (no "format": "{EXPORT_FORMAT}")'
+        )
+    if not isinstance(meta.get('format_version'), int) or meta['format_version'] > EXPORT_FORMAT_VERSION:
+        raise CheckpointError(
+            f'{path}: export format version {meta.get("format_version")!r}; this geosdm reads versions up to '
+            f'{EXPORT_FORMAT_VERSION} (update geosdm)'
+        )
+    if not _vocab_ok(meta):
+        raise CheckpointError(f'{path}: {mp.name} lacks a complete species vocabulary')
+    return meta
 
 # %% ../nbs/15_predict.ipynb #e2ede4ec
 def _onnx_rows(session, lat, lon, week) -> np.ndarray:
+    if session.get_inputs()[0].name == 'input':  # the BirdNET layout: one (n, 3) input
+        return session.run(None, {'input': np.stack([lat, lon, week], 1).astype(np.float32)})[0]
     return session.run(
         None, {'lat': np.ascontiguousarray(lat), 'lon': np.ascontiguousarray(lon), 'week': np.ascontiguousarray(week)}
     )[0].astype(np.float32, copy=False)
@@ -74,12 +119,14 @@ class Predictor:
         v = meta['species_vocab']
         self.vocab, self.sci_names, self.common_names = list(v['codes']), list(v['sci_names']), list(v['common_names'])
         self.env_names = list(meta['env']['names'])
-        self.config = checkpoint_config(meta)  # the TrainConfig it was trained with
-        self.epoch, self.history = meta['epoch'], meta.get('history', [])
+        self.config = checkpoint_config(meta)  # the TrainConfig it was trained with (an export: the options that
+        self.epoch, self.history = meta.get('epoch'), meta.get('history', [])  # shape predictions, no paths)
         self.data_identity = {k: (meta.get('data') or {}).get(k) for k in ('fingerprint', 'split')}
         self.coverage = list((meta.get('coverage') or {}).get('cells') or [])  # training cells (H3 ids)
         self._tree = None
         self._index = {c: i for i, c in enumerate(self.vocab)}
+        self.names = names_from(meta)  # aliases, common names per language, always-plausible labels
+        self.calibration = calibration_from(meta.get('calibration'))  # list thresholds (None: not calibrated)
 
     def _load_checkpoint(self, device) -> dict:
         self.device = resolve_device(device)
@@ -89,16 +136,18 @@ class Predictor:
         return ck
 
     def _load_onnx(self, device) -> dict:
-        meta_path = metadata_path(self.path)
         if not self.path.is_file():
             raise CheckpointError(f'{self.path}: no such model file')
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError) as e:
-            raise CheckpointError(
-                f'{self.path}: its metadata {meta_path.name} is missing or unreadable ({e})'
-            ) from None
+        meta = read_export_metadata(self.path)
         self.session, self.device = onnx_session(self.path, device), 'onnxruntime'
+        ins, outs = [i.name for i in self.session.get_inputs()], self.session.get_outputs()
+        n, width = len(meta['species_vocab']['codes']), ((outs[0].shape or [None])[-1] if len(outs) == 1 else None)
+        layout = ['input'] if meta.get('layout') == 'birdnet' else ['lat', 'lon', 'week']  # BirdNET: one (n, 3) input
+        if sorted(ins) != layout or len(outs) != 1 or (isinstance(width, int) and width != n):
+            raise CheckpointError(
+                f'{self.path}: does not fit its metadata {metadata_path(self.path).name} '
+                f'(inputs {", ".join(ins)}; {width} outputs for {n} species)'
+            )
         return meta
 
     @property
@@ -109,11 +158,9 @@ class Predictor:
         "Vocabulary index of a species code, scientific or common name (case-insensitive)."
         if species in self._index:
             return self._index[species]
-        s = str(species).casefold()
-        for names in (self.vocab, self.sci_names, self.common_names):
-            for i, n in enumerate(names):
-                if str(n).casefold() == s:
-                    return i
+        rows = self.names.lookup(species)  # scientific name, alias, code, common name in any language
+        if rows:
+            return rows[0]
         raise KeyError(f'species {species!r} is not in the model vocabulary ({self.n_species} species)')
 
     def predict(self, lat, lon, week, yearly: str = 'max') -> np.ndarray:
@@ -152,12 +199,40 @@ class Predictor:
         chord, _ = self._tree.query(unit_xyz(lat, lon))
         return 2 * EARTH_RADIUS_KM * np.arcsin(np.minimum(chord / 2, 1.0))
 
-    def species_list(self, lat: float, lon: float, week: int, top_k: int = 100, threshold: float = 0.15):
-        "Ranked [(code, scientific name, common name, probability)] with p ≥ threshold, at most top_k."
+    def thresholds(self, lat, lon, mode: str | None = None, threshold: float | None = None) -> np.ndarray:
+        """Thresholds (n, n_species) of the lists at places (lat, lon). mode 'species': the calibrated ones;
+        'global': `threshold` (default: the calibrated global threshold, or 0.15); None: 'species' if calibrated."""
+        mode = mode or ('species' if self.calibration is not None and threshold is None else 'global')
+        n = len(np.atleast_1d(lat))
+        if mode == 'global':
+            t = threshold if threshold is not None else getattr(self.calibration, 'global_threshold', 0.15)
+            return np.full((n, self.n_species), t, np.float32)
+        if mode != 'species':
+            raise ValueError(f"mode must be 'species' or 'global', got {mode!r}")
+        if self.calibration is None:
+            raise ConfigError(f'{self.path}: this model has no calibrated thresholds (use the global mode)')
+        if threshold is not None:
+            raise ConfigError("a threshold is given with mode 'species': give one or the other")
+        return self.calibration.thresholds(lat, lon)
+
+    def species_list(
+        self, lat: float, lon: float, week: int, top_k: int = 100, threshold: float | None = None,
+        mode: str | None = None, lang: str | None = None,
+    ):  # fmt: skip
+        """Ranked [(code, scientific name, common name, probability)]: the species at or above their threshold (see
+        `thresholds`), at most top_k, plus the always-plausible ones; common names in `lang` if the model has it."""
         p = self.predict([lat], [lon], [week])[0]
+        t = self.thresholds([lat], [lon], mode, threshold)[0]
         order = np.argsort(-p, kind='stable')
-        order = order[p[order] >= threshold][:top_k]
-        return [(self.vocab[i], self.sci_names[i], self.common_names[i], float(p[i])) for i in order]
+        keep = set(order[p[order] >= t[order]][:top_k].tolist()) | {
+            r for a in self.names.always for r in self.names.lookup(a)
+        }
+        common = self.common_names
+        if lang is not None:
+            if lang not in self.names.languages:
+                raise ConfigError(f'no common names in {lang!r}; this model has {sorted(self.names.languages)}')
+            common = [x or d for x, d in zip(self.names.languages[lang], self.common_names)]
+        return [(self.vocab[i], self.sci_names[i], common[i], float(p[i])) for i in order if i in keep]
 
 # %% ../nbs/15_predict.ipynb #c06dea0a
 def parse_location(text: str) -> tuple[float, float]:

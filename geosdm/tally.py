@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +21,10 @@ from .core import GeoSDMDataError, week_of
 from .gbif import Occurrences
 
 # %% auto #0
-__all__ = ['DAYS_IN_MONTH', 'REASONS', 'RANKS', 'BASIS', 'DEDUP', 'PACK_MAX_RES', 'READ_AHEAD', 'week_table', 'week_expr',
-           'Filters', 'conditions', 'first_failure', 'records', 'CellMapper', 'dup_hash', 'DuplicateSpill', 'TaxonBook',
-           'packed_key', 'unpack_key', 'Tallies', 'small_read_ahead', 'tally']
+__all__ = ['DAYS_IN_MONTH', 'REASONS', 'RANKS', 'BASIS', 'DEDUP', 'SPECIES_RE', 'NOT_EPITHETS', 'ABOVE_SPECIES', 'PACK_MAX_RES',
+           'READ_AHEAD', 'week_table', 'week_expr', 'Filters', 'species_name', 'Keys', 'keys_for', 'conditions',
+           'first_failure', 'records', 'CellMapper', 'pack_key', 'unpack_key', 'mix64', 'DuplicateSpill', 'among',
+           'TaxonBook', 'OnePass', 'Tallies', 'small_read_ahead', 'tally']
 
 # %% ../nbs/20_tally.ipynb #1b0d593c
 DAYS_IN_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
@@ -74,11 +76,68 @@ class Filters:
         self.classes = tuple(c.lower() for c in self.classes)
         self.basis = tuple(b.upper() for b in self.basis)
 
+# %% ../nbs/20_tally.ipynb #3ed42c1e
+SPECIES_RE = r'^\s*([A-Z][a-zà-ÿ-]+)\s+(?:\([A-Za-z-]+\)\s+)?(?:×\s*)?([a-zà-ÿ-]{2,})\b'
+NOT_EPITHETS = ('sp', 'spp', 'cf', 'aff', 'indet', 'nov')
+ABOVE_SPECIES = ('DOMAIN', 'KINGDOM', 'PHYLUM', 'CLASS', 'ORDER', 'FAMILY', 'SUBFAMILY', 'TRIBE', 'GENUS', 'SUBGENUS')
+
+
+def species_name(name: pl.Expr) -> pl.Expr:
+    "The species (genus and epithet) of a scientific name; null when it names no species."
+    g = name.str.extract_groups(SPECIES_RE)
+    ep = g.struct.field('2')
+    return pl.when(ep.is_not_null() & ~ep.is_in(NOT_EPITHETS)).then(g.struct.field('1') + ' ' + ep)
+
+# %% ../nbs/20_tally.ipynb #6f5a6438
+@dataclass
+class Keys:
+    "How records are keyed: the column used (`source`), and the expressions of the key, the name and the taxon."
+
+    source: str
+    key: pl.Expr
+    name: pl.Expr
+    taxon: pl.Expr
+    identified: pl.Expr  # True where a record is identified to species (or below)
+
+# %% ../nbs/20_tally.ipynb #28ece783
+def _name_keys(occ: Occurrences, f: Filters, lf: pl.LazyFrame) -> Keys:
+    "Keys from the scientific names reduced to species: integer ids from a first pass over the names."
+    if 'species' in occ.absent and 'scientificName' in occ.absent:
+        raise GeoSDMDataError(f'{", ".join(occ.files)}: no speciesKey, species or scientificName column to key taxa')
+    name = pl.col('species').fill_null(species_name(pl.col('scientificName')))
+    seen = lf.select(name.alias('n')).drop_nulls().unique().collect(engine='streaming')['n'].sort()
+    key = name.replace_strict(seen, pl.Series(range(1, len(seen) + 1)), default=None, return_dtype=pl.Int64)
+    taxon = key if 'taxonKey' in occ.absent else pl.col('taxonKey')
+    return Keys('scientificName', key, name, taxon, key.is_not_null())
+
+# %% ../nbs/20_tally.ipynb #dd3d8d23
+def keys_for(occ: Occurrences, f: Filters, lf: pl.LazyFrame | None = None) -> Keys:
+    "The keys of `occ`'s records at rank `f.rank` (see above); `lf`: the records to read (default: all)."
+    c = pl.col
+    want = 'taxonKey' if f.rank == 'taxon' else 'speciesKey'
+    if want in occ.absent and f.rank == 'taxon':
+        raise GeoSDMDataError(
+            f'{", ".join(occ.files)}: --rank taxon needs a taxonKey (or speciesID) column; use --rank species '
+            '(keyed by the species of the scientific name)'
+        )
+    if want in occ.absent:
+        return _name_keys(occ, f, occ.frame if lf is None else lf)
+    if 'speciesKey' in occ.absent:  # rank taxon by taxonKey alone: identified unless the rank is above species
+        ok = c('taxonKey').is_not_null() & ~c('taxonRank').str.to_uppercase().is_in(ABOVE_SPECIES).fill_null(False)
+    else:
+        ok = c('speciesKey').is_not_null()
+    name = c('species').fill_null(c('scientificName'))
+    if f.rank == 'taxon':
+        name = pl.when(c('taxonKey') == c('speciesKey')).then(c('species')).otherwise(c('scientificName'))
+    return Keys(occ.aka.get(want, want), c(want), name, c('taxonKey'), ok)
+
 # %% ../nbs/20_tally.ipynb #c7cc9767
-def conditions(f: Filters) -> list[pl.Expr]:
-    "One boolean expression per reason in `REASONS`: True where the record fails that filter."
+def conditions(f: Filters, identified: pl.Expr | None = None) -> list[pl.Expr]:
+    """One boolean expression per reason in `REASONS`: True where the record fails that filter; `identified`: where a
+    record is identified to species (default: it has a speciesKey)."""
     c, lat, lon, no = pl.col, pl.col('decimalLatitude'), pl.col('decimalLongitude'), pl.lit(False)
-    rank = c('speciesKey').is_null() | ((c('taxonRank') != 'SPECIES') if f.rank == 'exact' else no)
+    ok = c('speciesKey').is_not_null() if identified is None else identified
+    rank = ~ok | ((c('taxonRank').str.to_uppercase() != 'SPECIES') if f.rank == 'exact' else no)
     classes = sorted({v for k in f.classes for v in (k, k.capitalize(), k.upper())})
     return [
         rank,
@@ -100,26 +159,23 @@ def first_failure(conds: Sequence[pl.Expr]) -> pl.Expr:
     return out
 
 # %% ../nbs/20_tally.ipynb #f20c30bd
-def records(lf: pl.LazyFrame, f: Filters) -> pl.LazyFrame:
-    "Per record: reason, week, key, taxonKey, lat, lon, dup (hash of the event or observer, or null) and names."
+def records(lf: pl.LazyFrame, f: Filters, keys: Keys | None = None) -> pl.LazyFrame:
+    """Per record: reason, week, key, taxonKey, lat, lon, dup (hash of the event or observer, or null) and names;
+    `keys` from `keys_for` (default: GBIF's speciesKey or taxonKey)."""
     c = pl.col
-    key = c('taxonKey') if f.rank == 'taxon' else c('speciesKey')
-    name = (
-        pl.when(c('taxonKey') == c('speciesKey')).then(c('species')).otherwise(c('scientificName'))
-        if f.rank == 'taxon'
-        else c('species').fill_null(c('scientificName'))
-    )
+    if keys is None:
+        keys = keys_for(Occurrences(lf, '', []), f)
     dup = {'event': 'eventID', 'observer': 'recordedBy'}.get(f.dedup)
     extra = ['_id'] if '_id' in lf.collect_schema() else []
     return lf.with_columns(week_expr(c('month'), c('day')).alias('week')).select(
-        first_failure(conditions(f)).alias('reason'),
+        first_failure(conditions(f, keys.identified)).alias('reason'),
         'week',
-        key.alias('key'),
-        'taxonKey',
+        keys.key.alias('key'),
+        keys.taxon.alias('taxonKey'),
         c('decimalLatitude').alias('lat'),
         c('decimalLongitude').alias('lon'),
         (c(dup).hash() if dup else pl.lit(None, pl.UInt64)).alias('dup'),
-        name.alias('name'),
+        keys.name.alias('name'),
         'scientificName',
         'taxonRank',
         'class',
@@ -128,13 +184,13 @@ def records(lf: pl.LazyFrame, f: Filters) -> pl.LazyFrame:
 
 # %% ../nbs/20_tally.ipynb #e1a7bf39
 class CellMapper:
-    "Batch function (lat, lon) struct → H3 cell id (UInt64) at `res`; H3 is evaluated once per run of equal points."
+    "H3 cell ids (uint64) at `res` of batches of points; H3 is evaluated once per run of equal points."
 
     def __init__(self, res: int):
         self.res, self.calls, self.points = int(res), 0, 0
 
-    def __call__(self, s: pl.Series) -> pl.Series:
-        lat, lon = s.struct.field('lat').to_numpy(), s.struct.field('lon').to_numpy()
+    def cells(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+        "The cells of float arrays `lat`, `lon` (NaN for a missing value)."
         ok = (np.abs(lat) <= 90) & (np.abs(lon) <= 180)  # False for NaN (null)
         head = ok.copy()
         head[1:] &= (lat[1:] != lat[:-1]) | (lon[1:] != lon[:-1]) | ~ok[:-1]
@@ -146,69 +202,120 @@ class CellMapper:
             .to_numpy()
         )
         run = np.cumsum(head) - 1
-        out = np.where(ok, cells[np.maximum(run, 0)] if len(idx) else 0, 0).astype(np.uint64)
         self.calls += 1
         self.points += len(idx)
-        return pl.Series('cell', out, pl.UInt64)
+        return np.where(ok, cells[np.maximum(run, 0)] if len(idx) else 0, 0).astype(np.uint64)
+
+    def __call__(self, s: pl.Series) -> pl.Series:
+        "As a batch function of a (lat, lon) struct."
+        return pl.Series('cell', self.cells(s.struct.field('lat').to_numpy(), s.struct.field('lon').to_numpy()))
+
+# %% ../nbs/20_tally.ipynb #eb40ffb1
+PACK_MAX_RES = 7
+
+
+def pack_key(cell: np.ndarray, week: np.ndarray, key: np.ndarray, res: int) -> np.ndarray:
+    "(cell, week, key) arrays as one int64 (for `res` <= PACK_MAX_RES and keys below 2**(50 - 3 res))."
+    kb, low = 50 - 3 * res, 45 - 3 * res
+    c = (cell.astype(np.uint64) >> np.uint64(low)) & np.uint64((1 << (7 + 3 * res)) - 1)
+    return (c.astype(np.int64) << (6 + kb)) | (week.astype(np.int64) << kb) | key.astype(np.int64)
+
+# %% ../nbs/20_tally.ipynb #d7b2c1bc
+def unpack_key(k: np.ndarray, res: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "The (cell, week, key) arrays of packed keys."
+    kb, k = 50 - 3 * res, np.asarray(k, np.int64)
+    cell = (1 << 59) | (res << 52) | ((k >> (6 + kb)) << (45 - 3 * res)) | ((1 << (45 - 3 * res)) - 1)
+    return cell.astype(np.uint64), ((k >> kb) & 63).astype(np.int8), k & ((1 << kb) - 1)
 
 # %% ../nbs/20_tally.ipynb #0ff1d35c
-def dup_hash(cell: pl.Expr, week: pl.Expr, key: pl.Expr, dup: pl.Expr) -> pl.Expr:
-    "64-bit hash of (cell, week, key, id hash); null where the id is null."
-    return pl.when(dup.is_not_null()).then(
-        pl.struct(cell.alias('c'), week.alias('w'), key.alias('k'), dup.alias('d')).hash()
-    )
+_M = tuple(np.uint64(m) for m in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+
+
+def mix64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    "A 64-bit hash of two uint64 arrays, element-wise (SplitMix64's finaliser)."
+    x = (a.astype(np.uint64) * _M[0]) ^ b.astype(np.uint64)
+    x ^= x >> np.uint64(30)
+    x *= _M[1]
+    x ^= x >> np.uint64(27)
+    x *= _M[2]
+    return x ^ (x >> np.uint64(31))
 
 # %% ../nbs/20_tally.ipynb #0869a9c6
 class DuplicateSpill:
-    """Batch function: (h, key, cell) of kept records with an id → rows in `parts` files by `h`; `counts` tallies them
-    at the end."""
+    """Rows of kept records with an id, split into `parts` by the id's hash, in memory up to `budget` bytes and on
+    disk beyond; `counts` tallies them at the end. A row: (packed key, id) at `res` <= PACK_MAX_RES, else (cell,
+    week << 58 | key, id)."""
 
-    def __init__(self, folder, parts: int = 64, buffer: int = 1 << 20):
-        self.folder, self.parts, self.buffer, self.rows = Path(folder), parts, buffer, 0
+    def __init__(self, folder, res: int, parts: int = 64, budget: int = 512 << 20):
+        self.folder, self.res, self.parts, self.budget, self.rows = Path(folder), res, parts, budget, 0
+        self.width = 2 if res <= PACK_MAX_RES else 3
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.files = [open(self.folder / f'part{i:02d}.bin', 'ab') for i in range(parts)]
-        self._buf, self._lock = [], threading.Lock()
+        self._mem, self._bytes, self._lock = [[] for _ in range(parts)], 0, threading.Lock()
 
-    def __call__(self, s: pl.Series) -> pl.Series:
-        d = s.struct.unnest().drop_nulls('h')  # h: null unless a kept record with an id
-        a = np.stack([d['h'].to_numpy(), d['key'].to_numpy().astype(np.int64).view(np.uint64), d['cell'].to_numpy()], 1)
+    def _name(self, part: int, col: int) -> Path:
+        return self.folder / f'part{part:02d}_{col}.bin'
+
+    def add(self, *cols: np.ndarray):
+        "Keep rows given as `width` arrays of 64-bit words, the id's hash last."
+        cols = [np.asarray(c).view(np.uint64) for c in cols]
+        part = (cols[-1] % np.uint64(self.parts)).astype(np.uint8)
+        o = np.argsort(part, kind='stable')
+        cols = [np.take(c, o) for c in cols]
+        bounds = np.r_[0, np.cumsum(np.bincount(part, minlength=self.parts))]
         with self._lock:
-            self._buf.append(a)
-            self.rows += len(a)
-            if sum(len(b) for b in self._buf) >= self.buffer:
+            for i in np.flatnonzero(np.diff(bounds)):
+                self._mem[i].append([c[bounds[i] : bounds[i + 1]] for c in cols])
+            self.rows += len(part)
+            self._bytes += 8 * self.width * len(part)
+            if self._bytes > self.budget:
                 self._flush()
-        return pl.Series('n', np.ones(len(s), np.uint32))
+
+    def _take(self, i: int) -> list[np.ndarray]:
+        "The rows of part `i` held in memory (as columns), released."
+        got, self._mem[i] = self._mem[i], []
+        return [np.concatenate(c) for c in zip(*got)] if got else [np.zeros(0, np.uint64)] * self.width
 
     def _flush(self):
-        if not self._buf:
-            return
-        a = np.concatenate(self._buf)
-        self._buf = []
-        part = (a[:, 0] % np.uint64(self.parts)).astype(np.uint8)
-        o = np.argsort(part, kind='stable')
-        bounds = np.searchsorted(part[o], np.arange(self.parts + 1))
-        for i in np.flatnonzero(np.diff(bounds)):
-            self.files[i].write(a[o[bounds[i] : bounds[i + 1]]].tobytes())
+        for i in range(self.parts):
+            for j, c in enumerate(self._take(i)):
+                with open(self._name(i, j), 'ab') as f:
+                    c.tofile(f)
+        self._bytes = 0
+
+# %% ../nbs/20_tally.ipynb #5c6d3b7f
+def among(x: np.ndarray, values: np.ndarray) -> np.ndarray:
+    "Whether each element of `x` is one of `values` (a binary search: cheaper than `np.isin` when `x` is large)."
+    v = np.unique(values)
+    if len(v) == 0:
+        return np.zeros(len(x), bool)
+    i = np.minimum(np.searchsorted(v, x), len(v) - 1)
+    return v[i] == x
 
 # %% ../nbs/20_tally.ipynb #4de44c9c
+def _part_counts(self, i: int, keys: np.ndarray | None, cells: np.ndarray | None) -> pl.DataFrame | None:
+    "Rows with an id and distinct ones per key, in part `i` (the rows on disk and in memory)."
+    disk = [np.fromfile(f, np.uint64) if (f := self._name(i, j)).exists() else None for j in range(self.width)]
+    cols = [np.concatenate([d, m]) if d is not None else m for d, m in zip(disk, self._take(i))]
+    low = cols[0] if self.width == 2 else cols[1]
+    key = (low & np.uint64((1 << (50 - 3 * self.res if self.width == 2 else 58)) - 1)).view(np.int64)
+    ok = among(key, keys) if keys is not None else np.ones(len(key), bool)
+    if cells is not None:
+        ok &= among(unpack_key(cols[0].view(np.int64), self.res)[0] if self.width == 2 else cols[0], cells)
+    if not ok.any():
+        return None
+    h = mix64(cols[0][ok], cols[-1][ok]) if self.width == 2 else mix64(mix64(*cols[:2]), cols[2])[ok]
+    return (
+        pl.DataFrame({'key': key[ok], 'h': h})
+        .group_by('key')
+        .agg(pl.len().alias('with_id'), pl.col('h').n_unique().alias('distinct'))
+    )
+
+
 def _spill_counts(self, keys: np.ndarray | None = None, cells: np.ndarray | None = None) -> pl.DataFrame:
-    "Per key (among rows whose key and cell are in `keys`/`cells`, None: all): rows with an id and distinct ones."
-    self._flush()
-    for f in self.files:
-        f.close()
-    out = []
-    for i in range(self.parts):
-        a = np.fromfile(self.folder / f'part{i:02d}.bin', np.uint64).reshape(-1, 3)
-        if keys is not None:
-            a = a[np.isin(a[:, 1].view(np.int64), keys)]
-        if cells is not None:
-            a = a[np.isin(a[:, 2], cells)]
-        if len(a):
-            out.append(
-                pl.DataFrame({'h': a[:, 0], 'key': a[:, 1].view(np.int64)})
-                .group_by('key')
-                .agg(pl.len().alias('with_id'), pl.col('h').n_unique().alias('distinct'))
-            )
+    """Per key (among rows whose key and cell are in `keys`/`cells`, None: all): rows with an id and distinct ones;
+    the parts are counted on as many threads as there are cores (numpy and polars release the GIL)."""
+    with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+        out = [d for d in pool.map(lambda i: _part_counts(self, i, keys, cells), range(self.parts)) if d is not None]
     if not out:
         return pl.DataFrame(schema={'key': pl.Int64, 'with_id': pl.UInt32, 'distinct': pl.UInt32})
     return pl.concat(out).group_by('key').agg(pl.col('with_id', 'distinct').sum())
@@ -218,28 +325,32 @@ DuplicateSpill.counts = _spill_counts
 
 # %% ../nbs/20_tally.ipynb #e30ef465
 class TaxonBook:
-    """Batch function that counts records per (taxonKey, key, reason), and keeps the names of each taxon's first
-    record, on the side."""
+    """Counts of records per (taxonKey, key, reason), and the names of each taxon's first record, from batches of
+    records."""
 
     COLS = ('taxonKey', 'key', 'reason', 'name', 'scientificName', 'taxonRank', 'class')
 
     def __init__(self):
-        self.parts, self.names, self._known, self._lock = [], [], pl.Series([], dtype=pl.Int64), threading.Lock()
+        self.parts, self.names, self._known, self._lock = [], [], set(), threading.Lock()
 
-    def __call__(self, s: pl.Series) -> pl.Series:
-        d = s.struct.unnest()
-        counts = d.group_by('taxonKey', 'key', 'reason').agg(pl.len().alias('rows'))
+    def add(self, s: dict):
+        "Count one batch, given as a dict of the `COLS` series."
+        t = pl.DataFrame([s['taxonKey'].alias('taxonKey'), s['key'].alias('key'), s['reason'].alias('reason')])
+        counts = t.group_by('taxonKey', 'key', 'reason').agg(pl.len().alias('rows'))
         with self._lock:
-            new = d.filter(~pl.col('taxonKey').is_in(self._known.implode())).unique(
-                'taxonKey', keep='first', maintain_order=True
-            )
-            if new.height:
-                self.names.append(new.select('taxonKey', 'name', 'scientificName', 'taxonRank', 'class'))
-                self._known = pl.concat([self._known, new['taxonKey']])
+            new = set(counts['taxonKey'].drop_nulls().to_list()) - self._known
+            if new:
+                self._known |= new
+                first = (
+                    t.with_row_index('_i')
+                    .filter(pl.col('taxonKey').is_in(list(new)))
+                    .unique('taxonKey', keep='first')['_i']
+                )
+                cols = ('taxonKey', 'name', 'scientificName', 'taxonRank', 'class')
+                self.names.append(pl.DataFrame([s[c].gather(first.sort()).alias(c) for c in cols]))
             self.parts.append(counts)
             if len(self.parts) >= 1024:
                 self.parts = [pl.concat(self.parts).group_by('taxonKey', 'key', 'reason').agg(pl.col('rows').sum())]
-        return pl.Series('n', np.zeros(len(s), np.uint32))
 
     def frame(self) -> pl.DataFrame:
         "taxonKey, key, reason, rows, name, scientificName, taxonRank, class."
@@ -248,25 +359,34 @@ class TaxonBook:
             pl.concat(self.names).unique('taxonKey', keep='first'), on='taxonKey', how='left', nulls_equal=True
         )
 
-# %% ../nbs/20_tally.ipynb #eb40ffb1
-PACK_MAX_RES = 7
+# %% ../nbs/20_tally.ipynb #6a434ce0
+class OnePass:
+    """The batch function of `tally`: per batch of records (the `INPUTS` series), the packed (cell, week, key) of
+    kept records, -1 for the others (or, above `PACK_MAX_RES`, the cells), with the taxon book and the duplicate
+    spill fed on the side."""
 
+    INPUTS = ('lat', 'lon', 'week', 'dup') + TaxonBook.COLS
 
-def packed_key(cell: pl.Expr, week: pl.Expr, key: pl.Expr, res: int) -> pl.Expr:
-    "(cell, week, key) as one Int64 (for `res` <= PACK_MAX_RES and keys below 2**(50 - 3 res))."
-    kb = 50 - 3 * res
-    return (
-        ((cell.cast(pl.Int64) // 2 ** (45 - 3 * res)) % 2 ** (7 + 3 * res)) * 2 ** (6 + kb)
-        + week.cast(pl.Int64) * 2**kb
-        + key
-    )
+    def __init__(self, res: int, book: TaxonBook, spill: DuplicateSpill | None = None):
+        self.res, self.mapper, self.book, self.spill = res, CellMapper(res), book, spill
 
-# %% ../nbs/20_tally.ipynb #d7b2c1bc
-def unpack_key(k: np.ndarray, res: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    "The (cell, week, key) arrays of packed keys."
-    kb, k = 50 - 3 * res, np.asarray(k, np.int64)
-    cell = (1 << 59) | (res << 52) | ((k >> (6 + kb)) << (45 - 3 * res)) | ((1 << (45 - 3 * res)) - 1)
-    return cell.astype(np.uint64), ((k >> kb) & 63).astype(np.int8), k & ((1 << kb) - 1)
+    def __call__(self, series: Sequence[pl.Series]) -> pl.Series:
+        s = dict(zip(self.INPUTS, series))
+        cell = self.mapper.cells(s['lat'].to_numpy(), s['lon'].to_numpy())
+        self.book.add(s)
+        kept = s['reason'].is_null().to_numpy()
+        week, key = s['week'].to_numpy(), s['key'].fill_null(0).to_numpy()
+        k = pack_key(cell, week, key, self.res) if self.res <= PACK_MAX_RES else None
+        if self.spill is not None:
+            m = kept & s['dup'].is_not_null().to_numpy()
+            d = s['dup'].fill_null(0).to_numpy()[m]
+            if k is not None:
+                self.spill.add(k[m], d)
+            else:
+                self.spill.add(cell[m], (week[m].astype(np.uint64) << np.uint64(58)) | key[m].astype(np.uint64), d)
+        if k is None:
+            return pl.Series('cell', cell)
+        return pl.Series('k', np.where(kept, k, -1))
 
 # %% ../nbs/20_tally.ipynb #925fb63b
 @dataclass
@@ -278,26 +398,18 @@ class Tallies:
     vernacular: pl.DataFrame | None = None  # key, vernacularName, language, rows
     spill: DuplicateSpill | None = None
     h3_points: int = 0
+    key_source: str = 'speciesKey'  # the column that keyed taxa (see `keys_for`)
 
 # %% ../nbs/20_tally.ipynb #e2c5ca52
-def _counts(rec: pl.LazyFrame, res: int, book: TaxonBook, spill: DuplicateSpill | None) -> pl.LazyFrame:
-    """The single aggregation of `tally`, with the side-channel batch functions in the chain (no filter: nothing is
-    pushed past them)."""
-    c, kept = pl.col, pl.col('reason').is_null()
-    side = [pl.struct(*TaxonBook.COLS).map_batches(book, return_dtype=pl.UInt32, is_elementwise=True)]
-    if spill is not None:
-        h = pl.when(kept & c('dup').is_not_null()).then(dup_hash(c('cell'), c('week'), c('key'), c('dup'))).alias('h')
-        side.append(pl.struct(h, 'key', 'cell').map_batches(spill, return_dtype=pl.UInt32, is_elementwise=True))
-    keys = (
-        [pl.when(kept).then(packed_key(c('cell'), c('week'), c('key'), res)).alias('k')]
-        if res <= PACK_MAX_RES
-        else [pl.when(kept).then(c(n)).alias(n) for n in ('cell', 'week', 'key')]
-    )
-    return (
-        rec.with_columns(pl.sum_horizontal(side).alias('_side'))
-        .group_by(*keys)
-        .agg(pl.len().alias('rows'), c('_side').sum())
-    )
+def _counts(rec: pl.LazyFrame, one: OnePass) -> pl.LazyFrame:
+    "The single aggregation of `tally`, through `one` (no filter before it: every record reaches the side books)."
+    packed = one.res <= PACK_MAX_RES
+    fn = pl.map_batches(list(OnePass.INPUTS), one, pl.Int64 if packed else pl.UInt64, is_elementwise=True)
+    if packed:
+        return rec.select(fn.alias('k')).group_by('k').agg(pl.len().alias('rows'))
+    kept = pl.col('reason').is_null()
+    keys = [pl.when(kept).then(pl.col(n)).alias(n) for n in ('cell', 'week', 'key')]
+    return rec.with_columns(fn.alias('cell')).group_by(*keys).agg(pl.len().alias('rows'))
 
 # %% ../nbs/20_tally.ipynb #9da32535
 def _triples(g: pl.DataFrame, res: int, taxa: pl.DataFrame) -> pl.DataFrame:
@@ -310,7 +422,7 @@ def _triples(g: pl.DataFrame, res: int, taxa: pl.DataFrame) -> pl.DataFrame:
             f'taxon keys {keys.min()}..{keys.max()} do not fit the packed key at resolution {res} '
             f'(0 to 2^{50 - 3 * res})'
         )
-    g = g.drop_nulls('k')
+    g = g.filter(pl.col('k') >= 0)
     cell, week, key = unpack_key(g['k'].to_numpy(), res)
     return pl.DataFrame({'cell': cell, 'week': week, 'key': key, 'rows': g['rows']})
 
@@ -333,12 +445,11 @@ def small_read_ahead():
 def tally(occ: Occurrences, f: Filters, res: int, workdir, max_rows: int = 0) -> Tallies:
     "Read the records once (streaming) and count what the output, the report and the manifest need."
     lf = occ.frame.head(max_rows) if max_rows else occ.frame
-    cm, book = CellMapper(res), TaxonBook()
-    rec = records(lf, f).with_columns(
-        pl.struct('lat', 'lon').map_batches(cm, return_dtype=pl.UInt64, is_elementwise=True).alias('cell')
-    )
-    spill = DuplicateSpill(Path(workdir) / 'duplicates') if f.dedup != 'none' else None
-    qs = [_counts(rec, res, book, spill)]
+    keys, book = keys_for(occ, f, lf), TaxonBook()
+    rec = records(lf, f, keys)
+    spill = DuplicateSpill(Path(workdir) / 'duplicates', res) if f.dedup != 'none' else None
+    one = OnePass(res, book, spill)
+    qs = [_counts(rec, one)]
     if occ.vernacular is not None:
         qs.append(
             rec.filter(pl.col('reason').is_null())
@@ -370,4 +481,5 @@ def tally(occ: Occurrences, f: Filters, res: int, workdir, max_rows: int = 0) ->
             }
         )
     )
-    return Tallies(_triples(out[0], res, taxa), taxa, out[1] if len(out) > 1 else None, spill, cm.points)
+    vern = out[1] if len(out) > 1 else None
+    return Tallies(_triples(out[0], res, taxa), taxa, vern, spill, one.mapper.points, keys.source)

@@ -14,11 +14,13 @@ from pathlib import Path
 import torch
 
 from .batches import DeviceSamples, jitter_latlon, pairs_size
+from .calibrate import calibrate, calibration_dict, validation_lists
 from geosdm.checkpoint import (
     check_fits,
     check_run_folder,
     check_schedule,
     checkpoint_state,
+    load_checkpoint,
     run_lock,
     save_checkpoint,
     source_checkpoint,
@@ -50,7 +52,7 @@ from geosdm.steps import (
 from .validation import validate
 
 # %% auto #0
-__all__ = ['data_path', 'prepare', 'label_weights', 'EmptySplit', 'Trainer', 'write_run_config', 'train']
+__all__ = ['data_path', 'prepare', 'label_weights', 'EmptySplit', 'Trainer', 'write_run_config', 'calibrate_run', 'train']
 
 # %% ../nbs/13_trainer.ipynb #727b3050
 def data_path(cfg: TrainConfig) -> str:
@@ -448,6 +450,22 @@ def write_run_config(tr: Trainer) -> Path:
     resolved = dict(batch_size=tr.batch_size, device=tr.device.type, amp=_AMP_NAMES[tr.amp_dtype], compile=tr.compile)
     return atomic_write(tr.ckpt_dir / 'config.toml', config_toml(tr.cfg, **resolved))
 
+# %% ../nbs/13_trainer.ipynb #2eb8927c
+def calibrate_run(folder, prep: Prepared) -> list[Path]:
+    "Store the list thresholds learned on `prep`'s validation cells in the run's best and latest checkpoints."
+    if not len(validation_lists(prep)):
+        return []
+    done = []
+    for name in ('checkpoint_best.pt', 'checkpoint_latest.pt'):
+        path = Path(folder) / name
+        if path.is_file():
+            ck = load_checkpoint(path)
+            model = create_model(**ck['model_config'])
+            model.load_state_dict(ck['model_state_dict'])
+            ck['calibration'] = calibration_dict(calibrate(model, prep))
+            done.append(save_checkpoint(path, ck))
+    return done
+
 # %% ../nbs/13_trainer.ipynb #e5bee069
 def train(cfg: TrainConfig | None = None, prep: Prepared | None = None, progress=True, **overrides) -> Trainer:
     "Run a full training according to `cfg` (a `TrainConfig`; keyword overrides allowed)."
@@ -479,6 +497,7 @@ def train(cfg: TrainConfig | None = None, prep: Prepared | None = None, progress
         tr.fit(progress)
         if not (tr.ckpt_dir / 'checkpoint_latest.pt').is_file():
             tr.save('checkpoint_latest.pt')  # resumed, nothing left
+        calibrate_run(tr.ckpt_dir, prep)
         log.info(
             f'Done: {tr.epoch} epochs in {time.perf_counter() - t0:.1f}s. Best GeoScore '
             f'{figure(tr.best_geoscore, ".4f")} at epoch {tr.best_epoch}. Checkpoints in {tr.ckpt_dir}.'

@@ -35,22 +35,32 @@ def run_app(name: str, checkpoint: Path, monkeypatch) -> dict:
 
 def test_explorer_runs(checkpoint, monkeypatch):
     d = run_app('explorer', checkpoint, monkeypatch)
-    pred = d['pred']
+    pred, grid = d['pred'], d['grid']
     assert Path(d['checkpoint_path']) == checkpoint
     assert d['week'] == 0 and pred.vocab[d['species_index']] == d['species']
-    # the default species is the most widespread one, the default location the richest cell
-    assert d['species'] == pred.vocab[int(np.argmax(d['yearly'].mean(0)))]
+    assert d['yearly'] == 'model'  # trained on yearly lists: the year is the model's yearly output
+    # the default species is the most widespread one at the overview places, the default location the richest
+    assert d['species'] == pred.vocab[int(np.argmax(d['overview'].mean(0)))]
     lat, lon = d['location']
-    rows = pred.species_list(lat, lon, 0, top_k=50, threshold=0.1)
+    p = pred.predict([lat], [lon], [0], yearly='model')[0]
     t = d['species_table']
-    assert t['code'].to_list() == [r[0] for r in rows] and len(t) > 0
-    assert np.all(np.diff(t['probability'].to_numpy()) <= 0)
-    vals = [f['properties']['value'] for f in d['distribution_chart'].to_dict()['layer'][1]['data']['values']]
-    np.testing.assert_allclose(vals, d['yearly'][:, d['species_index']], atol=1e-6)
+    thr = pred.thresholds([lat], [lon])[0]  # the calibrated thresholds: the model has them, and they are the default
+    assert pred.calibration is not None and d['list_mode'].value == 'species'
+    assert t['code'].to_list() == [pred.vocab[i] for i in np.argsort(-p, kind='stable') if p[i] >= thr[i]][:50]
+    assert len(t) > 0 and np.all(np.diff(t['probability'].to_numpy()) <= 0)
+    # the map before any move: the whole model, at its own cells (the tiny model has a few hundred)
+    drawn = d['drawn']
+    assert drawn['rule'] == 'cells' and drawn['res'] == grid.res == 2 and drawn['cells'] == len(grid)
+    want = pred.predict(grid.lat, grid.lon, np.zeros(len(grid)), yearly='model')[:, d['species_index']]
+    np.testing.assert_allclose(drawn['values'], want, atol=1e-5)
+    layer = d['species_map'].layers[0]
+    assert layer['@@type'] == 'H3HexagonLayer' and [r['h'] for r in layer['data']] == drawn['drawn'].cells()
     assert d['phenology_chart'].to_dict()['mark']['type'] == 'line'
 
 
 def test_calibration_runs(checkpoint, monkeypatch):
+    from geosdm.evaluate import cell_table
+
     d = run_app('calibration', checkpoint, monkeypatch)
     ev = d['evaluations']
     assert set(ev) == {'val', 'holdout'} and d['threshold'] == pytest.approx(0.10)
@@ -61,7 +71,15 @@ def test_calibration_runs(checkpoint, monkeypatch):
     # at the default threshold 0.10 the slider's table equals the fixed table's 10 % columns
     np.testing.assert_allclose(d['region_t']['list_ratio_10'].to_numpy(), d['region_fixed']['list_ratio_10'].to_numpy())
     assert d['summary']['regions'] == len(d['region_t'])
-    assert 'layer' in d['ratio_map'].to_dict() and 'layer' in d['reliability_chart'].to_dict()
+    # the map: the validation cells themselves, coloured by their log2 list ratio
+    t = cell_table(ev['val'], 0.10)
+    want = dict(
+        zip(t['h3_index'], np.log2(t['list_ratio'].fill_nan(None).fill_null(np.nan).to_numpy().clip(1 / 16, 16)))
+    )
+    rd = d['ratio_drawn']
+    assert rd['rule'] == 'cells' and rd['cells'] == len(d['split_grid']) == t.height
+    np.testing.assert_allclose(rd['values'], [want[c] for c in rd['drawn'].cells()])
+    assert 'layer' in d['reliability_chart'].to_dict()
 
 
 @pytest.mark.parametrize('name', ['explorer', 'calibration', 'monitor'])

@@ -22,6 +22,7 @@ FLOORS = {
     'worldfiles': 2,
     'inputs': 2,
     'labels': 3,
+    'archives': 1,
     'gbif': 2,
     'synthetic': 3,
     'losskinds': 2,
@@ -37,6 +38,8 @@ FLOORS = {
     'tally': 3,
     'ingest': 4,
     'config': 3,
+    'names': 3,  # aliases, languages, always-plausible labels
+    'calibrate': 4,  # thresholds learned on the validation cells
     'runconfig': 4,
     'checkpoint': 6,
     'evaluate': 6,
@@ -45,13 +48,18 @@ FLOORS = {
     'trainer': 7,
     'predict': 7,
     'maps': 7,
+    'zoom': 7,  # what a map draws at each view, and its values
+    'zoommap': 8,  # the apps' zoomable map
     'autotune': 8,
     'demo': 8,
     'plots': 8,
+    'birdnet': 7,  # week 0 inside the graph, the BirdNET layout
     'export': 8,  # export runs a Predictor on its files
     'cli': 9,
+    'filter': 8,  # geosdm_filter's library: detections, places, verdicts
+    'cli_filter': 10,  # geosdm_filter itself (uses cli.run)
 }
-LAZY_OK = {'cli'}  # imports after argument parsing, so that a typo is answered before torch loads
+LAZY_OK = {'cli', 'cli_filter'}  # imports after argument parsing, so that a typo is answered before torch loads
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 500, 60
 
 

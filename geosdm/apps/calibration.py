@@ -7,14 +7,13 @@ app = marimo.App(width="full", app_title="geosdm list calibration")
 @app.cell
 def _():
 
-    import altair as alt
     import marimo as mo
     import numpy as np
     import polars as pl
 
-    from geosdm import demo, evaluate, maps
+    from geosdm import demo, evaluate, maps, zoom, zoommap
     from geosdm.predict import Predictor
-    return Predictor, alt, demo, evaluate, maps, mo, np, pl
+    return Predictor, demo, evaluate, maps, mo, np, pl, zoom, zoommap
 
 
 @app.cell
@@ -108,28 +107,59 @@ def _(mo, pl, region_fixed, region_t, threshold):
 
 
 @app.cell
-def _(alt, evaluate, evaluation_t, evaluations, maps, np, region_t, threshold):
+def _(evaluations, mo, np, split_dropdown, zoom, zoommap):
+    # the map of the chosen set: its own cells where they fit in the view, their parents further out
+    _ev = evaluations[split_dropdown.value]
+    split_grid = zoom.CellGrid.from_cells(_ev["cells"][np.unique(_ev["samples"].cell)])
+    ratio_map = zoommap.DeckMap(
+        bounds=list(split_grid.bounds()), overlays=[zoommap.coast_layer(), zoommap.boxes_layer()], height=460
+    )
+    ratio_view = mo.ui.anywidget(ratio_map)
+    ratio_view  # noqa: B018  (shown here, once: the map keeps its view while it is redrawn)
+    return ratio_map, ratio_view, split_grid
+
+
+@app.cell
+def _(evaluate, evaluation_t, np, ratio_map, ratio_view, split_grid, threshold, zoom, zoommap):
+    ratio_view  # noqa: B018  (redrawn when the map moves)
+    _t = evaluate.cell_table(evaluation_t, threshold)
+    _lr = np.full(len(split_grid), np.nan)  # log2 list ratio per cell: 0 = calibrated
+    _lr[split_grid.index(_t["h3_index"])] = np.log2(
+        _t["list_ratio"].fill_nan(None).fill_null(np.nan).to_numpy().clip(1 / 16, 16)
+    )
+    ratio_drawn = zoommap.draw(
+        ratio_map,
+        zoom.CellValues(split_grid, _lr),
+        title=f"{'validation' if evaluation_t['split'] == 'val' else 'hold-out'}: list ratio at {threshold:.0%}",
+        label="log2 list ratio (0 = calibrated)",
+        vmin=-3,
+        vmax=3,
+        palette="redblue",
+        fmt=".2f",
+        agg="mean",
+    )
+    return (ratio_drawn,)
+
+
+@app.cell
+def _(evaluate, evaluation_t, evaluations, maps, np, region_t, threshold):
     _keys = evaluate.region_labels(evaluation_t["samples"].lat, evaluation_t["samples"].lon)
     # reliability: every set, plus the three largest regions of the chosen set
     _rel = {("validation" if k == "val" else "hold-out"): evaluate.reliability(v) for k, v in evaluations.items()}
     for _r in region_t["region"].to_list()[:3]:
         _rel[f"{evaluation_t['split']}: {_r}"] = evaluate.reliability(evaluation_t, mask=_keys == _r)
     reliability_chart = maps.reliability_chart(_rel, width=320, height=280).configure_legend(orient="bottom", columns=2)
-    ratio_map = alt.layer(
-        maps.score_map(evaluation_t, "list_ratio", threshold, width=500, height=360),
-        maps.regions_layer(near=np.unique(evaluation_t["cells"][evaluation_t["samples"].cell])),
-    )
     _lr = region_t[f"list_ratio_{round(threshold * 100):d}"].to_numpy()
     summary = {
         "regions": len(region_t),
         "median_list_ratio": float(np.nanmedian(_lr)) if np.isfinite(_lr).any() else float("nan"),
     }
-    return ratio_map, reliability_chart, summary
+    return reliability_chart, summary
 
 
 @app.cell
-def _(mo, ratio_map, reliability_chart, tables):
-    mo.vstack([mo.hstack([ratio_map, reliability_chart], align="start"), tables])
+def _(mo, reliability_chart, tables):
+    mo.vstack([reliability_chart, tables])
     return
 
 

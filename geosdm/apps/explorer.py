@@ -8,15 +8,15 @@ app = marimo.App(width="full", app_title="geosdm map explorer")
 def _():
 
     import altair as alt
-    import h3
     import marimo as mo
     import numpy as np
     import polars as pl
 
-    from geosdm import demo, maps
+    from geosdm import demo, zoom, zoommap
     from geosdm.core import N_WEEKS, week_label
     from geosdm.predict import Predictor, parse_location
-    return N_WEEKS, Predictor, alt, demo, h3, maps, mo, np, parse_location, pl, week_label
+
+    return N_WEEKS, Predictor, alt, demo, mo, np, parse_location, pl, week_label, zoom, zoommap
 
 
 @app.cell
@@ -27,48 +27,63 @@ def _(demo, mo):
 
 
 @app.cell
-def _(Predictor, checkpoint_input, demo, h3, maps, mo, np):
+def _(Predictor, checkpoint_input, demo, mo, np, zoom):
     with mo.status.spinner(title="Loading the model (the demo model is trained on first use, about a minute)…"):
         try:
             checkpoint_path = demo.resolve_checkpoint(checkpoint_input.value.strip() or None)
             pred = Predictor(checkpoint_path, device=str(mo.cli_args().get("device") or "auto"))  # GPU if any
+            grid = zoom.model_grid(pred)  # the model's own H3 cells
         except (FileNotFoundError, ValueError) as e:
             mo.stop(True, mo.callout(mo.md(f"**Cannot load the checkpoint:** {e}"), kind="danger"))
-        cells = maps.model_cells(pred)
-        cell_latlng = np.array([h3.cell_to_latlng(c) for c in cells])
-        yearly = pred.predict_cells(cells, 0)
+        yearly = zoom.yearly_rule(pred)  # what week 0 (the whole year) means on the map
+        # a first look at every species, for the defaults: the year at the centres of at most 200 of the model's
+        # cells or their parents (the 122 cells of resolution 0 for a global model)
+        overview_ids = zoom.view_cells(grid, zoom.WORLD, 200).ids
+        _lat, _lon = zoom.id_centres(overview_ids)
+        overview = pred.predict(_lat, _lon, np.zeros(len(_lat)), yearly=yearly)
+        overview_latlng = np.c_[_lat, _lon]
+        value_cache = zoom.ValueCache()  # per-cell probabilities already computed (species, week)
     is_demo = not checkpoint_input.value.strip()
     model_note = mo.md(
         f"**Model** `{checkpoint_path}` ({'demo model, trained on first use; ' if is_demo else ''}"
-        f"epoch {pred.epoch}, {pred.n_species} species, {len(cells):,} cells)"
+        f"epoch {pred.epoch}, {pred.n_species:,} species, {len(grid):,} cells of H3 resolution {grid.res})"
     )
-    return cell_latlng, cells, model_note, pred, yearly
+    return grid, model_note, overview, overview_latlng, pred, value_cache, yearly
 
 
 @app.cell
-def _(N_WEEKS, cell_latlng, demo, mo, np, pred, yearly):
+def _(N_WEEKS, demo, mo, np, overview, overview_latlng, pred, yearly):
     # species: searchable by common name, scientific name or code; default = the most widespread species
-    species_dropdown = demo.species_picker(mo, pred, pred.vocab[int(np.argmax(yearly.mean(0)))])
-    week_slider = mo.ui.slider(0, N_WEEKS, value=0, label="Week (0 = whole year)", show_value=True, full_width=True)
-    _best = int(np.argmax((yearly > 0.1).sum(1)))  # default location: the richest cell
+    species_dropdown = demo.species_picker(mo, pred, pred.vocab[int(np.argmax(overview.mean(0)))])
+    _year = "the model's yearly output" if yearly == "model" else "the highest week"
+    week_slider = mo.ui.slider(
+        0, N_WEEKS, value=0, label=f"Week (0 = the whole year: {_year})", show_value=True, full_width=True
+    )
+    _best = int(np.argmax((overview > 0.1).sum(1)))  # default location: the richest place
     location_input = mo.ui.text(
-        value=f"{cell_latlng[_best, 0]:.3f}, {cell_latlng[_best, 1]:.3f}",
+        value=f"{overview_latlng[_best, 0]:.3f}, {overview_latlng[_best, 1]:.3f}",
         label='Location: H3 cell id or "lat, lon" (hover a map cell to see its id)',
         full_width=True,
     )
     list_threshold = mo.ui.slider(0.0, 0.9, step=0.01, value=0.1, label="List threshold", show_value=True)
-    return list_threshold, location_input, species_dropdown, week_slider
+    _modes = {"calibrated per species": "species", "one threshold (slider)": "global"}
+    list_mode = mo.ui.dropdown(  # a model trained by geosdm carries thresholds learned on its validation cells
+        options=_modes if pred.calibration is not None else {"one threshold (slider)": "global"},
+        value="calibrated per species" if pred.calibration is not None else "one threshold (slider)",
+        label="Lists",
+    )
+    return list_mode, list_threshold, location_input, species_dropdown, week_slider
 
 
 @app.cell
-def _(checkpoint_input, list_threshold, location_input, mo, model_note, species_dropdown, week_slider):
+def _(checkpoint_input, list_mode, list_threshold, location_input, mo, model_note, species_dropdown, week_slider):
     mo.vstack(
         [
             mo.md("# geosdm map explorer"),
             checkpoint_input,
             model_note,
             mo.hstack([species_dropdown, week_slider], widths=[2, 1]),
-            mo.hstack([location_input, list_threshold], widths=[2, 1]),
+            mo.hstack([location_input, list_mode, list_threshold], widths=[2, 1, 1]),
         ]
     )
     return
@@ -83,20 +98,28 @@ def _(pred, species_dropdown, week_slider):
 
 
 @app.cell
-def _(cells, pred, week, yearly):
-    # predictions of every species at every cell in the chosen week: species changes reuse them
-    week_probs = yearly if week == 0 else pred.predict_cells(cells, week)
-    return (week_probs,)
+def _(grid, mo, zoommap):
+    # the map: zoom and pan; the model's own cells appear where they fit in the view (built once per model)
+    species_map = zoommap.DeckMap(bounds=list(grid.bounds()), overlays=[zoommap.coast_layer()], height=500)
+    map_view = mo.ui.anywidget(species_map)
+    map_view  # noqa: B018  (shown here, once: the map keeps its view while it is redrawn)
+    return map_view, species_map
 
 
 @app.cell
-def _(cells, maps, pred, species, week, week_probs):
-    distribution_chart = maps.probability_map(pred, species, week, cells, probs=week_probs, width=520, height=360)
-    return (distribution_chart,)
+def _(grid, map_view, pred, species_index, species_map, value_cache, week, yearly, zoom, zoommap):
+    # redrawn when the species, the week or the map's view changes: only the cells in view, one species, one week
+    map_view  # noqa: B018  (the view the browser reports)
+    drawn = zoommap.draw(
+        species_map,
+        zoom.ModelValues(pred, grid, species_index, week, yearly, value_cache),
+        title=zoom.map_title(pred, species_index, week),
+    )
+    return (drawn,)
 
 
 @app.cell
-def _(list_threshold, location_input, mo, parse_location, pl, pred, week, week_label):
+def _(list_mode, list_threshold, location_input, mo, np, parse_location, pl, pred, week, week_label, yearly):
     try:
         location = parse_location(location_input.value)
         location_error = None
@@ -105,14 +128,20 @@ def _(list_threshold, location_input, mo, parse_location, pl, pred, week, week_l
     if location is None:
         species_table = pl.DataFrame()
     else:
-        _rows = pred.species_list(location[0], location[1], week, top_k=50, threshold=float(list_threshold.value))
+        _p = pred.predict([location[0]], [location[1]], [week], yearly=yearly)[0]  # the year as on the map
+        _order = np.argsort(-_p, kind="stable")
+        _global = list_mode.value == "global"
+        _t = pred.thresholds(
+            [location[0]], [location[1]], list_mode.value, float(list_threshold.value) if _global else None
+        )
+        _order = _order[_p[_order] >= _t[0][_order]][:50]
         species_table = pl.DataFrame(
             {
-                "rank": list(range(1, len(_rows) + 1)),
-                "common name": [r[2] for r in _rows],
-                "scientific name": [r[1] for r in _rows],
-                "code": [r[0] for r in _rows],
-                "probability": [round(r[3], 3) for r in _rows],
+                "rank": list(range(1, len(_order) + 1)),
+                "common name": [pred.common_names[i] for i in _order],
+                "scientific name": [pred.sci_names[i] for i in _order],
+                "code": [pred.vocab[i] for i in _order],
+                "probability": [round(float(_p[i]), 3) for i in _order],
             },
             schema_overrides={"rank": pl.Int64},
         )
@@ -122,7 +151,8 @@ def _(list_threshold, location_input, mo, parse_location, pl, pred, week, week_l
         else mo.vstack(
             [
                 mo.md(
-                    f"**{len(species_table)} species** with p ≥ {list_threshold.value:.2f} at "
+                    f"**{len(species_table)} species** with p ≥ "
+                    f"{f'{list_threshold.value:.2f}' if list_mode.value == 'global' else 'their calibrated thresholds'} at "
                     f"({location[0]:.3f}, {location[1]:.3f}), {week_label(week)}"
                 ),
                 mo.ui.table(
@@ -144,7 +174,9 @@ def _(N_WEEKS, alt, location, np, pl, pred, species_index, species_table):
         phenology_chart = alt.Chart(pl.DataFrame({"week": [], "probability": []})).mark_line()
     else:
         _ph = pred.phenology(location[0], location[1])
-        _idx = [species_index] + [pred.index(c) for c in species_table["code"].to_list()[:5] if pred.index(c) != species_index]
+        _idx = [species_index] + [
+            pred.index(c) for c in species_table["code"].to_list()[:5] if pred.index(c) != species_index
+        ]
         _df = pl.DataFrame(
             {
                 "week": np.tile(np.arange(1, N_WEEKS + 1), len(_idx)),
@@ -168,8 +200,8 @@ def _(N_WEEKS, alt, location, np, pl, pred, species_index, species_table):
 
 
 @app.cell
-def _(distribution_chart, list_view, mo, phenology_chart):
-    mo.hstack([mo.vstack([distribution_chart, phenology_chart]), list_view], widths=[3, 2], align="start")
+def _(list_view, mo, phenology_chart):
+    mo.hstack([phenology_chart, list_view], widths=[3, 2], align="start")
     return
 
 
