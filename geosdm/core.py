@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import hashlib
 import json
 import math
@@ -26,8 +27,8 @@ import numpy as np
 __all__ = ['N_WEEKS', 'YEAR', 'WEEK_COLS', 'WATCHLIST', 'GeoSDMError', 'GeoSDMDataError', 'ConfigError', 'CheckpointError',
            'ArgParser', 'atomic_path', 'atomic_write', 'is_temp_file', 'stale_temp_files', 'pid_alive',
            'clean_temp_files', 'same_file', 'missing_folders', 'OutputSet', 'file_digest', 'jsonable', 'write_json',
-           'csr_gather', 'sorted_unique', 'week_of', 'week_label', 'cache_dir', 'demo_data_dir', 'demo_parquet',
-           'peak_rss_mb', 'usable_cpus', 'CpuShare']
+           'csr_gather', 'sorted_unique', 'release_freed_memory', 'week_of', 'week_label', 'cache_dir', 'demo_data_dir',
+           'demo_parquet', 'peak_rss_mb', 'usable_cpus', 'CpuShare']
 
 # %% ../nbs/00_core.ipynb #005b42b3
 class GeoSDMError(Exception):
@@ -353,6 +354,21 @@ def sorted_unique(keys: np.ndarray, kind: str | None = None) -> np.ndarray:
     keep[0] = True
     np.not_equal(k[1:], k[:-1], out=keep[1:])
     return k[keep]
+
+# %% ../nbs/00_core.ipynb #e7f12d6d
+def _libc():
+    try:
+        return ctypes.CDLL(None)
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+
+
+def release_freed_memory() -> bool:
+    "Return the free pages of glibc's heap to the system (`malloc_trim(0)`); False where that is not available."
+    return bool(_LIBC is not None and hasattr(_LIBC, 'malloc_trim') and _LIBC.malloc_trim(0) >= 0)
 
 # %% ../nbs/00_core.ipynb #dfe56d94
 N_WEEKS = 48

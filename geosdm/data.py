@@ -11,7 +11,6 @@ import os
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import h3
@@ -20,60 +19,27 @@ import polars as pl
 from tqdm.auto import tqdm
 
 from .config import data_options
-from .core import N_WEEKS, WATCHLIST, WEEK_COLS, GeoSDMDataError, clean_temp_files, sorted_unique
-from .geo import cell_centres, in_boxes, resolve_boxes
+from .core import N_WEEKS, WATCHLIST, GeoSDMDataError, clean_temp_files, release_freed_memory
+from .geo import N_REGIONS, cell_centres, in_boxes, region_of, resolve_boxes
 from .inputs import encode_env, find_taxonomy, load_combined, read_taxonomy
+from geosdm.labels import (
+    Labels,
+    code_counts,
+    flatten_file,
+    flatten_lists,  # noqa: F401 (also geosdm.data.flatten_lists, as before)
+    group_counts,
+    split_labels,
+)
 from .prepared import Prepared, Samples, cache_key, content_ids, load_prepared, save_prepared
-from .propagation import PropagationParams, env_space, key_region_counts, propagate_keys
+from .propagation import PropagationParams, env_space, propagate_keys
 
 # %% auto #0
-__all__ = ['SEED', 'log', 'flatten_lists', 'split_cells', 'watchlist_check', 'jitter_std_for_res', 'prepare_data']
+__all__ = ['SEED', 'log', 'split_cells', 'watchlist_check', 'jitter_std_for_res', 'prepare_data']
 
 # %% ../nbs/04_data.ipynb #2a64848f
 SEED = 42
 
 log = logging.getLogger(__name__)
-
-# %% ../nbs/04_data.ipynb #4d5c6b3a
-@dataclass
-class _Flat:
-    "Flattened, de-duplicated (sample, code) labels before the vocabulary is applied."
-
-    codes: list[str]  # sorted unique codes (code id = index)
-    w_key: np.ndarray  # int64 sorted unique keys (cell*N_WEEKS + week-1)*n_codes + code of weekly labels
-    y_key: np.ndarray  # int64 sorted unique keys cell*n_codes + code (yearly union)
-    raw_len: np.ndarray  # int64[n_cells] total raw weekly list length per cell
-
-    @property
-    def n_codes(self) -> int:
-        return max(len(self.codes), 1)  # the key's base (1 when there is no code)
-
-# %% ../nbs/04_data.ipynb #b17d3db1
-def flatten_lists(df: pl.DataFrame) -> _Flat:
-    "Explode the week lists of `df` into sorted, de-duplicated integer label keys."
-    n = df.height
-    uniq = df.lazy().select([pl.col(c).explode().drop_nulls().unique().implode() for c in WEEK_COLS]).collect()
-    codes = pl.concat([uniq[c].explode() for c in WEEK_COLS]).drop_nulls().unique().sort()
-    nc = max(len(codes), 1)
-    # one parallel cast of every list to its integer code ids (Enum over the sorted codes: id order = string order)
-    ids = df.select(
-        pl.col(WEEK_COLS).cast(pl.List(pl.Enum(codes))).list.eval(pl.element().to_physical().cast(pl.Int64))
-    )
-    lens = ids.select(pl.col(WEEK_COLS).list.len()).to_numpy().astype(np.int64)  # (n, N_WEEKS)
-    key = np.empty(int(lens.sum()), np.int64)
-    pos = 0
-    base = np.arange(n, dtype=np.int64) * N_WEEKS
-    for k, c in enumerate(WEEK_COLS):  # column-wise vector ops, not per sample
-        cid = ids[c].explode().drop_nulls().to_numpy()
-        seg = key[pos : pos + len(cid)]
-        np.multiply(np.repeat(base + k, lens[:, k]), nc, out=seg)
-        seg += cid
-        pos += len(cid)
-    del ids
-    w_key = sorted_unique(key, 'stable')
-    del key  # timsort: one nearly sorted run per week
-    y_key = sorted_unique(w_key // (N_WEEKS * nc) * nc + w_key % nc)
-    return _Flat(codes.to_list(), w_key, y_key, lens.sum(1))
 
 # %% ../nbs/04_data.ipynb #6b310ee2
 def split_cells(n_cells: int, val_size: float = 0.1, sample_fraction: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -109,15 +75,15 @@ def _split_holdout(cell_lat, cell_lon, opts: dict, boxes, data_path: Path):
     return tr_c[~inside], va_c, tr_c[inside]
 
 # %% ../nbs/04_data.ipynb #552a22c9
-def watchlist_check(fl: _Flat, tr_c, va_c, sample_fraction: float, data_path: Path) -> dict[str, list[str]]:
+def watchlist_check(fl: Labels, tr_c, va_c, sample_fraction: float, data_path: Path) -> dict[str, list[str]]:
     "Watchlist species of the file without a record in the sampled training / validation cells (warned)."
     if sample_fraction >= 1.0:
         return {}
     ids = {c: i for i, c in enumerate(fl.codes) if c in WATCHLIST}
     if not ids:
         return {}
-    m = np.isin(fl.w_key % fl.n_codes, list(ids.values()))
-    cell, code = fl.w_key[m] // fl.n_codes // N_WEEKS, fl.w_key[m] % fl.n_codes
+    at = np.flatnonzero(np.isin(fl.code, list(ids.values())))  # the weekly labels of watchlist codes
+    cell, code = (np.searchsorted(fl.offsets, at, side='right') - 1) // N_WEEKS, fl.code[at]
     lost = {}
     for split, cells in (('training', tr_c), ('validation', va_c)):
         have = set(code[np.isin(cell, cells)].tolist())
@@ -144,6 +110,7 @@ class _Stages:
         )
 
     def done(self, name: str):
+        release_freed_memory()  # what the stage freed in the middle of the heap
         now = time.perf_counter()
         self.seconds[name] = round(now - self.t, 4)
         self.t = now
@@ -167,26 +134,25 @@ class _Stages:
             self.bar.close()
 
 # %% ../nbs/04_data.ipynb #95681ef4
-def _drop_ocean(df: pl.DataFrame, rate: float) -> tuple[pl.DataFrame, int, int]:
-    "`df` with ocean cells kept at `rate` (random state 42); also the number of ocean cells and of dropped cells."
+def _drop_ocean(df: pl.DataFrame, rate: float) -> tuple[pl.DataFrame, int, int, np.ndarray | None]:
+    "`df` with ocean cells kept at `rate` (random state 42); the numbers of ocean and dropped cells; the rows kept."
     if 'water_fraction' not in df.columns:
-        return df, 0, 0
+        return df, 0, 0, None
     wf = df['water_fraction'].cast(pl.Float64).fill_nan(None).fill_null(0.0).to_numpy()
     ocean = wf > 0.9
     if rate >= 1.0:
-        return df, int(ocean.sum()), 0
+        return df, int(ocean.sum()), 0, None
     keep = ~ocean | (np.random.default_rng(SEED).random(len(wf)) < rate)
     n_dropped = int((~keep).sum())
-    return (df.filter(pl.Series(keep)) if n_dropped else df), int(ocean.sum()), n_dropped
+    return (df.filter(pl.Series(keep)) if n_dropped else df), int(ocean.sum()), n_dropped, keep if n_dropped else None
 
 # %% ../nbs/04_data.ipynb #1f7f1652
-def _check_taxonomy(fl: _Flat, tax: dict, data_path: Path, tax_path: Path) -> None:
+def _check_taxonomy(fl: Labels, tax: dict, data_path: Path, tax_path: Path) -> None:
     "Raise `GeoSDMDataError` listing the codes of `fl` absent from `tax`."
     missing = [c for c in fl.codes if c not in tax]
     if not missing:
         return
-    nc = fl.n_codes
-    cnt = np.bincount(fl.w_key % nc, minlength=nc)
+    cnt = code_counts(fl, yearly=False)
     idx = {c: i for i, c in enumerate(fl.codes)}
     rep = sorted(((c, int(cnt[idx[c]])) for c in missing), key=lambda t: (-t[1], t[0]))
     raise GeoSDMDataError(
@@ -194,13 +160,15 @@ def _check_taxonomy(fl: _Flat, tax: dict, data_path: Path, tax_path: Path) -> No
         + ', '.join(f'{c} ({k} cell-weeks)' for c, k in rep)
     )
 
+# %% ../nbs/04_data.ipynb #414de9f8
+def _region_counts(fl: Labels, cell_lat, cell_lon, is_train, yearly: bool) -> np.ndarray:
+    "int64[N_REGIONS, n_codes]: the observed labels of the training cells per region bin."
+    return group_counts(fl, np.where(is_train, region_of(cell_lat, cell_lon), -1), N_REGIONS, yearly)
+
 # %% ../nbs/04_data.ipynb #43716be1
-def _vocabulary(w_code, y_code, fl: _Flat, opts: dict, yearly: bool, data_path: Path) -> np.ndarray:
+def _vocabulary(fl: Labels, opts: dict, yearly: bool, data_path: Path) -> np.ndarray:
     "Code ids (sorted) of the species kept: ≥ `min_obs_per_species` samples, at most `max_species` of them."
-    nc = fl.n_codes
-    counts = np.bincount(w_code, minlength=nc) + (np.bincount(y_code, minlength=nc) if yearly else 0)
-    if not fl.codes:
-        counts = np.zeros(0, np.int64)
+    counts = code_counts(fl, yearly) if fl.codes else np.zeros(0, np.int64)
     kept = np.flatnonzero(counts >= opts['min_obs_per_species'])
     if opts['max_species'] > 0 and len(kept) > opts['max_species']:
         kept = np.sort(np.random.RandomState(SEED).choice(kept, opts['max_species'], replace=False))
@@ -211,63 +179,39 @@ def _vocabulary(w_code, y_code, fl: _Flat, opts: dict, yearly: bool, data_path: 
         )
     return kept
 
-# %% ../nbs/04_data.ipynb #02845135
-def _label_csr(w_key, y_key, fl: _Flat, opts: dict, yearly: bool, data_path: Path):
-    "The vocabulary (code ids kept) and the CSR (offsets, species) of its labels over all `n_cells · W` samples."
-    nc, n_cells, W = fl.n_codes, len(fl.raw_len), N_WEEKS + yearly
-    w_code, y_code = w_key % nc, y_key % nc
-    kept = _vocabulary(w_code, y_code, fl, opts, yearly, data_path)
-    S = len(kept)
-    lut = np.full(nc, -1, np.int32)
-    lut[kept] = np.arange(S)
-    wv = lut[w_code]
-    del w_code
-    wm = wv >= 0
-    ws = w_key[wm] // nc  # cell·N_WEEKS + week − 1
-    if yearly:
-        ws += ws // N_WEEKS  # → cell·W + week − 1
-    ws *= S
-    ws += wv[wm]
-    del wv, wm
-    keys = [ws]
-    if yearly:
-        yv = lut[y_code]
-        ym = yv >= 0
-        keys.append(((y_key[ym] // nc) * W + N_WEEKS) * S + yv[ym])
-    key = np.concatenate(keys)
-    del keys, ws
-    key.sort(kind='stable')  # two sorted runs: a linear merge
-    offsets = np.zeros(n_cells * W + 1, np.int64)
-    np.cumsum(np.bincount(key // S, minlength=n_cells * W), out=offsets[1:])
-    return kept, offsets, (key % S).astype(np.int32)
-
 # %% ../nbs/04_data.ipynb #82d2daf2
-def _all_samples(fl: _Flat, cell_lat, cell_lon, offsets, species, n_species: int, yearly: bool) -> Samples:
-    "Every cell's samples in CSR row order: weeks 1 … N_WEEKS, then the yearly sample (week 0)."
-    n_cells, W = len(cell_lat), N_WEEKS + yearly
-    density = fl.raw_len + (np.diff(np.searchsorted(fl.y_key // fl.n_codes, np.arange(n_cells + 1))) if yearly else 0)
-    return Samples(
-        lat=np.repeat(cell_lat, W),
-        lon=np.repeat(cell_lon, W),
-        week=np.tile(np.r_[np.arange(1, N_WEEKS + 1), [0] * yearly].astype(np.int64), n_cells),
-        cell=np.repeat(np.arange(n_cells, dtype=np.int32), W),
-        offsets=offsets,
-        species=species,
-        obs_density=np.repeat(density.astype(np.float32), W),
-        n_species=n_species,
-    )
+def _density(fl: Labels, yearly: bool) -> np.ndarray:
+    "float32[n_cells]: the cell's raw weekly detections plus the length of its yearly union (when `yearly`)."
+    return (fl.raw_len + (np.diff(fl.y_offsets) if yearly else 0)).astype(np.float32)
 
-# %% ../nbs/04_data.ipynb #d59d9df5
-def _split_samples(all_s: Samples, tr_c, va_c, ho_c, yearly: bool) -> tuple[Samples, Samples, Samples | None]:
-    "Train, val and hold-out samples: all samples of their cells."
-    W = N_WEEKS + yearly
+# %% ../nbs/04_data.ipynb #c71e856a
+def _split_samples(fl: Labels, kept, cell_split: tuple, cells: tuple, yearly: bool) -> tuple:
+    """Train, val and hold-out `Samples` (all samples of their cells; hold-out None without hold-out cells); frees the
+    label rows of `fl`."""
+    (tr_c, va_c, ho_c), (cell_lat, cell_lon, density) = cell_split, cells
+    W, S = N_WEEKS + yearly, len(kept)
+    split = np.full(fl.n_cells, -1, np.int8)
+    for s, c in enumerate((tr_c, va_c, ho_c)):
+        if c is not None:
+            split[c] = s
+    weeks = np.r_[np.arange(1, N_WEEKS + 1), [0] * yearly].astype(np.int64)
 
-    def rows_of(c):
-        return (np.asarray(c, np.int64)[:, None] * W + np.arange(W)).ravel()
+    def samples(c, offsets, species):
+        return Samples(
+            lat=np.repeat(cell_lat[c], W),
+            lon=np.repeat(cell_lon[c], W),
+            week=np.tile(weeks, len(c)),
+            cell=np.repeat(c.astype(np.int32), W),
+            offsets=offsets,
+            species=species,
+            obs_density=np.repeat(density[c], W),
+            n_species=S,
+        )
 
-    val = all_s.subset(rows_of(va_c)) if len(va_c) else Samples.empty(all_s.n_species)
-    holdout = all_s.subset(rows_of(ho_c)) if ho_c is not None else None
-    return all_s.subset(rows_of(tr_c)), val, holdout
+    parts = split_labels(fl, kept, split, 3, yearly)
+    fl.drop_rows()  # the splits hold the labels now: freed before the per-sample arrays are made
+    train, val, holdout = (samples(*p) for p in parts)
+    return train, (val if len(va_c) else Samples.empty(S)), (holdout if ho_c is not None else None)
 
 # %% ../nbs/04_data.ipynb #ac34b867
 def _cap_labels(s: Samples, cap: int) -> tuple[Samples, int]:
@@ -293,7 +237,7 @@ def _cap_labels(s: Samples, cap: int) -> tuple[Samples, int]:
 def _stats(
     n_file: int,
     ocean: tuple,
-    fl: _Flat,
+    fl: Labels,
     cell_split: tuple,
     parts: tuple,
     n_capped: int,
@@ -338,23 +282,24 @@ def jitter_std_for_res(res: int) -> float:
 
 # %% ../nbs/04_data.ipynb #8ca2dac7
 def _load(data_path: Path, tax_path: Path | None, rate: float, st: _Stages):
-    "Step 1: the combined parquet with its ocean cells down-sampled, its env columns, H3 resolution and taxonomy."
-    df, env_cols, res = load_combined(data_path)
+    """Step 1: the cells and env columns of the combined parquet (ocean cells down-sampled: the rows kept), its env
+    column names, H3 resolution and taxonomy. The week lists are read in step 2."""
+    df, env_cols, res = load_combined(data_path, weeks=False)
     tax = read_taxonomy(tax_path) if tax_path is not None else None
     if tax is None:
         st.note(f'no taxonomy CSV found beside {data_path.name}: species names = codes')
     n_file = df.height
-    df, *ocean = _drop_ocean(df, rate)
+    df, *ocean, keep = _drop_ocean(df, rate)
     if df.height == 0:
         raise GeoSDMDataError(f'{data_path}: no cells left after ocean down-sampling (rate {rate})')
     st.done('load')
-    return df, env_cols, res, tax, (n_file, *ocean)
+    return df, env_cols, res, tax, (n_file, *ocean), keep
 
 # %% ../nbs/04_data.ipynb #1733686d
-def _propagated(fl: _Flat, is_train, env, env_names, cell_lat, cell_lon, prop, yearly: bool, st: _Stages):
-    "Step 5: the label keys with propagated labels added (as they are without `prop`), and its report."
+def _propagated(fl: Labels, is_train, env, env_names, cell_lat, cell_lon, prop, yearly: bool, st: _Stages):
+    "Step 5: the labels with propagated labels added (as they are without `prop`), and its report."
     if prop is None:
-        return fl.w_key, fl.y_key, None
+        return fl, None
     w_key, y_key, report = propagate_keys(
         fl.w_key, fl.y_key, fl.n_codes, is_train, env_space(env, env_names), cell_lat, cell_lon, prop, yearly=yearly
     )
@@ -363,10 +308,10 @@ def _propagated(fl: _Flat, is_train, env, env_names, cell_lat, cell_lon, prop, y
         f'{report["sparse_samples"]:,} sparse training samples ({report["seconds"]:.1f}s)'
     )
     st.done('propagate')
-    return w_key, y_key, report
+    return Labels.from_keys(fl.codes, w_key, y_key, fl.raw_len), report
 
 # %% ../nbs/04_data.ipynb #ddc7c820
-def _names(fl: _Flat, kept: np.ndarray, tax: dict | None) -> tuple[list[str], list[str], list[str]]:
+def _names(fl: Labels, kept: np.ndarray, tax: dict | None) -> tuple[list[str], list[str], list[str]]:
     "The vocabulary (the codes kept) and its scientific and common names (the codes without a taxonomy)."
     vocab = [fl.codes[i] for i in kept]
     names = [tax.get(c, (c, c)) if tax is not None else (c, c) for c in vocab]
@@ -381,26 +326,27 @@ def _build(data_path: Path, tax_path: Path | None, opts: dict, boxes, fp: str, p
         ['load', 'flatten', 'env', 'split'] + ['propagate'] * (prop is not None) + ['vocabulary', 'samples'], progress
     )
     try:
-        df, env_cols, res, tax, (n_file, *ocean) = _load(data_path, tax_path, opts['ocean_sample_rate'], st)
-        fl = flatten_lists(df)  # 2. flatten
+        df, env_cols, res, tax, (n_file, *ocean), keep = _load(data_path, tax_path, opts['ocean_sample_rate'], st)
+        fl = flatten_file(data_path, keep)  # 2. flatten
         if tax is not None:
             _check_taxonomy(fl, tax, data_path, tax_path)
         st.done('flatten')
         env, env_names, env_stats = encode_env(df, env_cols)  # 3. env, centres
         cells = df['h3_index'].to_list()
         cell_lat, cell_lon = (a.astype(np.float32) for a in cell_centres(cells))
+        del df
         st.done('env')
         tr_c, va_c, ho_c = _split_holdout(cell_lat, cell_lon, opts, boxes, data_path)  # 4. split, hold-out
         watchlist_check(fl, tr_c, va_c, opts['sample_fraction'], data_path)
         is_train = np.zeros(len(cells), bool)
         is_train[tr_c] = True
         st.done('split')
-        reg_raw = key_region_counts(fl.w_key, fl.y_key, fl.n_codes, cell_lat, cell_lon, is_train, yearly)
-        w_key, y_key, report = _propagated(fl, is_train, env, env_names, cell_lat, cell_lon, prop, yearly, st)
-        kept, offsets, species = _label_csr(w_key, y_key, fl, opts, yearly, data_path)  # 6. vocabulary, CSR
+        reg_raw, density = _region_counts(fl, cell_lat, cell_lon, is_train, yearly), _density(fl, yearly)
+        fl, report = _propagated(fl, is_train, env, env_names, cell_lat, cell_lon, prop, yearly, st)  # 5.
+        kept = _vocabulary(fl, opts, yearly, data_path)  # 6. vocabulary
         st.done('vocabulary')
-        all_s = _all_samples(fl, cell_lat, cell_lon, offsets, species, len(kept), yearly)  # 7. samples
-        train, val, holdout = _split_samples(all_s, tr_c, va_c, ho_c, yearly)
+        geo = (cell_lat, cell_lon, density)
+        train, val, holdout = _split_samples(fl, kept, (tr_c, va_c, ho_c), geo, yearly)  # 7. samples
         train, n_capped = _cap_labels(train, opts['max_obs_per_species'])
         st.done('samples')
         vocab, sci_names, common_names = _names(fl, kept, tax)

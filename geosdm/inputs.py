@@ -13,14 +13,15 @@ import h3
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .core import WEEK_COLS, GeoSDMDataError
+from .core import WEEK_COLS, GeoSDMDataError, sorted_unique
 
 # %% auto #0
 __all__ = ['DROP_COLS', 'NON_ENV', 'CATEGORICAL_COLS', 'FRACTION_COLS', 'MAX_CLASSES', 'TAX_COLUMNS', 'find_taxonomy',
            'taxonomy_frame', 'unique_rows', 'read_taxonomy', 'parquet_schema', 'read_columns', 'load_combined',
-           'read_grid', 'encode_env']
+           'list_codes', 'week_columns', 'read_grid', 'encode_env']
 
 # %% ../nbs/03_inputs.ipynb #a0e3815f
 DROP_COLS = ('target_km', 'h3_resolution')  # constant per grid: dropped
@@ -212,8 +213,10 @@ def read_columns(path, columns: Sequence[str] | None = None) -> pl.DataFrame:
     return pl.from_arrow(pa.Table.from_arrays(t.columns, schema=plain))
 
 # %% ../nbs/03_inputs.ipynb #24879a5d
-def load_combined(path) -> tuple[pl.DataFrame, list[str], int]:
-    "Read and validate a combined parquet: returns (frame of h3_index + env + week columns, env column names, H3 res)."
+def load_combined(path, weeks: bool = True) -> tuple[pl.DataFrame, list[str], int]:
+    """Read and validate a combined parquet: returns (frame of h3_index + env + week columns, env column names, H3 res).
+
+    `weeks=False`: without the week columns (read them one at a time with `week_columns`)."""
     path = Path(path)
     if not path.is_file():
         raise GeoSDMDataError(f'{path}: data file not found')
@@ -223,13 +226,66 @@ def load_combined(path) -> tuple[pl.DataFrame, list[str], int]:
         raise GeoSDMDataError(f'{path}: not a readable parquet file ({type(e).__name__}: {e})') from e
     env_cols = _env_columns(path, schema)
     try:
-        df = read_columns(path, ['h3_index'] + env_cols + WEEK_COLS)
+        df = read_columns(path, ['h3_index'] + env_cols + (WEEK_COLS if weeks else []))
     except Exception as e:
         raise GeoSDMDataError(f'{path}: cannot read the parquet data ({type(e).__name__}: {e})') from e
     if df.height == 0:
         raise GeoSDMDataError(f'{path}: no rows (no H3 cells)')
     df, res = _check_cells(path, df, schema)
-    return _check_lists(path, df, schema), env_cols, res
+    return (_check_lists(path, df, schema) if weeks else df), env_cols, res
+
+# %% ../nbs/03_inputs.ipynb #1fbe9032
+def _chunk_codes(ch: pa.Array) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    "One chunk of a list array of codes: (list lengths int64, int32 index of each code into the strings, strings)."
+    off = ch.offsets.to_numpy()
+    v = ch.values.slice(int(off[0]), int(off[-1] - off[0]))
+    lens = np.diff(off).astype(np.int64)
+    if pa.types.is_integer(v.type):
+        x = v.to_numpy()
+        u = sorted_unique(x)
+        return lens, np.searchsorted(u, x).astype(np.int32), [str(c) for c in u.tolist()]
+    if not pa.types.is_dictionary(v.type):
+        v = pc.dictionary_encode(v.cast(pa.large_string()) if pa.types.is_string_view(v.type) else v)
+    return lens, v.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False), v.dictionary.to_pylist()
+
+# %% ../nbs/03_inputs.ipynb #6115dceb
+def list_codes(col) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    "A list column of codes (arrow array or chunked array) as (list lengths, int32 index of each code, code strings)."
+    parts = [_chunk_codes(ch) for ch in (col.chunks if isinstance(col, pa.ChunkedArray) else [col])]
+    if len(parts) == 1:
+        return parts[0]
+    codes = sorted({c for p in parts for c in p[2]})
+    pos = {c: i for i, c in enumerate(codes)}
+    idx = [np.array([pos[c] for c in p[2]], np.int32)[p[1]] if len(p[1]) else p[1] for p in parts]
+    return np.concatenate([p[0] for p in parts]), np.concatenate(idx), codes
+
+# %% ../nbs/03_inputs.ipynb #f64ba71d
+def _check_column(path: Path, name: str, col) -> None:
+    "Raise `GeoSDMDataError` for null lists or null codes in week column `name`."
+    if col.null_count:
+        raise GeoSDMDataError(
+            f'{path}: null species lists (use an empty list for "no record") in {name}: {col.null_count} cell(s)'
+        )
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    inner = sum(ch.flatten().null_count for ch in chunks)
+    if inner:
+        raise GeoSDMDataError(f'{path}: {inner} null species code(s) inside the week lists ({name})')
+
+# %% ../nbs/03_inputs.ipynb #132a4ed5
+def week_columns(path, keep: np.ndarray | None = None):
+    """Yield every week column of a combined parquet (checked by `load_combined(path, weeks=False)` first) as
+    `list_codes` (lengths, indices, code strings), one column at a time; only the rows where `keep` if given."""
+    path = Path(path)
+    try:
+        f = pq.ParquetFile(path, read_dictionary=[f'{c}.list.element' for c in WEEK_COLS])
+        for c in WEEK_COLS:
+            col = f.read(columns=[c]).column(0)
+            _check_column(path, c, col)
+            if keep is not None:
+                col = col.filter(pa.array(keep))
+            yield list_codes(col)
+    except (OSError, pa.ArrowException) as e:
+        raise GeoSDMDataError(f'{path}: cannot read the parquet data ({type(e).__name__}: {e})') from e
 
 # %% ../nbs/03_inputs.ipynb #0273b75d
 def read_grid(path, res: int | None = None) -> tuple[pl.DataFrame, int]:

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 from . import core
+from .batches import Positives
 
 # %% auto #0
-__all__ = ['WATCHLIST', 'THRESHOLDS', 'per_sample_ap', 'MetricAccumulator']
+__all__ = ['WATCHLIST', 'THRESHOLDS', 'per_sample_ap', 'column_ap', 'MetricAccumulator']
 
 # %% ../nbs/10_geoscore.ipynb #a3e2d65a
 WATCHLIST: list[str] = list(core.WATCHLIST)
@@ -107,13 +108,6 @@ def per_sample_ap(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     _check_no_nan(xs, 'scores')
     return _sorted_rows_ap(xs, pr, scores[pr, pc], torch.bincount(pr, minlength=scores.shape[0]))[0]
 
-# %% ../nbs/10_geoscore.ipynb #913c4e5d
-def _list_counts(xs: torch.Tensor, xv: torch.Tensor, tl: torch.Tensor):
-    "List lengths (b, T) of row-sorted logits `xs` above the threshold logits `tl`, and true positives per threshold."
-    b, S = xs.shape
-    cnt = S - torch.searchsorted(xs, tl.expand(b, -1).contiguous(), right=True)
-    return cnt, (xv[:, None] > tl[None]).sum(0).double()
-
 # %% ../nbs/10_geoscore.ipynb #6700adb7
 def _topk_hits(ge: torch.Tensor, gt: torch.Tensor, topk: tuple) -> torch.Tensor:
     "Expected top-K hits (float64, one per K) of positives with #≥ v = `ge` and #> v = `gt` in their rows."
@@ -123,58 +117,81 @@ def _topk_hits(ge: torch.Tensor, gt: torch.Tensor, topk: tuple) -> torch.Tensor:
     return torch.stack([((k - gt).double().clamp(min=0).minimum(g) / g).sum() for k in topk])
 
 # %% ../nbs/10_geoscore.ipynb #0e91ccd4
-def _bin_sums(xs: torch.Tensor, bounds: torch.Tensor, cnt: torch.Tensor) -> torch.Tensor:
-    "Σ of σ(xs) within bins [bounds[:, k], bounds[:, k+1]) of the row-sorted logits, summed over rows (float64)."
-    b, n = xs.shape
-    if not _np_ok(xs):
-        cs = torch.sigmoid(xs).cumsum_(1)
-        s = cs.gather(1, (bounds - 1).clamp(min=0)).double() * (bounds > 0)
-        return s.diff(dim=1).sum(0)
-    # CPU: one np.add.reduceat over the flattened rows instead of a full cumsum; a trailing 0 keeps index b*n valid
-    buf = torch.empty(b * n + 1, dtype=torch.float32)
-    torch.sigmoid(xs, out=buf[:-1].view(b, n))
-    buf[-1] = 0
-    start = (bounds[:, :-1] + torch.arange(b)[:, None] * n).reshape(-1)
-    r = torch.from_numpy(np.add.reduceat(buf.numpy(), start.numpy())).view(b, -1)
-    return (r.double() * (cnt > 0)).sum(0)  # reduceat gives buf[i] for empty bins: mask them
+def _above(x: torch.Tensor, lo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    "Rows and values of the entries of `x` (2-D) that are ≥ `lo`, row by row (numpy's flatnonzero on the CPU)."
+    if not _np_ok(x):
+        r, c = (x >= lo).nonzero(as_tuple=True)
+        return r, x[r, c]
+    a = x.contiguous().numpy()
+    at = np.flatnonzero(a >= lo.item())
+    return torch.from_numpy(at // a.shape[1]), torch.from_numpy(a.reshape(-1)[at])
 
-# %% ../nbs/10_geoscore.ipynb #7d637741
-def _ece_counts(xs: torch.Tensor, xv: torch.Tensor, edges: torch.Tensor):
-    "Per p-bin (edges as logits): #pairs, Σp and #positives of a chunk of row-sorted logits `xs` (float64)."
-    b, S = xs.shape
-    dev = xs.device
-    bounds = torch.cat(
-        [
-            torch.zeros(b, 1, dtype=torch.long, device=dev),
-            torch.searchsorted(xs, edges.expand(b, -1).contiguous()),
-            torch.full((b, 1), S, dtype=torch.long, device=dev),
-        ],
-        1,
-    )
-    cnt_bin = bounds.diff(dim=1)
-    n_y = torch.bincount(torch.bucketize(xv, edges, right=True), minlength=len(edges) + 1).double()
-    return cnt_bin.sum(0).double(), _bin_sums(xs, bounds, cnt_bin), n_y
+
+def _sparse_row_sums(x: torch.Tensor, tl: torch.Tensor, edges: torch.Tensor):
+    "List lengths (b, T) above the threshold logits `tl`; per bin of the edge logits: #pairs, Σp (float64); Σp."
+    b, S = x.shape
+    r, v = _above(x, torch.cat([tl, edges]).min())
+    kt = (v[:, None] > tl[None]).sum(1)  # thresholds below each value: it is in the lists of those
+    per_row = torch.bincount(r * (len(tl) + 1) + kt, minlength=b * (len(tl) + 1)).view(b, -1)
+    cnt = per_row.flip(1).cumsum(1).flip(1)[:, 1:]  # c(t_j) = #values above t_j
+    k = torch.bucketize(v, edges, right=True)  # #edges ≤ v, as searchsorted on a sorted row
+    bin_n = torch.bincount(k, minlength=len(edges) + 1).double()
+    bin_p = torch.bincount(k, weights=torch.sigmoid(v).double(), minlength=len(edges) + 1).double()
+    total = torch.sigmoid(x).sum(1).double().sum()  # float32 within a row, float64 across rows
+    bin_n[0] = b * S - bin_n[1:].sum()
+    bin_p[0] = total - bin_p[1:].sum()
+    return cnt, bin_n, bin_p, total
 
 # %% ../nbs/10_geoscore.ipynb #43a40d12
-def _chunk_sums(
-    xs: torch.Tensor, pr: torch.Tensor, xv: torch.Tensor, tl: torch.Tensor, edges: torch.Tensor, topk: tuple
-) -> dict:
-    "Per-sample summaries (ap, npos, cnt) and counters (tp, hits, bin_n, bin_p, bin_y) of one chunk of sorted rows."
-    npos = torch.bincount(pr, minlength=xs.shape[0])
-    ap, ge, gt = _sorted_rows_ap(xs, pr, xv, npos)  # per-sample AP (ties as one threshold); NaN without positives
-    cnt, tp = _list_counts(xs, xv, tl)
-    bin_n, bin_p, bin_y = _ece_counts(xs, xv, edges)
+def _chunk_sums(x: torch.Tensor, pr: torch.Tensor, xv: torch.Tensor, tl: torch.Tensor, edges: torch.Tensor, topk):
+    "Per-sample summaries (ap, npos, cnt) and counters (tp, hits, bin_n, bin_p, bin_y) of one chunk of logits."
+    b, dev = x.shape[0], x.device
+    npos = torch.bincount(pr, minlength=b)
+    rows = (npos > 0).nonzero().flatten()
+    local = torch.zeros(b, dtype=torch.long, device=dev)
+    local[rows] = torch.arange(len(rows), device=dev)
+    xs = _sort_rows(x.index_select(0, rows), inplace=True).to(dev)
+    _check_no_nan(xs, 'logits', ' of this chunk')
+    ap_p, ge, gt = _sorted_rows_ap(xs, local[pr], xv, npos[rows])  # ties as one threshold
+    ap = torch.full((b,), float('nan'), dtype=torch.float64, device=dev)
+    ap[rows] = ap_p
+    cnt, bin_n, bin_p, total = _sparse_row_sums(x, tl, edges)
+    if torch.isnan(total):
+        raise ValueError(f'logits contain NaN (in {int(torch.isnan(x).any(1).sum())} of {b} rows of this chunk)')
+    bin_y = torch.bincount(torch.bucketize(xv, edges, right=True), minlength=len(edges) + 1).double()
+    tp = (xv[:, None] > tl[None]).sum(0).double()
     return dict(ap=ap, npos=npos, cnt=cnt, tp=tp, hits=_topk_hits(ge, gt, topk), bin_n=bin_n, bin_p=bin_p, bin_y=bin_y)
 
 # %% ../nbs/10_geoscore.ipynb #f97a2e49
-def _store_copy(x: torch.Tensor, store_dtype: str, q_scale: int = 1024) -> torch.Tensor:
-    "Transposed copy (columns, b) of clamped logits `x`: int16 trunc(q_scale·x) (monotone) or float32."
+def _store_copy(x: torch.Tensor, store_dtype: str, q_scale: int = 1024, transpose: bool = True) -> torch.Tensor:
+    "Copy of clamped logits `x`, transposed (columns, b) unless not `transpose`: int16 trunc(q_scale·x) or float32."
     if store_dtype == 'float32':
-        return x.T.clone(memory_format=torch.contiguous_format)  # never a view of x
+        return (x.T if transpose else x).clone(memory_format=torch.contiguous_format)  # never a view of x
     if _np_ok(x):  # numpy: ~2-3x faster than torch here
         with np.errstate(invalid='ignore'):  # NaN logits are reported by update()
-            return torch.from_numpy(np.ascontiguousarray((x.numpy() * np.float32(q_scale)).astype(np.int16).T))
-    return (x * q_scale).to(torch.int16).T.contiguous()
+            q = (x.numpy() * np.float32(q_scale)).astype(np.int16)
+        return torch.from_numpy(np.ascontiguousarray(q.T) if transpose else q)
+    q = (x * q_scale).to(torch.int16)
+    return q.T.contiguous() if transpose else q
+
+# %% ../nbs/10_geoscore.ipynb #518f40be
+def _columns_ap(block, n_cols: int, n_rows: int, rows, cols, device, entries: int = 1 << 23) -> torch.Tensor:
+    "AP (float64, NaN without a positive) of `n_cols` columns from `block(c0, c1)`, positives at (`rows`, `cols`)."
+    out = torch.full((n_cols,), float('nan'), dtype=torch.float64, device=device)
+    o = torch.argsort(cols, stable=True)
+    rows, cols = rows[o], cols[o]
+    npos = torch.bincount(cols, minlength=n_cols)
+    L = max(1, entries // max(n_rows, 1))
+    for s0 in range(0, n_cols, L):  # column blocks (not a per-column loop)
+        s1 = min(n_cols, s0 + L)
+        lo, hi = torch.searchsorted(cols, torch.tensor([s0, s1], device=cols.device)).tolist()
+        if hi == lo:
+            continue
+        blk = block(s0, s1)  # (columns, rows)
+        pr = cols[lo:hi] - s0
+        pv = blk[pr, rows[lo:hi]]
+        out[s0:s1] = _sorted_rows_ap(_sort_rows(blk, inplace=True).to(device), pr, pv, npos[s0:s1])[0]
+    return out
 
 # %% ../nbs/10_geoscore.ipynb #18f0e80e
 class _ColumnStore:
@@ -193,23 +210,33 @@ class _ColumnStore:
 
     def column_ap(self) -> torch.Tensor:
         "AP of every stored column over all rows (float64); NaN where no positive."
-        dev, N, ncol = self.device, self.n, self.blocks[0].shape[0]
-        out = torch.full((ncol,), float('nan'), dtype=torch.float64, device=dev)
         rows, cols = torch.cat(self.pos_row), torch.cat(self.pos_col)
-        o = torch.argsort(cols, stable=True)
-        rows, cols = rows[o], cols[o]
-        npos = torch.bincount(cols, minlength=ncol)
-        L = max(1, (1 << 23) // max(N, 1))
-        for s0 in range(0, ncol, L):  # column blocks (not a per-column loop)
-            s1 = min(ncol, s0 + L)
-            lo, hi = torch.searchsorted(cols, torch.tensor([s0, s1], device=dev)).tolist()
-            if hi == lo:
-                continue
-            blk = _cat_cols([c[s0:s1] for c in self.blocks])  # (columns, N)
-            pr = cols[lo:hi] - s0
-            pv = blk[pr, rows[lo:hi]]
-            out[s0:s1] = _sorted_rows_ap(_sort_rows(blk, inplace=True).to(dev), pr, pv, npos[s0:s1])[0]
-        return out
+        block = lambda s0, s1: _cat_cols([c[s0:s1] for c in self.blocks])
+        return _columns_ap(block, self.blocks[0].shape[0], self.n, rows, cols, self.device)
+
+# %% ../nbs/10_geoscore.ipynb #8f8ccd02
+@torch.no_grad()
+def column_ap(
+    column_logits,
+    n_cols: int,
+    n_rows: int,
+    rows,
+    cols,
+    store_dtype: str = 'int16',
+    device='cpu',
+    entries: int = 1 << 25,
+) -> torch.Tensor:
+    """Per-column AP (float64, NaN without a positive) of a score matrix given block by block: `column_logits(c0, c1)`
+    returns the logits of columns c0 … c1 − 1 for all `n_rows` rows, as (c1 − c0, n_rows); positives at (`rows`,
+    `cols`). The logits are clamped and stored as `MetricAccumulator` stores them (`store_dtype`)."""
+    dev = torch.device(device)
+
+    def block(c0, c1):
+        x = column_logits(c0, c1).detach().to(dev).float().clamp_(-30, 30)
+        return _store_copy(x, store_dtype, MetricAccumulator.q_scale, transpose=False)
+
+    rows, cols = torch.as_tensor(rows, device=dev).long(), torch.as_tensor(cols, device=dev).long()
+    return _columns_ap(block, n_cols, n_rows, rows, cols, dev, entries)
 
 # %% ../nbs/10_geoscore.ipynb #7b68ccb4
 def _check_chunk(logits: torch.Tensor, targets: torch.Tensor, obs_density: torch.Tensor | None, n_species: int):
@@ -222,13 +249,16 @@ def _check_chunk(logits: torch.Tensor, targets: torch.Tensor, obs_density: torch
         raise ValueError(f'obs_density has {obs_density.numel()} values for a batch of {logits.shape[0]}')
 
 # %% ../nbs/10_geoscore.ipynb #44c6da98
-def _chunk_inputs(logits: torch.Tensor, targets: torch.Tensor, device):
-    "Clamped float32 logits `x`, boolean targets `y`, and the positives: rows (ascending), columns, logits."
+def _chunk_inputs(logits: torch.Tensor, targets, device):
+    "Clamped float32 logits `x` and the positives: rows (ascending), columns, logits."
     x = logits.detach().to(device).float().clamp(-30, 30)
-    y = targets.detach().to(device)
-    y = y if y.dtype == torch.bool else y > 0.5
-    pr, pc = y.nonzero(as_tuple=True)  # row-major, rows ascending
-    return x, y, pr, pc, x[pr, pc]
+    if isinstance(targets, Positives):
+        keep = targets.valid > 0
+        pr, pc = targets.rows[keep].to(device), targets.species[keep].to(device)
+    else:
+        y = targets.detach().to(device)
+        pr, pc = (y if y.dtype == torch.bool else y > 0.5).nonzero(as_tuple=True)  # row-major, rows ascending
+    return x, pr, pc, x[pr, pc]
 
 # %% ../nbs/10_geoscore.ipynb #f8cbe366
 def _ranking_metrics(ap: torch.Tensor, npos: torch.Tensor, hits: torch.Tensor, topk: tuple) -> dict:
@@ -363,8 +393,8 @@ class MetricAccumulator:
     ):
         if vocab is not None and len(vocab) != n_species:
             raise ValueError(f'vocab has {len(vocab)} codes but n_species={n_species}')
-        if store_dtype not in ('int16', 'float32'):
-            raise ValueError(f"store_dtype must be 'int16' or 'float32', got {store_dtype!r}")
+        if store_dtype not in ('int16', 'float32', None):
+            raise ValueError(f"store_dtype must be 'int16', 'float32' or None, got {store_dtype!r}")
         self.n_species, self.vocab, self.device = n_species, vocab, torch.device(device)
         self.thresholds, self.topk = tuple(float(t) for t in thresholds), tuple(int(k) for k in topk)
         self.watchlist, self.keep_species_ap, self.store_dtype = list(watchlist or []), keep_species_ap, store_dtype
@@ -387,23 +417,24 @@ class MetricAccumulator:
             bin_p=z(self.n_bins),
             bin_y=z(self.n_bins),
         )
-        keep = self.keep_species_ap or len(self.watch_idx)
+        keep = (self.keep_species_ap or len(self.watch_idx)) and self.store_dtype is not None
         self._columns = _ColumnStore(self.store_dtype, self.q_scale, self.device) if keep else None
 
     @torch.no_grad()
-    def update(self, logits: torch.Tensor, targets: torch.Tensor, obs_density: torch.Tensor | None = None):
-        "Add a chunk: logits (b,S), targets (b,S) bool or {0,1}, obs_density (b,) or None."
+    def update(self, logits: torch.Tensor, targets, obs_density: torch.Tensor | None = None):
+        "Add a chunk: logits (b,S), targets (b,S) bool or {0,1} or `Positives` of b rows, obs_density (b,) or None."
         _check_chunk(logits, targets, obs_density, self.n_species)
         b, dev = logits.shape[0], self.device
-        x, y, pr, pc, xv = _chunk_inputs(logits, targets, dev)
-        if self._columns is not None:  # before x is sorted in place
+        x, pr, pc, xv = _chunk_inputs(logits, targets, dev)
+        if self._columns is not None:
             if self.keep_species_ap:
                 self._columns.add(x, pr, pc)
-            else:
-                self._columns.add(x[:, self.watch_idx], *y[:, self.watch_idx].nonzero(as_tuple=True))
-        xs = _sort_rows(x, inplace=True).to(dev)
-        _check_no_nan(xs, 'logits', ' of this chunk')
-        s = _chunk_sums(xs, pr, xv, self._tl, self._el, self.topk)
+            else:  # the watchlist columns only
+                at = torch.full((self.n_species,), -1, dtype=torch.long, device=dev)
+                at[self.watch_idx] = torch.arange(len(self.watch_idx), device=dev)
+                m = at[pc] >= 0
+                self._columns.add(x[:, self.watch_idx], pr[m], at[pc[m]])
+        s = _chunk_sums(x, pr, xv, self._tl, self._el, self.topk)
         for k, v in self._sums.items():
             v += s[k]
         self._ap.append(s['ap'])
@@ -424,11 +455,15 @@ class MetricAccumulator:
         return torch.cat(self._ap), torch.cat(self._npos).double(), torch.cat(self._cnt).double(), dens
 
     @torch.no_grad()
-    def compute(self) -> dict:
-        "All metrics as Python floats (NaN where undefined) and lists; sets `.species_ap` (numpy (S,) or None)."
+    def compute(self, column_ap: torch.Tensor | None = None) -> dict:
+        """All metrics as Python floats (NaN where undefined) and lists; sets `.species_ap` (numpy (S,) or None).
+
+        `column_ap`: the per-species AP (of every species, or of the watchlist columns without `keep_species_ap`)
+        computed elsewhere (`column_ap`), instead of from stored logits."""
         ap, npos, cnt, dens = self._per_sample()
         s, cols = self._sums, self._columns
         sap = cols.column_ap() if cols is not None and cols.blocks and self._n else None
+        sap = column_ap.to(self.device).double() if column_ap is not None else sap
         species, self.species_ap = _species_metrics(
             sap, self.n_species, self.keep_species_ap, self.watch_idx, self.watch_present, self.watchlist_missing
         )

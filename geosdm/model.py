@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from .core import N_WEEKS, ConfigError
 
 # %% auto #0
-__all__ = ['LN_EPS', 'SPECIES_PRIOR', 'BIRDNET_PARAMS', 'circular_encoding', 'coord_features', 'week_features', 'Dropout',
-           'ResidualBlock', 'FiLM', 'SpatioTemporalEncoder', 'wide_linear', 'WideLinear', 'SpeciesHead', 'EnvHead',
-           'HabitatHead', 'scale_dims', 'SpeciesLogits', 'GeoOutput', 'GeoModel', 'create_model', 'count_parameters',
-           'parameter_table', 'param_groups', 'resolve_device', 'flat_inputs', 'weekly_or_yearly', 'predict_proba',
-           'ExportWrapper']
+__all__ = ['LN_EPS', 'SPECIES_PRIOR', 'BIRDNET_PARAMS', 'PREDICT_ROWS', 'circular_encoding', 'coord_features', 'week_features',
+           'Dropout', 'ResidualBlock', 'FiLM', 'SpatioTemporalEncoder', 'wide_linear', 'WideLinear', 'SpeciesHead',
+           'EnvHead', 'HabitatHead', 'scale_dims', 'SpeciesLogits', 'GeoOutput', 'GeoModel', 'create_model',
+           'count_parameters', 'parameter_table', 'param_groups', 'resolve_device', 'flat_inputs', 'weekly_or_yearly',
+           'predict_proba', 'ExportWrapper']
 
 # %% ../nbs/07_model.ipynb #df6d655b
 def circular_encoding(theta: torch.Tensor, n_harmonics: int) -> torch.Tensor:
@@ -430,7 +430,9 @@ def flat_inputs(lat, lon, week) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return lat, lon, week
 
 # %% ../nbs/07_model.ipynb #f91d092e
-def weekly_or_yearly(run, lat, lon, week, n_out: int, batch_size: int, yearly: str = 'max') -> np.ndarray:
+def weekly_or_yearly(
+    run, lat, lon, week, n_out: int, batch_size: int, yearly: str = 'max', inplace: bool = False
+) -> np.ndarray:
     "float32 (n, n_out) of `run(lat, lon, week)` in batches; week 0 with `yearly='max'`: the max over weeks 1..48."
     if yearly not in ('max', 'model'):
         raise ValueError(f"yearly must be 'max' or 'model', got {yearly!r}")
@@ -439,13 +441,50 @@ def weekly_or_yearly(run, lat, lon, week, n_out: int, batch_size: int, yearly: s
     direct, rows = np.flatnonzero(~is_year), np.flatnonzero(is_year)
     for i in range(0, len(direct), batch_size):
         j = direct[i : i + batch_size]
-        out[j] = run(lat[j], lon[j], week[j])
+        if inplace and j[-1] - j[0] == len(j) - 1:  # one run of rows: the runner writes them
+            run(lat[j[0] : j[-1] + 1], lon[j[0] : j[-1] + 1], week[j[0] : j[-1] + 1], out=out[j[0] : j[-1] + 1])
+        else:
+            out[j] = run(lat[j], lon[j], week[j])
     weeks, step = np.arange(1, N_WEEKS + 1, dtype=week.dtype), max(1, batch_size // N_WEEKS)
     for i in range(0, len(rows), step):  # whole year: the max over weeks 1..N_WEEKS
         j = rows[i : i + step]
         p = run(np.repeat(lat[j], N_WEEKS), np.repeat(lon[j], N_WEEKS), np.tile(weeks, len(j)))
         out[j] = p.reshape(len(j), N_WEEKS, -1).max(1)
     return out
+
+# %% ../nbs/07_model.ipynb #abaa2533
+PREDICT_ROWS = 512  # rows per forward pass of `predict_proba`: activations in the cache
+
+
+def _packed_out(model: GeoModel):
+    "The output layer's weight prepacked for oneDNN's linear (cached on the model per weight version), or None."
+    w = model.species_head.out[-1].weight
+    key = (w.data_ptr(), w._version)
+    hit = getattr(model, '_packed_out_cache', None)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    packed = None
+    if w.device.type == 'cpu' and w.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+        try:
+            packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), PREDICT_ROWS)
+        except (AttributeError, RuntimeError):  # a torch without it
+            packed = None
+    model._packed_out_cache = (key, packed)
+    return packed
+
+
+def _proba_into(model: GeoModel, la, lo, wk, out: np.ndarray):
+    "σ(species logits) of rows (torch inputs) written into the float32 numpy rows `out`."
+    s = model(la, lo, wk).species
+    dst = torch.from_numpy(out)
+    if s.value is not None or s.features.device.type != 'cpu' or s.features.dtype != torch.float32:
+        dst.copy_(torch.sigmoid(s.dense().float()).cpu())
+        return
+    packed = _packed_out(model)
+    if packed is not None:
+        torch.sigmoid(torch.ops.mkldnn._linear_pointwise(s.features, packed, s.bias, 'none', [], ''), out=dst)
+    else:
+        torch.sigmoid(torch.addmm(s.bias, s.features, s.weight.t(), out=dst), out=dst)
 
 # %% ../nbs/07_model.ipynb #6369b1e8
 @torch.no_grad()
@@ -456,12 +495,21 @@ def predict_proba(model: GeoModel, lat, lon, week, batch_size: int = 4096, yearl
     was_training = model.training
     model.eval()
 
-    def run(*arrays):
+    def run(*arrays, out=None):
         la, lo, wk = (torch.from_numpy(a).to(dev) for a in arrays)
-        return torch.sigmoid(model(la, lo, wk).species.dense().float()).cpu().numpy()
+        res = np.empty((len(la), model.n_species), np.float32) if out is None else out
+        for r in range(0, len(la), PREDICT_ROWS):
+            _proba_into(
+                model,
+                la[r : r + PREDICT_ROWS],
+                lo[r : r + PREDICT_ROWS],
+                wk[r : r + PREDICT_ROWS],
+                res[r : r + PREDICT_ROWS],
+            )
+        return res
 
     try:
-        return weekly_or_yearly(run, lat, lon, week, model.n_species, batch_size, yearly)
+        return weekly_or_yearly(run, lat, lon, week, model.n_species, batch_size, yearly, inplace=True)
     finally:
         model.train(was_training)
 

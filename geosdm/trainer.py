@@ -32,7 +32,6 @@ from .core import N_WEEKS, CpuShare, GeoSDMDataError, atomic_write, clean_temp_f
 from .data import Prepared, prepare_data
 from .geoscore import geoscore, merge_holdout
 from .losses import make_loss, random_latlon
-from .metrics import MetricAccumulator
 from .model import count_parameters, create_model, resolve_device
 from .propagation import label_freq_weights
 from .runconfig import config_toml
@@ -51,6 +50,7 @@ from geosdm.steps import (
     resolve_compile,
     resolve_val_every,
 )
+from .validation import validate
 
 # %% auto #0
 __all__ = ['data_path', 'prepare', 'label_weights', 'Trainer', 'write_run_config', 'calibrate_run', 'train']
@@ -268,23 +268,16 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, data: DeviceSamples, samples, prefix='val_') -> dict:
-        "Every metric (and the losses) of the model on `data`; keys prefixed with `prefix`."
+        "Every metric (and the losses) of the model on `data`; keys prefixed with `prefix` (`geosdm.validation`)."
         self.model.eval()
-        d = self.device
-        acc = MetricAccumulator(self.prep.n_species, vocab=self.prep.vocab, device=d)
-        gen = torch.Generator(device=d)
+        gen = torch.Generator(device=self.device)
         gen.manual_seed(epoch_seed(self.cfg.seed, 0, 2))  # fixed: val loss deterministic
-        dens = torch.as_tensor(samples.obs_density, dtype=torch.float32, device=d)
-        sums, nbat, eb = torch.zeros(4, device=d, dtype=torch.float64), 0, self.cfg.eval_batch_size
-        for i in range(0, len(samples), eb):
-            idx = torch.arange(i, min(len(samples), i + eb), device=d)
-            lat, lon, week, y, cell = data.batch(idx)
-            losses = self._losses(dict(lat=lat, lon=lon, week=week, y=y, env=self.env[cell], species_rows=None), gen)
-            sums += _loss_vector(losses)
-            nbat += 1
-            acc.update(losses['out'].species.value.float(), y, dens[idx])
-        m, s = acc.compute(), (sums / max(1, nbat)).tolist()
-        m.update(loss=s[0], species_loss=s[1], env_loss=s[2], habitat_loss=s[3] if self.cfg.habitat_head else math.nan)
+        cfg = self.cfg
+        w = dict(species_weight=cfg.species_weight, env_weight=cfg.env_weight, habitat_weight=cfg.habitat_weight)
+        m = validate(
+            self.model, self.loss_fn, data, samples, self.env, self.prep.vocab, w, self.amp_dtype,
+            cfg.eval_batch_size, gen,
+        )  # fmt: skip
         return {f'{prefix}{k}': v for k, v in m.items()}
 
     def validate(self) -> dict:

@@ -21,6 +21,7 @@ FLOORS = {
     'batches': 1,
     'worldfiles': 2,
     'inputs': 2,
+    'labels': 3,
     'archives': 1,
     'gbif': 2,
     'synthetic': 3,
@@ -34,6 +35,7 @@ FLOORS = {
     'propagation': 4,
     'data': 5,
     'keyspill': 1,  # the kept records' keys, in order of their cells
+    'validation': 5,
     'tally': 3,
     'weeklists': 4,  # the kept records as lists, a few cells at a time
     'ingest': 5,

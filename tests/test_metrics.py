@@ -375,3 +375,51 @@ def test_torch_paths_equal_numpy_paths(pb):
         else:
             assert m2[k] == v, k
     np.testing.assert_allclose(a1.species_ap, a2.species_ap, rtol=1e-12)
+
+
+# ---------------------------------------------------------------- streaming per-species AP, label pairs
+
+
+@SET
+@given(problems(), st.integers(1, 60), st.sampled_from(['int16', 'float32']))
+def test_column_ap_streamed_equals_stored(pb, entries, dtype):
+    "Per-species AP from column blocks computed on demand (`column_ap`) is the stored one, for any block size."
+    lg, y, dens, chunk = pb
+    acc, m = run(lg, y, dens, chunk, store_dtype=dtype)
+    rows, cols = np.nonzero(y)
+    asked = []
+
+    def column_logits(c0, c1):
+        asked.append((c0, c1))
+        return torch.from_numpy(lg[:, c0:c1].T.copy())
+
+    sap = M.column_ap(column_logits, lg.shape[1], lg.shape[0], rows, cols, store_dtype=dtype, entries=entries)
+    np.testing.assert_array_equal(sap.numpy(), acc.species_ap)
+    assert all(y[:, c0:c1].any() for c0, c1 in asked)  # blocks without a positive are never computed
+    acc2, m2 = run(lg, y, dens, chunk, store_dtype=None)
+    assert acc2._columns is None
+    m2 = acc2.compute(column_ap=sap)
+    for k, v in m.items():
+        assert m2[k] == v or (isinstance(v, float) and math.isnan(v) and math.isnan(m2[k])), k
+
+
+@SET
+@given(problems())
+def test_label_pairs_equal_dense_targets(pb):
+    "Targets given as `Positives` (label pairs, padded) give the metrics of the dense targets."
+    from geosdm.batches import Positives
+
+    lg, y, dens, chunk = pb
+    _, m = run(lg, y, dens, chunk)
+    acc = MetricAccumulator(lg.shape[1])
+    for i in range(0, lg.shape[0], chunk):
+        r, c = np.nonzero(y[i : i + chunk])
+        pad = 3  # padding pairs (valid 0) are ignored
+        rows = torch.from_numpy(np.r_[r, np.zeros(pad, np.int64)])
+        species = torch.from_numpy(np.r_[c, np.zeros(pad, np.int64)])
+        valid = torch.from_numpy(np.r_[np.ones(len(r)), np.zeros(pad)]).float()
+        pos = Positives(rows, species, valid, len(lg[i : i + chunk]), lg.shape[1])
+        acc.update(torch.from_numpy(lg[i : i + chunk]), pos, torch.from_numpy(dens[i : i + chunk]))
+    m2 = acc.compute()
+    for k, v in m.items():
+        assert m2[k] == v or (isinstance(v, float) and math.isnan(v) and math.isnan(m2[k])), k
