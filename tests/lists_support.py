@@ -7,7 +7,7 @@ from pathlib import Path
 import polars as pl
 
 
-def world_and_model(d: Path, n_species: int = 50, epochs: int = 6, seed: int = 11) -> tuple[Path, Path]:
+def world_and_model(d: Path, n_species: int = 50, epochs: int = 36, seed: int = 11) -> tuple[Path, Path]:
     """Write a simulated North American world into `d / 'world'` (test cells held out of `train.parquet`, German
     common names, an alias `Oldus namus` for its first species) and train a small model on it; (world, checkpoint)."""
     from geosdm.config import TrainConfig
@@ -27,6 +27,8 @@ def world_and_model(d: Path, n_species: int = 50, epochs: int = 6, seed: int = 1
         checkpoint_dir=str(d / 'ck'),
         model_scale=0.25,
         num_epochs=epochs,
+        patience=0,  # the whole schedule: about the steps of 6 epochs before an epoch meant one pass
+        lr=1e-3,
         min_obs_per_species=10,
         batch_size=256,
         device='cpu',

@@ -27,10 +27,11 @@ def tiny_checkpoint(root: Path) -> Path:
             checkpoint_dir=str(Path(root) / 'ck'),
             model_scale=0.25,
             num_epochs=2,
+            val_every=1,  # both epochs validated: the apps' and plots' tests read a full history
             lr_warmup=0.0,
             lr=3e-3,
             min_obs_per_species=5,
-            batch_size=256,
+            batch_size=64,  # an epoch is one pass over the samples with records: small batches, enough steps
             holdout_regions=['us_northwest'],
             device='cpu',
         ),
