@@ -17,10 +17,12 @@ from .geo import unit_xyz
 from .model import predict_proba
 
 # %% auto #0
-__all__ = ['THRESHOLD_GRID', 'STRATA', 'logit', 'sigmoid', 'list_scores', 'best_f1_threshold', 'EffortProxy', 'effort_proxy',
-           'record_level', 'strata_levels', 'species_offsets', 'Calibration', 'calibration_dict', 'calibration_from',
-           'subset_calibration', 'fit_calibration', 'validation_lists', 'calibrate', 'truth_lists', 'stratum_table',
-           'simulate_detections', 'rejected_at', 'combined_score']
+__all__ = ['THRESHOLD_GRID', 'CALIBRATE_ROWS', 'STRATA', 'logit', 'sigmoid', 'list_scores', 'threshold_counts', 'f1_by_threshold',
+           'best_f1_threshold', 'EffortProxy', 'effort_proxy', 'record_level', 'record_strata', 'strata_levels',
+           'record_offsets', 'species_offsets', 'Calibration', 'calibration_dict', 'calibration_from',
+           'subset_calibration', 'ListStats', 'list_stats', 'fit_lists', 'fit_calibration', 'validation_lists',
+           'validation_stats', 'calibrate', 'truth_lists', 'stratum_table', 'simulate_detections', 'rejected_at',
+           'combined_score']
 
 # %% ../nbs/25_calibrate.ipynb #d748f585
 def logit(p) -> np.ndarray:
@@ -46,10 +48,52 @@ def list_scores(probs: np.ndarray, y: np.ndarray, thr, missing=0) -> dict:
 THRESHOLD_GRID = tuple(np.round(np.arange(0.01, 0.61, 0.01), 2).tolist())
 
 
+def threshold_counts(
+    probs: np.ndarray, rows, species, grid=THRESHOLD_GRID, strict: bool = False, entries: int = 1 << 22
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample (row of `probs`) and threshold t of `grid`: the length of the list `probs >= t` (`probs > t` if
+    `strict`) and its true positives, the records being the pairs (`rows`, `species`); int32 (n, len(grid)) each.
+    `t` is compared in the dtype of `probs`, as numpy compares an array with a Python number. The lists are counted
+    about `entries` probabilities at a time, so that memory stays bounded however many reach a threshold."""
+    probs = np.asarray(probs)
+    g = np.asarray(grid, np.float64).astype(probs.dtype)
+    order = np.argsort(g, kind='stable')
+    gs, (n, G), side = g[order], (len(probs), len(g)), 'left' if strict else 'right'
+    reach = (lambda v: v > gs[0]) if strict else (lambda v: v >= gs[0])
+
+    def counts(r, v, m):  # values v (reaching the lowest threshold) of rows r of m
+        k = np.searchsorted(gs, v, side=side)  # how many thresholds each value reaches
+        h = np.bincount(r * (G + 1) + k, minlength=m * (G + 1)).reshape(m, G + 1)
+        c = np.empty((m, G), np.int32)
+        c[:, order] = h[:, :0:-1].cumsum(1)[:, ::-1]  # values reaching the j-th smallest: k > j
+        return c
+
+    n_pred, R = np.empty((n, G), np.int32), max(1, entries // max(1, probs.shape[1] if probs.ndim == 2 else 1))
+    for a in range(0, n, R):
+        x = probs[a : a + R]
+        r, c = np.nonzero(reach(x))
+        n_pred[a : a + R] = counts(r, x[r, c], len(x))
+    rows, species = np.asarray(rows, np.int64), np.asarray(species, np.int64)
+    v = probs[rows, species]
+    hit = reach(v)
+    return n_pred, counts(rows[hit], v[hit], n)
+
+
+def f1_by_threshold(n_pred: np.ndarray, tp: np.ndarray, n_true: np.ndarray) -> list[float]:
+    "Mean per-sample F1 at each threshold, from the counts (n, T) of `threshold_counts` and the true lengths (n,)."
+    n_true, out = np.asarray(n_true, np.int64), []
+    for j in range(n_pred.shape[1]):
+        p, t = n_pred[:, j].astype(np.int64), tp[:, j].astype(np.int64)
+        with np.errstate(invalid='ignore', divide='ignore'):
+            out.append(np.nanmean(np.where(p + n_true > 0, 2 * t / (p + n_true), np.nan)))
+    return out
+
+
 def best_f1_threshold(probs: np.ndarray, y: np.ndarray, grid=THRESHOLD_GRID) -> float:
     "The threshold of `grid` with the best mean per-sample F1 of `probs >= t` against `y`."
-    f1 = [np.nanmean(list_scores(probs, y, t)['f1']) for t in grid]
-    return float(grid[int(np.nanargmax(f1))])
+    y = np.asarray(y, bool)
+    n_pred, tp = threshold_counts(probs, *np.nonzero(y), grid)
+    return float(grid[int(np.nanargmax(f1_by_threshold(n_pred, tp, y.sum(1))))])
 
 # %% ../nbs/25_calibrate.ipynb #d2ed4ab5
 @dataclass
@@ -85,25 +129,40 @@ def effort_proxy(prep, k: int = 7) -> EffortProxy:
     return EffortProxy(r(prep.cell_lat[cells]), r(prep.cell_lon[cells]), r(np.log1p(rec[cells])), k)
 
 # %% ../nbs/25_calibrate.ipynb #af52b4bc
-def record_level(lp: np.ndarray, y: np.ndarray, keep: float = 0.9) -> float:
-    "Logit of the threshold that keeps the share `keep` of the records `y` (lp: logits of the probabilities)."
-    return float(np.quantile(lp[y], 1 - keep)) if y.any() else float(logit(0.15))
+def record_level(lp: np.ndarray, y: np.ndarray | None = None, keep: float = 0.9) -> float:
+    """Logit of the threshold that keeps the share `keep` of the records `lp[y]` (lp: logits of the probabilities;
+    `y` None: every value of `lp` is a record's)."""
+    v = lp if y is None else lp[y]
+    return float(np.quantile(v, 1 - keep)) if v.size else float(logit(0.15))
+
+
+def record_strata(lp, row, proxy, n_strata: int = 3, keep: float = 0.9) -> tuple[list, list]:
+    "Stratum edges (quantiles of `proxy`, per sample) and each stratum's level; `lp`: the logits of records of `row`."
+    edges = np.quantile(proxy, np.arange(1, n_strata) / n_strata).tolist() if n_strata > 1 else []
+    st = np.digitize(proxy, edges)[row]
+    return edges, [record_level(lp[st == b], keep=keep) for b in range(n_strata)]
 
 
 def strata_levels(lp, y, proxy, n_strata: int = 3, keep: float = 0.9) -> tuple[list, list]:
-    "Stratum edges (quantiles of `proxy`) and the record level of each stratum."
-    edges = np.quantile(proxy, np.arange(1, n_strata) / n_strata).tolist() if n_strata > 1 else []
-    st = np.digitize(proxy, edges)
-    return edges, [record_level(lp[st == b], y[st == b], keep) for b in range(n_strata)]
+    "Stratum edges (quantiles of `proxy`) and the record level of each stratum, of dense logits and lists (n, S)."
+    row, sp = np.nonzero(y)
+    return record_strata(lp[row, sp], row, proxy, n_strata, keep)
 
 # %% ../nbs/25_calibrate.ipynb #f672dcdc
-def species_offsets(lp, y, level, shrink: float = 300.0, weight: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    "Per-species logit offsets (S,) and record counts; `level`: each sample's level (n,)."
-    r = lp - np.asarray(level)[:, None]
-    n = y.sum(0)
-    mean = r[y].mean() if y.any() else 0.0
-    own = np.where(y, r, 0).sum(0) / np.maximum(n, 1)
+def record_offsets(lp, row, species, n_species: int, level, shrink: float = 300.0, weight: float = 0.5) -> tuple:
+    """Per-species logit offsets (S,) and record counts of the records' logits `lp` (of samples `row`, species
+    `species`, in sample order); `level`: each sample's level (n,)."""
+    r = lp - np.asarray(level)[row]
+    n = np.bincount(species, minlength=n_species)
+    mean = r.mean() if len(r) else 0.0
+    own = np.bincount(species, weights=r, minlength=n_species) / np.maximum(n, 1)
     return weight * n / (n + shrink) * (own - mean), n
+
+
+def species_offsets(lp, y, level, shrink: float = 300.0, weight: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    "Per-species logit offsets (S,) and record counts of dense logits and lists (n, S); `level`: each sample's (n,)."
+    row, sp = np.nonzero(y)
+    return record_offsets(lp[row, sp], row, sp, np.shape(y)[1], level, shrink, weight)
 
 # %% ../nbs/25_calibrate.ipynb #98c29713
 @dataclass
@@ -172,39 +231,79 @@ def subset_calibration(d: dict | None, idx) -> dict | None:
     return {**d, 'offsets': [d['offsets'][i] for i in idx], 'n_records': [d['n_records'][i] for i in idx]}
 
 # %% ../nbs/25_calibrate.ipynb #780eff89
+@dataclass
+class ListStats:
+    "What a calibration learns from n validation samples of S species."
+
+    lp: np.ndarray  # float64 logit of each record's probability, in sample order
+    row: np.ndarray  # the record's sample
+    species: np.ndarray  # and species
+    n_species: int
+    n_pred: np.ndarray  # int32 (n, T): list length at each threshold of `grid`
+    tp: np.ndarray  # and its true positives
+    grid: tuple = THRESHOLD_GRID
+
+
+def list_stats(probs, rows, species, grid=THRESHOLD_GRID) -> ListStats:
+    "The `ListStats` of probabilities (n, S) and records (`rows`, `species`), given in sample order."
+    probs, rows, species = np.asarray(probs), np.asarray(rows, np.int64), np.asarray(species, np.int64)
+    n_pred, tp = threshold_counts(probs, rows, species, grid)
+    return ListStats(logit(probs[rows, species]), rows, species, probs.shape[1], n_pred, tp, tuple(grid))
+
+
+def fit_lists(
+    st: ListStats, proxy, effort: EffortProxy, keep=0.9, n_strata: int = 3, shrink=300.0, weight=0.5
+) -> Calibration:
+    "Learn a `Calibration` from the `ListStats` of the validation samples and their effort proxies (n,)."
+    edges, levels = record_strata(st.lp, st.row, proxy, n_strata, keep)
+    level = np.asarray(levels)[np.digitize(proxy, edges)]
+    off, n = record_offsets(st.lp, st.row, st.species, st.n_species, level, shrink, weight)
+    f1 = f1_by_threshold(st.n_pred, st.tp, np.bincount(st.row, minlength=len(st.n_pred)))
+    info = dict(keep=keep, n_strata=n_strata, shrink=shrink, weight=weight, n_samples=int(len(st.n_pred)))
+    info.update(n_records=int(len(st.lp)), f1_threshold=float(st.grid[int(np.nanargmax(f1))]))
+    return Calibration(float(sigmoid(record_level(st.lp, keep=keep))), edges, levels, off, n, effort, info)
+
+
 def fit_calibration(
-    probs,
-    y,
-    proxy,
-    effort: EffortProxy,
-    keep: float = 0.9,
-    n_strata: int = 3,
-    shrink: float = 300.0,
-    weight: float = 0.5,
+    probs, y, proxy, effort: EffortProxy, keep=0.9, n_strata: int = 3, shrink=300.0, weight=0.5
 ) -> Calibration:
     "Learn a `Calibration` from validation probabilities (n, S), recorded lists (n, S) and effort proxies (n,)."
-    lp, y = logit(probs), np.asarray(y, bool)
-    edges, levels = strata_levels(lp, y, proxy, n_strata, keep)
-    off, n = species_offsets(lp, y, np.asarray(levels)[np.digitize(proxy, edges)], shrink, weight)
-    info = dict(keep=keep, n_strata=n_strata, shrink=shrink, weight=weight, n_samples=int(len(lp)))
-    info.update(n_records=int(y.sum()), f1_threshold=best_f1_threshold(probs, y))
-    return Calibration(float(sigmoid(record_level(lp, y, keep))), edges, levels, off, n, effort, info)
+    st = list_stats(probs, *np.nonzero(np.asarray(y, bool)))
+    return fit_lists(st, proxy, effort, keep, n_strata, shrink, weight)
 
 # %% ../nbs/25_calibrate.ipynb #745fd05f
+CALIBRATE_ROWS = 4096  # validation samples per block of probabilities (predict_proba's batch)
+
+
 def validation_lists(prep):
     "The weekly validation samples (`geosdm.data.Samples`) of a `Prepared` with at least one record."
     v = prep.val
     return v.subset((v.week > 0) & (v.n_pos() > 0))
 
 
-def calibrate(model, prep, **kw) -> Calibration:
-    "A `Calibration` of `model` on the validation cells of `prep` (keyword arguments: see `fit_calibration`)."
+def validation_stats(model, s, block_rows: int = CALIBRATE_ROWS, grid=THRESHOLD_GRID) -> ListStats:
+    "The `ListStats` of `model`'s probabilities at samples `s` (`geosdm.data.Samples`), `block_rows` at a time."
+    parts = []
+    for a in range(0, len(s), block_rows):
+        b = min(a + block_rows, len(s))
+        probs = predict_proba(model, s.lat[a:b], s.lon[a:b], s.week[a:b], yearly='model')
+        o = s.offsets[a : b + 1]
+        parts.append(list_stats(probs, np.repeat(np.arange(b - a), np.diff(o)), s.species[o[0] : o[-1]], grid))
+        parts[-1].row += a
+        del probs
+    cat = lambda k, empty: np.concatenate([getattr(p, k) for p in parts]) if parts else empty
+    z, T = np.zeros(0, np.int64), len(grid)
+    return ListStats(
+        cat('lp', np.zeros(0)), cat('row', z), cat('species', z), model.n_species,
+        cat('n_pred', np.zeros((0, T), np.int32)), cat('tp', np.zeros((0, T), np.int32)), tuple(grid),
+    )  # fmt: skip
+
+
+def calibrate(model, prep, block_rows: int = CALIBRATE_ROWS, **kw) -> Calibration:
+    "A `Calibration` of `model` on the validation cells of `prep` (keyword arguments: see `fit_lists`)."
     s = validation_lists(prep)
-    probs = predict_proba(model, s.lat, s.lon, s.week, yearly='model')
-    y = np.zeros(probs.shape, bool)
-    y[s.rows(), s.species] = True
     effort = effort_proxy(prep)
-    return fit_calibration(probs, y, effort(s.lat, s.lon), effort, **kw)
+    return fit_lists(validation_stats(model, s, block_rows), effort(s.lat, s.lon), effort, **kw)
 
 # %% ../nbs/25_calibrate.ipynb #5740c12f
 STRATA = ('none', 'sparse (<=20)', 'dense (>20)')

@@ -274,7 +274,8 @@ def split_identity(prep) -> str:
     h = hashlib.sha256()
     for name in ('train', 'val', 'holdout'):
         s = getattr(prep, name)
-        cells = np.unique(np.asarray(prep.cells)[s.cell]) if s is not None and len(s) else np.array([], dtype=str)
+        has = s is not None and len(s)
+        cells = np.unique(np.asarray(prep.cells)[np.unique(s.cell)]) if has else np.array([], dtype=str)
         h.update(name.encode())
         h.update('\n'.join(map(str, cells)).encode())
     return h.hexdigest()[:16]

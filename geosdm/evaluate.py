@@ -9,13 +9,14 @@ import numpy as np
 import polars as pl
 import torch
 
+from .calibrate import threshold_counts
 from .geo import HOLDOUT_REGIONS, in_boxes, region_name, region_of
 from .metrics import per_sample_ap
 from .prepared import Prepared, Samples
 
 # %% auto #0
-__all__ = ['dense_targets', 'sample_probs', 'sample_ap', 'sample_scores', 'evaluate_split', 'cell_table', 'region_labels',
-           'region_table', 'reliability']
+__all__ = ['EVAL_ROWS', 'DENSE_LIMIT', 'RELIABILITY_BINS', 'dense_targets', 'sample_probs', 'sample_ap', 'sample_scores',
+           'evaluate_split', 'at_thresholds', 'cell_table', 'region_labels', 'region_table', 'reliability']
 
 # %% ../nbs/14_evaluate.ipynb #630ea7f4
 def dense_targets(s: Samples, n_species: int) -> np.ndarray:
@@ -36,31 +37,61 @@ def sample_ap(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 # %% ../nbs/14_evaluate.ipynb #6bce4871
 def sample_scores(probs: np.ndarray, y: np.ndarray, thresholds=(0.05, 0.10, 0.25)) -> dict:
-    "Per-sample AP, true list length and, per threshold, predicted list length and true positives."
-    t = np.asarray(thresholds, np.float32)
-    above = probs[:, None, :] > t[None, :, None]  # (n, T, S)
+    "Per-sample AP, true list length and, per threshold, predicted list length and true positives (int32)."
+    y = np.asarray(y, bool)
+    t = np.asarray(thresholds, np.float32).astype(np.float64)  # float32 thresholds, as the lists always had
+    n_pred, tp = threshold_counts(probs, *np.nonzero(y), t, strict=True)
     return {
         'ap': sample_ap(probs, y),
         'n_true': y.sum(1),
         'thresholds': tuple(float(x) for x in thresholds),
-        'n_pred': above.sum(2),
-        'tp': (above & y[:, None, :]).sum(2),
+        'n_pred': n_pred,
+        'tp': tp,
     }
 
 # %% ../nbs/14_evaluate.ipynb #26e223f5
-def evaluate_split(pred, prep: Prepared, split: str = 'val', thresholds=(0.05, 0.10, 0.25)) -> dict | None:
-    "Probabilities, labels and per-sample scores of `split` ('train', 'val' or 'holdout'); None if it is empty."
+EVAL_ROWS = 2048  # samples per block of probabilities
+DENSE_LIMIT = 1 << 27  # samples × species up to which evaluate_split keeps the probabilities and labels
+RELIABILITY_BINS = 10
+
+
+def _bin_sums(probs: np.ndarray, y: np.ndarray, bins: int = RELIABILITY_BINS) -> tuple:
+    "Per sample and probability bin (as `reliability` bins them): pairs (int32), Σp (float64), observed pairs (int32)."
+    (n, S), q = probs.shape, probs * bins
+    r, c = np.nonzero(q >= 1)  # the pairs above the first bin (most are in it)
+    at = r * bins + np.minimum(q[r, c].astype(np.int64), bins - 1)
+    cnt = np.bincount(at, minlength=n * bins).reshape(n, bins)
+    sp = np.bincount(at, weights=probs[r, c].astype(np.float64), minlength=n * bins).reshape(n, bins)
+    cnt[:, 0] = S - cnt[:, 1:].sum(1)
+    sp[:, 0] = probs.sum(1, dtype=np.float64) - sp[:, 1:].sum(1)
+    yr, yc = np.nonzero(y)
+    sy = np.bincount(yr * bins + np.minimum(q[yr, yc].astype(np.int64), bins - 1), minlength=n * bins)
+    return cnt.astype(np.int32), sp, sy.reshape(n, bins).astype(np.int32)
+
+
+def _score_block(pred, s: Samples, n_species: int, thresholds, keep: bool) -> dict:
+    "Per-sample scores and bin sums of samples `s` (and their probabilities and labels if `keep`)."
+    probs, y = sample_probs(pred, s), dense_targets(s, n_species)
+    out = {k: v for k, v in sample_scores(probs, y, thresholds).items() if k != 'thresholds'}
+    out.update(zip(('bin_n', 'bin_p', 'bin_y'), _bin_sums(probs, y)))
+    return {'probs': probs, 'y': y, **out} if keep else out
+
+
+def evaluate_split(
+    pred, prep: Prepared, split: str = 'val', thresholds=(0.05, 0.10, 0.25), keep_probs=None, block_rows=EVAL_ROWS
+) -> dict | None:
+    "Per-sample scores of `split` ('train', 'val' or 'holdout'), probabilities and labels if small; None if empty."
     s = getattr(prep, split)
     if s is None or not len(s):
         return None
-    probs = sample_probs(pred, s)
-    y = dense_targets(s, prep.n_species)
+    keep = len(s) * prep.n_species <= DENSE_LIMIT if keep_probs is None else keep_probs
+    rows = lambda a: s.subset(np.arange(a, min(a + block_rows, len(s))))
+    parts = [_score_block(pred, rows(a), prep.n_species, thresholds, keep) for a in range(0, len(s), block_rows)]
     return {
         'split': split,
         'samples': s,
-        'probs': probs,
-        'y': y,
-        **sample_scores(probs, y, thresholds),
+        **{k: np.concatenate([p[k] for p in parts]) for k in parts[0]},
+        'thresholds': tuple(float(x) for x in thresholds),
         'cells': np.asarray(prep.cells),
     }
 
@@ -117,6 +148,12 @@ def _thr_index(ev: dict, threshold: float) -> int:
         raise ValueError(f'threshold {threshold} not scored; have {ev["thresholds"]}')
     return i
 
+
+def at_thresholds(ev: dict, thresholds) -> dict:
+    "`ev` with the list scores of the scored `thresholds` only, in that order."
+    i = [_thr_index(ev, t) for t in thresholds]
+    return {**ev, 'thresholds': tuple(ev['thresholds'][j] for j in i), **{k: ev[k][:, i] for k in ('n_pred', 'tp')}}
+
 # %% ../nbs/14_evaluate.ipynb #b9d814be
 def cell_table(ev: dict, threshold: float = 0.10) -> pl.DataFrame:
     "Per-cell mAP, mean true / predicted list length, list ratio, precision and recall at `threshold`."
@@ -162,15 +199,19 @@ def region_table(ev: dict, regions: dict | None = None) -> pl.DataFrame:
     return out.sort('n_samples', descending=True)
 
 # %% ../nbs/14_evaluate.ipynb #ca858a9c
-def reliability(ev: dict, bins: int = 10, mask=None) -> pl.DataFrame:
+def reliability(ev: dict, bins: int = RELIABILITY_BINS, mask=None) -> pl.DataFrame:
     "Reliability curve: per probability bin, mean predicted probability, observed frequency and count."
-    p, y = ev['probs'], ev['y']
-    if mask is not None:
-        p, y = p[mask], y[mask]
-    b = np.minimum((p.ravel() * bins).astype(np.int64), bins - 1)
-    n = np.bincount(b, minlength=bins)
-    sp = np.bincount(b, weights=p.ravel().astype(np.float64), minlength=bins)
-    sy = np.bincount(b, weights=y.ravel().astype(np.float64), minlength=bins)
+    m = slice(None) if mask is None else mask
+    if 'probs' in ev:
+        p, y = ev['probs'][m], ev['y'][m]
+        b = np.minimum((p.ravel() * bins).astype(np.int64), bins - 1)
+        n = np.bincount(b, minlength=bins)
+        sp = np.bincount(b, weights=p.ravel().astype(np.float64), minlength=bins)
+        sy = np.bincount(b, weights=y.ravel().astype(np.float64), minlength=bins)
+    elif bins == ev['bin_n'].shape[1]:
+        n, sp, sy = (ev[k][m].sum(0) for k in ('bin_n', 'bin_p', 'bin_y'))
+    else:
+        raise ValueError(f'{bins} bins need the probabilities (evaluate_split(keep_probs=True)); these have their own')
     keep = n > 0
     return pl.DataFrame(
         {

@@ -34,8 +34,9 @@ def _rows_of(pos: Positives, r0: int, r1: int) -> Positives:
     return Positives(rows[lo:hi] - r0, species[lo:hi], torch.ones(n, device=rows.device), r1 - r0, pos.n_species)
 
 # %% ../nbs/10b_validation.ipynb #7eba3e95
-def _losses(model, loss_fn, out: GeoOutput, pos: Positives, env_t, weights: dict, gen, amp) -> tuple[list, list]:
-    "The batch's [loss, species, env, habitat] and its logits as a list of (r0, r1, logits of rows r0 … r1 − 1)."
+def _losses(model, loss_fn, out: GeoOutput, pos: Positives, env_t, weights: dict, gen, amp, use) -> list:
+    """The batch's [loss, species, env, habitat]; each block of its logits is handed to `use(r0, r1, z, p)` (float32
+    logits of rows r0 … r1 − 1 and their pairs) as soon as its loss is taken, before the next block is made."""
     b, S = pos.shape
     if loss_fn.spatial_negatives:  # draws for the whole batch, in the order of the first version
         lat, lon = random_latlon(b, gen, pos.rows.device)
@@ -44,9 +45,10 @@ def _losses(model, loss_fn, out: GeoOutput, pos: Positives, env_t, weights: dict
             rand = model(lat, lon, week).species
             out = out._replace(species=SpeciesLogits(value=out.species.dense()))
             lo = total_loss(out, pos, env_t, loss_fn, rand_logits=rand, generator=gen, **weights)
-        return [float(lo[k]) for k in ('loss', 'species', 'env', 'habitat')], [(0, b, out.species.value.float())]
+        use(0, b, out.species.value.float(), _rows_of(pos, 0, b))
+        return [float(lo[k]) for k in ('loss', 'species', 'env', 'habitat')]
     sp = hab = 0.0
-    blocks, R = [], block_rows(S)
+    R = block_rows(S)
     for r0 in range(0, b, R):
         r1 = min(b, r0 + R)
         p = _rows_of(pos, r0, r1)
@@ -55,12 +57,13 @@ def _losses(model, loss_fn, out: GeoOutput, pos: Positives, env_t, weights: dict
             sp += float(loss_fn(z, p)) * (r1 - r0) / b
             if out.habitat is not None:
                 hab += float(loss_fn(out.habitat[r0:r1], p)) * (r1 - r0) / b
-        blocks.append((r0, r1, z.float()))
+        use(r0, r1, z.float(), p)
+        del z  # the block's logits are done with before the next block's are made
     env = float(masked_mse(out.env, env_t)) if out.env is not None and env_t is not None else 0.0
     loss = weights['species_weight'] * sp + weights['env_weight'] * env
     if out.habitat is not None and weights['habitat_weight']:
         loss += weights['habitat_weight'] * hab
-    return [loss, sp, env, hab], blocks
+    return [loss, sp, env, hab]
 
 # %% ../nbs/10b_validation.ipynb #47941ec1
 def _block_logits(s: SpeciesLogits, r0: int, r1: int) -> torch.Tensor:
@@ -103,11 +106,10 @@ def validate(
             f = out.species.features
             feats = feats if feats is not None else torch.empty(len(data), f.shape[1], dtype=f.dtype, device=dev)
             feats[i : i + len(idx)] = f
-        losses, blocks = _losses(model, loss_fn, out, pos, env[cell] if env is not None else None, weights, gen, amp)
-        sums += losses
+        use = lambda r0, r1, z, p, d=dens[idx], up=acc.update: up(z, p, d[r0:r1])  # the metrics of a block
+        sums += _losses(model, loss_fn, out, pos, env[cell] if env is not None else None, weights, gen, amp, use)
         nbat += 1
-        for r0, r1, z in blocks:
-            acc.update(z, _rows_of(pos, r0, r1), dens[idx[r0:r1]])
+        release_freed_memory()  # the batch's freed pages: a heap that is never trimmed grows with the batches
     last = model.species_head.out[-1]
     sap = None if keep or not len(data) else _species_ap(feats, last.weight, last.bias, samples, amp, dev)
     m, s = acc.compute(column_ap=sap), (sums / max(1, nbat)).tolist()

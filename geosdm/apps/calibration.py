@@ -24,7 +24,15 @@ def _(demo, mo):
 
 
 @app.cell
-def _(Predictor, checkpoint_input, demo, evaluate, mo):
+def _():
+    FIXED = (0.05, 0.10, 0.25)  # the trainer's list-length thresholds
+    SLIDER = tuple(round(0.01 * i, 2) for i in range(1, 51))  # the threshold slider's values
+    SCORED = FIXED + tuple(t for t in SLIDER if t not in FIXED)
+    return FIXED, SCORED
+
+
+@app.cell
+def _(Predictor, SCORED, checkpoint_input, demo, evaluate, mo):
     with mo.status.spinner(title="Loading the model and its validation / hold-out data…"):
         try:
             checkpoint_path = demo.resolve_checkpoint(checkpoint_input.value.strip() or None)
@@ -32,8 +40,9 @@ def _(Predictor, checkpoint_input, demo, evaluate, mo):
             prep = demo.checkpoint_data(pred)
         except (FileNotFoundError, ValueError) as e:
             mo.stop(True, mo.callout(mo.md(f"**Cannot load the checkpoint or its data:** {e}"), kind="danger"))
-        # probabilities and per-sample scores at the 5 / 10 / 25 % thresholds, computed once
-        evaluations = {k: evaluate.evaluate_split(pred, prep, k) for k in ("val", "holdout")}
+        # per-sample scores at the 5 / 10 / 25 % thresholds and at every threshold of the slider, computed once (in
+        # blocks: a split of the real size does not fit in memory as probabilities)
+        evaluations = {k: evaluate.evaluate_split(pred, prep, k, thresholds=SCORED) for k in ("val", "holdout")}
         evaluations = {k: v for k, v in evaluations.items() if v is not None}
     mo.stop(not evaluations, mo.callout(mo.md("The checkpoint's data have no validation or hold-out samples."), kind="warn"))
     is_demo = not checkpoint_input.value.strip()
@@ -75,12 +84,12 @@ def _(checkpoint_input, mo, model_note, split_dropdown, threshold_slider):
 
 
 @app.cell
-def _(evaluate, evaluations, split_dropdown, threshold_slider):
+def _(FIXED, evaluate, evaluations, split_dropdown, threshold_slider):
     threshold = round(float(threshold_slider.value), 4)
     evaluation = evaluations[split_dropdown.value]
-    # re-score at the slider's threshold (cheap: the probabilities are cached)
-    evaluation_t = {**evaluation, **evaluate.sample_scores(evaluation["probs"], evaluation["y"], (threshold,))}
-    region_fixed = evaluate.region_table(evaluation)  # at 5 / 10 / 25 %
+    # the scores at the slider's threshold (scored once with the others)
+    evaluation_t = evaluate.at_thresholds(evaluation, (threshold,))
+    region_fixed = evaluate.region_table(evaluate.at_thresholds(evaluation, FIXED))  # at 5 / 10 / 25 %
     region_t = evaluate.region_table(evaluation_t)  # at the slider's threshold
     return evaluation_t, region_fixed, region_t, threshold
 
