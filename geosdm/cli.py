@@ -45,7 +45,8 @@ def _note_ctrl_c(seen: list):
 def _answer(prog: str, e: BaseException, ctrl_c: bool) -> int:
     "The exit status of a run that raised `e` (after a Ctrl-C if `ctrl_c`), and its one line on stderr."
     if ctrl_c or isinstance(e, KeyboardInterrupt):
-        print(f'{prog}: interrupted; the files already written are whole.', file=sys.stderr)
+        # on a line of its own: Ctrl-C may land in the middle of a progress bar's line
+        print(f'\n{prog}: interrupted; the files already written are whole.', file=sys.stderr)
         # an object the interrupt cut short in its constructor (a progress bar) may fail in its destructor
         # later: that is noise after the one line
         sys.unraisablehook = lambda unraisable: None
