@@ -261,3 +261,16 @@ def test_autotune_free_and_fixed_options_come_from_the_table():
     free = autotune._NOT_FIXED
     assert free <= set(OPTIONS)
     assert {n for n, o in OPTIONS.items() if o.effect in ('data', 'training')} - free == set(OPTIONS) - free
+
+
+def test_every_notebook_is_in_the_index_and_readme_tables():
+    "The index notebook's and README's notebook tables name every notebook, and only notebooks that exist."
+    import json
+    import re
+
+    root = PKG.parent
+    nbs = {p.stem for p in (root / 'nbs').glob('[0-9]*.ipynb')}
+    index = ''.join(''.join(c['source']) for c in json.loads((root / 'nbs' / 'index.ipynb').read_text())['cells'])
+    for where, text in (('index', index), ('README', (root / 'README.md').read_text())):
+        named = set(re.findall(r'^\| `(\d\d[a-z]?_[a-z_]+)`', text, re.M))
+        assert named == nbs, (where, sorted(nbs - named), sorted(named - nbs))
