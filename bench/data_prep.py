@@ -63,6 +63,19 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def save_tagged(name: str, tag: str, res: dict) -> Path:
+    "Put `res` under `tag` in bench/results/<name>.json (other tags kept), written whole or not at all."
+    out = HERE / 'results' / f'{name}.json'
+    out.parent.mkdir(parents=True, exist_ok=True)
+    allres = json.loads(out.read_text()) if out.exists() else {}
+    allres[tag] = res
+    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix='.tmp')
+    with os.fdopen(fd, 'w') as f:
+        json.dump(allres, f, indent=1)
+    os.replace(tmp, out)
+    return out
+
+
 def run(code: str, *args: str, max_rss_gb: float = 12.0) -> dict:
     "Run `code` in a child python; its last stdout line as JSON, plus wall/CPU seconds and the load average."
     load = os.getloadavg()[0]
@@ -125,14 +138,7 @@ def main():
         f'cells {c["cells"]}, train {c["samples_train"]}, val {c["samples_val"]}, species {c["n_species"]}, '
         f'labels {c["labels"]}'
     )
-    out = HERE / 'results' / 'data_prep.json'
-    out.parent.mkdir(parents=True, exist_ok=True)
-    allres = json.loads(out.read_text()) if out.exists() else {}
-    allres[a.tag] = res
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix='.tmp')
-    with os.fdopen(fd, 'w') as f:
-        json.dump(allres, f, indent=1)
-    os.replace(tmp, out)
+    save_tagged('data_prep', a.tag, res)
     return res
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from data_prep import run  # noqa: E402  (the child runner with its RSS watchdog)
+from data_prep import run, save_tagged  # noqa: E402  (the child runner with its RSS watchdog)
 from predictor import MAKE  # noqa: E402  (writes a checkpoint of untrained weights for a world's vocabulary)
 
 CHILD = r'''
@@ -97,14 +97,7 @@ def main():
                 r = {'what': what, 'stopped': str(e)[:2000], 'load_avg_1min': os.getloadavg()[0]}
                 print(f'{a.tag} {what}: {r["stopped"][:300]}', flush=True)
             res['runs'].append(r)
-    out = HERE / 'results' / 'end_memory.json'
-    out.parent.mkdir(parents=True, exist_ok=True)
-    allres = json.loads(out.read_text()) if out.exists() else {}
-    allres[a.tag] = res
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix='.tmp')
-    with os.fdopen(fd, 'w') as f:
-        json.dump(allres, f, indent=1)
-    os.replace(tmp, out)
+    save_tagged('end_memory', a.tag, res)
 
 
 if __name__ == '__main__':

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from data_prep import run  # noqa: E402  (the child runner with its RSS watchdog)
+from data_prep import run, save_tagged  # noqa: E402  (the child runner with its RSS watchdog)
 
 MAKE = r'''
 import json, sys
@@ -87,14 +86,7 @@ def main():
                 f'{a.tag}: {r["n_species"]} species, {r["threads"]} thread(s) (load {r["load_avg_1min"]:.1f}): '
                 f'{r["predictions_per_s"]:,.0f} predictions/s, {r["predictions_per_cpu_s"]:,.0f} per CPU second'
             )
-    out = HERE / 'results' / 'predictor.json'
-    out.parent.mkdir(parents=True, exist_ok=True)
-    allres = json.loads(out.read_text()) if out.exists() else {}
-    allres[a.tag] = res
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix='.tmp')
-    with os.fdopen(fd, 'w') as f:
-        json.dump(allres, f, indent=1)
-    os.replace(tmp, out)
+    save_tagged('predictor', a.tag, res)
 
 
 if __name__ == '__main__':

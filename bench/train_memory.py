@@ -40,7 +40,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from data_prep import rss_mb  # noqa: E402
+from data_prep import rss_mb, save_tagged  # noqa: E402
 
 CHILD = r'''
 import json, os, resource, sys, time
@@ -199,14 +199,7 @@ def main():
                 f'val s {r["val_seconds"]}',
                 flush=True,
             )
-    out = HERE / 'results' / 'train_memory.json'
-    out.parent.mkdir(parents=True, exist_ok=True)
-    allres = json.loads(out.read_text()) if out.exists() else {}
-    allres[a.tag] = res
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix='.tmp')
-    with os.fdopen(fd, 'w') as f:
-        json.dump(allres, f, indent=1)
-    os.replace(tmp, out)
+    save_tagged('train_memory', a.tag, res)
 
 
 if __name__ == '__main__':

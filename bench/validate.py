@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from data_prep import run  # noqa: E402  (the child runner with its RSS watchdog)
+from data_prep import run, save_tagged  # noqa: E402  (the child runner with its RSS watchdog)
 
 CHILD = r'''
 import json, os, resource, sys, time
@@ -101,14 +100,7 @@ def main():
         f'wall; peak RSS {res["peak_rss_mb"]:.0f} MB; logits above 5 %: {100 * res["logits_above_5pct"]:.2f} %'
     )
     print({k: round(v, 5) for k, v in res['metrics'].items() if k in ('map', 'species_map', 'f1_10', 'ece', 'loss')})
-    out = HERE / 'results' / 'validate.json'
-    out.parent.mkdir(parents=True, exist_ok=True)
-    allres = json.loads(out.read_text()) if out.exists() else {}
-    allres[a.tag] = res
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix='.tmp')
-    with os.fdopen(fd, 'w') as f:
-        json.dump(allres, f, indent=1)
-    os.replace(tmp, out)
+    save_tagged('validate', a.tag, res)
 
 
 if __name__ == '__main__':
